@@ -1,0 +1,158 @@
+"""Encoder and decoder networks.
+
+An encoder maps a batch ``x`` of shape ``(N, *data_shape)`` to the parameters
+``(loc, scale)`` of the diagonal Gaussian q(z | x), each ``(N, latent_dim)``.
+A decoder maps ``z`` of shape ``(N, latent_dim)`` to the likelihood's parameters,
+``(N, num_params, *data_shape)``.
+
+``mlp`` networks take any data shape (they flatten it); ``conv`` networks take
+images ``(channels, height, width)``: a strided-convolution encoder and a
+transposed-convolution decoder that mirrors it.
+"""
+
+import math
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from .registry import Registry, UserError
+
+ENCODERS = Registry("encoder", key="type")
+DECODERS = Registry("decoder", key="type")
+
+ACTIVATIONS = {
+    "relu": nn.ReLU,
+    "tanh": nn.Tanh,
+    "elu": nn.ELU,
+    "gelu": nn.GELU,
+    "softplus": nn.Softplus,
+    "leaky_relu": nn.LeakyReLU,
+    "sigmoid": nn.Sigmoid,
+}
+
+# A floor on the guide's standard deviation keeps log q finite when an encoder
+# drives a unit's variance toward zero.
+MIN_SCALE = 1e-4
+
+
+def make_activation(name):
+    if name not in ACTIVATIONS:
+        raise UserError(f"unknown activation {name!r}; choose one of: {', '.join(ACTIVATIONS)}")
+    return ACTIVATIONS[name]()
+
+
+def mlp(sizes, activation_name):
+    """Linear layers of the given sizes with the activation between them (not after the last)."""
+    layers = []
+    for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+        layers.append(nn.Linear(n_in, n_out))
+        if i < len(sizes) - 2:
+            layers.append(make_activation(activation_name))
+    return nn.Sequential(*layers)
+
+
+def gaussian_parameters(output):
+    """Split the encoder's last layer into loc and a positive scale = softplus(.) + floor."""
+    loc, raw_scale = output.chunk(2, dim=-1)
+    return loc, F.softplus(raw_scale) + MIN_SCALE
+
+
+def _check_sizes(hidden, where):
+    if not isinstance(hidden, (list, tuple)) or not all(
+        isinstance(h, int) and not isinstance(h, bool) and h > 0 for h in hidden
+    ):
+        raise UserError(f"{where} hidden must be a list of positive integers, got {hidden!r}")
+    return list(hidden)
+
+
+class Net(nn.Module):
+    context_arguments = ("data_shape", "latent_dim", "num_params")
+
+
+@ENCODERS.register("mlp")
+class MLPEncoder(Net):
+    """Fully connected encoder: flatten, hidden layers, then loc and scale of q(z | x)."""
+
+    def __init__(self, data_shape, latent_dim, hidden=(256, 256), activation="elu"):
+        super().__init__()
+        hidden = _check_sizes(hidden, "encoder")
+        self.net = mlp([math.prod(data_shape), *hidden, 2 * latent_dim], activation)
+
+    def forward(self, x):
+        return gaussian_parameters(self.net(x.flatten(1)))
+
+
+@DECODERS.register("mlp")
+class MLPDecoder(Net):
+    """Fully connected decoder: z, hidden layers, then the likelihood's parameters.
+
+    With ``hidden = []`` it is linear, ``W z + b``: with a Gaussian likelihood this is
+    probabilistic PCA.
+    """
+
+    def __init__(self, data_shape, latent_dim, num_params=1, hidden=(256, 256), activation="elu"):
+        super().__init__()
+        hidden = _check_sizes(hidden, "decoder")
+        self.output_shape = (num_params, *data_shape)
+        self.net = mlp([latent_dim, *hidden, math.prod(self.output_shape)], activation)
+
+    def forward(self, z):
+        return self.net(z).view(z.shape[0], *self.output_shape)
+
+
+def _image_shape(data_shape, channels, where):
+    if len(data_shape) != 3:
+        raise UserError(
+            f"{where} type 'conv' needs images shaped (channels, height, width), "
+            f"but the data has shape {tuple(data_shape)}; use type = \"mlp\""
+        )
+    factor = 2 ** len(channels)
+    _, height, width = data_shape
+    if height % factor or width % factor:
+        raise UserError(
+            f"{where} type 'conv' with {len(channels)} stride-2 layers needs height and width "
+            f"divisible by {factor}, but the images are {height}x{width}; use fewer channels entries"
+        )
+    return height // factor, width // factor
+
+
+@ENCODERS.register("conv")
+class ConvEncoder(Net):
+    """Convolutional encoder: stride-2 4x4 convolutions halve the image per layer, then a linear map."""
+
+    def __init__(self, data_shape, latent_dim, channels=(32, 64), activation="elu"):
+        super().__init__()
+        channels = _check_sizes(channels, "encoder channels")
+        height, width = _image_shape(data_shape, channels, "encoder")
+        layers, c_in = [], data_shape[0]
+        for c_out in channels:
+            layers += [nn.Conv2d(c_in, c_out, 4, stride=2, padding=1), make_activation(activation)]
+            c_in = c_out
+        self.features = nn.Sequential(*layers, nn.Flatten())
+        self.head = nn.Linear(c_in * height * width, 2 * latent_dim)
+
+    def forward(self, x):
+        return gaussian_parameters(self.head(self.features(x)))
+
+
+@DECODERS.register("conv")
+class ConvDecoder(Net):
+    """Transposed-convolution decoder: a linear map to a small feature map, then stride-2
+    4x4 transposed convolutions double it per layer back to the image size."""
+
+    def __init__(self, data_shape, latent_dim, num_params=1, channels=(64, 32), activation="elu"):
+        super().__init__()
+        channels = _check_sizes(channels, "decoder channels")
+        self.start = (channels[0], *_image_shape(data_shape, channels, "decoder"))
+        self.output_shape = (num_params, *data_shape)
+        self.head = nn.Sequential(nn.Linear(latent_dim, math.prod(self.start)), make_activation(activation))
+        layers = []
+        for c_in, c_out in zip(channels, channels[1:]):
+            layers += [nn.ConvTranspose2d(c_in, c_out, 4, stride=2, padding=1), make_activation(activation)]
+        layers.append(nn.ConvTranspose2d(channels[-1], num_params * data_shape[0], 4, stride=2, padding=1))
+        self.features = nn.Sequential(*layers)
+
+    def forward(self, z):
+        h = self.head(z).view(z.shape[0], *self.start)
+        return self.features(h).view(z.shape[0], *self.output_shape)
