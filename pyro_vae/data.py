@@ -200,7 +200,7 @@ def read_idx(path):
             f"{path} is truncated or corrupt: header says {shape} ({expected} bytes), "
             f"found {len(raw) - header} bytes; re-download it"
         )
-    return np.frombuffer(raw, dtype, offset=header).reshape(shape)
+    return np.frombuffer(raw, dtype, offset=header).reshape(shape).copy()  # writable, for torch
 
 
 class IDXImages(Source):

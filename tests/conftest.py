@@ -1,0 +1,27 @@
+import pyro
+import pytest
+import torch
+
+
+@pytest.fixture(autouse=True)
+def _seed_and_validate():
+    """Every test starts from the same seed, with Pyro's input checks on."""
+    pyro.set_rng_seed(0)
+    with pyro.validation_enabled(True):
+        yield
+
+
+def tiny_config(tmp_path=None, **sections):
+    """A config that trains in about a second on digits."""
+    config = {
+        "data": {"name": "digits", "binarize": "static"},
+        "model": {
+            "latent_dim": 4,
+            "encoder": {"type": "mlp", "hidden": [32]},
+            "decoder": {"type": "mlp", "hidden": [32]},
+        },
+        "train": {"epochs": 2, "batch_size": 128, "progress": False, "device": "cpu"},
+    }
+    for section, values in sections.items():
+        config.setdefault(section, {}).update(values)
+    return config

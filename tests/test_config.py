@@ -1,0 +1,60 @@
+"""Config checking: every bad key, type or name is one clear line and exit status 2."""
+
+import subprocess
+import sys
+
+import pytest
+
+from pyro_vae.config import load_config
+from pyro_vae.registry import UserError
+
+BAD = [
+    ('[data]\nname = "mnits"\n', "unknown dataset 'mnits'; choose one of: digits, mnist"),
+    ('[model]\nlikelihood = "gausian"\n', "model.likelihood: unknown likelihood 'gausian'"),
+    ('[model]\nlikelihood = { name = "gaussian", sigma = 1 }\n', "model.likelihood.sigma: unknown option for likelihood 'gaussian'; allowed: scale"),
+    ('[train]\nepochs = -1\n', "train.epochs must be >= 1, got -1"),
+    ('[train]\nbatch_size = 0\n', "train.batch_size must be >= 1, got 0"),
+    ('[train]\nlr = "fast"\n', "train.lr must be a finite number, got string 'fast'"),
+    ('[model]\nlatent_dim = 0\n', "model.latent_dim must be >= 1, got 0"),
+    ('[train]\nepoch = 3\n', "unknown key train.epoch; allowed in [train]: epochs"),
+    ('[trian]\nepochs = 3\n', "unknown config section [trian]"),
+    ('[data]\nbinarize = "yes"\n', "data.binarize: unknown value 'yes'; choose one of: none, static, dynamic"),
+    ('[model]\nencoder = { type = "resnet" }\n', "model.encoder: unknown encoder 'resnet'; choose one of: mlp, conv"),
+    ('[train]\ndevice = "tpu"\n', "train.device: unknown device 'tpu'"),
+    ('[train\nepochs = 3\n', "is not valid TOML"),
+]
+
+
+@pytest.mark.parametrize("text, message", BAD)
+def test_bad_config_gives_its_message(tmp_path, text, message):
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    with pytest.raises(UserError) as error:
+        load_config(path)
+    assert message in str(error.value)
+
+
+def test_bad_config_on_the_command_line_is_one_line_and_exit_2(tmp_path):
+    path = tmp_path / "bad.toml"
+    path.write_text('[model]\nlikelihood = "gausian"\n')
+    done = subprocess.run([sys.executable, "-m", "pyro_vae", "train", str(path), "--out", str(tmp_path / "run")],
+                          capture_output=True, text=True)
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: model.likelihood: unknown likelihood")
+    assert not (tmp_path / "run").exists()
+
+
+def test_overrides_are_read_as_toml_and_reach_into_tables():
+    config = load_config(None, ["train.epochs=3", "data.name=npz", "model.encoder.hidden=[8, 4]", "train.lr=1e-2"])
+    assert config["train"]["epochs"] == 3 and config["train"]["lr"] == 0.01
+    assert config["data"]["name"] == "npz"
+    assert config["model"]["encoder"] == {"type": "mlp", "hidden": [8, 4], "activation": "elu"}
+    with pytest.raises(UserError, match="expected section.key=value"):
+        load_config(None, ["train.epochs"])
+
+
+def test_defaults_are_complete_and_valid():
+    config = load_config()
+    assert config["data"]["name"] == "digits" and config["data"]["binarize"] == "dynamic"
+    assert config["model"]["likelihood"] == "bernoulli" and config["objective"]["estimator"] == "trace"

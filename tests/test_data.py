@@ -1,0 +1,118 @@
+"""Datasets: the IDX reader, MNIST-format directories, download, npz, binarization."""
+
+import gzip
+import struct
+
+import numpy as np
+import pytest
+import torch
+
+from pyro_vae.data import load_data, read_idx
+from pyro_vae.registry import UserError
+
+
+def write_idx(path, array):
+    header = struct.pack(">BBBB", 0, 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    payload = header + array.astype(np.uint8).tobytes()
+    opener = gzip.open if str(path).endswith(".gz") else open
+    with opener(path, "wb") as f:
+        f.write(payload)
+
+
+def write_mnist(directory, n_train=24, n_test=6, gz=True):
+    rng = np.random.RandomState(0)
+    suffix = ".gz" if gz else ""
+    arrays = {
+        "train-images-idx3-ubyte": rng.randint(0, 256, (n_train, 28, 28)),
+        "train-labels-idx1-ubyte": rng.randint(0, 10, n_train),
+        "t10k-images-idx3-ubyte": rng.randint(0, 256, (n_test, 28, 28)),
+        "t10k-labels-idx1-ubyte": rng.randint(0, 10, n_test),
+    }
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, array in arrays.items():
+        write_idx(directory / (name + suffix), array)
+    return arrays
+
+
+@pytest.mark.parametrize("gz", [True, False])
+def test_idx_reader_reads_what_was_written(tmp_path, gz):
+    array = np.arange(2 * 3 * 4).reshape(2, 3, 4)
+    path = tmp_path / ("a.idx" + (".gz" if gz else ""))
+    write_idx(path, array)
+    assert np.array_equal(read_idx(path), array)
+
+
+def test_truncated_idx_is_a_clear_error(tmp_path):
+    path = tmp_path / "bad.idx"
+    write_idx(path, np.zeros((4, 5)))
+    path.write_bytes(path.read_bytes()[:-3])
+    with pytest.raises(UserError, match="truncated or corrupt"):
+        read_idx(path)
+    path.write_bytes(b"\x12\x34\x08\x01")
+    with pytest.raises(UserError, match="not an IDX file"):
+        read_idx(path)
+
+
+def test_mnist_directory_loads_scaled_splits(tmp_path):
+    arrays = write_mnist(tmp_path / "mnist")
+    data = load_data("mnist", path=str(tmp_path / "mnist"))
+    assert data.shape == (1, 28, 28)
+    assert (len(data.train), len(data.valid), len(data.test)) == (20, 4, 6)
+    expected = torch.tensor(arrays["train-images-idx3-ubyte"][:20] / 255.0, dtype=torch.float32)
+    assert torch.allclose(data.train.x[:, 0], expected)
+    assert data.test.labels.tolist() == arrays["t10k-labels-idx1-ubyte"].tolist()
+
+
+def test_download_fetches_missing_files(tmp_path):
+    write_mnist(tmp_path / "mirror", gz=True)
+    from pyro_vae.data import MNIST
+
+    MNIST.urls = (f"file://{tmp_path / 'nowhere'}", f"file://{tmp_path / 'mirror'}")
+    try:
+        data = load_data("mnist", path=str(tmp_path / "fetched"), download=True)
+    finally:
+        del MNIST.urls
+    assert len(data.test) == 6
+    assert (tmp_path / "fetched" / "t10k-images-idx3-ubyte.gz").is_file()
+
+
+def test_missing_files_name_the_fix(tmp_path):
+    with pytest.raises(UserError, match="set data.download = true"):
+        load_data("mnist", path=str(tmp_path))
+
+
+def test_digits_and_binarization():
+    data = load_data("digits", binarize="none")
+    assert data.shape == (1, 8, 8) and (len(data.train), len(data.valid), len(data.test)) == (1297, 250, 250)
+    assert 0 <= data.train.x.min() and data.train.x.max() <= 1
+    static = load_data("digits", binarize="static")
+    assert set(static.train.x.unique().tolist()) == {0.0, 1.0}
+    assert torch.equal(static.train.x, load_data("digits", binarize="static").train.x)
+
+    dynamic = load_data("digits", binarize="dynamic")
+    g = torch.Generator().manual_seed(0)
+    first = torch.cat(list(dynamic.train_batches(2000, g, "cpu")))
+    second = torch.cat(list(dynamic.train_batches(2000, g, "cpu")))
+    assert set(first.unique().tolist()) == {0.0, 1.0}
+    assert not torch.equal(first.sum(0), second.sum(0))  # a fresh draw each epoch
+    # The draws are unbiased: pixel means match the grey levels.
+    assert abs(first.mean() - dynamic.train.x.mean()) < 0.01
+
+
+def test_npz_with_and_without_splits(tmp_path):
+    np.savez(tmp_path / "own.npz", train=np.random.rand(100, 5))
+    data = load_data("npz", path=str(tmp_path / "own.npz"))
+    assert (len(data.train), len(data.valid), len(data.test)) == (80, 10, 10) and data.shape == (5,)
+    np.savez(tmp_path / "bad.npz", train=np.full((10, 5), np.nan))
+    with pytest.raises(UserError, match="NaN or inf"):
+        load_data("npz", path=str(tmp_path / "bad.npz"))
+    np.savez(tmp_path / "empty.npz", train=np.zeros((0, 5)), valid=np.zeros((2, 5)), test=np.zeros((2, 5)))
+    with pytest.raises(UserError, match="train split is empty"):
+        load_data("npz", path=str(tmp_path / "empty.npz"))
+
+
+def test_binarized_mnist_amat(tmp_path):
+    for split, n in (("train", 3), ("valid", 2), ("test", 2)):
+        np.savetxt(tmp_path / f"binarized_mnist_{split}.amat", np.random.randint(0, 2, (n, 784)), fmt="%d")
+    data = load_data("binarized-mnist", path=str(tmp_path))
+    assert data.shape == (1, 28, 28) and len(data.valid) == 2

@@ -1,0 +1,139 @@
+"""The model and guide as Pyro programs: exact losses, plain SVI, no shared parameters."""
+
+import math
+
+import pyro
+import pytest
+import torch
+import torch.nn.functional as F
+from pyro import poutine
+from pyro.infer import SVI, Trace_ELBO, TraceMeanField_ELBO
+
+from pyro_vae import VAE
+from pyro_vae.registry import UserError
+
+
+def small_vae(likelihood="bernoulli", **kwargs):
+    return VAE(
+        (1, 8, 8),
+        latent_dim=3,
+        encoder={"type": "mlp", "hidden": [16]},
+        decoder={"type": "mlp", "hidden": [16]},
+        likelihood=likelihood,
+        **kwargs,
+    )
+
+
+def hand_terms(vae, x, z):
+    """Encoder/decoder outputs and the log-densities written out by hand."""
+    loc, scale = vae.encoder(x)
+    out = vae.decoder(z)[:, 0].flatten(1)
+    log_q = (-0.5 * ((z - loc) / scale) ** 2 - scale.log() - 0.5 * math.log(2 * math.pi)).sum(-1)
+    log_p = (-0.5 * z**2 - 0.5 * math.log(2 * math.pi)).sum(-1)
+    analytic_kl = -0.5 * (1 + (scale**2).log() - loc**2 - scale**2).sum(-1)
+    return out, log_q, log_p, analytic_kl
+
+
+def loss_and_z(elbo, vae, x, seed=3):
+    """The Pyro loss, and the z the guide drew for it (the same noise, replayed by seed)."""
+    pyro.set_rng_seed(seed)
+    loss = elbo.differentiable_loss(vae.model, vae.guide, x)
+    pyro.set_rng_seed(seed)
+    z = poutine.trace(vae.guide).get_trace(x).nodes["z"]["value"]
+    return loss, z
+
+
+@pytest.mark.parametrize("elbo_class", [Trace_ELBO, TraceMeanField_ELBO])
+def test_gaussian_loss_is_half_squared_error_plus_kl_plus_constant(elbo_class):
+    vae = small_vae({"name": "gaussian", "scale": 1.0})
+    x = torch.rand(5, 1, 8, 8)
+    loss, z = loss_and_z(elbo_class(), vae, x)
+    mu, log_q, log_p, analytic_kl = hand_terms(vae, x, z)
+    kl = analytic_kl if elbo_class is TraceMeanField_ELBO else log_q - log_p
+    D = 64
+    expected = (0.5 * (x.flatten(1) - mu) ** 2).sum() + kl.sum() + 5 * D / 2 * math.log(2 * math.pi)
+    assert torch.allclose(loss, expected, rtol=1e-6, atol=1e-4)
+
+
+@pytest.mark.parametrize("elbo_class", [Trace_ELBO, TraceMeanField_ELBO])
+def test_bernoulli_loss_is_bce_plus_kl(elbo_class):
+    vae = small_vae("bernoulli")
+    x = torch.bernoulli(torch.full((5, 1, 8, 8), 0.3))
+    loss, z = loss_and_z(elbo_class(), vae, x)
+    logits, log_q, log_p, analytic_kl = hand_terms(vae, x, z)
+    kl = analytic_kl if elbo_class is TraceMeanField_ELBO else log_q - log_p
+    bce = F.binary_cross_entropy_with_logits(logits, x.flatten(1), reduction="sum")
+    assert torch.allclose(loss, bce + kl.sum(), rtol=1e-6, atol=1e-4)
+
+
+def test_sites_and_plate_names():
+    vae = small_vae()
+    x = torch.bernoulli(torch.full((7, 1, 8, 8), 0.5))
+    guide = poutine.trace(vae.guide).get_trace(x)
+    model = poutine.trace(poutine.replay(vae.model, trace=guide)).get_trace(x)
+    assert guide.nodes["z"]["fn"].has_rsample
+    assert model.nodes["x"]["is_observed"] and not model.nodes["z"]["is_observed"]
+    assert model.nodes["z"]["cond_indep_stack"][0].name == "data"
+    assert model.nodes["x"]["fn"].event_shape == (1, 8, 8)
+    assert guide.nodes["z"]["value"].shape == (7, 3)
+
+
+def svi_losses(vae, x, steps, seed=0):
+    pyro.set_rng_seed(seed)
+    svi = SVI(vae.model, vae.guide, pyro.optim.Adam({"lr": 1e-2}), Trace_ELBO())
+    return [svi.step(x) for _ in range(steps)]
+
+
+def test_plain_pyro_svi_script_trains_the_vae():
+    vae = small_vae()
+    x = torch.bernoulli(torch.full((64, 1, 8, 8), 0.3))
+    before = [p.detach().clone() for p in vae.parameters()]
+    losses = svi_losses(vae, x, 150)
+    assert all(not torch.equal(b, p) for b, p in zip(before, vae.parameters()))
+    assert sum(losses[-10:]) / 10 < sum(losses[:10]) / 10 - 5 * 64 * 0.05
+
+
+def test_two_vaes_share_no_parameters_through_the_param_store():
+    x = torch.bernoulli(torch.full((32, 1, 8, 8), 0.3))
+    first = small_vae()
+    svi_losses(first, x, 5)
+    first_weights = {k: v.clone() for k, v in first.state_dict().items()}
+
+    second = small_vae()
+    twin = small_vae()
+    twin.load_state_dict(second.state_dict())
+    second_losses = svi_losses(second, x, 5, seed=1)
+
+    assert all(torch.equal(first_weights[k], v) for k, v in first.state_dict().items())
+    pyro.clear_param_store()  # the twin trains as if no other VAE ever existed
+    assert svi_losses(twin, x, 5, seed=1) == second_losses
+    assert all(torch.equal(a, b) for a, b in zip(second.parameters(), twin.parameters()))
+
+
+def test_conv_networks_on_images():
+    vae = VAE(
+        (1, 8, 8), latent_dim=2,
+        encoder={"type": "conv", "channels": [4, 8]},
+        decoder={"type": "conv", "channels": [8, 4]},
+    )
+    x = torch.bernoulli(torch.full((3, 1, 8, 8), 0.5))
+    loss = Trace_ELBO().differentiable_loss(vae.model, vae.guide, x)
+    assert torch.isfinite(loss)
+    assert vae.decoder(torch.zeros(3, 2)).shape == (3, 1, 1, 8, 8)
+    assert vae.sample(5).shape == (5, 1, 8, 8)
+
+
+def test_conv_rejects_flat_data_and_odd_sizes():
+    with pytest.raises(UserError, match="needs images"):
+        VAE(64, encoder={"type": "conv"})
+    with pytest.raises(UserError, match="divisible by 8"):
+        VAE((1, 12, 12), encoder={"type": "conv", "channels": [4, 4, 4]})
+
+
+def test_names_tables_and_instances_are_accepted():
+    from pyro_vae.likelihoods import Gaussian
+
+    vae = VAE(10, likelihood=Gaussian((10,), scale=0.5), prior={"name": "normal"})
+    assert float(vae.likelihood.scale) == 0.5
+    with pytest.raises(UserError, match="unknown likelihood 'gausian'"):
+        VAE(10, likelihood="gausian")
