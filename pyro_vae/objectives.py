@@ -54,6 +54,21 @@ def analytic_kl(guide_dist, prior_dist):
 
 
 @torch.no_grad()
+def kl_per_dimension(vae, x):
+    """KL(q(z_d | x) || p(z_d)) for each data point and latent dimension, shape (N, latent_dim),
+    where the prior factorizes over dimensions in closed form; else None."""
+    loc, scale = vae.encoder(x)
+    prior = vae.prior(vae.encoder)
+    base = getattr(prior, "base_dist", None)
+    if base is None:
+        return None
+    try:
+        return kl_divergence(torch.distributions.Normal(loc, scale), base.expand(loc.shape))
+    except (NotImplementedError, RuntimeError):
+        return None
+
+
+@torch.no_grad()
 def elbo_terms(vae, x):
     """The ELBO and its two terms for each data point of ``x``, one sample of z each.
 

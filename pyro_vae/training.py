@@ -25,7 +25,7 @@ from .annealing import kl_scaled
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import build_estimator, build_model, load_config, save_config, check_config
 from .data import load_data
-from .objectives import elbo_terms
+from .evaluation import evaluate_elbo
 from .registry import UserError
 
 OPTIMIZERS = {
@@ -35,9 +35,6 @@ OPTIMIZERS = {
     "rmsprop": torch.optim.RMSprop,
 }
 METRICS = ["epoch", "step", "kl_weight", "train_loss", "val_elbo", "val_reconstruction", "val_kl", "seconds"]
-# Validation draws its noise from this fixed seed, so epochs are compared on the
-# same draws and the training RNG stream does not depend on whether we validate.
-VALIDATION_SEED = 2718
 
 
 def resolve_device(name):
@@ -57,20 +54,6 @@ def prepare_run_directory(out, force):
     if out.is_dir() and any(out.iterdir()) and not force:
         raise UserError(f"--out {out} already holds files; pass --force to overwrite it or choose another directory")
     return out
-
-
-@torch.no_grad()
-def average_elbo_terms(vae, batches, seed=VALIDATION_SEED):
-    """Mean over data points of ``elbo_terms`` (ELBO, reconstruction, KL), with fixed noise."""
-    devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
-    totals, count = {}, 0
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
-        for x in batches:
-            for name, values in elbo_terms(vae, x).items():
-                totals[name] = totals.get(name, 0.0) + values.sum().item()
-            count += len(x)
-    return {name: total / count for name, total in totals.items()}
 
 
 def train(config=None, out=None, force=False, overrides=()):
@@ -129,7 +112,7 @@ def train(config=None, out=None, force=False, overrides=()):
                 bar.update()
                 bar.set_postfix_str(f"epoch {epoch} loss {value:.2f}", refresh=False)
             vae.eval()
-            val = average_elbo_terms(vae, data.batches("valid", tc["eval_batch_size"], device))
+            val = evaluate_elbo(vae, data.batches("valid", tc["eval_batch_size"], device))
             rows.append(
                 {
                     "epoch": epoch,

@@ -8,7 +8,8 @@ import torch
 from conftest import tiny_config
 from pyro_vae import load_run, train
 from pyro_vae.data import load_data
-from pyro_vae.training import average_elbo_terms, read_metrics
+from pyro_vae.evaluation import evaluate_elbo
+from pyro_vae.training import read_metrics
 
 RUN_FILES = ["config.toml", "checkpoint.pt", "metrics.csv", "reconstructions.png", "samples.png", "curves.png"]
 
@@ -34,7 +35,7 @@ def test_load_run_round_trip_reproduces_the_logged_validation_elbo(tmp_path):
     run = train(config, out=tmp_path / "run")
     vae = load_run(run)
     data = load_data("digits", binarize="static")
-    val = average_elbo_terms(vae, data.batches("valid", 1000, "cpu"))
+    val = evaluate_elbo(vae, data.batches("valid", 1000, "cpu"))
     assert abs(val["elbo"] - read_metrics(run / "metrics.csv")[-1]["val_elbo"]) < 1e-4
     again = load_run(run)
     x = data.valid.x[:10]
