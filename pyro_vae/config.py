@@ -18,6 +18,7 @@ except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 import tomli_w
 
+from .annealing import build_schedule
 from .data import BINARIZATIONS, DATASETS
 from .likelihoods import LIKELIHOODS
 from .model import VAE
@@ -95,6 +96,19 @@ def spec(registry):
     return check
 
 
+def kl_weight(value, key):
+    """A number >= 0 (a constant weight) or a schedule table, checked by building it."""
+    if isinstance(value, dict):
+        build_schedule(value, steps_per_epoch=1, where=key)
+        return value
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise UserError(
+            f"{key} must be a number >= 0 or a schedule table, e.g. "
+            f'{{ schedule = "linear", start = 0.0, end = 1.0, epochs = 10 }}; got {_type_name(value)} {value!r}'
+        )
+    return number(minimum=0)(value, key)
+
+
 def name_in(registry):
     def check(value, key):
         string(value, key)
@@ -123,7 +137,8 @@ SCHEMA = {
         "estimator": ("trace", name_in(ESTIMATORS)),
         "num_particles": (1, integer(minimum=1)),
         "vectorize_particles": (False, boolean),
-        "kl_weight": (1.0, number(minimum=0)),
+        "kl_weight": (1.0, kl_weight),
+        "reduction": ("sum", choice("sum", "mean")),
     },
     "train": {
         "epochs": (50, integer(minimum=1)),
@@ -134,6 +149,13 @@ SCHEMA = {
         "seed": (0, integer(minimum=0)),
         "device": ("auto", device),
         "progress": (True, boolean),
+        "lr_schedule": ("constant", choice("constant", "cosine")),
+        "clip_grad_norm": (0.0, number(minimum=0)),
+        "max_skipped_steps": (0, integer(minimum=0)),
+        "checkpoint_every": (0, integer(minimum=0)),
+        "train_eval_examples": (10000, integer(minimum=1)),
+        "precision": ("float32", choice("float32", "bf16")),
+        "validate": (False, boolean),
     },
 }
 
