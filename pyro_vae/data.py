@@ -68,29 +68,37 @@ class Data:
             split.x = split.x.to(device)
         return self
 
-    def train_batches(self, batch_size, generator, device, rank=0, world_size=1):
+    def train_batches(self, batch_size, epoch_seed, noise, device, rank=0, world_size=1, skip=0):
         """One epoch of shuffled training minibatches on ``device``.
 
-        The order comes from ``generator`` alone, so an epoch is reproducible from
-        the generator's state. With ``world_size`` > 1, each rank takes every
-        ``world_size``-th example of each global batch of ``batch_size * world_size``.
+        The order is a pure function of ``epoch_seed``; dynamic binarization draws from
+        the generator ``noise``. Together with ``skip`` (batches already done) this lets
+        a resumed run continue an epoch exactly where it stopped. With ``world_size`` > 1
+        each rank takes every ``world_size``-th example of each global batch.
         """
-        n = len(self.train)
-        order = torch.randperm(n, generator=generator)
-        step = batch_size * world_size
-        for start in range(0, n, step):
-            index = order[start : start + step][rank::world_size]
+        order = torch.randperm(len(self.train), generator=torch.Generator().manual_seed(epoch_seed))
+        for start in range(skip * batch_size, len(order), batch_size):
+            index = order[start : start + batch_size][rank::world_size]
             x = self.train.x[index.to(self.train.x.device)]
             if self.dynamic_binarization:
-                noise = torch.rand(x.shape, generator=generator).to(x.device)
-                x = (noise < x).to(x.dtype)
+                x = (torch.rand(x.shape, generator=noise).to(x.device) < x).to(x.dtype)
             yield x.to(device, non_blocking=True)
 
-    def batches(self, split, batch_size, device):
-        """The examples of a split, in order, in minibatches on ``device``."""
-        x = self.split(split).x
+    def batches(self, split, batch_size, device, limit=None):
+        """The (first ``limit``) examples of a split, in order, in minibatches on ``device``.
+
+        Under dynamic binarization the training split is shown through one fixed
+        Bernoulli draw, so that its scores are comparable across epochs.
+        """
+        x = self.split(split).x[:limit]
+        generator = None
+        if split == "train" and self.dynamic_binarization:
+            generator = torch.Generator().manual_seed(STATIC_BINARIZATION_SEED)
         for start in range(0, len(x), batch_size):
-            yield x[start : start + batch_size].to(device, non_blocking=True)
+            batch = x[start : start + batch_size]
+            if generator is not None:
+                batch = (torch.rand(batch.shape, generator=generator).to(batch.device) < batch).to(batch.dtype)
+            yield batch.to(device, non_blocking=True)
 
 
 def load_data(name="digits", path="", binarize="none", download=False, **options):

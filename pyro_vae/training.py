@@ -1,29 +1,44 @@
-"""Training: SVI on the VAE's model and guide, with a torch optimizer.
+"""Training: SVI on the VAE's model and guide, with a torch optimizer, that loses nothing.
 
-Each step computes the estimator's differentiable loss (the negative ELBO,
-averaged over the minibatch) from the Pyro model and guide, and a torch optimizer
-updates ``vae.parameters()``: Pyro's ELBO used as a torch loss. After every epoch
-the validation ELBO is computed without touching any parameter, a row is added
-to ``metrics.csv``, and ``checkpoint.pt`` is replaced atomically.
+Each step evaluates the estimator's differentiable loss (the negative ELBO per data
+point, with the KL weight in force applied by a handler on the latent sites) from
+the Pyro model and guide; a torch optimizer updates ``vae.parameters()``. This is
+Pyro's ELBO used as a torch module (``NegativeELBO``), which is what lets
+``DistributedDataParallel`` wrap it.
 
-A run directory holds ``config.toml``, ``checkpoint.pt``, ``metrics.csv`` and the
-figures ``reconstructions.png``, ``samples.png`` and ``curves.png``.
+After every epoch the true ELBO (KL weight 1) is measured on the training and
+validation sets without touching any parameter, a row is added to
+``metrics.csv``, and the checkpoints are replaced atomically: ``checkpoint.pt``
+(the last state) and ``best.pt`` (the best validation ELBO so far).
+
+A checkpoint holds everything a run's future depends on: parameters, optimizer
+and learning-rate schedule state, the step and epoch (hence the KL schedule's
+position and the data order, which is a function of the seed and epoch), the
+generator of dynamic binarization, and the torch, CUDA, numpy and Python RNG
+states. ``train(resume=RUN)`` continues a run exactly: on CPU, a run killed
+mid-epoch and resumed ends with bit-identical parameters.
 """
 
 import csv
 import math
+import os
+import random
+import signal
 import time
 from datetime import datetime
 from pathlib import Path
 
+import numpy as np
 import pyro
 import torch
+import torch.distributed as dist
+from torch import nn
 from tqdm.auto import tqdm
 
 from . import plots
-from .annealing import kl_scaled
+from .annealing import Constant, build_schedule, kl_scaled
 from .checkpoint import load_checkpoint, save_checkpoint
-from .config import build_estimator, build_model, load_config, save_config, check_config
+from .config import apply_overrides, build_estimator, build_model, check_config, load_config, save_config
 from .data import load_data
 from .evaluation import evaluate_elbo
 from .registry import UserError
@@ -34,7 +49,36 @@ OPTIMIZERS = {
     "sgd": torch.optim.SGD,
     "rmsprop": torch.optim.RMSprop,
 }
-METRICS = ["epoch", "step", "kl_weight", "train_loss", "val_elbo", "val_reconstruction", "val_kl", "seconds"]
+# Keys that may change when a run is resumed; any other difference is refused.
+RESUMABLE_KEYS = {
+    ("train", "epochs"),
+    ("train", "progress"),
+    ("train", "device"),
+    ("train", "checkpoint_every"),
+    ("train", "eval_batch_size"),
+    ("train", "validate"),
+}
+
+
+class TrainingStopped(Exception):
+    """Training stopped on SIGINT or SIGTERM after writing a checkpoint."""
+
+    def __init__(self, message, exit_status):
+        super().__init__(message)
+        self.exit_status = exit_status
+
+
+class NegativeELBO(nn.Module):
+    """The training loss as a torch module: the estimator's loss for the (KL-weighted)
+    model and guide, per data point (and per feature under ``reduction = "mean"``)."""
+
+    def __init__(self, vae, estimator, model, guide, normalizer=1.0):
+        super().__init__()
+        self.vae = vae  # registered, so DistributedDataParallel finds the parameters
+        self.estimator, self.model, self.guide, self.normalizer = estimator, model, guide, normalizer
+
+    def forward(self, x):
+        return self.estimator.loss(self.model, self.guide, x) / (len(x) * self.normalizer)
 
 
 def resolve_device(name):
@@ -45,6 +89,253 @@ def resolve_device(name):
     return torch.device(name)
 
 
+def rng_state():
+    """Every RNG a run draws from, as plain tensors and numbers (safe for weights_only)."""
+    name, keys, position, has_gauss, cached = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": position, "has_gauss": has_gauss, "cached": cached},
+        "python": random.getstate(),
+    }
+
+
+def set_rng_state(state):
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    numpy = state["numpy"]
+    np.random.set_state(("MT19937", numpy["keys"].numpy().astype(np.uint32), numpy["pos"], numpy["has_gauss"], numpy["cached"]))
+    random.setstate(state["python"])
+
+
+class Trainer:
+    """One training run: model, optimizer, schedules, data order and RNGs, and their checkpoints."""
+
+    def __init__(self, config, data, out, device, rank=0, world_size=1):
+        self.config, self.data, self.out, self.device = config, data, out, device
+        self.rank, self.world_size = rank, world_size
+        tc, objective = config["train"], config["objective"]
+        if tc["batch_size"] % world_size:
+            raise UserError(f"train.batch_size ({tc['batch_size']}) must be divisible by the number of processes ({world_size})")
+        self.vae = build_model(config, data.shape).to(device)
+        for split in ("train", "valid", "test"):
+            if split != "train" or not data.dynamic_binarization:
+                self.vae.likelihood.check_support(data.split(split).x)
+        estimator = build_estimator(config)
+        self.optimizer = OPTIMIZERS[tc["optimizer"]](self.vae.parameters(), lr=tc["lr"])
+        self.steps_per_epoch = math.ceil(len(data.train) / tc["batch_size"])
+        total_steps = tc["epochs"] * self.steps_per_epoch
+        self.lr_schedule = (
+            torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=total_steps)
+            if tc["lr_schedule"] == "cosine"
+            else None
+        )
+        self.kl_schedule = build_schedule(objective["kl_weight"], self.steps_per_epoch)
+        # reduction = "mean" averages log p(x|z) over the D features:
+        # -log p / D + beta KL = (1 / D) (-log p + D beta KL), an effective KL weight of D beta.
+        self.features_per_term = self.vae.num_features if objective["reduction"] == "mean" else 1
+        self.kl_weight = self.kl_schedule(0)
+        model, guide = self.vae.model, self.vae.guide
+        if not isinstance(self.kl_schedule, Constant) or self.kl_weight * self.features_per_term != 1.0:
+            weight = lambda: self.kl_weight * self.features_per_term  # noqa: E731 (read at every site)
+            model, guide = kl_scaled(model, weight), kl_scaled(guide, weight)
+        self.loss = NegativeELBO(self.vae, estimator, model, guide, self.features_per_term)
+        if world_size > 1:
+            self.loss = nn.parallel.DistributedDataParallel(self.loss, device_ids=[device.index] if device.type == "cuda" else None)
+        self.noise = torch.Generator().manual_seed(tc["seed"] * 7919 + rank)  # dynamic binarization
+        self.step, self.epoch, self.batch_in_epoch = 0, 0, 0
+        self.epoch_loss = [0.0, 0]  # sum of per-point losses and count in the current epoch
+        self.rows, self.best_val_elbo = [], -math.inf
+        self.skipped_steps, self.stop_signal = 0, None
+
+    @property
+    def is_main(self):
+        return self.rank == 0
+
+    # ---- checkpoints ----
+
+    def state_dict(self):
+        return {
+            "model": self.vae.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "lr_schedule": self.lr_schedule.state_dict() if self.lr_schedule else {},
+            "data_shape": list(self.data.shape),
+            "config": self.config,
+            "step": self.step,
+            "epoch": self.epoch,
+            "batch_in_epoch": self.batch_in_epoch,
+            "epoch_loss": list(self.epoch_loss),
+            "rows": self.rows,
+            "best_val_elbo": self.best_val_elbo,
+            "skipped_steps": self.skipped_steps,
+            "noise": self.noise.get_state(),
+            "rng": rng_state(),
+        }
+
+    def load_state_dict(self, state):
+        try:
+            self.vae.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as error:
+            raise UserError(f"the checkpoint does not fit this model: {str(error).splitlines()[0][:200]}") from None
+        if self.lr_schedule:
+            self.lr_schedule.load_state_dict(state["lr_schedule"])
+        self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
+        self.epoch_loss, self.rows = list(state["epoch_loss"]), list(state["rows"])
+        self.best_val_elbo, self.skipped_steps = state["best_val_elbo"], state["skipped_steps"]
+        self.noise.set_state(state["noise"])
+        set_rng_state(state["rng"])
+
+    def save(self, name="checkpoint.pt"):
+        if self.is_main:
+            save_checkpoint(self.state_dict(), self.out / name)
+
+    # ---- the loop ----
+
+    def fit(self):
+        tc = self.config["train"]
+        previous = self._catch_signals()
+        bar = tqdm(
+            total=tc["epochs"] * self.steps_per_epoch,
+            initial=self.step,
+            disable=not (tc["progress"] and self.is_main),
+            unit="step",
+            dynamic_ncols=True,
+            desc="training -ELBO" if isinstance(self.kl_schedule, Constant) and self.kl_weight == 1 else "training -ELBO(kl_weight)",
+        )
+        start = time.perf_counter() - (self.rows[-1]["seconds"] if self.rows else 0.0)
+        try:
+            with pyro.validation_enabled(tc["validate"]):
+                for epoch in range(self.epoch + 1, tc["epochs"] + 1):
+                    self._train_epoch(epoch, bar)
+                    self.epoch, self.batch_in_epoch = epoch, 0
+                    self._end_epoch(epoch, time.perf_counter() - start, bar)
+        finally:
+            bar.close()
+            self._restore_signals(previous)
+        if self.is_main:
+            save_figures(self.vae, self.data, self.rows, self.out, self.device)
+
+    def _train_epoch(self, epoch, bar):
+        tc = self.config["train"]
+        batches = self.data.train_batches(
+            tc["batch_size"], tc["seed"] * 100003 + epoch, self.noise, self.device,
+            self.rank, self.world_size, skip=self.batch_in_epoch,
+        )
+        self.vae.train()
+        for x in batches:
+            self.kl_weight = self.kl_schedule(self.step)
+            with torch.autocast(self.device.type, torch.bfloat16, enabled=tc["precision"] == "bf16"):
+                loss = self.loss(x)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            value = loss.item()
+            if not self._finite(value, epoch):
+                continue
+            if tc["clip_grad_norm"]:
+                nn.utils.clip_grad_norm_(self.vae.parameters(), tc["clip_grad_norm"])
+            self.optimizer.step()
+            if self.lr_schedule:
+                self.lr_schedule.step()
+            self.step += 1
+            self.batch_in_epoch += 1
+            self.epoch_loss = [self.epoch_loss[0] + value * len(x), self.epoch_loss[1] + len(x)]
+            bar.update()
+            bar.set_postfix_str(f"epoch {epoch} loss {value:.3f}" + ("" if isinstance(self.kl_schedule, Constant) else f" kl_weight {self.kl_weight:.3g}"), refresh=False)
+            if tc["checkpoint_every"] and self.step % tc["checkpoint_every"] == 0:
+                self.save()
+            if self.stop_signal is not None:
+                self._stop()
+
+    def _finite(self, value, epoch):
+        """False (and the step skipped) for a non-finite loss or gradient; stop when too many."""
+        grads = [p.grad for p in self.vae.parameters() if p.grad is not None]
+        if math.isfinite(value) and all(torch.isfinite(g).all() for g in grads):
+            return True
+        what = "loss" if not math.isfinite(value) else "gradient"
+        self.skipped_steps += 1
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.skipped_steps > self.config["train"]["max_skipped_steps"]:
+            raise UserError(
+                f"non-finite {what} ({value}) at step {self.step + 1} (epoch {epoch}, kl_weight {self.kl_weight:.3g}); "
+                f"likely causes: train.lr = {self.config['train']['lr']:g} too high, a likelihood scale collapsing "
+                f"(raise its min_scale), or extreme data; the last good checkpoint in {self.out} is intact"
+            )
+        return False
+
+    def _end_epoch(self, epoch, seconds, bar):
+        tc = self.config["train"]
+        self.vae.eval()
+        if self.world_size > 1:
+            dist.barrier()
+        if self.is_main:
+            batches = lambda split, limit=None: self.data.batches(split, tc["eval_batch_size"], self.device, limit)  # noqa: E731
+            train = evaluate_elbo(self.vae, batches("train", tc["train_eval_examples"]))
+            val = evaluate_elbo(self.vae, batches("valid"))
+            loss_sum, count = self.epoch_loss
+            row = {
+                "epoch": epoch,
+                "step": self.step,
+                "kl_weight": self.kl_weight,
+                "effective_kl_weight": self.kl_weight * self.features_per_term,
+                "train_loss": loss_sum / max(count, 1),
+                "train_elbo": train["elbo"],
+                "train_reconstruction": train["reconstruction"],
+                "train_kl": train["kl"],
+                "val_elbo": val["elbo"],
+                "val_reconstruction": val["reconstruction"],
+                "val_kl": val["kl"],
+                "active_units": val["active_units"],
+                "seconds": seconds,
+            }
+            row.update({f"kl_{d}": kl for d, kl in enumerate(val["kl_per_dimension"] or [])})
+            self.rows.append(row)
+            self.epoch_loss = [0.0, 0]
+            bar.write(
+                f"epoch {epoch}: training loss {row['train_loss']:.3f}, train ELBO {train['elbo']:.3f}, "
+                f"validation ELBO {val['elbo']:.3f} (KL {val['kl']:.2f}, {val['active_units']} active units)"
+            )
+            write_metrics(self.rows, self.out / "metrics.csv")
+            self.save()
+            if val["elbo"] > self.best_val_elbo:
+                self.best_val_elbo = val["elbo"]
+                self.save("best.pt")
+        else:
+            self.epoch_loss = [0.0, 0]
+        if self.world_size > 1:
+            dist.barrier()
+
+    # ---- signals ----
+
+    def _catch_signals(self):
+        try:
+            previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+            for s in previous:
+                signal.signal(s, self._on_signal)
+            return previous
+        except ValueError:  # not the main thread: leave signals alone
+            return {}
+
+    def _on_signal(self, signum, frame):
+        self.stop_signal = signum
+
+    def _restore_signals(self, previous):
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+    def _stop(self):
+        self.save()
+        if self.is_main and self.rows:
+            write_metrics(self.rows, self.out / "metrics.csv")
+        name = signal.Signals(self.stop_signal).name
+        raise TrainingStopped(
+            f"stopped by {name} at step {self.step}; checkpoint written to {self.out / 'checkpoint.pt'}; "
+            f"continue with: pyro-vae train --resume {self.out}",
+            128 + self.stop_signal,
+        )
+
+
 def prepare_run_directory(out, force):
     if out is None:
         out = Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -52,106 +343,88 @@ def prepare_run_directory(out, force):
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} exists and is not a directory")
     if out.is_dir() and any(out.iterdir()) and not force:
-        raise UserError(f"--out {out} already holds files; pass --force to overwrite it or choose another directory")
+        raise UserError(f"--out {out} already holds files; pass --force to overwrite it, --resume to continue it, or choose another directory")
     return out
 
 
-def train(config=None, out=None, force=False, overrides=()):
+def check_resumable(old, new, run):
+    for section, keys in new.items():
+        for key, value in keys.items():
+            if (section, key) not in RESUMABLE_KEYS and old.get(section, {}).get(key) != value:
+                raise UserError(
+                    f"cannot resume {run} with a different {section}.{key} ({value!r}; the run has "
+                    f"{old.get(section, {}).get(key)!r}); only {', '.join(sorted(f'{s}.{k}' for s, k in RESUMABLE_KEYS))} may change"
+                )
+
+
+def distributed_context(device):
+    """(rank, world_size, device) under torchrun; (0, 1, device) otherwise."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size == 1:
+        return 0, 1, device
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    return dist.get_rank(), world_size, device
+
+
+def train(config=None, out=None, force=False, overrides=(), resume=None):
     """Train a VAE from a config (a dict, a TOML path, or None for the defaults).
 
-    Returns the run directory. Everything about the config and the data is checked
-    before the run directory is touched.
+    ``resume=RUN`` continues the run in directory RUN from its last checkpoint (the
+    config is the run's own; ``config``/``overrides`` may only change the keys in
+    ``RESUMABLE_KEYS``, e.g. ``train.epochs`` to train longer). Returns the run
+    directory. Config, data and checkpoint are all checked before any file is written.
     """
-    config = load_config(config, overrides) if not isinstance(config, dict) else check_config(config)
+    if resume is not None:
+        run = Path(resume)
+        if not (run / "config.toml").is_file() or not (run / "checkpoint.pt").is_file():
+            raise UserError(f"--resume {run}: not a run directory with config.toml and checkpoint.pt")
+        state = load_checkpoint(run / "checkpoint.pt")
+        new = load_config(run / "config.toml", overrides) if config is None else _as_config(config, overrides)
+        check_resumable(state["config"], new, run)
+        config, out = new, run
+    else:
+        config = _as_config(config, overrides)
+        out = prepare_run_directory(out, force)
     device = resolve_device(config["train"]["device"])
-    out = prepare_run_directory(out, force)
-    seed = config["train"]["seed"]
-    pyro.set_rng_seed(seed)
+    rank, world_size, device = distributed_context(device)
+    pyro.set_rng_seed(config["train"]["seed"] + rank)
 
-    data_options = {k: v for k, v in config["data"].items() if k != "on_device"}
-    data = load_data(**data_options)
+    data = load_data(**{k: v for k, v in config["data"].items() if k != "on_device"})
     if config["data"]["on_device"]:
         data.to(device)
-    vae = build_model(config, data.shape).to(device)
-    for split in ("train", "valid", "test"):
-        if split != "train" or not data.dynamic_binarization:
-            vae.likelihood.check_support(data.split(split).x)
-    estimator = build_estimator(config)
-    tc = config["train"]
-    optimizer = OPTIMIZERS[tc["optimizer"]](vae.parameters(), lr=tc["lr"])
-    kl_weight = config["objective"]["kl_weight"]
-    model, guide = vae.model, vae.guide
-    if kl_weight != 1.0:
-        model, guide = kl_scaled(model, kl_weight), kl_scaled(guide, kl_weight)
-
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(config, out / "config.toml")
-    generator = torch.Generator().manual_seed(seed)
-    steps_per_epoch = math.ceil(len(data.train) / tc["batch_size"])
-    bar = tqdm(
-        total=tc["epochs"] * steps_per_epoch, disable=not tc["progress"], unit="step", dynamic_ncols=True
-    )
-    rows, step, start = [], 0, time.perf_counter()
-    with pyro.validation_enabled(False):  # Pyro's per-site checks cost ~0.5 ms a step; data is checked above
-        for epoch in range(1, tc["epochs"] + 1):
-            vae.train()
-            total, count = 0.0, 0
-            for x in data.train_batches(tc["batch_size"], generator, device):
-                loss = estimator.loss(model, guide, x) / len(x)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                step += 1
-                value = loss.item()
-                if not math.isfinite(value):
-                    raise UserError(
-                        f"the training loss became {value} at step {step} (epoch {epoch}); "
-                        "try a smaller train.lr, or check the likelihood's scale"
-                    )
-                total, count = total + value * len(x), count + len(x)
-                bar.update()
-                bar.set_postfix_str(f"epoch {epoch} loss {value:.2f}", refresh=False)
-            vae.eval()
-            val = evaluate_elbo(vae, data.batches("valid", tc["eval_batch_size"], device))
-            rows.append(
-                {
-                    "epoch": epoch,
-                    "step": step,
-                    "kl_weight": kl_weight,
-                    "train_loss": total / count,
-                    "val_elbo": val["elbo"],
-                    "val_reconstruction": val["reconstruction"],
-                    "val_kl": val["kl"],
-                    "seconds": time.perf_counter() - start,
-                }
-            )
-            bar.write(f"epoch {epoch}: train loss {total / count:.3f}, validation ELBO {val['elbo']:.3f}")
-            write_metrics(rows, out / "metrics.csv")
-            save_checkpoint(
-                {
-                    "model": vae.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "data_shape": list(data.shape),
-                    "epoch": epoch,
-                    "step": step,
-                },
-                out / "checkpoint.pt",
-            )
-    bar.close()
-    save_figures(vae, data, rows, out, device)
+    trainer = Trainer(config, data, out, device, rank, world_size)
+    if resume is not None:
+        trainer.load_state_dict(state)
+    if trainer.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        save_config(config, out / "config.toml")
+    trainer.fit()
     return out
+
+
+def _as_config(config, overrides):
+    if isinstance(config, dict):
+        return check_config(apply_overrides(config, overrides))
+    return load_config(config, overrides)
 
 
 def write_metrics(rows, path):
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+    fields = list(dict.fromkeys(key for row in rows for key in row))
+    tmp = path.with_suffix(".csv.tmp")
+    with open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
         writer.writeheader()
         writer.writerows(rows)
+    os.replace(tmp, path)
 
 
 def read_metrics(path):
     with open(path, newline="") as f:
-        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
+        return [{k: float(v) for k, v in row.items() if v != ""} for row in csv.DictReader(f)]
 
 
 def save_figures(vae, data, rows, out, device):
@@ -163,13 +436,16 @@ def save_figures(vae, data, rows, out, device):
     plots.save_curves(rows, out / "curves.png")
 
 
-def load_run(run, device="cpu"):
-    """The trained VAE of a run directory, in eval mode, ready for ``model`` / ``guide``."""
+def load_run(run, device="cpu", checkpoint="checkpoint.pt"):
+    """The trained VAE of a run directory, in eval mode, ready for ``model`` / ``guide``.
+
+    ``checkpoint="best.pt"`` loads the state with the best validation ELBO instead of the last.
+    """
     run = Path(run)
     if not (run / "config.toml").is_file():
         raise UserError(f"{run} is not a run directory (no config.toml)")
     config = load_config(run / "config.toml")
-    state = load_checkpoint(run / "checkpoint.pt", map_location=device)
+    state = load_checkpoint(run / checkpoint, map_location=device)
     vae = build_model(config, state["data_shape"]).to(device)
     vae.load_state_dict(state["model"])
     return vae.eval()

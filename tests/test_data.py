@@ -91,8 +91,8 @@ def test_digits_and_binarization():
 
     dynamic = load_data("digits", binarize="dynamic")
     g = torch.Generator().manual_seed(0)
-    first = torch.cat(list(dynamic.train_batches(2000, g, "cpu")))
-    second = torch.cat(list(dynamic.train_batches(2000, g, "cpu")))
+    first = torch.cat(list(dynamic.train_batches(2000, 0, g, "cpu")))
+    second = torch.cat(list(dynamic.train_batches(2000, 0, g, "cpu")))
     assert set(first.unique().tolist()) == {0.0, 1.0}
     assert not torch.equal(first.sum(0), second.sum(0))  # a fresh draw each epoch
     # The draws are unbiased: pixel means match the grey levels.
