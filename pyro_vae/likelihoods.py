@@ -7,11 +7,26 @@ A likelihood receives the decoder's output ``params`` of shape
 ``(batch, num_params, *data_shape)`` and returns a Pyro distribution whose event
 shape is ``data_shape``. ``num_params`` says how many numbers per feature the
 decoder must produce (1 for Bernoulli logits or a Gaussian mean).
+
+Which one to use (the README has the table):
+
+- binary {0, 1}: ``bernoulli``;
+- grey levels in [0, 1]: ``continuous_bernoulli``, or ``beta`` (strictly inside (0, 1));
+- 8-bit (or any L-level) images k / (L - 1): ``discretized_logistic``, a mass function, so
+  ``-log p / (D log 2)`` is bits per dimension;
+- real values: ``gaussian`` or ``laplace`` (heavier tails), with a fixed, learned or
+  ``"optimal"`` (sigma-VAE) scale.
 """
+
+import math
+import numbers
 
 import pyro.distributions as dist
 import torch
+from pyro.distributions import constraints
+from pyro.distributions.torch_distribution import TorchDistribution
 from torch import nn
+from torch.nn import functional as F
 
 from .registry import Registry, UserError
 
@@ -41,6 +56,10 @@ class Likelihood(nn.Module):
         """Raise a one-line :class:`UserError` if ``x`` lies outside the support."""
 
 
+def _span(x):
+    return f"[{x.min().item():.4g}, {x.max().item():.4g}]"
+
+
 @LIKELIHOODS.register("bernoulli")
 class Bernoulli(Likelihood):
     """Bernoulli on binary data {0, 1}; the decoder gives logits (BCE is its exact -log p)."""
@@ -60,23 +79,353 @@ class Bernoulli(Likelihood):
             )
 
 
-@LIKELIHOODS.register("gaussian")
-class Gaussian(Likelihood):
-    """Gaussian N(mu, sigma^2) on real data; the decoder gives mu, sigma is fixed.
+# ---------------------------------------------------------------------------------------
+# Continuous Bernoulli
 
-    -log p(x | z) = sum_i (x_i - mu_i)^2 / (2 sigma^2) + D log sigma + (D / 2) log 2 pi,
-    so plain summed squared error is this likelihood at sigma^2 = 1/2, up to a constant.
+
+# |lambda - 1/2| below which log C(lambda) is taken from its Taylor series. The series'
+# first omitted term is (16064/2835) t^6 ~ 5.7 t^6, i.e. < 1e-7 for |t| < 0.05: float32
+# round-off. Outside, the exact form's derivative 1/eta - coth(eta/2)/2 ... loses no more
+# than ~1e-6 to cancellation (|eta| > 0.2), where torch's own cut at |t| < 1e-3 leaves a
+# relative gradient error of a few percent.
+SERIES_HALF_WIDTH = 0.05
+
+
+def continuous_bernoulli_log_normalizer(logits):
+    """log C(lambda) of the continuous Bernoulli, as a function of eta = logit(lambda).
+
+    C(lambda) = 2 atanh(1 - 2 lambda) / (1 - 2 lambda), C(1/2) = 2 (Loaiza-Ganem &
+    Cunningham 2019). With lambda = sigmoid(eta), 1 - 2 lambda = -tanh(eta / 2) and
+    atanh(1 - 2 lambda) = -eta / 2, so exactly
+
+        log C = log(eta / tanh(eta / 2)) = log|eta| - log|tanh(eta / 2)|,
+
+    which is exact at every eta != 0, and ~ log|eta| as lambda -> 0 or 1 (no clamping of
+    lambda, unlike working in probabilities). Near lambda = 1/2 both terms blow up and
+    their difference (and its gradient) cancels, so there, with t = lambda - 1/2 =
+    tanh(eta / 2) / 2, the series  log C ~ log 2 + (4/3) t^2 + (104/45) t^4  is used.
+    """
+    t = torch.tanh(logits / 2) / 2
+    near_half = t.abs() < SERIES_HALF_WIDTH
+    # Feed the exact branch a harmless value where the series is used, so neither branch
+    # of the where produces a NaN (or a NaN gradient) at eta = 0.
+    safe = torch.where(near_half, torch.ones_like(logits), logits)
+    exact = safe.abs().log() - torch.tanh(safe / 2).abs().log()
+    t2 = t * t
+    series = math.log(2.0) + (4.0 / 3.0 + 104.0 / 45.0 * t2) * t2
+    return torch.where(near_half, series, exact)
+
+
+def continuous_bernoulli_mean(logits):
+    """E[x] = 1 / (1 - exp(-eta)) - 1 / eta, with its series 1/2 + eta/12 - eta^3/720 near eta = 0."""
+    near_zero = logits.abs() < 4 * SERIES_HALF_WIDTH
+    safe = torch.where(near_zero, torch.ones_like(logits), logits)
+    exact = -1.0 / torch.expm1(-safe) - 1.0 / safe
+    series = 0.5 + logits / 12 - logits**3 / 720
+    return torch.where(near_zero, series, exact)
+
+
+class StableContinuousBernoulli(dist.ContinuousBernoulli):
+    """Pyro's (torch's) continuous Bernoulli with the log-normalizer and mean computed from
+    the logits: exact for every lambda in (0, 1), series near 1/2 (see
+    :func:`continuous_bernoulli_log_normalizer`). Sampling is torch's inverse CDF."""
+
+    def log_prob(self, value):
+        if self._validate_args:
+            self._validate_sample(value)
+        logits, value = torch.broadcast_tensors(self.logits, value)
+        # log p(x | eta) = x log lambda + (1 - x) log(1 - lambda) + log C = -BCE(eta, x) + log C
+        bce = F.binary_cross_entropy_with_logits(logits, value, reduction="none")
+        return continuous_bernoulli_log_normalizer(logits) - bce
+
+    @property
+    def mean(self):
+        return continuous_bernoulli_mean(self.logits)
+
+
+def _check_unit_interval(name, x, fix):
+    if x.min() < 0 or x.max() > 1:
+        raise UserError(f"the {name} likelihood needs data in [0, 1], but the data spans {_span(x)}; {fix}")
+
+
+@LIKELIHOODS.register("continuous_bernoulli")
+class ContinuousBernoulli(Likelihood):
+    """Continuous Bernoulli on grey levels in [0, 1]: Bernoulli with its normalizing constant restored.
+
+    p(x | lambda) = C(lambda) lambda^x (1 - lambda)^(1 - x) on [0, 1]; the decoder gives
+    logit(lambda). Unlike a Bernoulli on grey levels, it integrates to 1 over [0, 1].
+    Note E[x] != lambda (the mean is what figures show).
     """
 
-    def __init__(self, data_shape, scale=1.0):
+    def forward(self, params, x=None):
+        return StableContinuousBernoulli(logits=params[:, 0]).to_event(self.event_dim)
+
+    def mean(self, params):
+        return continuous_bernoulli_mean(params[:, 0])
+
+    def check_support(self, x):
+        _check_unit_interval("continuous_bernoulli", x, "rescale it to [0, 1] or use likelihood = \"gaussian\"")
+
+
+# ---------------------------------------------------------------------------------------
+# Location-scale likelihoods: Gaussian and Laplace
+
+SCALE_CHOICES = ("learned", "learned_per_feature", "optimal")
+
+
+class LocationScale(Likelihood):
+    """Base for p(x | z) = f((x - mu) / s) / s with mu from the decoder and a scale s that is
+
+    - a number: fixed;
+    - ``"learned"``: one shared s = min_scale + exp(log_scale), trained with the networks;
+    - ``"learned_per_feature"``: one such s per feature (shape ``data_shape``);
+    - ``"optimal"``: the maximum-likelihood s for the current batch's residuals x - mu,
+      detached (the sigma-VAE of Rybkin et al. 2020). At that s the gradient of the loss
+      with respect to s is zero, so detaching it leaves the gradient for mu unchanged.
+      Without an observation (generation) the last training batch's value is used.
+
+    ``min_scale`` floors the learned and optimal scales: without it a perfectly fitted
+    (or constant) feature sends s -> 0 and log p -> +infinity.
+    """
+
+    distribution = None  # a Pyro location-scale distribution class
+
+    def __init__(self, data_shape, scale=1.0, min_scale=1e-3):
         super().__init__(data_shape)
-        if not isinstance(scale, (int, float)) or isinstance(scale, bool) or scale <= 0:
-            raise UserError(f"gaussian scale must be a positive number, got {scale!r}")
-        self.register_buffer("scale", torch.tensor(float(scale)))
+        name = self.registered_name
+        if not isinstance(min_scale, numbers.Real) or isinstance(min_scale, bool) or not min_scale > 0:
+            raise UserError(f"{name} min_scale must be a positive number, got {min_scale!r}")
+        self.scale = scale
+        self.min_scale = float(min_scale)
+        if isinstance(scale, numbers.Real) and not isinstance(scale, bool):
+            if not (math.isfinite(scale) and scale > 0):
+                raise UserError(f"{name} scale must be a positive number, got {scale!r}")
+            self.register_buffer("fixed_scale", torch.tensor(float(scale)))
+        elif scale == "learned":
+            self.log_scale = nn.Parameter(torch.zeros(()))
+        elif scale == "learned_per_feature":
+            self.log_scale = nn.Parameter(torch.zeros(self.data_shape))
+        elif scale == "optimal":
+            self.register_buffer("last_optimal_scale", torch.tensor(1.0))
+        else:
+            raise UserError(
+                f"{name} scale must be a positive number or one of: {', '.join(SCALE_CHOICES)}; got {scale!r}"
+            )
+
+    @staticmethod
+    def optimal_scale(residual):
+        """The maximum-likelihood shared scale for residuals x - mu (over batch and features)."""
+        raise NotImplementedError
+
+    def scale_for(self, loc, x=None):
+        """The scale s, broadcastable against ``loc`` of shape (N, *data_shape)."""
+        if self.scale == "optimal":
+            if x is None:
+                return self.last_optimal_scale
+            scale = self.optimal_scale((x - loc).detach()).clamp(min=self.min_scale)
+            if self.training:
+                self.last_optimal_scale.copy_(scale)
+            return scale
+        if isinstance(self.scale, str):
+            return self.min_scale + self.log_scale.exp()
+        return self.fixed_scale
 
     def forward(self, params, x=None):
         loc = params[:, 0]
-        return dist.Normal(loc, self.scale.expand_as(loc)).to_event(self.event_dim)
+        scale = self.scale_for(loc, x).expand_as(loc)
+        return self.distribution(loc, scale).to_event(self.event_dim)
 
     def mean(self, params):
         return params[:, 0]
+
+
+@LIKELIHOODS.register("gaussian")
+class Gaussian(LocationScale):
+    """Gaussian N(mu, sigma^2) on real data; scale = a number, "learned", "learned_per_feature" or "optimal".
+
+    -log p(x | z) = sum_i (x_i - mu_i)^2 / (2 sigma^2) + D log sigma + (D / 2) log 2 pi,
+    so plain summed squared error is this likelihood at sigma^2 = 1/2, up to a constant;
+    the "optimal" shared sigma is sigma^2 = mean squared error.
+    """
+
+    distribution = dist.Normal
+
+    @staticmethod
+    def optimal_scale(residual):
+        # d/dsigma [sum r^2 / (2 sigma^2) + D log sigma] = 0  =>  sigma^2 = mean(r^2)
+        return residual.pow(2).mean().sqrt()
+
+
+@LIKELIHOODS.register("laplace")
+class Laplace(LocationScale):
+    """Laplace(mu, b) on real data, heavier-tailed than a Gaussian; same scale options.
+
+    -log p(x | z) = sum_i |x_i - mu_i| / b + D log(2 b) (an L1 loss at fixed b); the
+    "optimal" shared b is the mean absolute error.
+    """
+
+    distribution = dist.Laplace
+
+    @staticmethod
+    def optimal_scale(residual):
+        # d/db [sum |r| / b + D log b] = 0  =>  b = mean(|r|)
+        return residual.abs().mean()
+
+
+# ---------------------------------------------------------------------------------------
+# Beta
+
+# The floor on each concentration keeps the density finite when a decoder output goes to -inf.
+MIN_CONCENTRATION = 1e-3
+
+
+@LIKELIHOODS.register("beta")
+class Beta(Likelihood):
+    """Beta(alpha, beta) on data strictly inside (0, 1); the decoder gives both concentrations.
+
+    alpha, beta = softplus(decoder outputs) + 1e-3. Grey-level images have exact 0s and 1s
+    where the Beta density is 0 or infinite, so they are *squeezed* first: set
+    ``squeeze = eps`` (e.g. 1e-3) and x in [0, 1] is modelled as x' = eps + (1 - 2 eps) x
+    ~ Beta(alpha, beta). The change of variables adds D log(1 - 2 eps) to log p, so the
+    result is a normalized density of x itself (on a support slightly wider than [0, 1])
+    and stays comparable with the other likelihoods.
+    """
+
+    num_params = 2
+
+    def __init__(self, data_shape, squeeze=0.0):
+        super().__init__(data_shape)
+        if not isinstance(squeeze, numbers.Real) or isinstance(squeeze, bool) or not 0 <= squeeze < 0.5:
+            raise UserError(f"beta squeeze must be a number in [0, 0.5), got {squeeze!r}")
+        self.squeeze = float(squeeze)
+        # x = (x' - eps) / (1 - 2 eps): the map from Beta's (0, 1) to the data
+        width = 1.0 - 2.0 * self.squeeze
+        self.to_data = dist.transforms.AffineTransform(-self.squeeze / width, 1.0 / width)
+
+    def concentrations(self, params):
+        return F.softplus(params[:, 0]) + MIN_CONCENTRATION, F.softplus(params[:, 1]) + MIN_CONCENTRATION
+
+    def forward(self, params, x=None):
+        base = dist.Beta(*self.concentrations(params))
+        if self.squeeze:
+            base = dist.TransformedDistribution(base, [self.to_data])
+        return base.to_event(self.event_dim)
+
+    def mean(self, params):
+        alpha, beta = self.concentrations(params)
+        return (alpha / (alpha + beta) - self.squeeze) / (1.0 - 2.0 * self.squeeze)
+
+    def check_support(self, x):
+        if self.squeeze:
+            _check_unit_interval("beta", x, "rescale it to [0, 1]")
+        elif x.min() <= 0 or x.max() >= 1:
+            raise UserError(
+                f"the beta likelihood needs data strictly inside (0, 1), but the data spans {_span(x)}; "
+                "set likelihood = { name = \"beta\", squeeze = 1e-3 } to model eps + (1 - 2 eps) x, "
+                "or use \"continuous_bernoulli\""
+            )
+
+
+# ---------------------------------------------------------------------------------------
+# Discretized logistic mixture
+
+
+def _log_sigmoid(a):
+    return -F.softplus(-a)
+
+
+class DiscretizedLogisticMixture(TorchDistribution):
+    """A mixture of K logistics discretized to L levels x = k / (L - 1), k = 0..L-1.
+
+    Level k gets the logistic mass of its bin [x - h, x + h], h = 1 / (2 (L - 1)), with the
+    bins of the end levels extended to -inf and +inf (PixelCNN++, Salimans et al. 2017),
+    so the masses of the L levels sum to exactly 1. Parameters have shape
+    ``(*batch_shape, K)``: mixture logits, locations and log-scales.
+    """
+
+    arg_constraints = {}
+    support = constraints.unit_interval
+
+    def __init__(self, logits, loc, log_scale, levels=256, validate_args=None):
+        self.logits, self.loc, self.log_scale = torch.broadcast_tensors(logits, loc, log_scale)
+        self.levels = levels
+        super().__init__(self.loc.shape[:-1], validate_args=validate_args)
+
+    def expand(self, batch_shape, _instance=None):
+        shape = torch.Size(batch_shape) + self.loc.shape[-1:]
+        return DiscretizedLogisticMixture(
+            self.logits.expand(shape), self.loc.expand(shape), self.log_scale.expand(shape), self.levels
+        )
+
+    def log_prob(self, value):
+        half_bin = 0.5 / (self.levels - 1)
+        x = value.unsqueeze(-1)
+        inv_scale = torch.exp(-self.log_scale)
+        upper = (x + half_bin - self.loc) * inv_scale
+        lower = (x - half_bin - self.loc) * inv_scale
+        upper = torch.where(x > 1 - half_bin, torch.full_like(upper, math.inf), upper)  # top bin: to +inf
+        lower = torch.where(x < half_bin, torch.full_like(lower, -math.inf), lower)  # bottom bin: from -inf
+        # sigmoid(a) - sigmoid(b) = sigmoid(a) sigmoid(-b) (1 - exp(-(a - b))), a > b: no
+        # cancellation even for bins far in the tails, and exact at the infinite ends.
+        log_mass = _log_sigmoid(upper) + _log_sigmoid(-lower) + torch.log(-torch.expm1(lower - upper))
+        return torch.logsumexp(torch.log_softmax(self.logits, -1) + log_mass, -1)
+
+    @property
+    def mean(self):
+        """The mixture's continuous mean sum_k pi_k mu_k, clamped to [0, 1] (for figures)."""
+        return (torch.softmax(self.logits, -1) * self.loc).sum(-1).clamp(0, 1)
+
+    def sample(self, sample_shape=torch.Size()):
+        with torch.no_grad():
+            shape = self._extended_shape(sample_shape)
+            component = torch.distributions.Categorical(logits=self.logits).sample(sample_shape).unsqueeze(-1)
+            loc = self.loc.expand(shape + self.loc.shape[-1:]).gather(-1, component).squeeze(-1)
+            log_scale = self.log_scale.expand(shape + self.loc.shape[-1:]).gather(-1, component).squeeze(-1)
+            u = torch.rand(shape, device=loc.device).clamp(1e-6, 1 - 1e-6)
+            continuous = loc + log_scale.exp() * (u.log() - (-u).log1p())  # logistic inverse CDF
+            return (continuous.clamp(0, 1) * (self.levels - 1)).round() / (self.levels - 1)
+
+
+# The floor on each component's log-scale (PixelCNN++ uses -7): a bin's mass stays < 1 per component.
+MIN_LOG_SCALE = -7.0
+
+
+@LIKELIHOODS.register("discretized_logistic")
+class DiscretizedLogistic(Likelihood):
+    """Mixture of discretized logistics over L levels k / (L - 1) (8-bit images: L = 256); bits/dim meaningful.
+
+    A probability mass function: -log p(x | z) / (D log 2) is in bits per dimension, and
+    the masses of the L levels of every feature sum to 1. The decoder gives, per feature
+    and component, a mixture logit, a location and a log-scale (3 K numbers). Data must be
+    on the grid k / (L - 1) (``levels = 17`` for the 8x8 digits, whose values are k / 16).
+    """
+
+    def __init__(self, data_shape, components=5, levels=256):
+        super().__init__(data_shape)
+        for name, value, minimum in (("components", components, 1), ("levels", levels, 2)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+                raise UserError(f"discretized_logistic {name} must be an integer >= {minimum}, got {value!r}")
+        self.components = components
+        self.levels = levels
+        self.num_params = 3 * components
+
+    def split(self, params):
+        """(N, 3K, *data_shape) -> logits, loc, log_scale, each (N, *data_shape, K)."""
+        logits, loc, log_scale = params.movedim(1, -1).chunk(3, dim=-1)
+        return logits, loc, log_scale.clamp(min=MIN_LOG_SCALE)
+
+    def forward(self, params, x=None):
+        return DiscretizedLogisticMixture(*self.split(params), levels=self.levels).to_event(self.event_dim)
+
+    def mean(self, params):
+        return DiscretizedLogisticMixture(*self.split(params), levels=self.levels).mean
+
+    def check_support(self, x):
+        _check_unit_interval("discretized_logistic", x, "rescale it to k / (levels - 1)")
+        k = x * (self.levels - 1)
+        if (k - k.round()).abs().max() > 1e-3:
+            raise UserError(
+                f"the discretized_logistic likelihood with levels = {self.levels} needs data on the grid "
+                f"k / {self.levels - 1}, but the data has values between grid points; set levels to the "
+                "number of grey levels (256 for 8-bit images) or use \"continuous_bernoulli\""
+            )

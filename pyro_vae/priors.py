@@ -4,13 +4,25 @@ A prior is a module whose ``forward(encoder)`` returns a Pyro distribution with
 event shape ``(latent_dim,)`` and empty batch shape; the model's ``"data"`` plate
 broadcasts it over the minibatch. The encoder is passed in because some priors
 (the VampPrior) are built from it; the others ignore it.
+
+Learned priors hold plain ``nn.Parameter`` s, so ``vae.parameters()`` includes them
+and the trainer's optimizer fits them with the networks (maximizing the ELBO over
+the prior is maximizing the aggregate posterior's expected log p(z)).
+
+The KL term KL(q(z | x) || p(z)) has a closed form only for ``normal`` and
+``learned_normal``. For ``mog``, ``vamp`` and ``flow`` the ``meanfield`` estimator
+(Pyro's ``TraceMeanField_ELBO``) falls back to the Monte Carlo term
+log q(z | x) - log p(z) at the sampled z, exactly as ``trace`` does.
 """
+
+import numbers
 
 import pyro.distributions as dist
 import torch
+from pyro.distributions import transforms
 from torch import nn
 
-from .registry import Registry
+from .registry import Registry, UserError
 
 PRIORS = Registry("prior")
 
@@ -28,6 +40,12 @@ class Prior(nn.Module):
         raise NotImplementedError
 
 
+def _check_count(name, value, minimum=1):
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise UserError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
 @PRIORS.register("normal")
 class StandardNormal(Prior):
     """Standard normal N(0, I): the classic VAE prior; the KL to a Gaussian guide is closed form."""
@@ -40,3 +58,106 @@ class StandardNormal(Prior):
 
     def forward(self, encoder=None):
         return dist.Normal(self.loc, self.scale).to_event(1)
+
+
+@PRIORS.register("learned_normal")
+class LearnedNormal(Prior):
+    """Diagonal Gaussian N(m, diag s^2) with learned m and s; the KL is still closed form.
+
+    Starts at N(0, I). With a Gaussian guide the ELBO-optimal m and s are the mean and
+    per-dimension variance of the aggregate posterior, so this prior mostly absorbs
+    shifts and scalings of the code.
+    """
+
+    def __init__(self, latent_dim, data_shape=None):
+        super().__init__(latent_dim)
+        self.loc = nn.Parameter(torch.zeros(latent_dim))
+        self.log_scale = nn.Parameter(torch.zeros(latent_dim))
+
+    def forward(self, encoder=None):
+        return dist.Normal(self.loc, self.log_scale.exp()).to_event(1)
+
+
+@PRIORS.register("mog")
+class MixtureOfGaussians(Prior):
+    """Learned mixture of K diagonal Gaussians: p(z) = sum_k pi_k N(z; m_k, diag s_k^2).
+
+    Means start at K draws from N(0, I) (distinct, so the components can separate),
+    scales at 1, weights pi = softmax(logits) at uniform.
+    """
+
+    def __init__(self, latent_dim, data_shape=None, components=10):
+        super().__init__(latent_dim)
+        _check_count("mog components", components)
+        self.loc = nn.Parameter(torch.randn(components, latent_dim))
+        self.log_scale = nn.Parameter(torch.zeros(components, latent_dim))
+        self.logits = nn.Parameter(torch.zeros(components))
+
+    def forward(self, encoder=None):
+        components = dist.Normal(self.loc, self.log_scale.exp()).to_event(1)
+        return dist.MixtureSameFamily(dist.Categorical(logits=self.logits), components)
+
+
+@PRIORS.register("vamp")
+class VampPrior(Prior):
+    """VampPrior: the guide's posteriors at K learned pseudo-inputs, p(z) = (1/K) sum_k q(z | u_k).
+
+    Tomczak & Welling 2018. The pseudo-inputs u_k have the data's shape and are learned
+    with everything else; each call runs the encoder on them, so the prior follows the
+    guide as it trains. Pseudo-inputs start uniform in [0, 1] (the range of image data).
+    """
+
+    def __init__(self, latent_dim, data_shape=None, components=50):
+        super().__init__(latent_dim)
+        _check_count("vamp components", components)
+        if data_shape is None:
+            raise UserError("the vamp prior needs the data's shape for its pseudo-inputs")
+        self.pseudo_inputs = nn.Parameter(torch.rand(components, *data_shape))
+        self.register_buffer("logits", torch.zeros(components))  # equal weights 1/K
+
+    def forward(self, encoder=None):
+        if encoder is None:
+            raise UserError("the vamp prior is built from the guide's encoder; call prior(encoder)")
+        loc, scale = encoder(self.pseudo_inputs)
+        components = dist.Normal(loc, scale).to_event(1)
+        return dist.MixtureSameFamily(dist.Categorical(logits=self.logits), components)
+
+
+FLOW_TRANSFORMS = ("affine_autoregressive", "spline_autoregressive")
+
+
+@PRIORS.register("flow")
+class FlowPrior(Prior):
+    """Normalizing-flow prior: N(0, I) pushed through learned Pyro autoregressive transforms.
+
+    p(z) = N(f(z); 0, I) |det df/dz| with f = f_1 o ... o f_T, each f_t a Pyro
+    ``affine_autoregressive`` or ``spline_autoregressive`` transform (its own random
+    variable order). The flow is used in the masked-autoregressive direction: the
+    density of the guide's z, needed every step, costs one network pass per transform;
+    sampling from the prior (figures only) costs latent_dim passes.
+    """
+
+    def __init__(self, latent_dim, data_shape=None, num_transforms=2, transform="affine_autoregressive", hidden=None):
+        super().__init__(latent_dim)
+        _check_count("flow num_transforms", num_transforms)
+        if transform not in FLOW_TRANSFORMS:
+            raise UserError(f"flow transform must be one of: {', '.join(FLOW_TRANSFORMS)}; got {transform!r}")
+        if hidden is None:
+            hidden = [max(3 * latent_dim + 1, 16)]
+        if not isinstance(hidden, (list, tuple)) or not all(
+            isinstance(h, numbers.Integral) and not isinstance(h, bool) and h >= latent_dim for h in hidden
+        ):
+            raise UserError(f"flow hidden must be a list of integers >= latent_dim ({latent_dim}), got {hidden!r}")
+        if transform == "spline_autoregressive":
+            make = lambda: transforms.spline_autoregressive(latent_dim, hidden_dims=list(hidden))
+        else:
+            make = lambda: transforms.affine_autoregressive(latent_dim, hidden_dims=list(hidden))
+        self.flows = nn.ModuleList(make() for _ in range(num_transforms))
+        self.register_buffer("loc", torch.zeros(latent_dim))
+        self.register_buffer("scale", torch.ones(latent_dim))
+
+    def forward(self, encoder=None):
+        base = dist.Normal(self.loc, self.scale).to_event(1)
+        # Each Pyro autoregressive transform is fast in its forward direction; as the
+        # data-to-noise map f (inverted here) that direction evaluates log p(z) in one pass.
+        return dist.TransformedDistribution(base, [flow.inv for flow in self.flows])
