@@ -2,6 +2,8 @@
 
     pyro-vae train [CONFIG] [--set section.key=value ...] [--out DIR] [--force]
     pyro-vae sample RUN [--n 64] [--out FILE.png] [--seed S]
+    pyro-vae evaluate RUN [--samples 5000] [--split test|valid] [--seed S] [--batch-size B] [--limit N]
+    pyro-vae plot RUN [--split test|valid] [--out DIR]
     pyro-vae list
 
 Problems with the input (config, data, files) are reported as one line,
@@ -9,19 +11,23 @@ Problems with the input (config, data, files) are reported as one line,
 """
 
 import argparse
+import json
 import sys
+import time
 from pathlib import Path
 
 import torch
 
 from . import plots
-from .data import DATASETS
+from .config import load_config
+from .data import DATASETS, load_data
+from .evaluation import EVALUATION_SEED, evaluate
 from .likelihoods import LIKELIHOODS
 from .nets import DECODERS, ENCODERS
 from .objectives import ESTIMATORS
 from .priors import PRIORS
 from .registry import UserError
-from .training import load_run, train
+from .training import TrainingStopped, load_run, train
 
 REGISTRIES = {
     "likelihoods": LIKELIHOODS,
@@ -34,9 +40,11 @@ REGISTRIES = {
 
 
 def command_train(args):
-    run = train(args.config, out=args.out, force=args.force, overrides=args.set)
+    if args.resume and (args.out or args.force):
+        raise UserError("--resume continues the run in its own directory; drop --out and --force")
+    run = train(args.config, out=args.out, force=args.force, overrides=args.set, resume=args.resume)
     print(f"run directory: {run}")
-    for name in ("config.toml", "checkpoint.pt", "metrics.csv", "reconstructions.png", "samples.png", "curves.png"):
+    for name in ("config.toml", "checkpoint.pt", "best.pt", "metrics.csv", "reconstructions.png", "samples.png", "curves.png"):
         if (run / name).exists():
             print(f"  {run / name}")
 
@@ -48,6 +56,66 @@ def command_sample(args):
     if not plots.save_grid(vae.sample(args.n), out, title=f"{args.n} samples from the prior"):
         raise UserError(f"the run's data shape {vae.data_shape} is not an image; nothing to draw")
     print(out)
+
+
+def load_run_split(run, split):
+    """The trained VAE of a run and one split of the data it was trained on (from RUN/config.toml)."""
+    if split not in ("train", "valid", "test"):
+        raise UserError(f"unknown split {split!r}; choose one of: train, valid, test")
+    vae = load_run(run)
+    config = load_config(Path(run) / "config.toml")
+    data = load_data(**{k: v for k, v in config["data"].items() if k != "on_device"})  # on_device: training only
+    return vae, data.split(split)
+
+
+def command_evaluate(args):
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    vae, split = load_run_split(args.run, args.split)
+    vae = vae.to(device)
+    if args.limit is not None and args.limit < 1:
+        raise UserError(f"--limit must be >= 1, got {args.limit}")
+    x = split.x if args.limit is None else split.x[: args.limit]
+    vae.likelihood.check_support(x)
+    start = time.perf_counter()
+    result = evaluate(vae, x, num_samples=args.samples, seed=args.seed, batch_size=args.batch_size, progress=True)
+    result.update(split=args.split, seed=args.seed, seconds=time.perf_counter() - start)
+    out = Path(args.run) / "evaluation.json"
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"{args.run}: {args.split} split, {result['num_examples']} data points, K = {args.samples}")
+    rows = [
+        ("log-likelihood log p(x), nats", f"{result['log_likelihood']:.3f} +- {result['log_likelihood_standard_error']:.3f}"),
+        ("ELBO, nats", f"{result['elbo']:.3f}"),
+        ("reconstruction E_q log p(x|z)", f"{result['reconstruction']:.3f}"),
+        ("KL(q(z|x) || p(z))", f"{result['kl']:.3f}"),
+        ("active units", f"{result['active_units']} of {vae.latent_dim}"),
+    ]
+    if result["bits_per_dim"] is not None:
+        rows.append(("bits per dimension", f"{result['bits_per_dim']:.4f}"))
+    for name, value in rows:
+        print(f"  {name:<32} {value}")
+    print(out)
+
+
+def command_plot(args):
+    vae, split = load_run_split(args.run, args.split)
+    out = Path(args.out) if args.out else Path(args.run)
+    out.mkdir(parents=True, exist_ok=True)
+    x = split.x[: args.limit]
+    codes = torch.cat([vae.encode(x[i : i + 1000]) for i in range(0, len(x), 1000)])
+    labels = None if split.labels is None else split.labels[: args.limit].numpy()
+    written = []
+    if vae.latent_dim == 2:
+        if plots.save_manifold(vae, codes, out / "manifold.png"):
+            written.append(out / "manifold.png")
+        plots.save_latent_scatter(codes, labels, out / "latent_space.png")
+        written.append(out / "latent_space.png")
+    else:
+        if plots.save_traversals(vae, codes, out / "traversals.png"):
+            written.append(out / "traversals.png")
+        plots.save_projection(codes, labels, out / "codes_pca.png")
+        written.append(out / "codes_pca.png")
+    for path in written:
+        print(path)
 
 
 def command_list(args):
@@ -66,6 +134,7 @@ def parser():
     t.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override a config key")
     t.add_argument("--out", help="run directory (default: runs/<timestamp>)")
     t.add_argument("--force", action="store_true", help="write into a non-empty --out")
+    t.add_argument("--resume", metavar="RUN", help="continue RUN from its last checkpoint (--set train.epochs=N to extend it)")
     t.set_defaults(func=command_train)
 
     s = sub.add_parser("sample", help="draw samples from a trained run's prior into a PNG")
@@ -74,6 +143,22 @@ def parser():
     s.add_argument("--out", help="PNG file (default: RUN/samples.png)")
     s.add_argument("--seed", type=int, default=0)
     s.set_defaults(func=command_sample)
+
+    e = sub.add_parser("evaluate", help="importance-sampled log-likelihood and diagnostics of a run -> RUN/evaluation.json")
+    e.add_argument("run", help="run directory")
+    e.add_argument("--samples", type=int, default=5000, help="importance samples K per data point (default 5000)")
+    e.add_argument("--split", default="test", choices=("test", "valid"))
+    e.add_argument("--seed", type=int, default=EVALUATION_SEED)
+    e.add_argument("--batch-size", type=int, default=100, help="data points per pass")
+    e.add_argument("--limit", type=int, help="evaluate only the first N data points of the split")
+    e.set_defaults(func=command_evaluate)
+
+    pl = sub.add_parser("plot", help="latent-space figures of a run: manifold and codes (2-D z), else traversals and PCA")
+    pl.add_argument("run", help="run directory")
+    pl.add_argument("--split", default="test", choices=("test", "valid"))
+    pl.add_argument("--limit", type=int, default=5000, help="data points to encode (default 5000)")
+    pl.add_argument("--out", help="directory for the PNGs (default: RUN)")
+    pl.set_defaults(func=command_plot)
 
     ls = sub.add_parser("list", help="list every registered likelihood, prior, network, dataset and estimator")
     ls.set_defaults(func=command_list)
@@ -87,6 +172,9 @@ def main(argv=None):
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except TrainingStopped as stop:
+        print(stop, file=sys.stderr)
+        return stop.exit_status
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -2,6 +2,10 @@
 
 Only image-shaped data ``(channels, height, width)`` or flat data whose length is
 a perfect square get image figures; curves are drawn for every run.
+
+Latent-space figures (``pyro-vae plot``): for a 2-D latent space the decoded manifold
+on a grid and the encoded data colored by label (Kingma & Welling 2014, fig. 4);
+otherwise latent traversals and the codes' first two principal components.
 """
 
 import math
@@ -78,3 +82,72 @@ def save_curves(rows, path):
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def _decode(vae, z):
+    return vae.likelihood.mean(vae.decoder(z))
+
+
+def _scatter(points, labels, path, title, xlabel, ylabel):
+    fig, ax = plt.subplots(figsize=(5.6, 4.8))
+    if labels is None:
+        ax.scatter(points[:, 0], points[:, 1], s=3, alpha=0.5)
+    else:
+        spots = ax.scatter(points[:, 0], points[:, 1], c=labels, cmap="tab10", s=3, alpha=0.7)
+        fig.colorbar(spots, ax=ax, label="label")
+    ax.set_title(title, fontsize=9)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+@torch.no_grad()
+def save_manifold(vae, codes, path, steps=20):
+    """For a 2-D latent space: E[x | z] decoded on a ``steps`` x ``steps`` grid of z.
+
+    The grid spans the 1st to 99th percentile of ``codes`` (the encoded data) on each
+    axis, so it covers where the data sit whatever the prior; z_2 grows upward.
+    """
+    low, high = torch.quantile(codes.float().cpu(), torch.tensor([0.01, 0.99]), dim=0)
+    z1, z2 = torch.linspace(low[0], high[0], steps), torch.linspace(high[1], low[1], steps)
+    grid = torch.stack([z1.repeat(steps), z2.repeat_interleave(steps)], dim=-1)  # row i: z_2 = z2[i]
+    device = next(vae.parameters()).device
+    return save_grid(_decode(vae, grid.to(device)), path, columns=steps, title="decoded manifold E[x | z] on a grid of z")
+
+
+def save_latent_scatter(codes, labels, path):
+    """The codes E_q[z | x] of a 2-D latent space, colored by label where there are labels."""
+    codes = codes.detach().float().cpu().numpy()
+    _scatter(codes, labels, path, "encoded data E_q[z | x]", "z_1", "z_2")
+
+
+def save_projection(codes, labels, path):
+    """The codes projected on their first two principal components (PCA by SVD)."""
+    codes = codes.detach().double().cpu().numpy()
+    centered = codes - codes.mean(0)
+    _, singular, directions = np.linalg.svd(centered, full_matrices=False)
+    explained = singular**2 / max((singular**2).sum(), 1e-300)
+    points = centered @ directions[:2].T
+    _scatter(
+        points, labels, path,
+        f"codes E_q[z | x], first two principal components ({100 * explained[:2].sum():.0f}% of variance)",
+        "PC 1", "PC 2",
+    )
+
+
+@torch.no_grad()
+def save_traversals(vae, codes, path, rows=10, steps=9, span=3.0):
+    """Latent traversals: from the code of one data point, move one dimension at a time
+    over ``span`` standard deviations of the codes either side; one row per dimension,
+    the ``rows`` dimensions whose codes vary most across the data (the active ones)."""
+    codes = codes.float()
+    spread = codes.std(0)
+    dims = torch.argsort(spread, descending=True)[: min(rows, codes.shape[1])]
+    offsets = torch.linspace(-span, span, steps, device=codes.device)
+    z = codes[0].repeat(len(dims), steps, 1)
+    for row, d in enumerate(dims):
+        z[row, :, d] = codes[:, d].mean() + offsets * spread[d]
+    title = "latent traversals: rows are dimensions " + ", ".join(str(int(d)) for d in dims)
+    return save_grid(_decode(vae, z.reshape(-1, codes.shape[1])), path, columns=steps, title=title)
