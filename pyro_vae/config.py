@@ -134,9 +134,11 @@ SCHEMA = {
         "prior": ("normal", spec(PRIORS)),
     },
     "objective": {
-        "estimator": ("trace", name_in(ESTIMATORS)),
+        # a name, or a table with the estimator's own options: { name = "renyi", alpha = 0.5 }
+        "estimator": ("trace", spec(ESTIMATORS)),
         "num_particles": (1, integer(minimum=1)),
         "vectorize_particles": (False, boolean),
+        "jit": (False, boolean),
         "kl_weight": (1.0, kl_weight),
         "reduction": ("sum", choice("sum", "mean")),
     },
@@ -254,11 +256,14 @@ def build_model(config, data_shape):
     )
 
 
-def build_estimator(config):
+def build_estimator(config, data_shape=None):
+    """The estimator a checked config describes; ``data_shape`` sizes a neural baseline."""
     objective = config["objective"]
     return ESTIMATORS.build(
         objective["estimator"],
         "objective.estimator",
         num_particles=objective["num_particles"],
         vectorize_particles=objective["vectorize_particles"],
+        jit=objective["jit"],
+        data_shape=data_shape,
     )

@@ -1,48 +1,464 @@
 """ELBO estimators, by name, and the ELBO's terms for each data point.
 
-An estimator turns ``(model, guide, x)`` into a differentiable loss: the negative
-ELBO summed over the minibatch, whose gradient is the chosen estimator of the
-ELBO's gradient. Estimators differ in their gradients, not in what they estimate.
+An estimator turns ``(model, guide, x)`` into a differentiable loss, summed over the
+minibatch, whose gradient is the chosen estimator of the objective's gradient.
+Estimators of the ELBO differ in their gradients, not in what they estimate; the
+importance-weighted ones (``iwae``, ``renyi``, ``dreg``) estimate a different bound.
+
+Every estimator says what it can do, so a trainer can refuse what makes no sense:
+
+- ``reports_elbo``: the loss *value* is an estimate of -ELBO (else it is minus the
+  estimator's own bound, e.g. the IWAE bound; log the true ELBO from ``evaluate_elbo``).
+- ``supports_kl_weight``: whether a KL weight != 1 means what it says (inside an
+  importance weight a scale reweights particles instead of weighting a KL term).
+- ``parameters()``: the estimator's own trainable parameters (a neural baseline),
+  to be optimized beside the VAE's; ``state_dict()`` holds them and any running average.
+
+The KL weight reaches an estimator as ``loss(model, guide, x, kl_weight=...)``.
+Under ``jit = true`` it enters the compiled graph as a tensor *argument*: a weight
+read from Python while tracing would be frozen into the graph as a constant.
 """
+
+import math
 
 import torch
 from pyro import poutine
-from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
+from pyro.distributions.torch_distribution import TorchDistribution
+from pyro.infer import JitTrace_ELBO, JitTraceMeanField_ELBO, Trace_ELBO, TraceMeanField_ELBO
+from pyro.poutine.messenger import Messenger
+from torch import nn
 from torch.distributions import kl_divergence
 
-from .registry import Registry
+from .annealing import kl_scaled
+from .registry import Registry, UserError
 
 ESTIMATORS = Registry("estimator")
 
 
-class Estimator:
-    """Base class: wraps one of Pyro's ELBOs; ``loss`` is the negative ELBO summed over x."""
+# ---- the guide's latent distribution, re-wrapped to change only the gradient ----
 
-    elbo_class = Trace_ELBO
 
-    def __init__(self, num_particles=1, vectorize_particles=False):
+class _Rewrapped(TorchDistribution):
+    """A distribution that samples and scores like ``base``; subclasses change one gradient path.
+
+    A subclass, not ``base.has_rsample_(False)``: Pyro 1.9 refuses ``has_rsample_`` on
+    an ``Independent`` that a plate has already expanded.
+    """
+
+    arg_constraints = {}
+
+    def __init__(self, base):
+        self.base = base
+        super().__init__(base.batch_shape, base.event_shape, validate_args=False)
+
+    @property
+    def support(self):
+        return self.base.support
+
+    def sample(self, sample_shape=torch.Size()):
+        return self.base.sample(sample_shape)
+
+    def log_prob(self, value):
+        return self.base.log_prob(value)
+
+    def expand(self, batch_shape, _instance=None):
+        return type(self)(self.base.expand(batch_shape))
+
+
+class ScoreFunctionOnly(_Rewrapped):
+    """``base`` marked non-reparameterized: z is drawn without a gradient path, so an ELBO
+    differentiates it only through the score, E_q[f(z) d/dphi log q(z)]."""
+
+    has_rsample = False
+
+
+class PathDerivative(_Rewrapped):
+    """``base`` with log q(z) evaluated at detached parameters (Roeder et al. 2017).
+
+    The pathwise gradient of log q(z(phi); phi) is the path term (through z) plus the
+    score term d/dphi log q, whose expectation is 0; dropping the score term leaves an
+    unbiased gradient with zero variance when q equals the posterior.
+    """
+
+    has_rsample = True
+
+    def rsample(self, sample_shape=torch.Size()):
+        return self.base.rsample(sample_shape)
+
+    def log_prob(self, value):
+        return detach_parameters(self.base).log_prob(value)
+
+
+def detach_parameters(distribution):
+    """The same distribution with its parameters cut from the autograd graph."""
+    if isinstance(distribution, torch.distributions.Independent):
+        return type(distribution)(detach_parameters(distribution.base_dist), distribution.reinterpreted_batch_ndims)
+    names = [name for name in distribution.arg_constraints if name in distribution.__dict__]
+    if not names:
+        raise UserError(f"cannot detach the parameters of a {type(distribution).__name__} guide distribution")
+    return type(distribution)(**{name: getattr(distribution, name).detach() for name in names})
+
+
+class RewrapLatents(Messenger):
+    """Wrap every unobserved sample site's distribution in ``wrapper`` (a ``_Rewrapped`` class)."""
+
+    def __init__(self, wrapper):
+        super().__init__()
+        self.wrapper = wrapper
+
+    def _process_message(self, msg):
+        # isinstance: a plate's subsample site is a "sample" message too, but not a distribution
+        if msg["type"] == "sample" and not msg["is_observed"] and isinstance(msg["fn"], TorchDistribution):
+            msg["fn"] = self.wrapper(msg["fn"])
+
+
+# ---- per data point log weights, the common ground of the particle estimators ----
+
+
+def log_weights(model, guide, x, num_particles=1, guide_wrapper=None):
+    """log p(x_i, z_ki) and log q(z_ki | x_i) for K particles z_ki ~ q(z | x_i), each (K, N).
+
+    The K particles are drawn by repeating the minibatch K times (row k * N + i is
+    particle k of data point i), so networks and plates see an ordinary batch of K * N
+    and no extra batch dimension. Each site's log-density carries its handlers' scale
+    and mask (a KL weight). Every sample site must be one per data point (in the plate).
+    Also returns the guide's trace.
+    """
+    n = len(x)
+    xs = x.repeat(num_particles, *([1] * (x.dim() - 1))) if num_particles > 1 else x
+    if guide_wrapper is not None:
+        guide = RewrapLatents(guide_wrapper)(guide)
+    guide_trace = poutine.trace(guide).get_trace(xs)
+    model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(xs)
+    log_p = _sum_sites(model_trace, num_particles * n).view(num_particles, n)
+    log_q = _sum_sites(guide_trace, num_particles * n).view(num_particles, n)
+    return log_p, log_q, guide_trace
+
+
+def _sum_sites(trace, size):
+    trace.compute_log_prob()
+    total = 0.0
+    for name, site in trace.nodes.items():
+        if site["type"] == "sample":
+            log_prob = site["log_prob"]
+            if log_prob.shape not in ((size,), ()):
+                raise UserError(
+                    f"site {name!r} has log-density shape {tuple(log_prob.shape)}; the particle "
+                    "estimators need every sample site to hold one value per data point"
+                )
+            total = total + log_prob
+    return total.expand(size) if total.dim() == 0 else total
+
+
+def _value_with_gradient(value, surrogate):
+    """A tensor whose value is ``value`` and whose gradient is that of ``surrogate``."""
+    return value.detach() + (surrogate - surrogate.detach())
+
+
+def importance_weighted_bound(log_w, alpha=0.0):
+    """Renyi's bound per data point (Li & Turner 2016), from log weights of shape (K, N):
+
+        L_alpha(x) = 1 / (1 - alpha) log (1/K) sum_k w_k^(1 - alpha),   w_k = p(x, z_k) / q(z_k | x)
+
+    alpha = 0 is the IWAE bound (Burda et al. 2015); alpha -> 1 is the ELBO.
+    """
+    k = log_w.shape[0]
+    return (torch.logsumexp((1.0 - alpha) * log_w, 0) - math.log(k)) / (1.0 - alpha)
+
+
+# ---- estimators ----
+
+
+class Estimator(nn.Module):
+    """Base class: ``loss(model, guide, x, kl_weight=None)``, a differentiable loss summed over x.
+
+    An ``nn.Module`` only so that estimators with state (baselines) move, train and
+    checkpoint like the VAE; most have none.
+    """
+
+    # The library supplies these from the [objective] section; a config table for the
+    # estimator itself sets only the options of its own class (alpha, baseline, ...).
+    context_arguments = ("num_particles", "vectorize_particles", "jit", "data_shape")
+    reports_elbo = True
+    supports_kl_weight = True
+    supports_jit = False
+
+    def __init__(self, num_particles=1, vectorize_particles=False, jit=False, data_shape=None):
+        super().__init__()
         self.num_particles = num_particles
-        # max_plate_nesting is known (one "data" plate), which spares Pyro a guessing run.
-        self.elbo = self.elbo_class(
-            num_particles=num_particles, vectorize_particles=vectorize_particles, max_plate_nesting=1
-        )
+        self.vectorize_particles = vectorize_particles
+        if jit and not self.supports_jit:
+            jittable = ", ".join(name for name in ESTIMATORS if ESTIMATORS.get(name).supports_jit)
+            raise UserError(
+                f"objective.jit = true is not available for estimator {self.registered_name!r}; "
+                f"use it with {jittable}, or set objective.jit = false"
+            )
+        self.jit = jit
 
-    def loss(self, model, guide, x):
-        return self.elbo.differentiable_loss(model, guide, x)
+    def loss(self, model, guide, x, kl_weight=None):
+        raise NotImplementedError
+
+    def check_kl_weight(self, constant=None):
+        """Refuse a KL weight this estimator cannot honour (``constant`` None: a schedule)."""
+        if not self.supports_kl_weight and constant != 1.0:
+            raise UserError(
+                f"estimator {self.registered_name!r} cannot weight the KL term: inside an importance "
+                "weight a scale reweights the particles instead; use objective.kl_weight = 1"
+            )
+
+
+def _weighted(fn, kl_weight):
+    return fn if kl_weight is None else kl_scaled(fn, kl_weight)
+
+
+def _weight_as_argument(fn):
+    """``fn(x)`` as ``fn(x, kl_weight, batch_size=...)``: under ``torch.jit.trace`` the weight is
+    then a graph input, so a changing schedule changes the compiled loss. ``batch_size`` is
+    a keyword only so that Pyro's JIT cache compiles once per batch size (a short last batch)."""
+
+    def weighted(x, kl_weight, batch_size=None):
+        return kl_scaled(fn, kl_weight)(x)
+
+    return weighted
+
+
+class _FixedJitTraceMeanField_ELBO(JitTraceMeanField_ELBO):
+    """Pyro 1.9's ``JitTraceMeanField_ELBO`` caches its compiled loss as ``_differentiable_loss``
+    but checks ``_loss_and_surrogate_loss``, so it recompiles on every call; set the attribute
+    its check reads."""
+
+    def differentiable_loss(self, model, guide, *args, **kwargs):
+        loss = super().differentiable_loss(model, guide, *args, **kwargs)
+        self._loss_and_surrogate_loss = self._differentiable_loss
+        return loss
+
+
+class PyroELBO(Estimator):
+    """Base class for estimators that are one of Pyro's ELBOs (and its JIT twin)."""
+
+    elbo_class, jit_class = Trace_ELBO, JitTrace_ELBO
+    supports_jit = True
+    guide_wrapper = None  # a _Rewrapped class applied to the guide's latent sites
+
+    def __init__(self, num_particles=1, vectorize_particles=False, jit=False, data_shape=None):
+        super().__init__(num_particles, vectorize_particles, jit, data_shape)
+        # max_plate_nesting is known (one "data" plate), which spares Pyro a guessing run.
+        options = {"num_particles": num_particles, "vectorize_particles": vectorize_particles, "max_plate_nesting": 1}
+        if jit:
+            options["ignore_jit_warnings"] = True
+        self.elbo = (self.jit_class if jit else self.elbo_class)(**options)
+        self._options = options
+        self._compiled = {}  # (model, guide) -> (its own JIT ELBO, weighted model, weighted guide)
+
+    def _guide(self, guide):
+        return guide if self.guide_wrapper is None else RewrapLatents(self.guide_wrapper)(guide)
+
+    def loss(self, model, guide, x, kl_weight=None):
+        if self.jit:
+            return self._jit_loss(model, guide, x, kl_weight)
+        return self.elbo.differentiable_loss(_weighted(model, kl_weight), _weighted(self._guide(guide), kl_weight), x)
+
+    def _jit_loss(self, model, guide, x, kl_weight):
+        if callable(kl_weight):
+            kl_weight = kl_weight()
+        weight = torch.as_tensor(1.0 if kl_weight is None else kl_weight, dtype=x.dtype, device=x.device)
+        key = (model, guide)
+        if key not in self._compiled:
+            # Pyro's JIT ELBO closes over the first model and guide it sees: one per pair.
+            elbo = self.elbo if not self._compiled else self.jit_class(**self._options)
+            self._compiled[key] = (elbo, _weight_as_argument(model), _weight_as_argument(self._guide(guide)))
+        elbo, weighted_model, weighted_guide = self._compiled[key]
+        return elbo.differentiable_loss(weighted_model, weighted_guide, x, weight, batch_size=len(x))
 
 
 @ESTIMATORS.register("trace")
-class TraceEstimator(Estimator):
+class TraceEstimator(PyroELBO):
     """Trace_ELBO: Monte Carlo ELBO with pathwise (reparameterized) gradients for z (the default)."""
-
-    elbo_class = Trace_ELBO
 
 
 @ESTIMATORS.register("meanfield")
-class MeanFieldEstimator(Estimator):
+class MeanFieldEstimator(PyroELBO):
     """TraceMeanField_ELBO: the KL term in closed form where it exists (normal prior)."""
 
-    elbo_class = TraceMeanField_ELBO
+    elbo_class, jit_class = TraceMeanField_ELBO, _FixedJitTraceMeanField_ELBO
+
+
+@ESTIMATORS.register("stl")
+class StickingTheLanding(PyroELBO):
+    """Sticking the landing (Roeder et al. 2017): pathwise ELBO gradient without the score term of log q."""
+
+    guide_wrapper = PathDerivative
+
+
+class ParticleEstimator(Estimator):
+    """Base class for estimators built on per data point log weights (``log_weights``).
+
+    The K particles are always drawn as one batch of K * N, whatever ``vectorize_particles`` says.
+    """
+
+    minimum_particles = 1
+
+    def __init__(self, num_particles=1, vectorize_particles=False, jit=False, data_shape=None):
+        super().__init__(num_particles, vectorize_particles, jit, data_shape)
+        if num_particles < self.minimum_particles:
+            raise UserError(
+                f"estimator {self.registered_name!r} needs objective.num_particles >= "
+                f"{self.minimum_particles}, got {num_particles}"
+            )
+
+
+@ESTIMATORS.register("score")
+class ScoreFunction(ParticleEstimator):
+    """REINFORCE: score-function gradients for z, with a baseline (none, decaying_average, neural).
+
+    For each data point and particle, with w = p(x, z) / q(z | x) and z drawn with no
+    gradient path, the surrogate
+
+        log p(x, z) + (log w - b(x)) log q(z | x)       (log w - b held constant)
+
+    has the gradient E_q[d log p] + E_q[(log w - b) d log q], unbiased for any b that
+    does not depend on z. The baseline is one number per data point:
+
+    - ``decaying_average``: one scalar, the running mean of log w over past steps
+      (b <- decay b + (1 - decay) mean(log w)), the same for every data point, so a
+      short last batch is neither a crash nor a mix-up of positions (Pyro's is kept
+      per batch position);
+    - ``neural``: b(x) from a small MLP of x, fitted by least squares to log w.
+
+    The score term uses the *unscaled* log q: under a KL weight beta the objective is
+    E_q[log p(x|z)] + beta E_q[log p(z) - log q], whose score gradient is
+    E_q[(log p(x|z) + beta (log p(z) - log q)) d log q], not beta times it.
+    """
+
+    def __init__(self, num_particles=1, vectorize_particles=False, jit=False, data_shape=None,
+                 baseline="none", decay=0.9, hidden=64):
+        super().__init__(num_particles, vectorize_particles, jit, data_shape)
+        if baseline not in ("none", "decaying_average", "neural"):
+            raise UserError(
+                f"objective.estimator.baseline: unknown baseline {baseline!r}; choose one of: none, decaying_average, neural"
+            )
+        if not 0 <= decay < 1:
+            raise UserError(f"objective.estimator.decay must be in [0, 1), got {decay!r}")
+        self.baseline, self.decay = baseline, decay
+        self.register_buffer("average", torch.tensor(float("nan")))  # NaN: no step seen yet
+        self.net = None
+        if baseline == "neural":
+            if data_shape is None:
+                raise UserError("the neural baseline needs the data shape: build the estimator with data_shape")
+            self.net = nn.Sequential(nn.Flatten(), nn.Linear(math.prod(data_shape), hidden), nn.ELU(), nn.Linear(hidden, 1))
+
+    def loss(self, model, guide, x, kl_weight=None):
+        log_p, log_q, guide_trace = log_weights(
+            _weighted(model, kl_weight), _weighted(guide, kl_weight), x, self.num_particles, ScoreFunctionOnly
+        )
+        log_w = (log_p - log_q).detach()
+        unscaled_log_q = sum(
+            site["unscaled_log_prob"] for site in guide_trace.nodes.values() if site["type"] == "sample"
+        ).view_as(log_w)
+        baseline, baseline_loss = self._baseline(x, log_w)
+        surrogate = log_p + (log_w - baseline).detach() * unscaled_log_q
+        elbo = log_w.mean(0).sum()
+        return -_value_with_gradient(elbo, surrogate.mean(0).sum() - baseline_loss)
+
+    def _baseline(self, x, log_w):
+        if self.baseline == "decaying_average":
+            mean = log_w.mean()
+            previous = self.average.clone()
+            with torch.no_grad():
+                self.average.copy_(mean if previous.isnan() else self.decay * previous + (1 - self.decay) * mean)
+            return (0.0 if previous.isnan() else previous), 0.0
+        if self.baseline == "neural":
+            b = self.net(x).squeeze(-1)
+            return b, (log_w - b).pow(2).mean(0).sum()  # least squares: b(x) -> E_q[log w]
+        return 0.0, 0.0
+
+
+@ESTIMATORS.register("renyi")
+class Renyi(ParticleEstimator):
+    """Renyi's alpha bound with K particles per data point (alpha = 0: IWAE); needs kl_weight = 1."""
+
+    reports_elbo = False
+    supports_kl_weight = False
+
+    def __init__(self, num_particles=1, vectorize_particles=False, jit=False, data_shape=None, alpha=0.0):
+        super().__init__(num_particles, vectorize_particles, jit, data_shape)
+        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not math.isfinite(alpha):
+            raise UserError(f"objective.estimator.alpha must be a finite number, got {alpha!r}")
+        if alpha == 1:
+            raise UserError("objective.estimator.alpha = 1 is the ELBO itself; use estimator = \"trace\"")
+        self.alpha = float(alpha)
+
+    def loss(self, model, guide, x, kl_weight=None):
+        log_p, log_q, _ = log_weights(_weighted(model, kl_weight), _weighted(guide, kl_weight), x, self.num_particles)
+        return -importance_weighted_bound(log_p - log_q, self.alpha).sum()
+
+
+@ESTIMATORS.register("iwae")
+class IWAE(Renyi):
+    """Importance-weighted bound (Burda et al. 2015): Renyi alpha = 0, K particles per data point."""
+
+    def __init__(self, num_particles=1, vectorize_particles=False, jit=False, data_shape=None):
+        super().__init__(num_particles, vectorize_particles, jit, data_shape, alpha=0.0)
+
+
+@ESTIMATORS.register("dreg")
+class DReG(ParticleEstimator):
+    """Doubly reparameterized IWAE gradients (Tucker et al. 2018): IWAE bound, lower-variance encoder gradient.
+
+    With normalized weights wt_k = w_k / sum_j w_j (held constant), the IWAE gradient is
+    sum_k wt_k d log w_k; DReG keeps it for the decoder and uses, for the encoder,
+    sum_k wt_k^2 (d log w_k / d z_k) (d z_k / d phi), with log q at detached parameters.
+    One pass: the surrogate sum_k wt_k log w_k (log q with detached parameters), with a
+    hook that multiplies the gradient reaching each z_k by wt_k.
+    """
+
+    reports_elbo = False
+    supports_kl_weight = False
+
+    def loss(self, model, guide, x, kl_weight=None):
+        log_p, log_q, guide_trace = log_weights(
+            _weighted(model, kl_weight), _weighted(guide, kl_weight), x, self.num_particles, PathDerivative
+        )
+        log_w = log_p - log_q
+        normalized = torch.softmax(log_w.detach(), 0)
+        for site in guide_trace.nodes.values():
+            if site["type"] == "sample" and site["value"].requires_grad:
+                factor = normalized.reshape(-1, *([1] * (site["value"].dim() - 1)))
+                site["value"].register_hook(lambda grad, factor=factor: grad * factor)
+        surrogate = (normalized * log_w).sum(0).sum()
+        return -_value_with_gradient(importance_weighted_bound(log_w.detach()).sum(), surrogate)
+
+
+@ESTIMATORS.register("tail_adaptive")
+class TailAdaptive(ParticleEstimator):
+    """Tail-adaptive f-divergence (Wang et al. 2018), per data point; needs K >= 2 and kl_weight = 1.
+
+    For each data point, particle k gets the weight gamma_k = F(w_k)^beta, F(w_k) the
+    fraction of particles j with w_j >= w_k (so beta < 0 favours heavy-tailed w), and
+    the gradient is sum_k gamma_k d log w_k / sum_k gamma_k. The loss value is the
+    K-particle average ELBO. Unlike Pyro's ``TraceTailAdaptive_ELBO`` (which ranks the
+    whole minibatch jointly and needs vectorized particles), weights are per data point,
+    so minibatches are an unbiased sum of per data point objectives.
+    """
+
+    minimum_particles = 2
+    supports_kl_weight = False
+
+    def __init__(self, num_particles=2, vectorize_particles=False, jit=False, data_shape=None, beta=-1.0):
+        super().__init__(num_particles, vectorize_particles, jit, data_shape)
+        self.beta = float(beta)
+
+    def loss(self, model, guide, x, kl_weight=None):
+        log_p, log_q, _ = log_weights(_weighted(model, kl_weight), _weighted(guide, kl_weight), x, self.num_particles)
+        log_w = log_p - log_q
+        gamma = tail_fraction(log_w.detach()).pow(self.beta)
+        surrogate = (gamma / gamma.sum(0) * log_w).sum()
+        return -_value_with_gradient(log_w.mean(0).sum(), surrogate)
+
+
+def tail_fraction(log_w):
+    """F(w_k) = (1/K) #{j : w_j >= w_k} along dim 0 (particles), for each data point."""
+    return (log_w.unsqueeze(0) >= log_w.unsqueeze(1)).float().mean(1)
 
 
 def analytic_kl(guide_dist, prior_dist):
