@@ -18,6 +18,7 @@ import shutil
 import struct
 import tempfile
 import urllib.request
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -340,7 +341,7 @@ def _read_npz(path, required):
     try:
         with np.load(path, allow_pickle=False) as f:
             arrays = {key: f[key] for key in f.files}
-    except (OSError, ValueError, EOFError) as error:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
         raise UserError(f"cannot read {path} as .npz: {error}") from None
     missing = [key for key in required if key not in arrays]
     if missing:
