@@ -10,9 +10,12 @@ import torch.nn.functional as F
 from pyro import poutine
 from pyro.infer import SVI, Trace_ELBO, TraceMeanField_ELBO
 
+from conftest import tiny_config
+from pyro_vae import train
 from pyro_vae.annealing import SCHEDULES, ScaleLatents, build_schedule, kl_scaled, sigmoid_rise
 from pyro_vae.config import check_config
 from pyro_vae.registry import UserError
+from pyro_vae.training import read_metrics
 from test_model import hand_terms, small_vae
 
 BETAS = [0.0, 0.25, 1.0, 4.0]
@@ -276,3 +279,21 @@ def test_svi_script_with_a_schedule_from_zero_trains():
     # and by the end the weight is 1: the loss is the negative ELBO again
     loss, reconstruction, kl = terms_at_fixed_noise(Trace_ELBO, svi.model, svi.guide, vae, x)
     assert torch.allclose(loss, -reconstruction + kl, rtol=1e-6, atol=1e-4)
+
+
+# ---- the trainer, from config ----
+
+
+def test_trainer_follows_a_schedule_from_zero_per_epoch(tmp_path):
+    schedule = {"schedule": "linear", "start": 0.0, "end": 1.0, "epochs": 2, "unit": "epoch"}
+    config = tiny_config(objective={"kl_weight": schedule}, train={"epochs": 3, "lr": 3e-3})
+    rows = read_metrics(train(config, out=tmp_path / "run") / "metrics.csv")
+    assert [r["kl_weight"] for r in rows] == [0.0, 0.5, 1.0]
+    assert all(math.isfinite(r["train_loss"]) and math.isfinite(r["val_elbo"]) for r in rows)
+    assert rows[-1]["val_elbo"] > rows[0]["val_elbo"] + 1
+
+
+def test_mean_reduction_reports_an_effective_kl_weight_of_d(tmp_path):
+    config = tiny_config(objective={"kl_weight": 0.5, "reduction": "mean"}, train={"epochs": 1})
+    (row,) = read_metrics(train(config, out=tmp_path / "run") / "metrics.csv")
+    assert row["kl_weight"] == 0.5 and row["effective_kl_weight"] == 0.5 * 64  # digits: D = 8 x 8
