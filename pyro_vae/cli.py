@@ -1,9 +1,9 @@
 """The ``pyro-vae`` command line.
 
-    pyro-vae train [CONFIG] [--set section.key=value ...] [--out DIR] [--force]
+    pyro-vae train [CONFIG] [--set section.key=value ...] [--out DIR] [--force] [--resume RUN]
     pyro-vae sample RUN [--n 64] [--out FILE.png] [--seed S]
-    pyro-vae evaluate RUN [--samples 5000] [--split test|valid] [--seed S] [--batch-size B] [--limit N]
-    pyro-vae plot RUN [--split test|valid] [--out DIR]
+    pyro-vae evaluate RUN [--samples 5000] [--split test|valid] [--seed S] [--batch-size B] [--limit N] [--checkpoint best.pt]
+    pyro-vae plot RUN [--split test|valid] [--out DIR] [--checkpoint best.pt]
     pyro-vae list
 
 Problems with the input (config, data, files) are reported as one line,
@@ -58,11 +58,11 @@ def command_sample(args):
     print(out)
 
 
-def load_run_split(run, split):
+def load_run_split(run, split, checkpoint="checkpoint.pt"):
     """The trained VAE of a run and one split of the data it was trained on (from RUN/config.toml)."""
     if split not in ("train", "valid", "test"):
         raise UserError(f"unknown split {split!r}; choose one of: train, valid, test")
-    vae = load_run(run)
+    vae = load_run(run, checkpoint=checkpoint)
     config = load_config(Path(run) / "config.toml")
     data = load_data(**{k: v for k, v in config["data"].items() if k != "on_device"})  # on_device: training only
     return vae, data.split(split)
@@ -70,7 +70,7 @@ def load_run_split(run, split):
 
 def command_evaluate(args):
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    vae, split = load_run_split(args.run, args.split)
+    vae, split = load_run_split(args.run, args.split, args.checkpoint)
     vae = vae.to(device)
     if args.limit is not None and args.limit < 1:
         raise UserError(f"--limit must be >= 1, got {args.limit}")
@@ -78,7 +78,7 @@ def command_evaluate(args):
     vae.likelihood.check_support(x)
     start = time.perf_counter()
     result = evaluate(vae, x, num_samples=args.samples, seed=args.seed, batch_size=args.batch_size, progress=True)
-    result.update(split=args.split, seed=args.seed, seconds=time.perf_counter() - start)
+    result.update(split=args.split, seed=args.seed, checkpoint=args.checkpoint, seconds=time.perf_counter() - start)
     out = Path(args.run) / "evaluation.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"{args.run}: {args.split} split, {result['num_examples']} data points, K = {args.samples}")
@@ -97,7 +97,7 @@ def command_evaluate(args):
 
 
 def command_plot(args):
-    vae, split = load_run_split(args.run, args.split)
+    vae, split = load_run_split(args.run, args.split, args.checkpoint)
     out = Path(args.out) if args.out else Path(args.run)
     out.mkdir(parents=True, exist_ok=True)
     x = split.x[: args.limit]
@@ -151,6 +151,7 @@ def parser():
     e.add_argument("--seed", type=int, default=EVALUATION_SEED)
     e.add_argument("--batch-size", type=int, default=100, help="data points per pass")
     e.add_argument("--limit", type=int, help="evaluate only the first N data points of the split")
+    e.add_argument("--checkpoint", default="checkpoint.pt", help="checkpoint.pt (last) or best.pt (best validation ELBO)")
     e.set_defaults(func=command_evaluate)
 
     pl = sub.add_parser("plot", help="latent-space figures of a run: manifold and codes (2-D z), else traversals and PCA")
@@ -158,6 +159,7 @@ def parser():
     pl.add_argument("--split", default="test", choices=("test", "valid"))
     pl.add_argument("--limit", type=int, default=5000, help="data points to encode (default 5000)")
     pl.add_argument("--out", help="directory for the PNGs (default: RUN)")
+    pl.add_argument("--checkpoint", default="checkpoint.pt", help="checkpoint.pt (last) or best.pt (best validation ELBO)")
     pl.set_defaults(func=command_plot)
 
     ls = sub.add_parser("list", help="list every registered likelihood, prior, network, dataset and estimator")
