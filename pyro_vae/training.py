@@ -267,8 +267,10 @@ class Trainer:
     def _end_epoch(self, epoch, seconds, bar):
         tc = self.config["train"]
         self.vae.eval()
-        if self.world_size > 1:
-            dist.barrier()
+        if self.world_size > 1:  # the epoch's training loss over every rank's shard
+            totals = torch.tensor(self.epoch_loss, dtype=torch.float64, device=self.device)
+            dist.all_reduce(totals)
+            self.epoch_loss = totals.tolist()
         if self.is_main:
             batches = lambda split, limit=None: self.data.batches(split, tc["eval_batch_size"], self.device, limit)  # noqa: E731
             train = evaluate_elbo(self.vae, batches("train", tc["train_eval_examples"]))
