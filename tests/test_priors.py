@@ -13,7 +13,7 @@ from pyro.infer import SVI, Trace_ELBO, TraceMeanField_ELBO
 
 from pyro_vae import VAE
 from pyro_vae.cli import main
-from pyro_vae.objectives import analytic_kl
+from pyro_vae.objectives import ESTIMATORS, analytic_kl
 from pyro_vae.priors import PRIORS
 from pyro_vae.registry import UserError
 
@@ -210,6 +210,17 @@ def test_meanfield_uses_the_closed_form_kl_or_falls_back_to_monte_carlo(spec):
     else:  # no closed form: the same Monte Carlo term as Trace_ELBO
         assert analytic_kl(q, p) is None
         assert losses["TraceMeanField_ELBO"] == pytest.approx(losses["Trace_ELBO"], rel=1e-6)
+
+
+@pytest.mark.parametrize("prior", PRIOR_SPECS, ids=lambda s: str(s))
+@pytest.mark.parametrize("estimator", ESTIMATORS.names())
+def test_every_estimator_works_with_every_prior(estimator, prior):
+    vae = small_vae(prior)
+    loss = ESTIMATORS.build(estimator).loss(vae.model, vae.guide, digits("continuous_bernoulli", 8))
+    loss.backward()
+    assert torch.isfinite(loss)
+    for name, parameter in vae.prior.named_parameters():  # the prior is trained by every estimator
+        assert parameter.grad is not None and torch.isfinite(parameter.grad).all() and parameter.grad.abs().sum() > 0, name
 
 
 @pytest.mark.parametrize("prior", PRIOR_SPECS, ids=lambda s: str(s))
