@@ -108,7 +108,7 @@ class RewrapLatents(Messenger):
 
     def _process_message(self, msg):
         # isinstance: a plate's subsample site is a "sample" message too, but not a distribution
-        if msg["type"] == "sample" and not msg["is_observed"] and isinstance(msg["fn"], TorchDistribution):
+        if msg["type"] == "sample" and not msg["is_observed"] and isinstance(msg["fn"], torch.distributions.Distribution):
             msg["fn"] = self.wrapper(msg["fn"])
 
 
@@ -222,6 +222,16 @@ def _weight_as_argument(fn):
     return weighted
 
 
+class _FixedJitTrace_ELBO(JitTrace_ELBO):
+    """Pyro 1.9's ``JitTrace_ELBO.differentiable_loss`` returns ``loss + (surrogate - surrogate.detach())``
+    with a ``loss`` that still carries its graph (eager ``Trace_ELBO`` takes ``.item()`` of it), so
+    its gradient is the surrogate's plus the loss's: twice the ELBO gradient for reparameterized z."""
+
+    def differentiable_loss(self, model, guide, *args, **kwargs):
+        loss, surrogate_loss = self.loss_and_surrogate_loss(model, guide, *args, **kwargs)
+        return _value_with_gradient(loss, surrogate_loss)
+
+
 class _FixedJitTraceMeanField_ELBO(JitTraceMeanField_ELBO):
     """Pyro 1.9's ``JitTraceMeanField_ELBO`` caches its compiled loss as ``_differentiable_loss``
     but checks ``_loss_and_surrogate_loss``, so it recompiles on every call; set the attribute
@@ -236,7 +246,7 @@ class _FixedJitTraceMeanField_ELBO(JitTraceMeanField_ELBO):
 class PyroELBO(Estimator):
     """Base class for estimators that are one of Pyro's ELBOs (and its JIT twin)."""
 
-    elbo_class, jit_class = Trace_ELBO, JitTrace_ELBO
+    elbo_class, jit_class = Trace_ELBO, _FixedJitTrace_ELBO
     supports_jit = True
     guide_wrapper = None  # a _Rewrapped class applied to the guide's latent sites
 
