@@ -73,6 +73,12 @@ class VAE(PyroModule):
         )
 
     @property
+    def has_standard_programs(self):
+        """Whether ``model`` and ``guide`` are this class's own (a subclass may redefine them);
+        only then may an estimator compute their loss without tracing them."""
+        return type(self).model is VAE.model and type(self).guide is VAE.guide
+
+    @property
     def num_features(self):
         """D, the number of numbers in one data point."""
         return math.prod(self.data_shape)

@@ -36,7 +36,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import plots
-from .annealing import Constant, build_schedule, kl_scaled
+from .annealing import Constant, build_schedule
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import apply_overrides, build_estimator, build_model, check_config, load_config, save_config
 from .data import load_data
@@ -69,16 +69,20 @@ class TrainingStopped(Exception):
 
 
 class NegativeELBO(nn.Module):
-    """The training loss as a torch module: the estimator's loss for the (KL-weighted)
-    model and guide, per data point (and per feature under ``reduction = "mean"``)."""
+    """The training loss as a torch module: the estimator's loss for the VAE's model and
+    guide under ``kl_weight`` (None, or a callable read each step), per data point (and
+    per feature under ``reduction = "mean"``). The VAE and the estimator (which may own a
+    neural baseline) are submodules, so one optimizer, one checkpoint and
+    DistributedDataParallel all see every parameter."""
 
-    def __init__(self, vae, estimator, model, guide, normalizer=1.0):
+    def __init__(self, vae, estimator, kl_weight=None, normalizer=1.0):
         super().__init__()
-        self.vae = vae  # registered, so DistributedDataParallel finds the parameters
-        self.estimator, self.model, self.guide, self.normalizer = estimator, model, guide, normalizer
+        self.vae, self.estimator = vae, estimator
+        self.kl_weight, self.normalizer = kl_weight, normalizer
 
     def forward(self, x):
-        return self.estimator.loss(self.model, self.guide, x) / (len(x) * self.normalizer)
+        loss = self.estimator.loss(self.vae.model, self.vae.guide, x, kl_weight=self.kl_weight)
+        return loss / (len(x) * self.normalizer)
 
 
 def resolve_device(name):
@@ -122,8 +126,7 @@ class Trainer:
         for split in ("train", "valid", "test"):
             if split != "train" or not data.dynamic_binarization:
                 self.vae.likelihood.check_support(data.split(split).x)
-        estimator = build_estimator(config)
-        self.optimizer = OPTIMIZERS[tc["optimizer"]](self.vae.parameters(), lr=tc["lr"])
+        estimator = build_estimator(config, data.shape).to(device)
         self.steps_per_epoch = math.ceil(len(data.train) / tc["batch_size"])
         total_steps = tc["epochs"] * self.steps_per_epoch
         self.lr_schedule = (
@@ -136,11 +139,13 @@ class Trainer:
         # -log p / D + beta KL = (1 / D) (-log p + D beta KL), an effective KL weight of D beta.
         self.features_per_term = self.vae.num_features if objective["reduction"] == "mean" else 1
         self.kl_weight = self.kl_schedule(0)
-        model, guide = self.vae.model, self.vae.guide
-        if not isinstance(self.kl_schedule, Constant) or self.kl_weight * self.features_per_term != 1.0:
-            weight = lambda: self.kl_weight * self.features_per_term  # noqa: E731 (read at every site)
-            model, guide = kl_scaled(model, weight), kl_scaled(guide, weight)
-        self.loss = NegativeELBO(self.vae, estimator, model, guide, self.features_per_term)
+        constant = isinstance(self.kl_schedule, Constant)
+        estimator.check_kl_weight(self.kl_weight * self.features_per_term if constant else None)
+        weight = None
+        if not constant or self.kl_weight * self.features_per_term != 1.0:
+            weight = lambda: self.kl_weight * self.features_per_term  # noqa: E731 (read every step)
+        self.loss = NegativeELBO(self.vae, estimator, weight, self.features_per_term)
+        self.optimizer = OPTIMIZERS[tc["optimizer"]](self.loss.parameters(), lr=tc["lr"])
         if world_size > 1:
             self.loss = nn.parallel.DistributedDataParallel(self.loss, device_ids=[device.index] if device.type == "cuda" else None)
         self.noise = torch.Generator().manual_seed(tc["seed"] * 7919 + rank)  # dynamic binarization
@@ -148,6 +153,15 @@ class Trainer:
         self.epoch_loss = [0.0, 0]  # sum of per-point losses and count in the current epoch
         self.rows, self.best_val_elbo = [], -math.inf
         self.skipped_steps, self.stop_signal = 0, None
+
+    @property
+    def estimator(self):
+        return self.vae_loss.estimator
+
+    @property
+    def vae_loss(self):
+        """The NegativeELBO module (inside DistributedDataParallel when there is one)."""
+        return getattr(self.loss, "module", self.loss)
 
     @property
     def is_main(self):
@@ -158,6 +172,7 @@ class Trainer:
     def state_dict(self):
         return {
             "model": self.vae.state_dict(),
+            "estimator": self.estimator.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "lr_schedule": self.lr_schedule.state_dict() if self.lr_schedule else {},
             "data_shape": list(self.data.shape),
@@ -176,6 +191,7 @@ class Trainer:
     def load_state_dict(self, state):
         try:
             self.vae.load_state_dict(state["model"])
+            self.estimator.load_state_dict(state["estimator"])
             self.optimizer.load_state_dict(state["optimizer"])
         except (RuntimeError, ValueError, KeyError) as error:
             raise UserError(f"the checkpoint does not fit this model: {str(error).splitlines()[0][:200]}") from None
@@ -225,32 +241,40 @@ class Trainer:
         )
         self.vae.train()
         for x in batches:
-            self.kl_weight = self.kl_schedule(self.step)
-            with torch.autocast(self.device.type, torch.bfloat16, enabled=tc["precision"] == "bf16"):
-                loss = self.loss(x)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            value = loss.item()
-            if not self._finite(value, epoch):
-                continue
-            if tc["clip_grad_norm"]:
-                nn.utils.clip_grad_norm_(self.vae.parameters(), tc["clip_grad_norm"])
-            self.optimizer.step()
-            if self.lr_schedule:
-                self.lr_schedule.step()
-            self.step += 1
+            value = self.train_step(x)
+            self.step += 1  # a skipped (non-finite) batch still counts: it was drawn
             self.batch_in_epoch += 1
-            self.epoch_loss = [self.epoch_loss[0] + value * len(x), self.epoch_loss[1] + len(x)]
+            if value is not None:
+                self.epoch_loss = [self.epoch_loss[0] + value * len(x), self.epoch_loss[1] + len(x)]
             bar.update()
-            bar.set_postfix_str(f"epoch {epoch} loss {value:.3f}" + ("" if isinstance(self.kl_schedule, Constant) else f" kl_weight {self.kl_weight:.3g}"), refresh=False)
+            if value is not None and (self.step % 10 == 0 or self.batch_in_epoch == 1):
+                bar.set_postfix_str(f"epoch {epoch} loss {value:.3f}" + ("" if isinstance(self.kl_schedule, Constant) else f" kl_weight {self.kl_weight:.3g}"), refresh=False)
             if tc["checkpoint_every"] and self.step % tc["checkpoint_every"] == 0:
                 self.save()
             if self.stop_signal is not None:
                 self._stop()
 
-    def _finite(self, value, epoch):
+    def train_step(self, x):
+        """One optimizer step on the minibatch ``x``; the loss, or None if it was skipped as non-finite."""
+        tc = self.config["train"]
+        self.kl_weight = self.kl_schedule(self.step)
+        with torch.autocast(self.device.type, torch.bfloat16, enabled=tc["precision"] == "bf16"):
+            loss = self.loss(x)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        value = loss.item()
+        if not self._finite(value):
+            return None
+        if tc["clip_grad_norm"]:
+            nn.utils.clip_grad_norm_(self.vae_loss.parameters(), tc["clip_grad_norm"])
+        self.optimizer.step()
+        if self.lr_schedule:
+            self.lr_schedule.step()
+        return value
+
+    def _finite(self, value):
         """False (and the step skipped) for a non-finite loss or gradient; stop when too many."""
-        grads = [p.grad for p in self.vae.parameters() if p.grad is not None]
+        grads = [p.grad for p in self.vae_loss.parameters() if p.grad is not None]
         if math.isfinite(value) and all(torch.isfinite(g).all() for g in grads):
             return True
         what = "loss" if not math.isfinite(value) else "gradient"
@@ -258,7 +282,7 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         if self.skipped_steps > self.config["train"]["max_skipped_steps"]:
             raise UserError(
-                f"non-finite {what} ({value}) at step {self.step + 1} (epoch {epoch}, kl_weight {self.kl_weight:.3g}); "
+                f"non-finite {what} ({value}) at step {self.step + 1} (epoch {self.epoch + 1}, kl_weight {self.kl_weight:.3g}); "
                 f"likely causes: train.lr = {self.config['train']['lr']:g} too high, a likelihood scale collapsing "
                 f"(raise its min_scale), or extreme data; the last good checkpoint in {self.out} is intact"
             )
