@@ -109,6 +109,8 @@ def run_model(model, args, overrides):
         full = evaluate_run(run, args.full_test_samples, None, checkpoint, f"{tag}_K{args.full_test_samples}")
         gain = result["log_likelihood"] - subset["log_likelihood"]  # what K adds over K2, on the same images
         row.update(nll_full_test=round(-(full["log_likelihood"] + gain), 2), full_test_samples=args.full_test_samples)
+        # the ELBO, KL and active units of the whole test set, not of its first N images
+        row.update(elbo=round(full["elbo"], 2), kl=round(full["kl"], 2), active_units=full["active_units"])
         row["eval_seconds"] += round(subset["seconds"] + full["seconds"])
     if pyro_vae_cli(["plot", str(run), "--checkpoint", checkpoint, "--out", str(RESULTS / tag)]) != 0:
         sys.exit(f"error: plotting {run} failed")
