@@ -53,8 +53,12 @@ def mlp(sizes, activation_name):
 
 
 def gaussian_parameters(output):
-    """Split the encoder's last layer into loc and a positive scale = softplus(.) + floor."""
-    loc, raw_scale = output.chunk(2, dim=-1)
+    """Split the encoder's last layer into loc and a positive scale = softplus(.) + floor.
+
+    Networks hand float32 to the distributions even under bf16 autocast: densities and
+    KL terms are sums of many small numbers that bf16's 8-bit mantissa would ruin.
+    """
+    loc, raw_scale = output.float().chunk(2, dim=-1)
     return loc, F.softplus(raw_scale) + MIN_SCALE
 
 
@@ -98,7 +102,7 @@ class MLPDecoder(Net):
         self.net = mlp([latent_dim, *hidden, math.prod(self.output_shape)], activation)
 
     def forward(self, z):
-        return self.net(z).view(z.shape[0], *self.output_shape)
+        return self.net(z).float().view(z.shape[0], *self.output_shape)  # float32: see gaussian_parameters
 
 
 def _image_shape(data_shape, channels, where):
@@ -155,4 +159,4 @@ class ConvDecoder(Net):
 
     def forward(self, z):
         h = self.head(z).view(z.shape[0], *self.start)
-        return self.features(h).view(z.shape[0], *self.output_shape)
+        return self.features(h).float().view(z.shape[0], *self.output_shape)

@@ -207,6 +207,14 @@ class Trainer:
         if self.is_main:
             save_checkpoint(self.state_dict(), self.out / name)
 
+    def loss_name(self):
+        """What the progress bar's loss is: -ELBO, the KL-weighted -ELBO, or minus another bound."""
+        estimator = self.estimator
+        bound = "ELBO" if estimator.reports_elbo else f"{estimator.registered_name} bound"
+        weighted = not isinstance(self.kl_schedule, Constant) or self.kl_weight * self.features_per_term != 1
+        per = " per feature" if self.features_per_term != 1 else ""
+        return f"-{bound}{' (KL-weighted)' if weighted else ''}{per}"
+
     # ---- the loop ----
 
     def fit(self):
@@ -218,7 +226,7 @@ class Trainer:
             disable=not (tc["progress"] and self.is_main),
             unit="step",
             dynamic_ncols=True,
-            desc="training -ELBO" if isinstance(self.kl_schedule, Constant) and self.kl_weight == 1 else "training -ELBO(kl_weight)",
+            desc=self.loss_name(),
         )
         start = time.perf_counter() - (self.rows[-1]["seconds"] if self.rows else 0.0)
         try:

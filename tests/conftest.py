@@ -2,6 +2,10 @@ import pyro
 import pytest
 import torch
 
+# Small networks gain nothing from intra-op threads, and on a shared 2-core machine
+# the threads of parallel jobs thrash each other.
+torch.set_num_threads(1)
+
 
 @pytest.fixture(autouse=True)
 def _seed_and_validate():
