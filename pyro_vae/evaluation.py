@@ -13,6 +13,7 @@
 import math
 
 import pyro
+import pyro.distributions as dist
 import torch
 from pyro import poutine
 from pyro.poutine.util import site_is_subsample
@@ -77,6 +78,33 @@ def _sample_sites(trace):
 
 def log_importance_weights(vae, x, num_particles):
     """log w_k = log p(x, z_k) - log q(z_k | x) with z_k ~ q(z | x), shape ``(num_particles, N)``.
+
+    For a VAE whose programs are the library's own the weights are computed directly
+    (:func:`direct_log_importance_weights`, the same numbers without Pyro's tracing);
+    for any other model and guide by tracing them (:func:`traced_log_importance_weights`).
+    """
+    if getattr(vae, "has_standard_programs", False):
+        return direct_log_importance_weights(vae, x, num_particles)
+    return traced_log_importance_weights(vae, x, num_particles)
+
+
+def direct_log_importance_weights(vae, x, num_particles):
+    """:func:`traced_log_importance_weights` for ``VAE.model``/``VAE.guide``, computed directly:
+    the guide's draw ``z ~ N(loc(x), scale(x)^2)`` for K particles is the same call on the
+    same RNG, and the densities are the same distributions' ``log_prob``."""
+    n = x.shape[0]
+    loc, scale = vae.encoder(x)
+    guide = dist.Normal(loc, scale).to_event(1)
+    z = guide.rsample((num_particles,))  # (K, N, latent_dim)
+    repeated = x.expand(num_particles, *x.shape).reshape(num_particles * n, *x.shape[1:])
+    params = vae.decoder(z.reshape(num_particles * n, -1))
+    log_px = vae.likelihood(params, repeated).log_prob(repeated).reshape(num_particles, n)
+    return log_px + vae.prior(vae.encoder).log_prob(z) - guide.log_prob(z)
+
+
+def traced_log_importance_weights(vae, x, num_particles):
+    """log w_k = log p(x, z_k) - log q(z_k | x) with z_k ~ q(z | x), shape ``(num_particles, N)``,
+    for any model and guide with sites "z" and "x" in a "data" plate.
 
     The guide runs once on ``x`` inside a ``"particles"`` plate (dim -2, left of the
     ``"data"`` plate), so its encoder sees each data point once and draws

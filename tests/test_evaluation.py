@@ -18,7 +18,14 @@ from torch.distributions import MultivariateNormal, Normal, kl_divergence
 
 from pyro_vae.annealing import ScaleLatents
 from pyro_vae.cli import main
-from pyro_vae.evaluation import bits_per_dim, evaluate, evaluate_elbo, log_likelihood
+from pyro_vae.evaluation import (
+    bits_per_dim,
+    direct_log_importance_weights,
+    evaluate,
+    evaluate_elbo,
+    log_likelihood,
+    traced_log_importance_weights,
+)
 from pyro_vae.model import VAE
 from pyro_vae.nets import MIN_SCALE
 from pyro_vae.registry import UserError
@@ -150,6 +157,26 @@ def test_no_kl_weight_or_scale_leaks_in():
     with poutine.scale(scale=7.0):  # a subsampling scale
         scaled = log_likelihood(ppca.vae, x, num_samples=40, seed=2)
     assert torch.equal(plain, kl_weighted) and torch.equal(plain, scaled)
+    # and on the traced path, which general models and guides take
+    pyro.set_rng_seed(3)
+    traced = traced_log_importance_weights(ppca.vae, x, 40)
+    pyro.set_rng_seed(3)
+    with ScaleLatents(0.1), poutine.scale(scale=7.0):
+        assert torch.equal(traced, traced_log_importance_weights(ppca.vae, x, 40))
+
+
+@pytest.mark.parametrize("likelihood, prior", [("bernoulli", {"name": "vamp", "components": 3}),
+                                                ({"name": "gaussian", "scale": "optimal"}, "flow")])
+def test_direct_weights_equal_the_traced_ones(likelihood, prior):
+    vae = VAE((1, 4, 4), latent_dim=2, likelihood=likelihood, prior=prior,
+              encoder={"type": "mlp", "hidden": [8]}, decoder={"type": "mlp", "hidden": [8]})
+    x = torch.bernoulli(torch.full((5, 1, 4, 4), 0.4))
+    pyro.set_rng_seed(1)
+    direct = direct_log_importance_weights(vae, x, 7)
+    pyro.set_rng_seed(1)
+    traced = traced_log_importance_weights(vae, x, 7)
+    assert direct.shape == (7, 5)
+    assert torch.allclose(direct, traced, rtol=1e-5, atol=1e-4)
 
 
 def test_batch_size_changes_only_the_monte_carlo_noise():
