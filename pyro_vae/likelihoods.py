@@ -4,7 +4,7 @@ Every likelihood is a properly normalized density (or mass function) over the
 data's support, so ELBOs and log-likelihoods are comparable across choices.
 
 A likelihood receives the decoder's output ``params`` of shape
-``(batch, num_params, *data_shape)`` and returns a Pyro distribution whose event
+``(*batch, num_params, *data_shape)`` and returns a Pyro distribution whose event
 shape is ``data_shape``. ``num_params`` says how many numbers per feature the
 decoder must produce (1 for Bernoulli logits or a Gaussian mean).
 
@@ -44,6 +44,11 @@ class Likelihood(nn.Module):
         self.data_shape = tuple(data_shape)
         self.event_dim = len(self.data_shape)
 
+    def parameter(self, params, k):
+        """The k-th parameter of every feature: ``params[..., k, *data_shape]``, whatever batch
+        dimensions lead (vectorized particles add one)."""
+        return params.select(-1 - self.event_dim, k)
+
     def forward(self, params, x=None):
         """The distribution of x given the decoder output (``x`` is the observation, if any)."""
         raise NotImplementedError
@@ -65,10 +70,10 @@ class Bernoulli(Likelihood):
     """Bernoulli on binary data {0, 1}; the decoder gives logits (BCE is its exact -log p)."""
 
     def forward(self, params, x=None):
-        return dist.Bernoulli(logits=params[:, 0]).to_event(self.event_dim)
+        return dist.Bernoulli(logits=self.parameter(params, 0)).to_event(self.event_dim)
 
     def mean(self, params):
-        return torch.sigmoid(params[:, 0])
+        return torch.sigmoid(self.parameter(params, 0))
 
     def check_support(self, x):
         if not torch.all((x == 0) | (x == 1)):
@@ -162,10 +167,10 @@ class ContinuousBernoulli(Likelihood):
     """
 
     def forward(self, params, x=None):
-        return StableContinuousBernoulli(logits=params[:, 0]).to_event(self.event_dim)
+        return StableContinuousBernoulli(logits=self.parameter(params, 0)).to_event(self.event_dim)
 
     def mean(self, params):
-        return continuous_bernoulli_mean(params[:, 0])
+        return continuous_bernoulli_mean(self.parameter(params, 0))
 
     def check_support(self, x):
         _check_unit_interval("continuous_bernoulli", x, "rescale it to [0, 1] or use likelihood = \"gaussian\"")
@@ -255,12 +260,12 @@ class LocationScale(Likelihood):
         return self.fixed_scale
 
     def forward(self, params, x=None):
-        loc = params[:, 0]
+        loc = self.parameter(params, 0)
         scale = self.scale_for(loc, x).expand_as(loc)
         return self.distribution(loc, scale).to_event(self.event_dim)
 
     def mean(self, params):
-        return params[:, 0]
+        return self.parameter(params, 0)
 
 
 @LIKELIHOODS.register("gaussian")
@@ -335,7 +340,7 @@ class Beta(Likelihood):
         self.to_data = dist.transforms.AffineTransform(-self.squeeze / width, 1.0 / width)
 
     def concentrations(self, params):
-        return F.softplus(params[:, 0]) + MIN_CONCENTRATION, F.softplus(params[:, 1]) + MIN_CONCENTRATION
+        return F.softplus(self.parameter(params, 0)) + MIN_CONCENTRATION, F.softplus(self.parameter(params, 1)) + MIN_CONCENTRATION
 
     def forward(self, params, x=None):
         base = dist.Beta(*self.concentrations(params))
@@ -460,7 +465,7 @@ class DiscretizedLogistic(Likelihood):
 
     def split(self, params):
         """(N, 3K, *data_shape) -> logits, loc, log_scale, each (N, *data_shape, K)."""
-        logits, loc, log_scale = params.movedim(1, -1).chunk(3, dim=-1)
+        logits, loc, log_scale = params.movedim(-1 - self.event_dim, -1).chunk(3, dim=-1)
         return logits, loc, log_scale.clamp(min=MIN_LOG_SCALE)
 
     def forward(self, params, x=None):

@@ -2,8 +2,9 @@
 
 An encoder maps a batch ``x`` of shape ``(N, *data_shape)`` to the parameters
 ``(loc, scale)`` of the diagonal Gaussian q(z | x), each ``(N, latent_dim)``.
-A decoder maps ``z`` of shape ``(N, latent_dim)`` to the likelihood's parameters,
-``(N, num_params, *data_shape)``.
+A decoder maps ``z`` of shape ``(*batch, latent_dim)`` to the likelihood's parameters,
+``(*batch, num_params, *data_shape)``: any leading batch dimensions (Pyro's vectorized
+particles add one on the left of the data's).
 
 ``mlp`` networks take any data shape (they flatten it); ``conv`` networks take
 images ``(channels, height, width)``: a strided-convolution encoder and a
@@ -102,7 +103,7 @@ class MLPDecoder(Net):
         self.net = mlp([latent_dim, *hidden, math.prod(self.output_shape)], activation)
 
     def forward(self, z):
-        return self.net(z).float().view(z.shape[0], *self.output_shape)  # float32: see gaussian_parameters
+        return self.net(z).float().view(*z.shape[:-1], *self.output_shape)  # float32: see gaussian_parameters
 
 
 def _image_shape(data_shape, channels, where):
@@ -158,5 +159,5 @@ class ConvDecoder(Net):
         self.features = nn.Sequential(*layers)
 
     def forward(self, z):
-        h = self.head(z).view(z.shape[0], *self.start)
-        return self.features(h).float().view(z.shape[0], *self.output_shape)
+        h = self.head(z).view(-1, *self.start)  # convolutions take one batch dimension
+        return self.features(h).float().view(*z.shape[:-1], *self.output_shape)

@@ -137,3 +137,26 @@ def test_names_tables_and_instances_are_accepted():
     assert float(vae.likelihood.scale) == 0.5
     with pytest.raises(UserError, match="unknown likelihood 'gausian'"):
         VAE(10, likelihood="gausian")
+
+
+@pytest.mark.parametrize("net", [{"type": "mlp", "hidden": [8]}, {"type": "conv", "channels": [8, 4]}])
+@pytest.mark.parametrize("likelihood", ["bernoulli", {"name": "discretized_logistic", "components": 2}])
+def test_decoders_and_likelihoods_take_leading_particle_dimensions(net, likelihood):
+    encoder = {"type": "conv", "channels": [4, 8]} if net["type"] == "conv" else net
+    vae = VAE((1, 8, 8), latent_dim=3, encoder=encoder, decoder=net, likelihood=likelihood)
+    z = torch.randn(4, 5, 3)  # (particles, data points, latent)
+    params = vae.decoder(z)
+    assert torch.allclose(params, torch.stack([vae.decoder(z_k) for z_k in z]), atol=1e-6)
+    x = torch.randint(0, 2, (5, 1, 8, 8)).float()
+    log_p = vae.likelihood(params, x).log_prob(x)
+    assert log_p.shape == (4, 5)
+    assert torch.allclose(log_p[2], vae.likelihood(params[2], x).log_prob(x))
+
+
+def test_vectorized_particles_give_the_same_expected_loss():
+    vae = small_vae()
+    x = torch.bernoulli(torch.full((8, 1, 8, 8), 0.3))
+    with torch.no_grad():
+        vectorized = Trace_ELBO(num_particles=4000, vectorize_particles=True, max_plate_nesting=1).loss(vae.model, vae.guide, x)
+        sequential = torch.stack([Trace_ELBO().differentiable_loss(vae.model, vae.guide, x) for _ in range(400)])
+    assert abs(vectorized - sequential.mean().item()) < 4 * sequential.std().item() / 400**0.5 + 0.05
