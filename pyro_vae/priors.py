@@ -15,6 +15,7 @@ The KL term KL(q(z | x) || p(z)) has a closed form only for ``normal`` and
 log q(z | x) - log p(z) at the sampled z, exactly as ``trace`` does.
 """
 
+import math
 import numbers
 
 import pyro.distributions as dist
@@ -38,6 +39,43 @@ class Prior(nn.Module):
 
     def forward(self, encoder=None):
         raise NotImplementedError
+
+
+class DiagonalNormalMixture(dist.TorchDistribution):
+    """p(z) = sum_k pi_k N(z; m_k, diag s_k^2), with log p(z) computed by matrix products.
+
+    Expanding the square, sum_d (z_d - m_kd)^2 / s_kd^2 = z^2 . (1/s_k^2) - 2 z . (m_k/s_k^2)
+    + sum_d m_kd^2 / s_kd^2: two (M x D) @ (D x K) products instead of an (M, K, D)
+    intermediate, which at K = 500 components made the VampPrior ten times slower than
+    the rest of the model. The expansion cancels large terms when z is far out and s
+    small, so it is evaluated in float64 (error ~1e-16 of the terms instead of ~1e-7).
+    The same density as ``MixtureSameFamily(Categorical(logits), Normal(loc, scale).to_event(1))``.
+    """
+
+    arg_constraints = {}
+    support = dist.constraints.real_vector
+    has_rsample = False
+
+    def __init__(self, logits, loc, scale, validate_args=None):
+        self.logits, self.loc, self.scale = logits, loc, scale
+        super().__init__(torch.Size(), loc.shape[-1:], validate_args=validate_args)
+
+    def log_prob(self, value):
+        shape = value.shape[:-1]
+        z = value.reshape(-1, value.shape[-1]).double()
+        precision = self.scale.double().pow(-2)
+        loc = self.loc.double()
+        squared_distance = (
+            (z * z) @ precision.T - 2 * z @ (loc * precision).T + (loc * loc * precision).sum(-1)
+        ).clamp(min=0)
+        log_normal = -0.5 * squared_distance - self.scale.double().log().sum(-1) - 0.5 * z.shape[-1] * math.log(2 * math.pi)
+        log_weights = torch.log_softmax(self.logits.double(), -1)
+        return torch.logsumexp(log_weights + log_normal, -1).to(value.dtype).reshape(shape)
+
+    def sample(self, sample_shape=torch.Size()):
+        with torch.no_grad():
+            k = dist.Categorical(logits=self.logits).sample(sample_shape)
+            return dist.Normal(self.loc[k], self.scale[k]).sample()
 
 
 def _check_count(name, value, minimum=1):
@@ -94,8 +132,7 @@ class MixtureOfGaussians(Prior):
         self.logits = nn.Parameter(torch.zeros(components))
 
     def forward(self, encoder=None):
-        components = dist.Normal(self.loc, self.log_scale.exp()).to_event(1)
-        return dist.MixtureSameFamily(dist.Categorical(logits=self.logits), components)
+        return DiagonalNormalMixture(self.logits, self.loc, self.log_scale.exp())
 
 
 @PRIORS.register("vamp")
@@ -119,8 +156,7 @@ class VampPrior(Prior):
         if encoder is None:
             raise UserError("the vamp prior is built from the guide's encoder; call prior(encoder)")
         loc, scale = encoder(self.pseudo_inputs)
-        components = dist.Normal(loc, scale).to_event(1)
-        return dist.MixtureSameFamily(dist.Categorical(logits=self.logits), components)
+        return DiagonalNormalMixture(self.logits, loc, scale)
 
 
 FLOW_TRANSFORMS = ("affine_autoregressive", "spline_autoregressive")
