@@ -139,12 +139,6 @@ class Trainer:
                 self.vae.likelihood.check_support(data.split(split).x)
         estimator = build_estimator(config, data.shape).to(device)
         self.steps_per_epoch = math.ceil(len(data.train) / tc["batch_size"])
-        total_steps = tc["epochs"] * self.steps_per_epoch
-        self.lr_schedule = (
-            torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=total_steps)
-            if tc["lr_schedule"] == "cosine"
-            else None
-        )
         self.kl_schedule = build_schedule(objective["kl_weight"], self.steps_per_epoch)
         # reduction = "mean" averages log p(x|z) over the D features:
         # -log p / D + beta KL = (1 / D) (-log p + D beta KL), an effective KL weight of D beta.
@@ -158,6 +152,11 @@ class Trainer:
         self.loss = NegativeELBO(self.vae, estimator, weight, self.features_per_term)
         self.parameters = list(self.loss.parameters())  # the VAE's and the estimator's
         self.optimizer = make_optimizer(tc["optimizer"], self.parameters, tc["lr"])
+        self.lr_schedule = (
+            torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=tc["epochs"] * self.steps_per_epoch)
+            if tc["lr_schedule"] == "cosine"
+            else None
+        )
         if world_size > 1:
             self.loss = nn.parallel.DistributedDataParallel(self.loss, device_ids=[device.index] if device.type == "cuda" else None)
         self.noise = torch.Generator().manual_seed(tc["seed"] * 7919 + rank)  # dynamic binarization

@@ -21,12 +21,13 @@ CLI = [sys.executable, "-m", "pyro_vae"]
 
 def resumable_config(**train_options):
     # 1297 examples / 32 = 41 steps an epoch; every 7th step writes a checkpoint, so a
-    # kill lands mid-epoch. Dynamic binarization and a KL warm-up make the data order,
-    # the binarization noise and the schedule position all part of what must resume.
+    # kill lands mid-epoch. Dynamic binarization, a KL warm-up and a cosine learning rate
+    # make the data order, the binarization noise and both schedules' positions part of
+    # what must resume.
     return tiny_config(
         data={"binarize": "dynamic"},
         objective={"kl_weight": {"schedule": "linear", "start": 0.0, "end": 1.0, "epochs": 2}},
-        train={"epochs": 4, "batch_size": 32, "checkpoint_every": 7, **train_options},
+        train={"epochs": 4, "batch_size": 32, "checkpoint_every": 7, "lr_schedule": "cosine", **train_options},
     )
 
 
