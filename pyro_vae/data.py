@@ -85,16 +85,20 @@ class Data:
                 x = (torch.rand(x.shape, generator=noise).to(x.device) < x).to(x.dtype)
             yield x.to(device, non_blocking=True)
 
-    def batches(self, split, batch_size, device, limit=None):
-        """The (first ``limit``) examples of a split, in order, in minibatches on ``device``.
+    def batches(self, split, batch_size, device, limit=None, rank=0, world_size=1):
+        """The (first ``limit``) examples of a split, in order, in minibatches on ``device``;
+        with ``world_size`` > 1, every ``world_size``-th example from the ``rank``-th.
 
         Under dynamic binarization the training split is shown through one fixed
         Bernoulli draw, so that its scores are comparable across epochs.
         """
         x = self.split(split).x[:limit]
+        if len(x) < world_size:
+            raise UserError(f"the {split} split has {len(x)} examples, fewer than the {world_size} processes")
+        x = x[rank::world_size]
         generator = None
         if split == "train" and self.dynamic_binarization:
-            generator = torch.Generator().manual_seed(STATIC_BINARIZATION_SEED)
+            generator = torch.Generator().manual_seed(STATIC_BINARIZATION_SEED + rank)
         for start in range(0, len(x), batch_size):
             batch = x[start : start + batch_size]
             if generator is not None:

@@ -33,29 +33,47 @@ def _devices():
 
 
 @torch.no_grad()
-def evaluate_elbo(vae, batches, seed=EVALUATION_SEED):
+def evaluate_elbo(vae, batches, seed=EVALUATION_SEED, all_reduce=None):
     """Means over data points of the ELBO and its terms, one z per data point, fixed noise.
 
     Returns ``elbo``, ``reconstruction`` (E_q log p(x|z)), ``kl``, ``kl_per_dimension``
     (a list, where the KL factorizes over dimensions in closed form, else None),
-    ``active_units`` and ``num_examples``.
+    ``active_units`` and ``num_examples``. Everything is accumulated as sums, so that
+    under data-parallel training each process evaluates its shard and ``all_reduce``
+    (e.g. ``torch.distributed.all_reduce``) combines the sums before the means are taken.
     """
-    totals, count = {}, 0
-    kl_dims, codes = None, []
+    sums = {}
+
+    def add(name, value):
+        value = torch.as_tensor(value, dtype=torch.float64)
+        sums[name] = value if name not in sums else sums[name] + value
+
     with torch.random.fork_rng(devices=_devices()):
         torch.manual_seed(seed)
         for x in batches:
             for name, values in elbo_terms(vae, x).items():
-                totals[name] = totals.get(name, 0.0) + values.sum().item()
+                add(name, values.sum().cpu())
             per_dim = kl_per_dimension(vae, x)
             if per_dim is not None:
-                kl_dims = per_dim.sum(0) if kl_dims is None else kl_dims + per_dim.sum(0)
-            codes.append(vae.encode(x))
-            count += len(x)
-    result = {name: total / count for name, total in totals.items()}
+                add("kl_per_dimension", per_dim.sum(0).cpu())
+            codes = vae.encode(x).double().cpu()
+            add("code_sum", codes.sum(0))
+            add("code_square_sum", (codes * codes).sum(0))
+            add("count", len(x))
+    if all_reduce is not None:
+        device = next(vae.parameters()).device
+        for name, value in sums.items():
+            reduced = value.to(device)
+            all_reduce(reduced)
+            sums[name] = reduced.cpu()
+    count = sums["count"].item()
+    result = {name: (sums[name] / count).item() for name in ("elbo", "reconstruction", "kl")}
+    kl_dims = sums.get("kl_per_dimension")
     result["kl_per_dimension"] = None if kl_dims is None else (kl_dims / count).tolist()
-    result["active_units"] = active_units(torch.cat(codes))
-    result["num_examples"] = count
+    # Var_x(E_q[z_d | x]) from the sums: (sum c^2 - (sum c)^2 / n) / (n - 1)
+    variance = (sums["code_square_sum"] - sums["code_sum"] ** 2 / count) / max(count - 1, 1)
+    result["active_units"] = int((variance > ACTIVE_UNIT_THRESHOLD).sum()) if count > 1 else 0
+    result["num_examples"] = int(count)
     return result
 
 

@@ -315,14 +315,19 @@ class Trainer:
     def _end_epoch(self, epoch, seconds, bar):
         tc = self.config["train"]
         self.vae.eval()
-        if self.world_size > 1:  # the epoch's training loss over every rank's shard
+        all_reduce = None
+        if self.world_size > 1:  # every rank evaluates its shard; the sums are all-reduced
+            all_reduce = dist.all_reduce
             totals = torch.tensor(self.epoch_loss, dtype=torch.float64, device=self.device)
             dist.all_reduce(totals)
             self.epoch_loss = totals.tolist()
+
+        def evaluate(split, limit=None):
+            batches = self.data.batches(split, tc["eval_batch_size"], self.device, limit, self.rank, self.world_size)
+            return evaluate_elbo(self.vae, batches, all_reduce=all_reduce)
+
+        train, val = evaluate("train", tc["train_eval_examples"]), evaluate("valid")
         if self.is_main:
-            batches = lambda split, limit=None: self.data.batches(split, tc["eval_batch_size"], self.device, limit)  # noqa: E731
-            train = evaluate_elbo(self.vae, batches("train", tc["train_eval_examples"]))
-            val = evaluate_elbo(self.vae, batches("valid"))
             loss_sum, count = self.epoch_loss
             row = {
                 "epoch": epoch,
@@ -353,8 +358,6 @@ class Trainer:
                 self.save("best.pt")
         else:
             self.epoch_loss = [0.0, 0]
-        if self.world_size > 1:
-            dist.barrier()
 
     # ---- signals ----
 
