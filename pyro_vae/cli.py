@@ -20,6 +20,7 @@ import torch
 
 from . import plots
 from .config import load_config
+from .annealing import SCHEDULES
 from .data import DATASETS, load_data
 from .evaluation import EVALUATION_SEED, evaluate
 from .likelihoods import LIKELIHOODS
@@ -36,6 +37,7 @@ REGISTRIES = {
     "decoders": DECODERS,
     "datasets": DATASETS,
     "estimators": ESTIMATORS,
+    "kl schedules": SCHEDULES,
 }
 
 

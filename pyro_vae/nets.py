@@ -143,8 +143,11 @@ class ConvEncoder(Net):
 
 @DECODERS.register("conv")
 class ConvDecoder(Net):
-    """Transposed-convolution decoder: a linear map to a small feature map, then stride-2
-    4x4 transposed convolutions double it per layer back to the image size."""
+    """Transposed-convolution decoder: a linear map, then stride-2 4x4 transposed convolutions.
+
+    The linear map makes a small feature map; each transposed convolution doubles its
+    height and width, back to the image size (it is the adjoint of the encoder's
+    stride-2 convolution: its forward pass is that convolution's input gradient)."""
 
     def __init__(self, data_shape, latent_dim, num_params=1, channels=(64, 32), activation="elu"):
         super().__init__()
