@@ -40,14 +40,14 @@ def schedules(epochs):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="digits, a few epochs (CI-sized)")
-    parser.add_argument("--epochs", type=int, help="epochs per run (default 8 quick, 30 full)")
+    parser.add_argument("--epochs", type=int, help="epochs per run (default 8 quick, 40 full)")
     parser.add_argument("--latent-dim", type=int, help="latent dimensions (default 8 quick, 32 full)")
     parser.add_argument("--train-examples", type=int, default=20000, help="MNIST training subset size")
     parser.add_argument("--results", default=str(ROOT / "experiments" / "results" / "annealing"))
     args = parser.parse_args(argv)
     single_thread()
 
-    epochs = args.epochs or (8 if args.quick else 30)
+    epochs = args.epochs or (8 if args.quick else 40)
     latent_dim = args.latent_dim or (8 if args.quick else 32)
     results = Path(args.results)
     results.mkdir(parents=True, exist_ok=True)
