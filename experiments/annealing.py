@@ -19,11 +19,11 @@ Writes ``experiments/results/annealing/{annealing.csv, kl_per_dimension.csv, ann
 """
 
 import argparse
-import csv
 from pathlib import Path
 
 from beta_sweep import ROOT, base_config, single_thread, train_and_test
 
+from common import write_csv
 from pyro_vae.annealing import build_schedule
 from pyro_vae.training import read_metrics
 
@@ -83,22 +83,13 @@ def main(argv=None):
             flush=True,
         )
     suffix = "_quick" if args.quick else ""
-    write_rows(rows, results / f"annealing{suffix}.csv")
-    write_rows(
+    write_csv(rows, results / f"annealing{suffix}.csv")
+    write_csv(
         [{"schedule": name, **{f"kl_{d}": f"{kl:.4f}" for d, kl in enumerate(kls)}} for name, kls in per_dimension.items()],
         results / f"kl_per_dimension{suffix}.csv",
     )
     plot(curves, per_dimension, schedules(epochs), results / f"annealing{suffix}.png", "digits" if args.quick else "binarized MNIST")
     print(markdown_table(rows))
-
-
-def write_rows(rows, path):
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: f"{v:.4f}" if isinstance(v, float) else v for k, v in row.items()})
-    print(f"wrote {path}")
 
 
 def markdown_table(rows):

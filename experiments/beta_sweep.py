@@ -18,7 +18,6 @@ the sweep is the rate-distortion trade-off (Alemi et al. 2018). Writes
 """
 
 import argparse
-import csv
 import sys
 import time
 from pathlib import Path
@@ -26,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from common import write_csv
 from pyro_vae import train
 from pyro_vae.data import load_data
 from pyro_vae.evaluation import evaluate_elbo
@@ -137,15 +137,6 @@ def main(argv=None):
     write_csv(rows, results / f"beta_sweep{suffix}.csv")
     plot_rate_distortion(rows, results / f"rate_distortion{suffix}.png", "digits" if args.quick else "binarized MNIST")
     print(markdown_table(rows))
-
-
-def write_csv(rows, path):
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: f"{v:.4f}" if isinstance(v, float) else v for k, v in row.items()})
-    print(f"wrote {path}")
 
 
 def markdown_table(rows):

@@ -33,7 +33,6 @@ Writes ``experiments/results/likelihoods/{likelihoods[_quick].csv, reconstructio
 """
 
 import argparse
-import csv
 import math
 import sys
 import time
@@ -44,6 +43,7 @@ import pyro.distributions as dist
 
 from beta_sweep import ROOT, single_thread
 
+from common import write_csv
 from pyro_vae import plots
 from pyro_vae.data import load_data
 from pyro_vae.evaluation import evaluate_elbo, log_likelihood
@@ -193,17 +193,8 @@ def main(argv=None):
             f"{row['log_likelihood_bits_per_dim']:.3f} bits/dim, {row['seconds']:.0f} s",
             flush=True,
         )
-    write_rows(rows, results / f"likelihoods{suffix}.csv")
+    write_csv(rows, results / f"likelihoods{suffix}.csv")
     print(markdown_table(rows, levels))
-
-
-def write_rows(rows, path):
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: f"{v:.4f}" if isinstance(v, float) else v for k, v in row.items()})
-    print(f"wrote {path}")
 
 
 def markdown_table(rows, levels):
