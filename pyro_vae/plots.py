@@ -67,18 +67,28 @@ def save_reconstructions(originals, reconstructions, path, columns=8):
 
 
 def save_curves(rows, path):
-    """Training loss and validation ELBO terms per epoch, from the metrics rows."""
+    """Per epoch: the objective as optimized beside the true -ELBO (train and validation),
+    the validation terms, and the KL weight in force where it changes."""
     epochs = [r["epoch"] for r in rows]
     fig, (ax_loss, ax_terms) = plt.subplots(1, 2, figsize=(10, 3.6))
-    ax_loss.plot(epochs, [r["train_loss"] for r in rows], label="training loss (per data point)")
+    ax_loss.plot(epochs, [r["train_loss"] for r in rows], label="training objective (as optimized)")
+    if "train_elbo" in rows[0]:
+        ax_loss.plot(epochs, [-r["train_elbo"] for r in rows], label="training -ELBO")
     ax_loss.plot(epochs, [-r["val_elbo"] for r in rows], label="validation -ELBO")
     ax_loss.set_xlabel("epoch")
-    ax_loss.set_ylabel("nats")
+    ax_loss.set_ylabel("nats per data point")
     ax_loss.legend()
     ax_terms.plot(epochs, [-r["val_reconstruction"] for r in rows], label="validation -log p(x|z)")
     ax_terms.plot(epochs, [r["val_kl"] for r in rows], label="validation KL")
     ax_terms.set_xlabel("epoch")
-    ax_terms.legend()
+    ax_terms.set_ylabel("nats per data point")
+    weights = [r.get("kl_weight", 1.0) for r in rows]
+    if len(set(weights)) > 1:
+        ax_weight = ax_terms.twinx()
+        ax_weight.plot(epochs, weights, color="gray", linestyle=":", label="KL weight (right axis)")
+        ax_weight.set_ylabel("KL weight")
+        ax_weight.legend(loc="center right")
+    ax_terms.legend(loc="upper right")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
