@@ -27,7 +27,7 @@ import torch
 
 from common import write_csv
 from pyro_vae import train
-from pyro_vae.data import load_data
+from pyro_vae.config import build_data
 from pyro_vae.evaluation import evaluate_elbo
 from pyro_vae.training import load_run
 
@@ -91,7 +91,7 @@ def train_and_test(config, run):
     start = time.perf_counter()
     train(config, out=run, force=True)
     vae = load_run(run)
-    data = load_data(**{k: v for k, v in config["data"].items() if k != "on_device"})
+    data = build_data(config)
     test = evaluate_elbo(vae, data.batches("test", 1000, torch.device("cpu")))
     test["seconds"] = time.perf_counter() - start
     return test

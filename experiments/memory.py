@@ -18,8 +18,7 @@ from pathlib import Path
 import pyro
 import torch
 
-from pyro_vae.config import load_config
-from pyro_vae.data import load_data
+from pyro_vae.config import build_data, load_config
 from pyro_vae.training import Trainer
 
 OUT = Path(__file__).resolve().parent.parent / "experiments" / "results" / "memory"
@@ -33,7 +32,7 @@ def rss_mib():
 
 def run(path_name, estimator_options, steps, every):
     config = load_config(None, ["train.progress=false", "train.device='cpu'", *estimator_options])
-    data = load_data(**{k: v for k, v in config["data"].items() if k != "on_device"})
+    data = build_data(config)
     trainer = Trainer(config, data, Path("runs/memory"), torch.device("cpu"))
     rows, step = [], 0
     while step < steps:

@@ -19,9 +19,9 @@ from pathlib import Path
 import torch
 
 from . import plots
-from .config import load_config
+from .config import build_data, load_config
 from .annealing import SCHEDULES
-from .data import DATASETS, load_data
+from .data import DATASETS
 from .evaluation import EVALUATION_SEED, evaluate
 from .likelihoods import LIKELIHOODS
 from .nets import DECODERS, ENCODERS
@@ -66,7 +66,7 @@ def load_run_split(run, split, checkpoint="checkpoint.pt"):
         raise UserError(f"unknown split {split!r}; choose one of: train, valid, test")
     vae = load_run(run, checkpoint=checkpoint)
     config = load_config(Path(run) / "config.toml")
-    data = load_data(**{k: v for k, v in config["data"].items() if k != "on_device"})  # on_device: training only
+    data = build_data(config)
     return vae, data.split(split)
 
 

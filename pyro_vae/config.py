@@ -19,7 +19,7 @@ except ModuleNotFoundError:  # Python 3.10
 import tomli_w
 
 from .annealing import build_schedule
-from .data import BINARIZATIONS, DATASETS
+from .data import BINARIZATIONS, DATASETS, load_data
 from .likelihoods import LIKELIHOODS
 from .model import VAE
 from .nets import DECODERS, ENCODERS
@@ -241,6 +241,11 @@ def load_config(path=None, overrides=()):
 def save_config(config, path):
     with open(path, "wb") as f:
         tomli_w.dump(config, f)
+
+
+def build_data(config):
+    """The dataset a checked config describes (``data.on_device`` is the trainer's to apply)."""
+    return load_data(**{k: v for k, v in config["data"].items() if k != "on_device"})
 
 
 def build_model(config, data_shape):

@@ -13,7 +13,6 @@ transposed-convolution decoder that mirrors it.
 
 import math
 
-import torch
 from torch import nn
 from torch.nn import functional as F
 

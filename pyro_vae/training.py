@@ -38,8 +38,7 @@ from tqdm.auto import tqdm
 from . import plots
 from .annealing import Constant, build_schedule
 from .checkpoint import load_checkpoint, save_checkpoint
-from .config import apply_overrides, build_estimator, build_model, check_config, load_config, save_config
-from .data import load_data
+from .config import apply_overrides, build_data, build_estimator, build_model, check_config, load_config, save_config
 from .evaluation import evaluate_elbo
 from .registry import UserError
 
@@ -446,7 +445,7 @@ def train(config=None, out=None, force=False, overrides=(), resume=None):
     rank, world_size, device = distributed_context(device)
     pyro.set_rng_seed(config["train"]["seed"] + rank)
 
-    data = load_data(**{k: v for k, v in config["data"].items() if k != "on_device"})
+    data = build_data(config)
     if config["data"]["on_device"]:
         data.to(device)
     trainer = Trainer(config, data, out, device, rank, world_size)
