@@ -77,13 +77,6 @@ def evaluate_elbo(vae, batches, seed=EVALUATION_SEED, all_reduce=None):
     return result
 
 
-def active_units(codes, threshold=ACTIVE_UNIT_THRESHOLD):
-    """Number of latent dimensions whose mean code varies across data: Var_x(E_q[z_d]) > threshold."""
-    if len(codes) < 2:
-        return 0
-    return int((codes.var(0) > threshold).sum())
-
-
 # Particles per pass times data points per batch bounds the memory of one pass: the
 # defaults replay the model on 100 x 100 = 10,000 rows at a time whatever K is.
 PARTICLES_PER_PASS = 100
