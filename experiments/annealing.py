@@ -25,7 +25,7 @@ from beta_sweep import ROOT, base_config, single_thread, train_and_test
 
 from common import write_csv
 from pyro_vae.annealing import build_schedule
-from pyro_vae.training import read_metrics
+from pyro_vae.runs import read_metrics
 
 
 def schedules(epochs):

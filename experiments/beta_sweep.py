@@ -27,9 +27,9 @@ import torch
 
 from common import write_csv
 from pyro_vae import train
-from pyro_vae.config import build_data
+from pyro_vae.build import build_data
 from pyro_vae.evaluation import evaluate_elbo
-from pyro_vae.training import load_run
+from pyro_vae.runs import load_run
 
 ROOT = Path(__file__).resolve().parents[1]
 MNIST = ROOT.parent / "shared" / "data" / "binarized_mnist.npz"

@@ -48,7 +48,8 @@ from pyro_vae import plots
 from pyro_vae.data import load_data
 from pyro_vae.evaluation import evaluate_elbo, log_likelihood
 from pyro_vae.likelihoods import LIKELIHOODS, Bernoulli
-from pyro_vae.training import load_run, train
+from pyro_vae.runs import load_run
+from pyro_vae.training import train
 
 
 @LIKELIHOODS.register("bernoulli_on_grey_levels")

@@ -18,7 +18,8 @@ from pathlib import Path
 import pyro
 import torch
 
-from pyro_vae.config import build_data, load_config
+from pyro_vae.build import build_data
+from pyro_vae.config import load_config
 from pyro_vae.training import Trainer
 
 OUT = Path(__file__).resolve().parent.parent / "experiments" / "results" / "memory"
@@ -34,9 +35,10 @@ def run(path_name, estimator_options, steps, every):
     config = load_config(None, ["train.progress=false", "train.device='cpu'", *estimator_options])
     data = build_data(config)
     trainer = Trainer(config, data, Path("runs/memory"), torch.device("cpu"))
-    rows, step = [], 0
+    rows, step, epoch = [], 0, 0
     while step < steps:
-        for x in data.train_batches(64, step, trainer.noise, "cpu"):
+        epoch += 1  # the data order is a function of the epoch, as in training
+        for x in data.train_batches(64, epoch, trainer.noise, "cpu"):
             trainer.train_step(x)
             step += 1
             if step % every == 0:

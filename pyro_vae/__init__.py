@@ -6,7 +6,8 @@
 from .annealing import kl_scaled
 from .model import VAE
 from .registry import UserError
-from .training import load_run, train
+from .runs import load_run
+from .training import train
 
 __all__ = ["VAE", "kl_scaled", "load_run", "train", "UserError"]
 __version__ = "0.1.0"

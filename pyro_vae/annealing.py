@@ -21,8 +21,11 @@ of steps already taken), so resuming a run at step ``t`` resumes the schedule at
 ``t``. Built from config by :func:`build_schedule`::
 
     kl_weight = 0.5                                                     # constant
-    kl_weight = { schedule = "linear", start = 0.0, end = 1.0, epochs = 10 }
-    kl_weight = { schedule = "cyclical", cycles = 4, ratio = 0.5, shape = "cosine", epochs = 40 }
+    kl_weight = { name = "linear", start = 0.0, end = 1.0, epochs = 10 }
+    kl_weight = { name = "cyclical", cycles = 4, ratio = 0.5, shape = "cosine", epochs = 40 }
+
+(``schedule = "linear"`` is read as the name too, as in configs written before the
+registries shared one key.)
 """
 
 import math
@@ -30,9 +33,10 @@ import math
 import torch
 from pyro.poutine.messenger import Messenger
 
+from .checks import integer as _integer, number as _number
 from .registry import Registry, UserError
 
-SCHEDULES = Registry("schedule", key="schedule")
+SCHEDULES = Registry("schedule", legacy_key="schedule")
 UNITS = ("step", "epoch")
 SHAPES = ("linear", "sigmoid", "cosine")
 
@@ -117,10 +121,8 @@ def build_schedule(spec, steps_per_epoch, where="objective.kl_weight"):
     if not isinstance(spec, dict):
         raise UserError(
             f"{where} must be a number >= 0 or a schedule table such as "
-            f'{{ schedule = "linear", start = 0.0, end = 1.0, epochs = 10 }}, got {spec!r}'
+            f'{{ name = "linear", start = 0.0, end = 1.0, epochs = 10 }}, got {spec!r}'
         )
-    if not isinstance(spec.get("schedule", ""), str):
-        raise UserError(f"{where}.schedule must be a name, one of: {', '.join(SCHEDULES)}")
     return SCHEDULES.build(spec, where, steps_per_epoch=steps_per_epoch, config_key=where)
 
 
@@ -243,19 +245,3 @@ def sigmoid_rise(u, steepness):
 
 def _logistic(a):
     return 1.0 / (1.0 + math.exp(-a))
-
-
-def _number(value, key, minimum=None, exclusive=False):
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise UserError(f"{key} must be a finite number, got {value!r}")
-    if minimum is not None and (value <= minimum if exclusive else value < minimum):
-        raise UserError(f"{key} must be {'>' if exclusive else '>='} {minimum}, got {value}")
-    return float(value)
-
-
-def _integer(value, key, minimum=None):
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise UserError(f"{key} must be an integer, got {value!r}")
-    if minimum is not None and value < minimum:
-        raise UserError(f"{key} must be >= {minimum}, got {value}")
-    return value

@@ -5,14 +5,17 @@ with ``torch.save``. Writing goes to a temporary file in the same directory,
 which is flushed, fsynced and renamed over the target, so a crash leaves either
 the old checkpoint or the new one, never half of one. Reading uses
 ``torch.load(weights_only=True)``: a file that carries arbitrary pickled objects
-is refused, never executed.
+is refused, never executed. ``rng_state`` / ``set_rng_state`` carry every random
+number generator a run draws from, so a resumed run continues the same streams.
 """
 
 import os
 import pickle
+import random
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from .registry import UserError
@@ -51,3 +54,24 @@ def load_checkpoint(path, map_location="cpu"):
         ) from None
     except (RuntimeError, EOFError, OSError) as error:
         raise UserError(f"cannot read checkpoint {path}: it is truncated or corrupt ({str(error).splitlines()[0][:160]})") from None
+
+
+def rng_state():
+    """Every RNG a run draws from, as plain tensors and numbers (safe for weights_only)."""
+    name, keys, position, has_gauss, cached = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": position, "has_gauss": has_gauss, "cached": cached},
+        "python": random.getstate(),
+    }
+
+
+def set_rng_state(state):
+    """Restore what :func:`rng_state` saved."""
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    numpy = state["numpy"]
+    np.random.set_state(("MT19937", numpy["keys"].numpy().astype(np.uint32), numpy["pos"], numpy["has_gauss"], numpy["cached"]))
+    random.setstate(state["python"])

@@ -19,7 +19,8 @@ from pathlib import Path
 import torch
 
 from . import plots
-from .config import build_data, load_config
+from .build import build_data
+from .config import load_config
 from .annealing import SCHEDULES
 from .data import DATASETS
 from .evaluation import EVALUATION_SEED, evaluate
@@ -28,7 +29,8 @@ from .nets import DECODERS, ENCODERS
 from .objectives import ESTIMATORS
 from .priors import PRIORS
 from .registry import UserError
-from .training import TrainingStopped, load_run, train
+from .runs import load_run
+from .training import TrainingStopped, train
 
 REGISTRIES = {
     "likelihoods": LIKELIHOODS,
@@ -62,8 +64,6 @@ def command_sample(args):
 
 def load_run_split(run, split, checkpoint="checkpoint.pt"):
     """The trained VAE of a run and one split of the data it was trained on (from RUN/config.toml)."""
-    if split not in ("train", "valid", "test"):
-        raise UserError(f"unknown split {split!r}; choose one of: train, valid, test")
     vae = load_run(run, checkpoint=checkpoint)
     config = load_config(Path(run) / "config.toml")
     data = build_data(config)

@@ -6,11 +6,11 @@ out-of-range value or an unknown registry name raises a one-line
 Values given as ``--set section.key=value`` are read as TOML values (bare words
 are taken as strings), and may reach into tables: ``--set model.encoder.hidden=[64]``.
 
-``build_model(config, data_shape)`` turns a checked config into a :class:`VAE`.
+``build`` turns a checked config into the objects of a run.
 """
 
 import copy
-import math
+import functools
 
 try:
     import tomllib
@@ -18,69 +18,34 @@ except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 import tomli_w
 
+from . import checks
 from .annealing import build_schedule
-from .data import BINARIZATIONS, DATASETS, load_data
+from .checks import boolean, integer, number, string, type_name
+from .data import BINARIZATIONS, DATASETS
 from .likelihoods import LIKELIHOODS
-from .model import VAE
 from .nets import DECODERS, ENCODERS
 from .objectives import ESTIMATORS
+from .optimizers import LR_SCHEDULES, OPTIMIZERS
 from .priors import PRIORS
 from .registry import UserError
 
 
-# ---- checks: each takes (value, key) and returns the value or raises UserError ----
-
-def _type_name(value):
-    return {bool: "boolean", int: "integer", float: "number", str: "string", list: "list", dict: "table"}.get(
-        type(value), type(value).__name__
-    )
+# ---- the checks of SCHEMA: each is called as check(value, key) ----
 
 
-def integer(minimum=None):
-    def check(value, key):
-        if not isinstance(value, int) or isinstance(value, bool):
-            raise UserError(f"{key} must be an integer, got {_type_name(value)} {value!r}")
-        if minimum is not None and value < minimum:
-            raise UserError(f"{key} must be >= {minimum}, got {value}")
-        return value
-
-    return check
+def at_least(check, minimum, exclusive=False):
+    """``check`` (``checks.integer`` or ``checks.number``) with a lower bound."""
+    if exclusive:
+        return functools.partial(check, minimum=minimum, exclusive=True)
+    return functools.partial(check, minimum=minimum)
 
 
-def number(minimum=None, exclusive=False):
-    def check(value, key):
-        if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
-            raise UserError(f"{key} must be a finite number, got {_type_name(value)} {value!r}")
-        if minimum is not None and (value <= minimum if exclusive else value < minimum):
-            raise UserError(f"{key} must be {'>' if exclusive else '>='} {minimum}, got {value}")
-        return float(value)
-
-    return check
-
-
-def boolean(value, key):
-    if not isinstance(value, bool):
-        raise UserError(f"{key} must be true or false, got {_type_name(value)} {value!r}")
-    return value
-
-
-def string(value, key):
-    if not isinstance(value, str):
-        raise UserError(f"{key} must be a string, got {_type_name(value)} {value!r}")
-    return value
-
-
-def choice(*allowed):
-    def check(value, key):
-        if value not in allowed:
-            raise UserError(f"{key}: unknown value {value!r}; choose one of: {', '.join(map(str, allowed))}")
-        return value
-
-    return check
+def one_of(*allowed):
+    return functools.partial(checks.choice, allowed=allowed)
 
 
 def device(value, key):
-    string(value, key)
+    checks.string(value, key)
     if value not in ("auto", "cpu", "cuda") and not value.startswith("cuda:"):
         raise UserError(f"{key}: unknown device {value!r}; choose one of: auto, cpu, cuda, cuda:N")
     return value
@@ -104,15 +69,14 @@ def kl_weight(value, key):
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise UserError(
             f"{key} must be a number >= 0 or a schedule table, e.g. "
-            f'{{ schedule = "linear", start = 0.0, end = 1.0, epochs = 10 }}; got {_type_name(value)} {value!r}'
+            f'{{ name = "linear", start = 0.0, end = 1.0, epochs = 10 }}; got {type_name(value)} {value!r}'
         )
-    return number(minimum=0)(value, key)
+    return number(value, key, minimum=0)
 
 
 def name_in(registry):
     def check(value, key):
-        string(value, key)
-        registry.get(value, key)
+        registry.get(string(value, key), key)
         return value
 
     return check
@@ -122,41 +86,41 @@ SCHEMA = {
     "data": {
         "name": ("digits", name_in(DATASETS)),
         "path": ("", string),
-        "binarize": ("dynamic", choice(*BINARIZATIONS)),
+        "binarize": ("dynamic", one_of(*BINARIZATIONS)),
         "download": (False, boolean),
         "on_device": (False, boolean),
     },
     "model": {
-        "latent_dim": (16, integer(minimum=1)),
-        "encoder": ({"type": "mlp", "hidden": [256, 256], "activation": "elu"}, spec(ENCODERS)),
-        "decoder": ({"type": "mlp", "hidden": [256, 256], "activation": "elu"}, spec(DECODERS)),
+        "latent_dim": (16, at_least(integer, 1)),
+        "encoder": ({"name": "mlp", "hidden": [256, 256], "activation": "elu"}, spec(ENCODERS)),
+        "decoder": ({"name": "mlp", "hidden": [256, 256], "activation": "elu"}, spec(DECODERS)),
         "likelihood": ("bernoulli", spec(LIKELIHOODS)),
         "prior": ("normal", spec(PRIORS)),
     },
     "objective": {
         # a name, or a table with the estimator's own options: { name = "renyi", alpha = 0.5 }
         "estimator": ("trace", spec(ESTIMATORS)),
-        "num_particles": (1, integer(minimum=1)),
+        "num_particles": (1, at_least(integer, 1)),
         "vectorize_particles": (False, boolean),
         "jit": (False, boolean),
         "kl_weight": (1.0, kl_weight),
-        "reduction": ("sum", choice("sum", "mean")),
+        "reduction": ("sum", one_of("sum", "mean")),
     },
     "train": {
-        "epochs": (50, integer(minimum=1)),
-        "batch_size": (64, integer(minimum=1)),
-        "eval_batch_size": (1000, integer(minimum=1)),
-        "lr": (1e-3, number(minimum=0, exclusive=True)),
-        "optimizer": ("adam", choice("adam", "adamw", "sgd", "rmsprop")),
-        "seed": (0, integer(minimum=0)),
+        "epochs": (50, at_least(integer, 1)),
+        "batch_size": (64, at_least(integer, 1)),
+        "eval_batch_size": (1000, at_least(integer, 1)),
+        "lr": (1e-3, at_least(number, 0, exclusive=True)),
+        "optimizer": ("adam", name_in(OPTIMIZERS)),
+        "seed": (0, at_least(integer, 0)),
         "device": ("auto", device),
         "progress": (True, boolean),
-        "lr_schedule": ("constant", choice("constant", "cosine")),
-        "clip_grad_norm": (0.0, number(minimum=0)),
-        "max_skipped_steps": (0, integer(minimum=0)),
-        "checkpoint_every": (0, integer(minimum=0)),
-        "train_eval_examples": (10000, integer(minimum=1)),
-        "precision": ("float32", choice("float32", "bf16")),
+        "lr_schedule": ("constant", name_in(LR_SCHEDULES)),
+        "clip_grad_norm": (0.0, at_least(number, 0)),
+        "max_skipped_steps": (0, at_least(integer, 0)),
+        "checkpoint_every": (0, at_least(integer, 0)),
+        "train_eval_examples": (10000, at_least(integer, 1)),
+        "precision": ("float32", one_of("float32", "bf16")),
         "validate": (False, boolean),
     },
 }
@@ -169,14 +133,14 @@ def default_config():
 def check_config(config):
     """Check every section and key; return a complete config with defaults filled in."""
     if not isinstance(config, dict):
-        raise UserError(f"a config must be a table, got {_type_name(config)}")
+        raise UserError(f"a config must be a table, got {type_name(config)}")
     unknown = sorted(set(config) - set(SCHEMA))
     if unknown:
         raise UserError(f"unknown config section [{unknown[0]}]; sections are: {', '.join(SCHEMA)}")
     checked = default_config()
     for section, values in config.items():
         if not isinstance(values, dict):
-            raise UserError(f"[{section}] must be a table, got {_type_name(values)}")
+            raise UserError(f"[{section}] must be a table, got {type_name(values)}")
         allowed = dict(SCHEMA[section])
         if section == "data":  # a dataset's own options sit beside the common keys
             name = name_in(DATASETS)(values.get("name", checked["data"]["name"]), "data.name")
@@ -203,18 +167,32 @@ def parse_override(text):
     return keys, value
 
 
+NAME_KEYS = ("name", "type", "schedule")  # "type" and "schedule": older spellings of "name"
+
+
 def apply_overrides(config, overrides):
+    """Apply ``--set`` overrides in order. Setting a component's name (``model.decoder.name=conv``)
+    to a different one starts that table from the new class's defaults: the old class's
+    options (an MLP's ``hidden``) mean nothing to it."""
     config = copy.deepcopy(config)
     for text in overrides:
         keys, value = parse_override(text)
         table = config
         for depth, key in enumerate(keys[:-1]):
             if isinstance(table.get(key), str) and depth >= 1:
-                table[key] = {"type" if key in ("encoder", "decoder") else "name": table[key]}
+                table[key] = {"name": table[key]}  # a component given by name becomes a table
             table = table.setdefault(key, {})
             if not isinstance(table, dict):
                 raise UserError(f"--set {text!r}: {'.'.join(keys[: depth + 1])} is not a table")
-        table[keys[-1]] = value
+        if len(keys) >= 3 and keys[-1] in NAME_KEYS:
+            current = next((table[k] for k in NAME_KEYS if k in table), None)
+            if current != value:
+                table.clear()
+            for k in NAME_KEYS:
+                table.pop(k, None)
+            table["name"] = value
+        else:
+            table[keys[-1]] = value
     return config
 
 
@@ -241,34 +219,3 @@ def load_config(path=None, overrides=()):
 def save_config(config, path):
     with open(path, "wb") as f:
         tomli_w.dump(config, f)
-
-
-def build_data(config):
-    """The dataset a checked config describes (``data.on_device`` is the trainer's to apply)."""
-    return load_data(**{k: v for k, v in config["data"].items() if k != "on_device"})
-
-
-def build_model(config, data_shape):
-    """The VAE a checked config describes, for data of shape ``data_shape``."""
-    model = config["model"]
-    return VAE(
-        data_shape,
-        latent_dim=model["latent_dim"],
-        encoder=model["encoder"],
-        decoder=model["decoder"],
-        likelihood=model["likelihood"],
-        prior=model["prior"],
-    )
-
-
-def build_estimator(config, data_shape=None):
-    """The estimator a checked config describes; ``data_shape`` sizes a neural baseline."""
-    objective = config["objective"]
-    return ESTIMATORS.build(
-        objective["estimator"],
-        "objective.estimator",
-        num_particles=objective["num_particles"],
-        vectorize_particles=objective["vectorize_particles"],
-        jit=objective["jit"],
-        data_shape=data_shape,
-    )

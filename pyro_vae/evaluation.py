@@ -10,15 +10,16 @@
   the data are discrete.
 """
 
+import contextlib
 import math
 
 import pyro
-import pyro.distributions as dist
 import torch
 from pyro import poutine
 from pyro.poutine.util import site_is_subsample
 from tqdm.auto import tqdm
 
+from .checks import integer
 from .objectives import elbo_terms, kl_per_dimension
 from .registry import UserError
 
@@ -30,6 +31,21 @@ EVALUATION_SEED = 2718
 
 def _devices():
     return [torch.cuda.current_device()] if torch.cuda.is_available() else []
+
+
+@contextlib.contextmanager
+def eval_mode(module):
+    """Run with ``module`` in eval mode, then restore the mode it had.
+
+    Evaluation must score one fixed density: in training mode a likelihood with
+    ``scale = "optimal"`` refits its scale to every chunk it sees (and overwrites its
+    running value with the evaluated data)."""
+    was_training = module.training
+    module.eval()
+    try:
+        yield module
+    finally:
+        module.train(was_training)
 
 
 @torch.no_grad()
@@ -48,7 +64,7 @@ def evaluate_elbo(vae, batches, seed=EVALUATION_SEED, all_reduce=None):
         value = torch.as_tensor(value, dtype=torch.float64)
         sums[name] = value if name not in sums else sums[name] + value
 
-    with torch.random.fork_rng(devices=_devices()):
+    with torch.random.fork_rng(devices=_devices()), eval_mode(vae):
         torch.manual_seed(seed)
         for x in batches:
             for name, values in elbo_terms(vae, x).items():
@@ -104,13 +120,11 @@ def direct_log_importance_weights(vae, x, num_particles):
     the guide's draw ``z ~ N(loc(x), scale(x)^2)`` for K particles is the same call on the
     same RNG, and the densities are the same distributions' ``log_prob``."""
     n = x.shape[0]
-    loc, scale = vae.encoder(x)
-    guide = dist.Normal(loc, scale).to_event(1)
+    guide = vae.guide_dist(x)
     z = guide.rsample((num_particles,))  # (K, N, latent_dim)
     repeated = x.expand(num_particles, *x.shape).reshape(num_particles * n, *x.shape[1:])
-    params = vae.decoder(z.reshape(num_particles * n, -1))
-    log_px = vae.likelihood(params, repeated).log_prob(repeated).reshape(num_particles, n)
-    return log_px + vae.prior(vae.encoder).log_prob(z) - guide.log_prob(z)
+    log_px = vae.likelihood_dist(z.reshape(num_particles * n, -1), repeated).log_prob(repeated).reshape(num_particles, n)
+    return log_px + vae.prior_dist().log_prob(z) - guide.log_prob(z)
 
 
 def traced_log_importance_weights(vae, x, num_particles):
@@ -152,11 +166,6 @@ def _minibatches(data, batch_size):
     return data, None
 
 
-def _check_count(value, name):
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise UserError(f"{name} must be an integer >= 1, got {value!r}")
-
-
 @torch.no_grad()
 def log_likelihood(
     vae,
@@ -183,7 +192,7 @@ def log_likelihood(
     untouched and the result is reproducible. ``progress`` shows a tqdm bar.
     """
     for value, name in ((num_samples, "num_samples"), (chunk_size, "chunk_size"), (batch_size, "batch_size")):
-        _check_count(value, name)
+        integer(value, name, minimum=1)
     parameter = next(vae.parameters(), None)
     device = parameter.device if parameter is not None else torch.device("cpu")
     minibatches, total = _minibatches(data, batch_size)
@@ -191,7 +200,7 @@ def log_likelihood(
     bar = tqdm(total=total, disable=not progress, unit="x", dynamic_ncols=True, desc=f"log p(x), K={num_samples}")
     # Pyro's per-site checks cost ~15% here and check nothing the caller cannot check once
     # (the CLI checks the data's support before evaluating).
-    with torch.random.fork_rng(devices=_devices()), pyro.validation_enabled(False):
+    with torch.random.fork_rng(devices=_devices()), pyro.validation_enabled(False), eval_mode(vae):
         torch.manual_seed(seed)
         for x in minibatches:
             x = x.to(device)
@@ -212,7 +221,7 @@ def log_likelihood(
 
 def has_discrete_data(vae, x):
     """Whether the model's likelihood p(x | z) is a mass function (then bits per dimension apply)."""
-    with torch.random.fork_rng(devices=_devices()):  # the trace draws a z; leave the caller's stream be
+    with torch.random.fork_rng(devices=_devices()), eval_mode(vae):  # the trace draws a z; leave the caller's stream be
         trace = poutine.trace(vae.model).get_trace(x[:1])
     return bool(trace.nodes["x"]["fn"].support.is_discrete)
 
@@ -232,12 +241,12 @@ def evaluate(vae, x, num_samples=5000, seed=EVALUATION_SEED, batch_size=EVALUATI
     ``log_likelihood`` with ``num_samples`` = K and its standard error over data
     points, and ``bits_per_dim`` (None unless the likelihood is discrete).
     """
-    _check_count(num_samples, "num_samples")
-    _check_count(batch_size, "batch_size")
+    integer(num_samples, "num_samples", minimum=1)
+    integer(batch_size, "batch_size", minimum=1)
     parameter = next(vae.parameters(), None)
     device = parameter.device if parameter is not None else torch.device("cpu")
     batches = (x[start : start + batch_size].to(device) for start in range(0, len(x), batch_size))
-    result = evaluate_elbo(vae, batches, seed=seed)
+    result = evaluate_elbo(vae, batches, seed=seed)  # each function runs the model in eval mode
     log_px = log_likelihood(vae, x, num_samples, chunk_size=chunk_size, seed=seed, batch_size=batch_size,
                             progress=progress)
     result["log_likelihood"] = log_px.mean().item()
@@ -270,7 +279,7 @@ def gradient_variance(vae, estimator, x, num_draws=100, params="encoder", kl_wei
     """
     if params not in GRADIENT_GROUPS:
         raise UserError(f"params must be one of: {', '.join(GRADIENT_GROUPS)}; got {params!r}")
-    _check_count(num_draws, "num_draws")
+    integer(num_draws, "num_draws", minimum=1)
     if num_draws < 2:
         raise UserError("num_draws must be at least 2 to estimate a variance")
     module = vae if params == "all" else getattr(vae, params)

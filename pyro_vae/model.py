@@ -12,9 +12,15 @@ Amortized guide::
 ``SVI(vae.model, vae.guide, optim, Trace_ELBO())`` then maximizes
 ELBO(x) = E_q[log p(x | z)] - KL(q(z | x) || p(z)). The model knows nothing of KL
 weights: those are handlers wrapped around it from outside (``annealing``).
+
+The three densities are written once, as methods that return distributions
+(``prior_dist``, ``likelihood_dist``, ``guide_dist``). ``model`` and ``guide`` are
+built from them, and so is everything that computes the same numbers without
+tracing (the direct loss in ``objectives``, the direct importance weights in
+``evaluation``): a subclass that changes a density changes every path at once, and
+one that redefines ``model`` or ``guide`` themselves is traced (``has_standard_programs``).
 """
 
-import itertools
 import math
 
 import pyro
@@ -22,26 +28,30 @@ import pyro.distributions as dist
 import torch
 from pyro.nn import PyroModule, pyro_method
 
+from ._pyro_compat import new_param_store_state, own_param_store
+from .checks import integer
 from .likelihoods import LIKELIHOODS
 from .nets import DECODERS, ENCODERS
 from .priors import PRIORS
 from .registry import UserError
 
-# Each VAE gets its own Pyro name, so the names its parameters take in Pyro's global
-# param store ("vae3.encoder$$$net.0.weight") never collide with another VAE's: two
-# models in one process never share or overwrite each other's weights.
-_instance_numbers = itertools.count()
-
 
 class VAE(PyroModule):
     """A variational autoencoder whose ``model`` and ``guide`` are Pyro programs.
 
-    Every component is given by a registry name, a table ``{"name": ..., options}``
-    (``{"type": ...}`` for networks), or an already built module::
+    Every component is given by a registry name, a table ``{"name": ..., options}``,
+    or an already built module::
 
         VAE(data_shape=(1, 28, 28), latent_dim=16,
-            encoder={"type": "mlp", "hidden": [256, 256]},
+            encoder={"name": "mlp", "hidden": [256, 256]},
             likelihood={"name": "gaussian", "scale": 0.1}, prior="normal")
+
+    The VAE owns its parameters: while its programs run, Pyro's param store is its own
+    (``_pyro_compat.own_param_store``), so parameter sites appear in traces as usual
+    (``SVI`` with a ``pyro.optim`` optimizer trains them) but nothing is left in the
+    global store, and two VAEs never share weights. Code that looks parameters up in the
+    global store by name between program runs (Pyro's JIT ELBOs do) runs inside
+    ``with vae.param_store():``.
     """
 
     def __init__(
@@ -53,12 +63,10 @@ class VAE(PyroModule):
         likelihood="bernoulli",
         prior="normal",
     ):
-        super().__init__(name=f"vae{next(_instance_numbers)}")
+        super().__init__(name="vae")
         data_shape = (data_shape,) if isinstance(data_shape, int) else tuple(data_shape)
-        if not isinstance(latent_dim, int) or isinstance(latent_dim, bool) or latent_dim < 1:
-            raise UserError(f"model.latent_dim must be an integer >= 1, got {latent_dim!r}")
         self.data_shape = data_shape
-        self.latent_dim = latent_dim
+        self.latent_dim = integer(latent_dim, "model.latent_dim", minimum=1)
         self.likelihood = LIKELIHOODS.build(likelihood, "model.likelihood", data_shape=data_shape)
         self.prior = PRIORS.build(prior, "model.prior", latent_dim=latent_dim, data_shape=data_shape)
         self.encoder = ENCODERS.build(
@@ -71,11 +79,12 @@ class VAE(PyroModule):
             latent_dim=latent_dim,
             num_params=self.likelihood.num_params,
         )
+        self._param_state = new_param_store_state()  # this VAE's param store
 
     @property
     def has_standard_programs(self):
         """Whether ``model`` and ``guide`` are this class's own (a subclass may redefine them);
-        only then may an estimator compute their loss without tracing them."""
+        only then may their loss be computed from the densities without tracing them."""
         return type(self).model is VAE.model and type(self).guide is VAE.guide
 
     @property
@@ -83,36 +92,65 @@ class VAE(PyroModule):
         """D, the number of numbers in one data point."""
         return math.prod(self.data_shape)
 
+    def param_store(self):
+        """A context in which Pyro's global param store holds this VAE's parameters (and only them)."""
+        return own_param_store(self._param_state)
+
+    # ---- the densities, written once ----
+
+    def prior_dist(self):
+        """p(z), event shape ``(latent_dim,)``."""
+        return self.prior(self.encoder)
+
+    def likelihood_dist(self, z, x=None):
+        """p(x | z) for codes ``z`` of shape ``(..., latent_dim)``; ``x`` is the observation, if any
+        (the ``optimal`` Gaussian scale is fitted to it)."""
+        return self.likelihood(self.decoder(z), x)
+
+    def guide_dist(self, x):
+        """q(z | x) = N(loc(x), diag scale(x)^2), event shape ``(latent_dim,)``."""
+        loc, scale = self.encoder(x)
+        return dist.Normal(loc, scale).to_event(1)
+
+    # ---- the programs ----
+
     @pyro_method
     def model(self, x):
         """p(z) p(x | z) for a minibatch ``x`` of shape ``(N, *data_shape)``."""
-        prior = self.prior(self.encoder)
-        decoder, likelihood = self.decoder, self.likelihood
-        with pyro.plate("data", x.shape[0]):
-            z = pyro.sample("z", prior)
-            pyro.sample("x", likelihood(decoder(z), x), obs=x)
+        x = self._check_batch(x)
+        with self.param_store(), pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", self.prior_dist())
+            pyro.sample("x", self.likelihood_dist(z, x), obs=x)
 
     @pyro_method
     def guide(self, x):
         """q(z | x) = N(loc(x), diag scale(x)^2), reparameterized."""
-        encoder = self.encoder
-        with pyro.plate("data", x.shape[0]):
-            loc, scale = encoder(x)
-            pyro.sample("z", dist.Normal(loc, scale).to_event(1))
+        x = self._check_batch(x)
+        with self.param_store(), pyro.plate("data", x.shape[0]):
+            pyro.sample("z", self.guide_dist(x))
+
+    def _check_batch(self, x):
+        if not torch.is_tensor(x):
+            raise UserError(
+                f"the model and guide take a minibatch tensor of shape (N, {', '.join(map(str, self.data_shape))}), "
+                f"got {type(x).__name__}"
+            )
+        return x
+
+    # ---- uses of a trained model ----
 
     @torch.no_grad()
     def sample(self, num_samples):
         """``num_samples`` draws z ~ p(z), shown as E[x | z] (the likelihood's mean)."""
-        z = self.prior(self.encoder).sample((num_samples,))
+        z = self.prior_dist().sample((num_samples,))
         return self.likelihood.mean(self.decoder(z))
 
     @torch.no_grad()
     def reconstruct(self, x):
         """E[x | z] at the guide's mean code z = loc(x)."""
-        loc, _ = self.encoder(x)
-        return self.likelihood.mean(self.decoder(loc))
+        return self.likelihood.mean(self.decoder(self.encode(x)))
 
     @torch.no_grad()
     def encode(self, x):
         """The guide's mean code E_q[z | x]."""
-        return self.encoder(x)[0]
+        return self.guide_dist(x).mean

@@ -16,10 +16,11 @@ import math
 from torch import nn
 from torch.nn import functional as F
 
+from .checks import sizes
 from .registry import Registry, UserError
 
-ENCODERS = Registry("encoder", key="type")
-DECODERS = Registry("decoder", key="type")
+ENCODERS = Registry("encoder", legacy_key="type")
+DECODERS = Registry("decoder", legacy_key="type")
 
 ACTIVATIONS = {
     "relu": nn.ReLU,
@@ -62,14 +63,6 @@ def gaussian_parameters(output):
     return loc, F.softplus(raw_scale) + MIN_SCALE
 
 
-def _check_sizes(hidden, where):
-    if not isinstance(hidden, (list, tuple)) or not all(
-        isinstance(h, int) and not isinstance(h, bool) and h > 0 for h in hidden
-    ):
-        raise UserError(f"{where} hidden must be a list of positive integers, got {hidden!r}")
-    return list(hidden)
-
-
 class Net(nn.Module):
     context_arguments = ("data_shape", "latent_dim", "num_params")
 
@@ -80,7 +73,7 @@ class MLPEncoder(Net):
 
     def __init__(self, data_shape, latent_dim, hidden=(256, 256), activation="elu"):
         super().__init__()
-        hidden = _check_sizes(hidden, "encoder")
+        hidden = sizes(hidden, "model.encoder.hidden")
         self.net = mlp([math.prod(data_shape), *hidden, 2 * latent_dim], activation)
 
     def forward(self, x):
@@ -97,7 +90,7 @@ class MLPDecoder(Net):
 
     def __init__(self, data_shape, latent_dim, num_params=1, hidden=(256, 256), activation="elu"):
         super().__init__()
-        hidden = _check_sizes(hidden, "decoder")
+        hidden = sizes(hidden, "model.decoder.hidden")
         self.output_shape = (num_params, *data_shape)
         self.net = mlp([latent_dim, *hidden, math.prod(self.output_shape)], activation)
 
@@ -127,7 +120,7 @@ class ConvEncoder(Net):
 
     def __init__(self, data_shape, latent_dim, channels=(32, 64), activation="elu"):
         super().__init__()
-        channels = _check_sizes(channels, "encoder channels")
+        channels = sizes(channels, "model.encoder.channels")
         height, width = _image_shape(data_shape, channels, "encoder")
         layers, c_in = [], data_shape[0]
         for c_out in channels:
@@ -150,7 +143,7 @@ class ConvDecoder(Net):
 
     def __init__(self, data_shape, latent_dim, num_params=1, channels=(64, 32), activation="elu"):
         super().__init__()
-        channels = _check_sizes(channels, "decoder channels")
+        channels = sizes(channels, "model.decoder.channels")
         self.start = (channels[0], *_image_shape(data_shape, channels, "decoder"))
         self.output_shape = (num_params, *data_shape)
         self.head = nn.Sequential(nn.Linear(latent_dim, math.prod(self.start)), make_activation(activation))

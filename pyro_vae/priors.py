@@ -23,6 +23,7 @@ import torch
 from pyro.distributions import transforms
 from torch import nn
 
+from .checks import integer
 from .registry import Registry, UserError
 
 PRIORS = Registry("prior")
@@ -84,12 +85,6 @@ class DiagonalNormalMixture(dist.TorchDistribution):
             return dist.Normal(self.loc[k], self.scale[k]).sample()
 
 
-def _check_count(name, value, minimum=1):
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise UserError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return value
-
-
 @PRIORS.register("normal")
 class StandardNormal(Prior):
     """Standard normal N(0, I): the classic VAE prior; the KL to a Gaussian guide is closed form."""
@@ -132,7 +127,7 @@ class MixtureOfGaussians(Prior):
 
     def __init__(self, latent_dim, data_shape=None, components=10):
         super().__init__(latent_dim)
-        _check_count("mog components", components)
+        integer(components, "model.prior.components", minimum=1)
         self.loc = nn.Parameter(torch.randn(components, latent_dim))
         self.log_scale = nn.Parameter(torch.zeros(components, latent_dim))
         self.logits = nn.Parameter(torch.zeros(components))
@@ -152,7 +147,7 @@ class VampPrior(Prior):
 
     def __init__(self, latent_dim, data_shape=None, components=50):
         super().__init__(latent_dim)
-        _check_count("vamp components", components)
+        integer(components, "model.prior.components", minimum=1)
         if data_shape is None:
             raise UserError("the vamp prior needs the data's shape for its pseudo-inputs")
         self.pseudo_inputs = nn.Parameter(torch.rand(components, *data_shape))
@@ -181,7 +176,7 @@ class FlowPrior(Prior):
 
     def __init__(self, latent_dim, data_shape=None, num_transforms=2, transform="affine_autoregressive", hidden=None):
         super().__init__(latent_dim)
-        _check_count("flow num_transforms", num_transforms)
+        integer(num_transforms, "model.prior.num_transforms", minimum=1)
         if transform not in FLOW_TRANSFORMS:
             raise UserError(f"flow transform must be one of: {', '.join(FLOW_TRANSFORMS)}; got {transform!r}")
         if hidden is None:

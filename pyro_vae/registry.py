@@ -20,14 +20,19 @@ class UserError(ValueError):
 class Registry:
     """A named collection of classes that can be built from config specs.
 
-    A *spec* is a name (``"gaussian"``), a table with a ``name`` (or ``type``) and options
-    (``{"name": "gaussian", "scale": 0.1}``), or an already built object, which
-    is returned unchanged.
+    A *spec* is a name (``"gaussian"``), a table with a ``name`` and options
+    (``{"name": "gaussian", "scale": 0.1}``), or an already built object, which is
+    returned unchanged. Networks and schedules also read their older table keys
+    (``type``, ``schedule``) as the name, so existing config files keep working.
+
+    The library supplies some constructor arguments itself (the data's shape, the
+    latent dimension): a class lists them in ``context_arguments``, and ``build`` passes
+    exactly those. Every other keyword argument is an option a config table may set.
     """
 
-    def __init__(self, kind, key="name"):
+    def __init__(self, kind, legacy_key=None):
         self.kind = kind
-        self.key = key  # the table key that holds the name ("type" for networks)
+        self.legacy_key = legacy_key  # an older spelling of "name" in tables ("type", "schedule")
         self._classes = {}
 
     def register(self, name):
@@ -50,7 +55,7 @@ class Registry:
         return list(self._classes)
 
     def get(self, name, where=None):
-        if name not in self._classes:
+        if not isinstance(name, str) or name not in self._classes:
             where = f"{where}: " if where else ""
             raise UserError(
                 f"{where}unknown {self.kind} {name!r}; choose one of: {', '.join(self._classes)}"
@@ -67,54 +72,58 @@ class Registry:
 
     def options(self, name):
         """The keyword options a config table may give for ``name``."""
-        return _keyword_options(self.get(name))
+        cls = self.get(name)
+        context = getattr(cls, "context_arguments", ())
+        return [
+            option
+            for option, p in inspect.signature(cls).parameters.items()
+            if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and option not in context
+        ]
+
+    def name_key(self, table):
+        """The key of ``table`` that holds the name: ``name``, or the legacy key where only it is there."""
+        if "name" not in table and self.legacy_key is not None and self.legacy_key in table:
+            return self.legacy_key
+        return "name"
 
     def split_spec(self, spec, where=None):
         """Return ``(name, options)`` for a name or a table, validating the options."""
+        where = where or self.kind
         if isinstance(spec, str):
             name, options = spec, {}
         elif isinstance(spec, dict):
-            if self.key not in spec:
-                raise UserError(f"{where or self.kind}: a table needs a {self.key!r} key")
+            key = self.name_key(spec)
+            if key not in spec:
+                raise UserError(f"{where}: a table needs a 'name' key")
             options = dict(spec)
-            name = options.pop(self.key)
+            name = options.pop(key)
         else:
-            raise UserError(
-                f"{where or self.kind}: expected a name or a table, got {type(spec).__name__}"
-            )
-        allowed = self.options(name) if name in self else None
+            raise UserError(f"{where}: expected a name or a table, got {type(spec).__name__}")
         self.get(name, where)
+        allowed = self.options(name)
         unknown = sorted(set(options) - set(allowed))
         if unknown:
             raise UserError(
-                f"{where or self.kind}.{unknown[0]}: unknown option for {self.kind} {name!r}; "
+                f"{where}.{unknown[0]}: unknown option for {self.kind} {name!r}; "
                 f"allowed: {', '.join(allowed) or '(none)'}"
             )
         return name, options
 
     def build(self, spec, where=None, **context):
-        """Build an object from a spec; ``context`` holds arguments the caller supplies
-        (such as ``latent_dim``) that the config does not."""
+        """Build an object from a spec; ``context`` holds the arguments the library supplies
+        (those the class lists in ``context_arguments`` are passed, the rest ignored).
+
+        Only a mismatch of arguments (a required option missing) becomes a one-line error
+        here; the constructor checks its own values, and any other exception it raises is a
+        bug and keeps its traceback."""
         if not isinstance(spec, (str, dict)):
             return spec
         name, options = self.split_spec(spec, where)
         cls = self.get(name)
-        accepted = inspect.signature(cls).parameters
-        takes_any = any(p.kind is p.VAR_KEYWORD for p in accepted.values())
-        context = {k: v for k, v in context.items() if takes_any or k in accepted}
+        wanted = getattr(cls, "context_arguments", ())
+        arguments = {**{k: v for k, v in context.items() if k in wanted}, **options}
         try:
-            return cls(**context, **options)
-        except (TypeError, ValueError) as error:
-            if isinstance(error, UserError):
-                raise
+            inspect.signature(cls).bind(**arguments)
+        except TypeError as error:
             raise UserError(f"{where or self.kind} {name!r}: {error}") from None
-
-
-def _keyword_options(cls):
-    """Keyword arguments of ``cls`` that a user sets (context arguments excluded)."""
-    context = getattr(cls, "context_arguments", ())
-    return [
-        name
-        for name, p in inspect.signature(cls).parameters.items()
-        if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and name not in context
-    ]
+        return cls(**arguments)

@@ -1,10 +1,13 @@
 """Training: SVI on the VAE's model and guide, with a torch optimizer, that loses nothing.
 
 Each step evaluates the estimator's differentiable loss (the negative ELBO per data
-point, with the KL weight in force applied by a handler on the latent sites) from
-the Pyro model and guide; a torch optimizer updates ``vae.parameters()``. This is
-Pyro's ELBO used as a torch module (``NegativeELBO``), which is what lets
-``DistributedDataParallel`` wrap it.
+point) for the Pyro model and guide, with the KL weight of that step passed as an
+argument; the estimator applies it as a handler on the latent sites (or, for the
+library's own programs, computes the same loss directly: ``objectives``). A torch
+optimizer updates the parameters. This is Pyro's ELBO used as a torch module
+(``NegativeELBO``), which is what lets ``DistributedDataParallel`` wrap it. What a
+run is made of is built by ``build.build``; its directory, metrics and figures are
+``runs``'.
 
 After every epoch the true ELBO (KL weight 1) is measured on the training and
 validation sets without touching any parameter, a row is added to
@@ -19,44 +22,25 @@ states. ``train(resume=RUN)`` continues a run exactly: on CPU, a run killed
 mid-epoch and resumed ends with bit-identical parameters.
 """
 
-import csv
 import math
 import os
-import random
 import signal
 import time
-from datetime import datetime
 from pathlib import Path
 
-import numpy as np
 import pyro
 import torch
 import torch.distributed as dist
 from torch import nn
 from tqdm.auto import tqdm
 
-from . import plots
-from .annealing import Constant, build_schedule
-from .checkpoint import load_checkpoint, save_checkpoint
-from .config import apply_overrides, build_data, build_estimator, build_model, check_config, load_config, save_config
+from .annealing import Constant
+from .build import build, build_data
+from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .config import apply_overrides, check_config, load_config, save_config
 from .evaluation import evaluate_elbo
 from .registry import UserError
-
-OPTIMIZERS = {
-    "adam": torch.optim.Adam,
-    "adamw": torch.optim.AdamW,
-    "sgd": torch.optim.SGD,
-    "rmsprop": torch.optim.RMSprop,
-}
-# Keys that may change when a run is resumed; any other difference is refused.
-RESUMABLE_KEYS = {
-    ("train", "epochs"),
-    ("train", "progress"),
-    ("train", "device"),
-    ("train", "checkpoint_every"),
-    ("train", "eval_batch_size"),
-    ("train", "validate"),
-}
+from .runs import check_resumable, prepare_run_directory, save_figures, write_metrics
 
 
 class TrainingStopped(Exception):
@@ -68,31 +52,19 @@ class TrainingStopped(Exception):
 
 
 class NegativeELBO(nn.Module):
-    """The training loss as a torch module: the estimator's loss for the VAE's model and
-    guide under ``kl_weight`` (None, or a callable read each step), per data point (and
-    per feature under ``reduction = "mean"``). The VAE and the estimator (which may own a
-    neural baseline) are submodules, so one optimizer, one checkpoint and
+    """The training loss as a torch module: ``forward(x, kl_weight)`` is the estimator's loss
+    for the VAE's model and guide under that step's KL weight, per data point (and per
+    feature under ``reduction = "mean"``: ``normalizer`` = D). The VAE and the estimator
+    (which may own a neural baseline) are submodules, so one optimizer, one checkpoint and
     DistributedDataParallel all see every parameter."""
 
-    def __init__(self, vae, estimator, kl_weight=None, normalizer=1.0):
+    def __init__(self, vae, estimator, normalizer=1.0):
         super().__init__()
-        self.vae, self.estimator = vae, estimator
-        self.kl_weight, self.normalizer = kl_weight, normalizer
+        self.vae, self.estimator, self.normalizer = vae, estimator, normalizer
 
-    def forward(self, x):
-        loss = self.estimator.loss(self.vae.model, self.vae.guide, x, kl_weight=self.kl_weight)
+    def forward(self, x, kl_weight=None):
+        loss = self.estimator.loss(self.vae.model, self.vae.guide, x, kl_weight=kl_weight)
         return loss / (len(x) * self.normalizer)
-
-
-def make_optimizer(name, parameters, lr):
-    """The named torch optimizer, fused where this torch has a fused kernel for it (one pass
-    over all parameters instead of a loop over tensors: about 4x faster for Adam on CPU)."""
-    parameters = list(parameters)
-    for options in ({"fused": True}, {"foreach": True}, {}):
-        try:
-            return OPTIMIZERS[name](parameters, lr=lr, **options)
-        except (TypeError, RuntimeError, ValueError):  # no such kernel for this optimizer/device
-            continue
 
 
 def resolve_device(name):
@@ -103,59 +75,22 @@ def resolve_device(name):
     return torch.device(name)
 
 
-def rng_state():
-    """Every RNG a run draws from, as plain tensors and numbers (safe for weights_only)."""
-    name, keys, position, has_gauss, cached = np.random.get_state()
-    return {
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": position, "has_gauss": has_gauss, "cached": cached},
-        "python": random.getstate(),
-    }
-
-
-def set_rng_state(state):
-    torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-    numpy = state["numpy"]
-    np.random.set_state(("MT19937", numpy["keys"].numpy().astype(np.uint32), numpy["pos"], numpy["has_gauss"], numpy["cached"]))
-    random.setstate(state["python"])
-
-
 class Trainer:
     """One training run: model, optimizer, schedules, data order and RNGs, and their checkpoints."""
 
     def __init__(self, config, data, out, device, rank=0, world_size=1):
         self.config, self.data, self.out, self.device = config, data, out, device
         self.rank, self.world_size = rank, world_size
-        tc, objective = config["train"], config["objective"]
+        tc = config["train"]
         if tc["batch_size"] % world_size:
             raise UserError(f"train.batch_size ({tc['batch_size']}) must be divisible by the number of processes ({world_size})")
-        self.vae = build_model(config, data.shape).to(device)
-        for split in ("train", "valid", "test"):
-            if split != "train" or not data.dynamic_binarization:
-                self.vae.likelihood.check_support(data.split(split).x)
-        estimator = build_estimator(config, data.shape).to(device)
-        self.steps_per_epoch = math.ceil(len(data.train) / tc["batch_size"])
-        self.kl_schedule = build_schedule(objective["kl_weight"], self.steps_per_epoch)
-        # reduction = "mean" averages log p(x|z) over the D features:
-        # -log p / D + beta KL = (1 / D) (-log p + D beta KL), an effective KL weight of D beta.
-        self.features_per_term = self.vae.num_features if objective["reduction"] == "mean" else 1
-        self.kl_weight = self.kl_schedule(0)
-        constant = isinstance(self.kl_schedule, Constant)
-        estimator.check_kl_weight(self.kl_weight * self.features_per_term if constant else None)
-        weight = None
-        if not constant or self.kl_weight * self.features_per_term != 1.0:
-            weight = lambda: self.kl_weight * self.features_per_term  # noqa: E731 (read every step)
-        self.loss = NegativeELBO(self.vae, estimator, weight, self.features_per_term)
-        self.parameters = list(self.loss.parameters())  # the VAE's and the estimator's
-        self.optimizer = make_optimizer(tc["optimizer"], self.parameters, tc["lr"])
-        self.lr_schedule = (
-            torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=tc["epochs"] * self.steps_per_epoch)
-            if tc["lr_schedule"] == "cosine"
-            else None
-        )
+        self.parts = parts = build(config, data, device)
+        self.vae, self.optimizer, self.lr_schedule = parts.vae, parts.optimizer, parts.lr_schedule
+        self.kl_schedule, self.features_per_term = parts.kl_schedule, parts.features_per_term
+        self.steps_per_epoch = parts.steps_per_epoch
+        self.kl_weight = self.kl_schedule(0)  # the schedule's value at the current step (for messages and metrics)
+        self.loss = NegativeELBO(self.vae, parts.estimator, self.features_per_term)
+        self.parameters = parts.parameters()  # the VAE's and the estimator's
         if world_size > 1:
             self.loss = nn.parallel.DistributedDataParallel(self.loss, device_ids=[device.index] if device.type == "cuda" else None)
         self.noise = torch.Generator().manual_seed(tc["seed"] * 7919 + rank)  # dynamic binarization
@@ -184,7 +119,7 @@ class Trainer:
             "model": self.vae.state_dict(),
             "estimator": self.estimator.state_dict(),
             "optimizer": self.optimizer.state_dict(),
-            "lr_schedule": self.lr_schedule.state_dict() if self.lr_schedule else {},
+            "lr_schedule": self.lr_schedule.state_dict(),
             "data_shape": list(self.data.shape),
             "config": self.config,
             "step": self.step,
@@ -205,7 +140,7 @@ class Trainer:
             self.optimizer.load_state_dict(state["optimizer"])
         except (RuntimeError, ValueError, KeyError) as error:
             raise UserError(f"the checkpoint does not fit this model: {str(error).splitlines()[0][:200]}") from None
-        if self.lr_schedule:
+        if state["lr_schedule"]:  # {}: a checkpoint written before constant rates had a schedule object
             self.lr_schedule.load_state_dict(state["lr_schedule"])
         self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
         self.epoch_loss, self.rows = list(state["epoch_loss"]), list(state["rows"])
@@ -276,11 +211,12 @@ class Trainer:
         """One optimizer step on the minibatch ``x``; the loss, or None if it was skipped as non-finite."""
         tc = self.config["train"]
         self.kl_weight = self.kl_schedule(self.step)
+        kl_weight = self.parts.kl_weight(self.step)
         if tc["precision"] == "bf16":
             with torch.autocast(self.device.type, torch.bfloat16):
-                loss = self.loss(x)
+                loss = self.loss(x, kl_weight)
         else:
-            loss = self.loss(x)
+            loss = self.loss(x, kl_weight)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         value = loss.item()
@@ -289,8 +225,7 @@ class Trainer:
         if tc["clip_grad_norm"]:
             nn.utils.clip_grad_norm_(self.parameters, tc["clip_grad_norm"])
         self.optimizer.step()
-        if self.lr_schedule:
-            self.lr_schedule.step()
+        self.lr_schedule.step()
         return value
 
     def _finite(self, value):
@@ -388,27 +323,6 @@ class Trainer:
         )
 
 
-def prepare_run_directory(out, force):
-    if out is None:
-        out = Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S")
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out} exists and is not a directory")
-    if out.is_dir() and any(out.iterdir()) and not force:
-        raise UserError(f"--out {out} already holds files; pass --force to overwrite it, --resume to continue it, or choose another directory")
-    return out
-
-
-def check_resumable(old, new, run):
-    for section, keys in new.items():
-        for key, value in keys.items():
-            if (section, key) not in RESUMABLE_KEYS and old.get(section, {}).get(key) != value:
-                raise UserError(
-                    f"cannot resume {run} with a different {section}.{key} ({value!r}; the run has "
-                    f"{old.get(section, {}).get(key)!r}); only {', '.join(sorted(f'{s}.{k}' for s, k in RESUMABLE_KEYS))} may change"
-                )
-
-
 def distributed_context(device):
     """(rank, world_size, device) under torchrun; (0, 1, device) otherwise."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
@@ -462,42 +376,3 @@ def _as_config(config, overrides):
     if isinstance(config, dict):
         return check_config(apply_overrides(config, overrides))
     return load_config(config, overrides)
-
-
-def write_metrics(rows, path):
-    fields = list(dict.fromkeys(key for row in rows for key in row))
-    tmp = path.with_suffix(".csv.tmp")
-    with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=fields)
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, path)
-
-
-def read_metrics(path):
-    with open(path, newline="") as f:
-        return [{k: float(v) for k, v in row.items() if v != ""} for row in csv.DictReader(f)]
-
-
-def save_figures(vae, data, rows, out, device):
-    x = data.valid.x[:32].to(device)
-    plots.save_reconstructions(x, vae.reconstruct(x), out / "reconstructions.png")
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        plots.save_grid(vae.sample(64), out / "samples.png", title="samples: E[x | z], z ~ p(z)")
-    plots.save_curves(rows, out / "curves.png")
-
-
-def load_run(run, device="cpu", checkpoint="checkpoint.pt"):
-    """The trained VAE of a run directory, in eval mode, ready for ``model`` / ``guide``.
-
-    ``checkpoint="best.pt"`` loads the state with the best validation ELBO instead of the last.
-    """
-    run = Path(run)
-    if not (run / "config.toml").is_file():
-        raise UserError(f"{run} is not a run directory (no config.toml)")
-    config = load_config(run / "config.toml")
-    state = load_checkpoint(run / checkpoint, map_location=device)
-    vae = build_model(config, state["data_shape"]).to(device)
-    vae.load_state_dict(state["model"])
-    return vae.eval()

@@ -15,7 +15,7 @@ from pyro_vae import train
 from pyro_vae.annealing import SCHEDULES, ScaleLatents, build_schedule, kl_scaled, sigmoid_rise
 from pyro_vae.config import check_config
 from pyro_vae.registry import UserError
-from pyro_vae.training import read_metrics
+from pyro_vae.runs import read_metrics
 from test_model import hand_terms, small_vae
 
 BETAS = [0.0, 0.25, 1.0, 4.0]
@@ -222,7 +222,7 @@ def test_schedules_are_pure_functions_of_the_step():
         ({"schedule": "linear"}, r"objective\.kl_weight: give the schedule's length as exactly one of"),
         ({"schedule": "linear", "epochs": 2, "steps": 3}, "exactly one of"),
         ({"schedule": "linaer", "epochs": 2}, r"objective\.kl_weight: unknown schedule 'linaer'; choose one of: constant, linear"),
-        ({"epochs": 2}, r"objective\.kl_weight: a table needs a 'schedule' key"),
+        ({"epochs": 2}, r"objective\.kl_weight: a table needs a 'name' key"),
         ({"schedule": "linear", "epochs": 0}, r"objective\.kl_weight\.epochs must be >= 1"),
         ({"schedule": "linear", "epochs": 2.5}, r"objective\.kl_weight\.epochs must be an integer"),
         ({"schedule": "linear", "epochs": 2, "start": -1}, r"objective\.kl_weight\.start must be >= 0"),

@@ -49,7 +49,7 @@ def test_overrides_are_read_as_toml_and_reach_into_tables():
     config = load_config(None, ["train.epochs=3", "data.name=npz", "model.encoder.hidden=[8, 4]", "train.lr=1e-2"])
     assert config["train"]["epochs"] == 3 and config["train"]["lr"] == 0.01
     assert config["data"]["name"] == "npz"
-    assert config["model"]["encoder"] == {"type": "mlp", "hidden": [8, 4], "activation": "elu"}
+    assert config["model"]["encoder"] == {"name": "mlp", "hidden": [8, 4], "activation": "elu"}
     with pytest.raises(UserError, match="expected section.key=value"):
         load_config(None, ["train.epochs"])
 
@@ -58,3 +58,18 @@ def test_defaults_are_complete_and_valid():
     config = load_config()
     assert config["data"]["name"] == "digits" and config["data"]["binarize"] == "dynamic"
     assert config["model"]["likelihood"] == "bernoulli" and config["objective"]["estimator"] == "trace"
+
+
+def test_changing_a_components_name_starts_from_the_new_classs_defaults():
+    # the MLP's hidden sizes mean nothing to a conv decoder; the old spelling "type" works too
+    for key in ("name", "type"):
+        config = load_config(None, ["data.name=npz", f"model.decoder.{key}=conv"])
+        assert config["model"]["decoder"] == {"name": "conv"}
+    config = load_config(None, ["model.decoder.name=conv", "model.decoder.channels=[8]"])
+    assert config["model"]["decoder"] == {"name": "conv", "channels": [8]}
+    # the same name again keeps the options
+    config = load_config(None, ["model.decoder.hidden=[7]", "model.decoder.name=mlp"])
+    assert config["model"]["decoder"]["hidden"] == [7]
+    # and a legacy table key is read as the name
+    config = load_config(None, ['model.encoder={type="mlp", hidden=[5]}'])
+    assert config["model"]["encoder"] == {"type": "mlp", "hidden": [5]}

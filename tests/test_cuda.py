@@ -7,7 +7,7 @@ from conftest import tiny_config
 from pyro_vae import load_run, train
 from pyro_vae.data import load_data
 from pyro_vae.evaluation import evaluate_elbo, log_likelihood
-from pyro_vae.training import read_metrics
+from pyro_vae.runs import read_metrics
 
 pytestmark = [
     pytest.mark.cuda,

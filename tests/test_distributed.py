@@ -2,14 +2,13 @@
 
 import shutil
 import subprocess
-import sys
 
 import pytest
 
 from conftest import tiny_config
 from pyro_vae import train
 from pyro_vae.config import save_config
-from pyro_vae.training import read_metrics
+from pyro_vae.runs import read_metrics
 
 
 @pytest.mark.skipif(shutil.which("torchrun") is None, reason="torchrun is not installed")

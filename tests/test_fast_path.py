@@ -1,10 +1,13 @@
 """The fast path computes exactly Pyro's loss and gradients for the standard model/guide pair,
 and is used only where it provably does."""
 
+import copy
+
 import pyro
 import pytest
 import torch
 from pyro import poutine
+import pyro.distributions as dist
 from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
 
 from pyro_vae import VAE, kl_scaled
@@ -25,9 +28,11 @@ def make_vae(likelihood, prior):
 
 
 def loss_and_grads(vae, compute, seed=11):
-    vae.zero_grad()
+    """The loss and gradients of ``compute(vae)`` on a fresh copy of ``vae``: whatever one path
+    leaves behind (a running optimal scale, a baseline) cannot reach the path compared with it."""
+    vae = copy.deepcopy(vae)
     pyro.set_rng_seed(seed)
-    loss = compute()
+    loss = compute(vae)
     loss.backward()
     return loss.detach(), [p.grad.clone() for p in vae.parameters() if p.grad is not None]
 
@@ -40,11 +45,14 @@ def test_fast_path_equals_pyro_loss_and_gradients(likelihood, prior, estimator, 
     x = torch.bernoulli(torch.full((6, 1, 4, 4), 0.4)) if likelihood == "bernoulli" else torch.rand(6, 1, 4, 4) * 0.9 + 0.05
     assert standard_vae(vae.model, vae.guide) is vae  # the fast path is taken
     fast = ESTIMATORS.build(estimator)
-    w = None if weight is None else (lambda: weight)
-    model, guide = (vae.model, vae.guide) if weight is None else (kl_scaled(vae.model, weight), kl_scaled(vae.guide, weight))
+
+    def pyro_loss(vae):
+        model, guide = (vae.model, vae.guide) if weight is None else (kl_scaled(vae.model, weight), kl_scaled(vae.guide, weight))
+        return pyro_elbo(max_plate_nesting=1).differentiable_loss(model, guide, x)
+
     with pyro.validation_enabled(False):  # as in training
-        fast_loss, fast_grads = loss_and_grads(vae, lambda: fast.loss(vae.model, vae.guide, x, kl_weight=w))
-        pyro_loss, pyro_grads = loss_and_grads(vae, lambda: pyro_elbo(max_plate_nesting=1).differentiable_loss(model, guide, x))
+        fast_loss, fast_grads = loss_and_grads(vae, lambda vae: fast.loss(vae.model, vae.guide, x, kl_weight=weight))
+        pyro_loss, pyro_grads = loss_and_grads(vae, pyro_loss)
     assert torch.allclose(fast_loss, pyro_loss, rtol=1e-5, atol=1e-4)
     assert len(fast_grads) == len(pyro_grads) > 0
     for a, b in zip(fast_grads, pyro_grads):
@@ -73,3 +81,57 @@ def test_fast_path_is_not_taken_for_redefined_programs_or_under_handlers():
     pyro.set_rng_seed(0)
     reference = Trace_ELBO().differentiable_loss(tempered.model, tempered.guide, x)
     assert torch.allclose(ours, reference)
+
+
+class LikelihoodWithoutObservation(VAE):
+    """A redefined model program: the likelihood is built without the observation, so an
+    ``optimal`` scale falls back to its running value instead of fitting the batch."""
+
+    @pyro.nn.pyro_method
+    def model(self, x):
+        with self.param_store(), pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", self.prior_dist())
+            pyro.sample("x", self.likelihood_dist(z), obs=x)
+
+
+class TemperedLikelihood(VAE):
+    """A redefined density: every path (the direct loss included) must use it."""
+
+    def likelihood_dist(self, z, x=None):
+        base = super().likelihood_dist(z, x)
+        return dist.Normal(base.base_dist.loc, 2 * base.base_dist.scale).to_event(base.reinterpreted_batch_ndims)
+
+
+@pytest.mark.parametrize("estimator", ["trace", "meanfield"])
+def test_a_redefined_model_program_is_traced_never_replaced_by_the_direct_loss(estimator):
+    options = dict(latent_dim=3, likelihood={"name": "gaussian", "scale": "optimal"},
+                   encoder={"type": "mlp", "hidden": [8]}, decoder={"type": "mlp", "hidden": [8]})
+    x = torch.rand(6, 1, 4, 4)
+    pyro.set_rng_seed(3)
+    changed = LikelihoodWithoutObservation((1, 4, 4), **options)
+    standard = VAE((1, 4, 4), **options)
+    standard.load_state_dict(changed.state_dict())
+    assert standard_vae(changed.model, changed.guide) is None
+    elbo = {"trace": Trace_ELBO, "meanfield": TraceMeanField_ELBO}[estimator](max_plate_nesting=1)
+    ours, _ = loss_and_grads(changed, lambda vae: ESTIMATORS.build(estimator).loss(vae.model, vae.guide, x))
+    pyro_loss, _ = loss_and_grads(changed, lambda vae: elbo.differentiable_loss(vae.model, vae.guide, x))
+    unchanged, _ = loss_and_grads(standard, lambda vae: ESTIMATORS.build(estimator).loss(vae.model, vae.guide, x))
+    assert torch.allclose(ours, pyro_loss, rtol=1e-5)  # the subclass's own program was run
+    assert not torch.allclose(ours, unchanged, rtol=1e-3)  # and it differs from the library's
+
+
+def test_a_redefined_density_reaches_the_direct_loss_and_the_traced_one_alike():
+    options = dict(latent_dim=3, likelihood={"name": "gaussian", "scale": 0.3},
+                   encoder={"type": "mlp", "hidden": [8]}, decoder={"type": "mlp", "hidden": [8]})
+    vae = TemperedLikelihood((1, 4, 4), **options)
+    x = torch.rand(6, 1, 4, 4)
+    assert standard_vae(vae.model, vae.guide) is vae  # programs unchanged: the direct loss is used
+    direct, direct_grads = loss_and_grads(vae, lambda vae: ESTIMATORS.build("trace").loss(vae.model, vae.guide, x))
+    traced, traced_grads = loss_and_grads(vae, lambda vae: Trace_ELBO(max_plate_nesting=1).differentiable_loss(vae.model, vae.guide, x))
+    plain = VAE((1, 4, 4), **options)
+    plain.load_state_dict(vae.state_dict())
+    untempered, _ = loss_and_grads(plain, lambda vae: ESTIMATORS.build("trace").loss(vae.model, vae.guide, x))
+    assert torch.allclose(direct, traced, rtol=1e-5)
+    for a, b in zip(direct_grads, traced_grads):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(direct, untempered, rtol=1e-3)

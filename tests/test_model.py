@@ -1,6 +1,8 @@
 """The model and guide as Pyro programs: exact losses, plain SVI, no shared parameters."""
 
+import gc
 import math
+import weakref
 
 import pyro
 import pytest
@@ -108,6 +110,25 @@ def test_two_vaes_share_no_parameters_through_the_param_store():
     pyro.clear_param_store()  # the twin trains as if no other VAE ever existed
     assert svi_losses(twin, x, 5, seed=1) == second_losses
     assert all(torch.equal(a, b) for a, b in zip(second.parameters(), twin.parameters()))
+
+
+def test_a_vae_owns_its_parameters_nothing_stays_in_the_global_store():
+    x = torch.bernoulli(torch.full((16, 1, 8, 8), 0.3))
+    pyro.get_param_store().clear()
+    user_param = pyro.param("users_own", torch.ones(2))  # the user's entries are left alone
+    references = []
+    for _ in range(5):
+        vae = small_vae()
+        svi_losses(vae, x, 2)
+        with poutine.trace(param_only=True) as capture:
+            Trace_ELBO().loss(vae.model, vae.guide, x)
+        assert {site["value"] for site in capture.trace.nodes.values()} == set(vae.parameters())
+        references.append(weakref.ref(vae))
+        del vae, capture
+    gc.collect()
+    assert list(pyro.get_param_store().keys()) == ["users_own"]
+    assert torch.equal(pyro.param("users_own"), user_param)
+    assert all(reference() is None for reference in references)  # every VAE (and its weights) is gone
 
 
 def test_conv_networks_on_images():

@@ -38,15 +38,6 @@ LIKELIHOOD_SPECS = [
 CLOSED_FORM_KL = ("normal", "learned_normal")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small steps are many times slower with two threads fighting over a busy CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def name_of(spec):
     return spec if isinstance(spec, str) else spec["name"]
 
@@ -143,7 +134,7 @@ def test_learned_normal_starts_standard_and_keeps_the_closed_form_kl():
 @pytest.mark.parametrize(
     "spec, message",
     [
-        ({"name": "mog", "components": 0}, "mog components must be an integer >= 1"),
+        ({"name": "mog", "components": 0}, "model.prior.components must be >= 1"),
         ({"name": "flow", "transform": "glow"}, "flow transform must be one of: affine_autoregressive, spline_autoregressive"),
         ({"name": "flow", "hidden": [1]}, "flow hidden must be a list of integers >= latent_dim"),
         ({"name": "vamp", "pseudo": 3}, "unknown option for prior 'vamp'; allowed: components"),

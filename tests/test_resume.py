@@ -1,6 +1,5 @@
 """Runs that survive: kill and resume bit-identically, clean stops on signals, safe checkpoints."""
 
-import pickle
 import signal
 import subprocess
 import sys
@@ -14,7 +13,7 @@ from pyro_vae import load_run, train
 from pyro_vae.checkpoint import load_checkpoint, save_checkpoint
 from pyro_vae.config import save_config
 from pyro_vae.registry import UserError
-from pyro_vae.training import read_metrics
+from pyro_vae.runs import read_metrics
 
 CLI = [sys.executable, "-m", "pyro_vae"]
 

@@ -9,7 +9,7 @@ from conftest import tiny_config
 from pyro_vae import load_run, train
 from pyro_vae.data import load_data
 from pyro_vae.evaluation import evaluate_elbo
-from pyro_vae.training import read_metrics
+from pyro_vae.runs import read_metrics
 
 RUN_FILES = ["config.toml", "checkpoint.pt", "metrics.csv", "reconstructions.png", "samples.png", "curves.png"]
 
@@ -90,7 +90,7 @@ def test_mean_reduction_is_an_explicit_kl_weight_of_D(tmp_path):
     trainer = Trainer(config, data, tmp_path, torch.device("cpu"))
     x = data.valid.x[:20]
     pyro.set_rng_seed(5)
-    loss = trainer.loss(x)
+    loss = trainer.loss(x, trainer.parts.kl_weight(trainer.step))  # the weight of the step: D * 0.5
     pyro.set_rng_seed(5)
     with torch.no_grad():
         guide_loc, guide_scale = trainer.vae.encoder(x)

@@ -35,7 +35,8 @@ import sys
 from pathlib import Path
 
 from pyro_vae.cli import main as pyro_vae_cli
-from pyro_vae.training import read_metrics, train
+from pyro_vae.runs import read_metrics
+from pyro_vae.training import train
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
