@@ -44,6 +44,12 @@ def one_of(*allowed):
     return functools.partial(checks.choice, allowed=allowed)
 
 
+def auto_or_boolean(value, key):
+    if value != "auto" and not isinstance(value, bool):
+        raise UserError(f"{key} must be \"auto\", true or false, got {type_name(value)} {value!r}")
+    return value
+
+
 def device(value, key):
     checks.string(value, key)
     if value not in ("auto", "cpu", "cuda") and not value.startswith("cuda:"):
@@ -121,6 +127,7 @@ SCHEMA = {
         "checkpoint_every": (0, at_least(integer, 0)),
         "train_eval_examples": (10000, at_least(integer, 1)),
         "precision": ("float32", one_of("float32", "bf16")),
+        "cuda_graph": ("auto", auto_or_boolean),
         "validate": (False, boolean),
     },
 }

@@ -80,10 +80,10 @@ class Data:
         order = torch.randperm(len(self.train), generator=torch.Generator().manual_seed(epoch_seed))
         for start in range(skip * batch_size, len(order), batch_size):
             index = order[start : start + batch_size][rank::world_size]
-            x = self.train.x[index.to(self.train.x.device)]
-            if self.dynamic_binarization:
-                x = (torch.rand(x.shape, generator=noise).to(x.device) < x).to(x.dtype)
-            yield x.to(device, non_blocking=True)
+            x = self.train.x[index.to(self.train.x.device)].to(device, non_blocking=True)
+            if self.dynamic_binarization:  # the noise is drawn where the generator lives (the training device)
+                x = (torch.rand(x.shape, generator=noise, device=noise.device).to(x.device) < x).to(x.dtype)
+            yield x
 
     def batches(self, split, batch_size, device, limit=None, rank=0, world_size=1):
         """The (first ``limit``) examples of a split, in order, in minibatches on ``device``;

@@ -60,28 +60,27 @@ def evaluate_elbo(vae, batches, seed=EVALUATION_SEED, all_reduce=None):
     """
     sums = {}
 
-    def add(name, value):
-        value = torch.as_tensor(value, dtype=torch.float64)
+    def add(name, value):  # float64 sums kept where the data is: read from the device once, at the end
+        value = torch.as_tensor(value, dtype=torch.float64, device=device)
         sums[name] = value if name not in sums else sums[name] + value
 
+    device = next(vae.parameters()).device
     with torch.random.fork_rng(devices=_devices()), eval_mode(vae):
         torch.manual_seed(seed)
         for x in batches:
             for name, values in elbo_terms(vae, x).items():
-                add(name, values.sum().cpu())
+                add(name, values.double().sum())
             per_dim = kl_per_dimension(vae, x)
             if per_dim is not None:
-                add("kl_per_dimension", per_dim.sum(0).cpu())
-            codes = vae.encode(x).double().cpu()
+                add("kl_per_dimension", per_dim.double().sum(0))
+            codes = vae.encode(x).double()
             add("code_sum", codes.sum(0))
             add("code_square_sum", (codes * codes).sum(0))
             add("count", len(x))
     if all_reduce is not None:
-        device = next(vae.parameters()).device
-        for name, value in sums.items():
-            reduced = value.to(device)
-            all_reduce(reduced)
-            sums[name] = reduced.cpu()
+        for value in sums.values():
+            all_reduce(value)
+    sums = {name: value.cpu() for name, value in sums.items()}
     count = sums["count"].item()
     result = {name: (sums[name] / count).item() for name in ("elbo", "reconstruction", "kl")}
     kl_dims = sums.get("kl_per_dimension")
@@ -213,10 +212,10 @@ def log_likelihood(
             for start in range(0, num_samples, chunk_size):
                 log_weight = log_importance_weights(vae, x, min(chunk_size, num_samples - start))
                 log_sum = torch.logaddexp(log_sum, torch.logsumexp(log_weight, dim=0))
-            results.append((log_sum - math.log(num_samples)).cpu())
+            results.append(log_sum - math.log(num_samples))  # kept on the device: one read at the end
             bar.update(len(x))
     bar.close()
-    return torch.cat(results)
+    return torch.cat(results).cpu()
 
 
 def has_discrete_data(vae, x):

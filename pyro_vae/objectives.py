@@ -80,6 +80,14 @@ class ScoreFunctionOnly(_Rewrapped):
 
     has_rsample = False
 
+    def sample(self, sample_shape=torch.Size()):
+        # The reparameterized draw, cut from the graph: the same distribution as base.sample(),
+        # drawn with the standard-normal kernel that a CUDA graph can capture (torch.normal with
+        # tensor arguments, which Normal.sample calls, could not be).
+        if self.base.has_rsample:
+            return self.base.rsample(sample_shape).detach()
+        return self.base.sample(sample_shape)
+
 
 class PathDerivative(_Rewrapped):
     """``base`` with log q(z) evaluated at detached parameters (Roeder et al. 2017).
@@ -228,6 +236,14 @@ class Estimator(nn.Module):
     def differentiable_loss(self, model, guide, x):
         raise NotImplementedError
 
+    def capture_obstacle(self, vae):
+        """Why a CUDA graph cannot capture this estimator's step for ``vae``, or None if it can:
+        the loss must never read a value from the device (``.item()``, a Python branch on a
+        tensor). The particle estimators' losses are tensor arithmetic on ``log_weights``."""
+        if self.jit:
+            return "objective.jit = true compiles the loss with torch.jit, which is not captured"
+        return None
+
     def check_kl_weight(self, constant=None):
         """Refuse a KL weight this estimator cannot honour (``constant`` None: a schedule)."""
         if not self.supports_kl_weight and constant != 1.0:
@@ -284,6 +300,15 @@ class PyroELBO(Estimator):
     def differentiable_loss(self, model, guide, x):
         return self.elbo.differentiable_loss(model, self._guide(guide), x)
 
+    def capture_obstacle(self, vae):
+        if self.jit:
+            return super().capture_obstacle(vae)
+        if self.direct_loss is not None and self.num_particles == 1 and vae.has_standard_programs:
+            return None  # the direct loss: tensor arithmetic only
+        return (f"estimator {self.registered_name!r} runs Pyro's {type(self.elbo).__name__} here (a model that "
+                "redefines its programs, or num_particles > 1), which reads every site's log-density "
+                "with .item()")
+
     def _jit_loss(self, model, guide, x, kl_weight):
         if callable(kl_weight):
             kl_weight = kl_weight()
@@ -324,9 +349,23 @@ class MeanFieldEstimator(ReparameterizedELBO):
 
 @ESTIMATORS.register("stl")
 class StickingTheLanding(PyroELBO):
-    """Sticking the landing (Roeder et al. 2017): pathwise ELBO gradient without the score term of log q."""
+    """Sticking the landing (Roeder et al. 2017): pathwise ELBO gradient without the score term of log q.
+
+    Computed from the per data point log weights (``log_weights``, the guide wrapped in
+    ``PathDerivative``): loss = -sum_n mean_k [log p(x_n, z_nk) - log q~(z_nk | x_n)], with q~
+    at detached parameters. For a guide whose sites are all reparameterized this is Pyro's
+    ``Trace_ELBO`` surrogate (tested equal), without its ``.item()`` per site, so it never
+    reads from the device (a CUDA graph can capture it). ``jit = true`` uses Pyro's JIT ELBO.
+    """
 
     guide_wrapper = PathDerivative
+
+    def differentiable_loss(self, model, guide, x):
+        log_p, log_q, _ = log_weights(model, guide, x, self.num_particles, self.guide_wrapper)
+        return -(log_p - log_q).mean(0).sum()
+
+    def capture_obstacle(self, vae):
+        return Estimator.capture_obstacle(self, vae)
 
 
 class ParticleEstimator(Estimator):
@@ -389,11 +428,13 @@ class ScoreFunction(ParticleEstimator):
 
     def _baseline(self, x, log_w):
         if self.baseline == "decaying_average":
-            mean = log_w.mean()
+            # Tensor selects, not Python branches on the value: no read from the device.
+            mean = log_w.mean().detach()
             previous = self.average.clone()
+            first = previous.isnan()
             with torch.no_grad():
-                self.average.copy_(mean if previous.isnan() else self.decay * previous + (1 - self.decay) * mean)
-            return (0.0 if previous.isnan() else previous), 0.0
+                self.average.copy_(torch.where(first, mean, self.decay * previous + (1 - self.decay) * mean))
+            return torch.where(first, torch.zeros_like(previous), previous), 0.0
         if self.baseline == "neural":
             b = self.net(x).squeeze(-1)
             return b, (log_w - b).pow(2).mean(0).sum()  # least squares: b(x) -> E_q[log w]

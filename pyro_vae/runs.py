@@ -26,6 +26,7 @@ RESUMABLE_KEYS = {
     ("train", "checkpoint_every"),
     ("train", "eval_batch_size"),
     ("train", "validate"),
+    ("train", "cuda_graph"),
 }
 
 

@@ -41,6 +41,7 @@ from .config import apply_overrides, check_config, load_config, save_config
 from .evaluation import evaluate_elbo
 from .registry import UserError
 from .runs import check_resumable, prepare_run_directory, save_figures, write_metrics
+from .steps import CapturedStep, Step
 
 
 class TrainingStopped(Exception):
@@ -93,11 +94,19 @@ class Trainer:
         self.parameters = parts.parameters()  # the VAE's and the estimator's
         if world_size > 1:
             self.loss = nn.parallel.DistributedDataParallel(self.loss, device_ids=[device.index] if device.type == "cuda" else None)
-        self.noise = torch.Generator().manual_seed(tc["seed"] * 7919 + rank)  # dynamic binarization
+        obstacle = capture_obstacle(config, self.vae, parts.estimator, self.optimizer, device, world_size)
+        if tc["cuda_graph"] is True and obstacle:
+            raise UserError(f"train.cuda_graph = true is not possible: {obstacle}; set train.cuda_graph = \"auto\" or false")
+        self.captured = tc["cuda_graph"] is not False and obstacle is None
+        self.capture_obstacle = obstacle
+        step_class = CapturedStep if self.captured else Step
+        self.train_step_fn = step_class(self.loss, self.optimizer, self.lr_schedule, self.parameters, device,
+                                        tc["clip_grad_norm"], tc["precision"])
+        # dynamic binarization draws its noise on the training device
+        self.noise = torch.Generator(device=device).manual_seed(tc["seed"] * 7919 + rank)
         self.step, self.epoch, self.batch_in_epoch = 0, 0, 0
-        self.epoch_loss = [0.0, 0]  # sum of per-point losses and count in the current epoch
         self.rows, self.best_val_elbo = [], -math.inf
-        self.skipped_steps, self.stop_signal = 0, None
+        self.stop_signal = None
 
     @property
     def estimator(self):
@@ -125,10 +134,10 @@ class Trainer:
             "step": self.step,
             "epoch": self.epoch,
             "batch_in_epoch": self.batch_in_epoch,
-            "epoch_loss": list(self.epoch_loss),
+            "epoch_loss": self.train_step_fn.epoch_loss(),
             "rows": self.rows,
             "best_val_elbo": self.best_val_elbo,
-            "skipped_steps": self.skipped_steps,
+            "skipped_steps": self.train_step_fn.faults()[0],
             "noise": self.noise.get_state(),
             "rng": rng_state(),
         }
@@ -143,12 +152,14 @@ class Trainer:
         if state["lr_schedule"]:  # {}: a checkpoint written before constant rates had a schedule object
             self.lr_schedule.load_state_dict(state["lr_schedule"])
         self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
-        self.epoch_loss, self.rows = list(state["epoch_loss"]), list(state["rows"])
-        self.best_val_elbo, self.skipped_steps = state["best_val_elbo"], state["skipped_steps"]
+        self.train_step_fn.set_epoch_loss(state["epoch_loss"])
+        self.train_step_fn.set_faults(state["skipped_steps"], self.step)
+        self.rows, self.best_val_elbo = list(state["rows"]), state["best_val_elbo"]
         self.noise.set_state(state["noise"])
         set_rng_state(state["rng"])
 
     def save(self, name="checkpoint.pt"):
+        self.check_faults()
         if self.is_main:
             save_checkpoint(self.state_dict(), self.out / name)
 
@@ -194,67 +205,55 @@ class Trainer:
         )
         self.vae.train()
         for x in batches:
-            value = self.train_step(x)
+            self.train_step(x)
             self.step += 1  # a skipped (non-finite) batch still counts: it was drawn
             self.batch_in_epoch += 1
-            if value is not None:
-                self.epoch_loss = [self.epoch_loss[0] + value * len(x), self.epoch_loss[1] + len(x)]
             bar.update()
-            if value is not None and (self.step % 10 == 0 or self.batch_in_epoch == 1):
-                bar.set_postfix_str(f"epoch {epoch} loss {value:.3f}" + ("" if isinstance(self.kl_schedule, Constant) else f" kl_weight {self.kl_weight:.3g}"), refresh=False)
+            if not bar.disable and (self.step % 10 == 0 or self.batch_in_epoch == 1):
+                self.check_faults()  # the bar's loss is read from the device: check the counters with it
+                loss = self.train_step_fn.last_loss.item()
+                weight = "" if isinstance(self.kl_schedule, Constant) else f" kl_weight {self.kl_weight:.3g}"
+                bar.set_postfix_str(f"epoch {epoch} loss {loss:.3f}{weight}", refresh=False)
             if tc["checkpoint_every"] and self.step % tc["checkpoint_every"] == 0:
                 self.save()
             if self.stop_signal is not None:
                 self._stop()
 
     def train_step(self, x):
-        """One optimizer step on the minibatch ``x``; the loss, or None if it was skipped as non-finite."""
-        tc = self.config["train"]
-        self.kl_weight = self.kl_schedule(self.step)
-        kl_weight = self.parts.kl_weight(self.step)
-        if tc["precision"] == "bf16":
-            with torch.autocast(self.device.type, torch.bfloat16):
-                loss = self.loss(x, kl_weight)
-        else:
-            loss = self.loss(x, kl_weight)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        value = loss.item()
-        if not self._finite(value):
-            return None
-        if tc["clip_grad_norm"]:
-            nn.utils.clip_grad_norm_(self.parameters, tc["clip_grad_norm"])
-        self.optimizer.step()
-        self.lr_schedule.step()
-        return value
+        """One optimizer step on the minibatch ``x`` with the KL weight of the current step.
 
-    def _finite(self, value):
-        """False (and the step skipped) for a non-finite loss or gradient; stop when too many."""
-        grads = [p.grad for p in self.parameters if p.grad is not None]
-        # A NaN or inf anywhere makes the sum of all gradients non-finite: one cheap pass
-        # (finite gradients would have to exceed 1e38 in sum to be mistaken for a fault).
-        if math.isfinite(value) and (not grads or torch.isfinite(torch.stack([g.sum() for g in grads]).sum())):
-            return True
-        what = "loss" if not math.isfinite(value) else "gradient"
-        self.skipped_steps += 1
-        self.optimizer.zero_grad(set_to_none=True)
-        if self.skipped_steps > self.config["train"]["max_skipped_steps"]:
-            raise UserError(
-                f"non-finite {what} ({value}) at step {self.step + 1} (epoch {self.epoch + 1}, kl_weight {self.kl_weight:.3g}); "
-                f"likely causes: train.lr = {self.config['train']['lr']:g} too high, a likelihood scale collapsing "
-                f"(raise its min_scale), or extreme data; the last good checkpoint in {self.out} is intact"
-            )
-        return False
+        Nothing is read from the device (``steps``): the loss and the non-finite check are
+        counted there, and read by ``check_faults`` and the epoch's metrics."""
+        self.kl_weight = self.kl_schedule(self.step)
+        self.train_step_fn(x, self.parts.kl_weight(self.step))
+
+    def check_faults(self):
+        """Stop with a one-line error if more steps were non-finite (and skipped) than
+        ``train.max_skipped_steps`` allows; called before every checkpoint, so the last good
+        one stays intact."""
+        skipped, step_number, loss, was_loss = self.train_step_fn.faults()
+        if skipped <= self.config["train"]["max_skipped_steps"]:
+            return
+        what = "loss" if was_loss else "gradient"
+        tc = self.config["train"]
+        raise UserError(
+            f"non-finite {what} ({loss}) at step {step_number + 1} (epoch {step_number // self.steps_per_epoch + 1}, "
+            f"kl_weight {self.kl_schedule(step_number):.3g}); likely causes: train.lr = {tc['lr']:g} too high, "
+            f"a likelihood scale collapsing (raise its min_scale), or extreme data; "
+            f"the last good checkpoint in {self.out} is intact"
+        )
 
     def _end_epoch(self, epoch, seconds, bar):
         tc = self.config["train"]
+        self.check_faults()
         self.vae.eval()
         all_reduce = None
+        epoch_loss = self.train_step_fn.epoch_loss()
         if self.world_size > 1:  # every rank evaluates its shard; the sums are all-reduced
             all_reduce = dist.all_reduce
-            totals = torch.tensor(self.epoch_loss, dtype=torch.float64, device=self.device)
+            totals = torch.tensor(epoch_loss, dtype=torch.float64, device=self.device)
             dist.all_reduce(totals)
-            self.epoch_loss = totals.tolist()
+            epoch_loss = totals.tolist()
 
         def evaluate(split, limit=None):
             batches = self.data.batches(split, tc["eval_batch_size"], self.device, limit, self.rank, self.world_size)
@@ -262,7 +261,7 @@ class Trainer:
 
         train, val = evaluate("train", tc["train_eval_examples"]), evaluate("valid")
         if self.is_main:
-            loss_sum, count = self.epoch_loss
+            loss_sum, count = epoch_loss
             row = {
                 "epoch": epoch,
                 "step": self.step,
@@ -280,7 +279,7 @@ class Trainer:
             }
             row.update({f"kl_{d}": kl for d, kl in enumerate(val["kl_per_dimension"] or [])})
             self.rows.append(row)
-            self.epoch_loss = [0.0, 0]
+            self.train_step_fn.set_epoch_loss([0.0, 0.0])
             bar.write(
                 f"epoch {epoch}: training loss {row['train_loss']:.3f}, train ELBO {train['elbo']:.3f}, "
                 f"validation ELBO {val['elbo']:.3f} (KL {val['kl']:.2f}, {val['active_units']} active units)"
@@ -291,7 +290,7 @@ class Trainer:
                 self.best_val_elbo = val["elbo"]
                 self.save("best.pt")
         else:
-            self.epoch_loss = [0.0, 0]
+            self.train_step_fn.set_epoch_loss([0.0, 0.0])
 
     # ---- signals ----
 
@@ -321,6 +320,19 @@ class Trainer:
             f"continue with: pyro-vae train --resume {self.out}",
             128 + self.stop_signal,
         )
+
+
+def capture_obstacle(config, vae, estimator, optimizer, device, world_size):
+    """Why this run's step cannot be captured in a CUDA graph, or None if it can (``train.cuda_graph``)."""
+    if device.type != "cuda":
+        return f"the training device is {device.type}, and CUDA graphs need a CUDA device"
+    if world_size > 1:
+        return "one graph per data-parallel rank is not supported yet: DistributedDataParallel runs eagerly"
+    if config["train"]["validate"]:
+        return "train.validate = true: Pyro's argument checks read values from the device"
+    if not optimizer.defaults.get("fused"):
+        return f"optimizer {config['train']['optimizer']!r} has no fused kernel here to skip a non-finite step on the device"
+    return estimator.capture_obstacle(vae)
 
 
 def distributed_context(device):

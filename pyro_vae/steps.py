@@ -1,0 +1,176 @@
+"""The training step: loss, backward, gradient check and clipping, optimizer step, with no read
+from the device; run eagerly, or captured once in a CUDA graph and replayed.
+
+A GPU runs ahead of Python only while Python never waits for it. So the step keeps its
+bookkeeping on the device and nothing in it calls ``.item()``:
+
+- the KL weight is a 0-dim device tensor, filled before each step (the estimator's
+  handler scales by it, so a schedule keeps working inside a captured graph);
+- the finiteness of the loss and gradients is a device boolean ``finite``; the optimizer
+  skips a non-finite step on the device (fused Adam, AdamW and SGD take it as
+  ``found_inf``, the mechanism of torch's ``GradScaler``: parameters and optimizer state
+  stay exactly as they were), and counters record how many steps were skipped and the
+  first one that was;
+- the epoch's loss is summed on the device over the finite steps.
+
+The trainer reads these counters only when it needs a number: the progress bar's loss,
+a checkpoint, the end of an epoch. A non-finite step is therefore acted on when read
+(the run stops with the step's number and the last good checkpoint intact, or skips up
+to ``train.max_skipped_steps`` such steps), not at the step itself. An optimizer with no
+device-side skip (RMSprop) reads ``finite`` at every step instead.
+
+``CapturedStep`` records the same step once in a ``torch.cuda.CUDAGraph`` (after warm-up
+steps on a side stream, which are ordinary training steps) and replays it for every
+full batch: one launch instead of hundreds. Its input is a static buffer the batch is
+copied into; a batch of another shape (the short last batch of an epoch) runs eagerly,
+the same objective on the same parameters.
+"""
+
+import contextlib
+
+import torch
+from torch import nn
+
+from .registry import UserError
+
+
+class Step:
+    """One optimizer step on a minibatch, sync-free: ``step(x, kl_weight)``.
+
+    ``loss_module(x, kl_weight)`` is the per data point loss (``training.NegativeELBO``,
+    possibly inside DistributedDataParallel); ``parameters`` are those the optimizer updates.
+    """
+
+    def __init__(self, loss_module, optimizer, lr_schedule, parameters, device, clip_grad_norm=0.0, precision="float32"):
+        self.loss_module, self.optimizer, self.lr_schedule = loss_module, optimizer, lr_schedule
+        self.parameters, self.device = list(parameters), torch.device(device)
+        self.clip_grad_norm, self.precision = clip_grad_norm, precision
+        self.skips_on_device = bool(optimizer.defaults.get("fused"))
+        zeros = lambda dtype: torch.zeros((), dtype=dtype, device=self.device)  # noqa: E731
+        self.kl_weight = zeros(torch.float32)
+        self.loss_sum, self.count = zeros(torch.float64), zeros(torch.float64)  # over finite steps of the epoch
+        self.skipped = zeros(torch.int64)  # non-finite steps so far
+        self.first_bad_step = zeros(torch.int64) - 1  # the step number (0-based) of the first, -1: none
+        self.first_bad_loss = zeros(torch.float32)
+        self.first_bad_was_loss = zeros(torch.bool)  # the loss itself (else only a gradient) was non-finite
+        self.step_number = zeros(torch.int64)  # the number of steps taken, on the device
+        self.last_loss = zeros(torch.float32)
+
+    def __call__(self, x, kl_weight):
+        """Take the step with ``kl_weight`` (a float: the schedule's value times D under "mean")."""
+        self.kl_weight.fill_(kl_weight)
+        self.run(x)
+        self.lr_schedule.step()  # Python arithmetic on the step count; fills a tensor lr in place
+
+    def autocast(self, cache_enabled=True):
+        if self.precision == "bf16":
+            return torch.autocast(self.device.type, torch.bfloat16, cache_enabled=cache_enabled)
+        return contextlib.nullcontext()
+
+    def run(self, x, cache_enabled=True):
+        """The step's arithmetic, every operation on tensors (what a graph records)."""
+        with self.autocast(cache_enabled):
+            loss = self.loss_module(x, self.kl_weight)
+        loss.backward()
+        grads = [p.grad for p in self.parameters if p.grad is not None]
+        # A NaN or inf anywhere makes the sum of all gradients non-finite: one cheap pass
+        # (finite gradients would have to exceed 1e38 in sum to be mistaken for a fault).
+        loss_is_finite = torch.isfinite(loss.detach())
+        finite = loss_is_finite
+        if grads:
+            finite = finite & torch.isfinite(torch.stack([g.sum() for g in grads]).sum())
+        if self.clip_grad_norm:
+            nn.utils.clip_grad_norm_(self.parameters, self.clip_grad_norm, foreach=True)
+        if self.skips_on_device:
+            self.optimizer.found_inf = (~finite).float()
+            self.optimizer.step()
+        elif finite.item():  # this optimizer cannot skip on the device: read the flag
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self._count(loss.detach().float(), finite, loss_is_finite, len(x))
+
+    @torch.no_grad()
+    def _count(self, loss, finite, loss_is_finite, batch_size):
+        bad = ~finite
+        first = bad & (self.first_bad_step < 0)
+        self.first_bad_step.copy_(torch.where(first, self.step_number, self.first_bad_step))
+        self.first_bad_loss.copy_(torch.where(first, loss, self.first_bad_loss))
+        self.first_bad_was_loss.copy_(torch.where(first, ~loss_is_finite, self.first_bad_was_loss))
+        self.skipped.add_(bad.long())
+        self.loss_sum.add_(torch.where(finite, loss.double() * batch_size, 0.0))
+        self.count.add_(finite.double() * batch_size)
+        self.last_loss.copy_(loss)
+        self.step_number.add_(1)
+
+    # ---- reading the counters (each read waits for the device) ----
+
+    def epoch_loss(self):
+        """(sum of per-point losses, number of points) over the finite steps since the last reset."""
+        return [self.loss_sum.item(), self.count.item()]
+
+    def set_epoch_loss(self, values):
+        self.loss_sum.fill_(values[0])
+        self.count.fill_(values[1])
+
+    def faults(self):
+        """(number of skipped steps, first skipped step's number or None, its loss, whether the loss was non-finite)."""
+        skipped = int(self.skipped.item())
+        if not skipped:
+            return 0, None, None, False
+        return skipped, int(self.first_bad_step.item()), self.first_bad_loss.item(), bool(self.first_bad_was_loss.item())
+
+    def set_faults(self, skipped, step_number):
+        """Restore the counters of a resumed run: ``skipped`` steps so far, ``step_number`` steps taken."""
+        self.skipped.fill_(skipped)
+        self.step_number.fill_(step_number)
+
+
+class CapturedStep(Step):
+    """:class:`Step` recorded in a CUDA graph at the first full batch and replayed for every batch of that shape."""
+
+    warmup_steps = 3  # eager steps on a side stream before capture (cuBLAS and allocator set-up)
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.device.type != "cuda":
+            raise UserError("train.cuda_graph = true needs a CUDA device")
+        if not self.skips_on_device:
+            raise UserError("train.cuda_graph = true needs an optimizer that skips non-finite steps on the device (adam, adamw)")
+        # A learning rate held as a device tensor: the schedule fills it in place between
+        # replays, where a Python float would be frozen into the graph at capture.
+        for group in self.optimizer.param_groups:
+            if not torch.is_tensor(group["lr"]):
+                group["lr"] = torch.tensor(group["lr"], device=self.device)
+        self.graph, self.static_x, self.warmed_up = None, None, 0
+
+    def run(self, x, cache_enabled=True):
+        if self.graph is not None and x.shape == self.static_x.shape and x.dtype == self.static_x.dtype:
+            self.static_x.copy_(x)
+            self.graph.replay()
+            return
+        if self.graph is not None or self.warmed_up < self.warmup_steps:
+            if self.graph is None:
+                self._warm_up(x)
+            else:
+                super().run(x)  # a batch of another shape (the short last one): eagerly
+            return
+        self._capture(x)
+
+    def _warm_up(self, x):
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            super().run(x, cache_enabled=False)
+        torch.cuda.current_stream().wait_stream(side)
+        self.warmed_up += 1
+
+    def _capture(self, x):
+        """Record the step on ``x``'s shape, then replay it once for ``x`` itself."""
+        self.static_x = x.clone()
+        self.optimizer.zero_grad(set_to_none=True)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            super().run(self.static_x, cache_enabled=False)
+        self.graph = graph
+        # Capture records the kernels without running them: this batch's step is the first replay.
+        self.graph.replay()

@@ -1,0 +1,165 @@
+"""The training step reads nothing from the device, skips a non-finite step exactly on the device,
+and the stl estimator's own sync-free ELBO equals Pyro's."""
+
+import contextlib
+import copy
+
+import pyro
+import pytest
+import torch
+from pyro.infer import Trace_ELBO
+
+from pyro_vae import VAE, train
+from pyro_vae.objectives import ESTIMATORS, PathDerivative, RewrapLatents
+from pyro_vae.optimizers import OPTIMIZERS
+from pyro_vae.registry import UserError
+from pyro_vae.steps import Step
+from pyro_vae.training import NegativeELBO
+
+from conftest import tiny_config
+
+SHAPE = (1, 4, 4)
+
+
+def small_vae(prior="normal"):
+    return VAE(SHAPE, latent_dim=3, prior=prior, encoder={"name": "mlp", "hidden": [8]},
+               decoder={"name": "mlp", "hidden": [8]})
+
+
+def binary(n, seed=0):
+    return torch.bernoulli(torch.full((n, *SHAPE), 0.4), generator=torch.Generator().manual_seed(seed))
+
+
+def make_step(vae, estimator, optimizer="adam", clip=0.0):
+    loss = NegativeELBO(vae, estimator)
+    parameters = list(loss.parameters())
+    opt = OPTIMIZERS.get(optimizer)(parameters, 1e-2)
+    schedule = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0)
+    return Step(loss, opt, schedule, parameters, "cpu", clip_grad_norm=clip)
+
+
+@contextlib.contextmanager
+def no_reads_from_tensors(monkeypatch):
+    """Any read of a tensor's value into Python (.item(), bool(), float(), .tolist()) fails: on a
+    GPU each is a synchronization, and inside a CUDA graph capture an error."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the step read a value from the device")
+
+    with monkeypatch.context() as patch:
+        for name in ("item", "__bool__", "__float__", "__int__", "tolist"):
+            patch.setattr(torch.Tensor, name, refuse)
+        yield
+
+
+ESTIMATOR_SPECS = [
+    ("trace", {}), ("meanfield", {}), ("stl", {}),
+    ("score", {"baseline": "none"}), ("score", {"baseline": "decaying_average"}), ("score", {"baseline": "neural"}),
+    ("iwae", {}), ("renyi", {"alpha": 0.5}), ("dreg", {}), ("tail_adaptive", {}),
+]
+
+
+@pytest.mark.parametrize("name, options", ESTIMATOR_SPECS)
+@pytest.mark.parametrize("prior", ["normal", {"name": "vamp", "components": 3}])
+def test_every_estimators_step_reads_nothing_from_the_device(monkeypatch, name, options, prior):
+    vae = small_vae(prior)
+    particles = 1 if name in ("trace", "meanfield", "stl") else 3
+    estimator = ESTIMATORS.build({"name": name, **options}, num_particles=particles, data_shape=SHAPE)
+    assert estimator.capture_obstacle(vae) is None
+    step = make_step(vae, estimator, clip=5.0)
+    x = binary(8)
+    before = [p.detach().clone() for p in vae.parameters()]
+    with pyro.validation_enabled(False), no_reads_from_tensors(monkeypatch):
+        for weight in (1.0, 0.5):
+            step(x, weight)
+    assert step.faults()[0] == 0 and step.step_number.item() == 2
+    assert any(not torch.equal(a, b) for a, b in zip(before, vae.parameters()))  # it trained
+
+
+def test_pyro_trace_elbo_is_named_as_the_obstacle_to_capture_for_a_redefined_program():
+    class Redefined(VAE):
+        @pyro.nn.pyro_method
+        def model(self, x):
+            super().model(x)
+
+    vae = Redefined(SHAPE, latent_dim=2)
+    assert "reads every site's log-density with .item()" in ESTIMATORS.build("trace").capture_obstacle(vae)
+    assert "torch.jit" in ESTIMATORS.build("trace", jit=True).capture_obstacle(small_vae())
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "rmsprop"])  # fused: skipped on the device; rmsprop: read each step
+def test_a_non_finite_step_is_skipped_exactly_and_counted(optimizer):
+    vae = small_vae()
+    step = make_step(vae, ESTIMATORS.build("trace"), optimizer)
+    assert step.skips_on_device == (optimizer == "adam")
+    step(binary(8), 1.0)
+    parameters = copy.deepcopy(vae.state_dict())
+    optimizer_state = copy.deepcopy(step.optimizer.state_dict())
+    poisoned = binary(8, seed=1)
+    poisoned[3, 0, 0, 0] = float("nan")
+    with pyro.validation_enabled(False):
+        step(poisoned, 1.0)
+    assert all(torch.equal(parameters[k], v) for k, v in vae.state_dict().items())
+    after = step.optimizer.state_dict()["state"]
+    for key, state in optimizer_state["state"].items():
+        for name, value in state.items():
+            assert torch.equal(torch.as_tensor(after[key][name]), torch.as_tensor(value)), name
+    skipped, first, loss, was_loss = step.faults()
+    assert (skipped, first, was_loss) == (1, 1, True) and loss != loss  # NaN
+    assert step.epoch_loss()[1] == 8  # only the finite step's points are counted
+    step(binary(8, seed=2), 1.0)  # and training goes on from the same state
+    assert step.faults()[:2] == (1, 1) and step.epoch_loss()[1] == 16
+
+
+def test_the_step_with_a_weight_equals_the_estimators_loss_with_that_weight():
+    vae = small_vae()
+    x = binary(8)
+    reference = copy.deepcopy(vae)
+    step = make_step(vae, ESTIMATORS.build("stl"))
+    pyro.set_rng_seed(4)
+    step(x, 0.3)
+    pyro.set_rng_seed(4)
+    expected = ESTIMATORS.build("stl").loss(reference.model, reference.guide, x, kl_weight=0.3) / len(x)
+    assert step.last_loss.item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+def test_stl_own_elbo_equals_pyros_trace_elbo_on_the_path_derivative_guide():
+    vae = small_vae({"name": "mog", "components": 2})
+    x = binary(8)
+
+    def loss_and_grads(compute):
+        model = copy.deepcopy(vae)
+        pyro.set_rng_seed(9)
+        loss = compute(model)
+        grads = torch.autograd.grad(loss, list(model.parameters()), allow_unused=True)
+        return loss.detach(), grads
+
+    ours, our_grads = loss_and_grads(lambda m: ESTIMATORS.build("stl").loss(m.model, m.guide, x, kl_weight=0.5))
+
+    def pyro_stl(m):
+        model, guide = pyro_vae_scaled(m.model, 0.5), pyro_vae_scaled(RewrapLatents(PathDerivative)(m.guide), 0.5)
+        return Trace_ELBO(max_plate_nesting=1).differentiable_loss(model, guide, x)
+
+    reference, reference_grads = loss_and_grads(pyro_stl)
+    assert torch.allclose(ours, reference, rtol=1e-5)
+    for a, b in zip(our_grads, reference_grads):
+        assert (a is None) == (b is None)
+        if a is not None:
+            assert torch.allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def pyro_vae_scaled(fn, weight):
+    from pyro_vae import kl_scaled
+
+    return kl_scaled(fn, weight)
+
+
+def test_cuda_graph_true_without_a_gpu_is_a_one_line_error_and_auto_trains_eagerly(tmp_path):
+    config = tiny_config(train={"cuda_graph": True, "epochs": 1})
+    with pytest.raises(UserError, match=r"train.cuda_graph = true is not possible: the training device is cpu"):
+        train(config, out=tmp_path / "graph")
+    assert not (tmp_path / "graph").exists()
+    run = train(tiny_config(train={"cuda_graph": "auto", "epochs": 1}), out=tmp_path / "auto")
+    assert (run / "checkpoint.pt").exists()
+    with pytest.raises(UserError, match=r'train.cuda_graph must be "auto", true or false'):
+        train(tiny_config(train={"cuda_graph": "yes"}), out=tmp_path / "bad")
