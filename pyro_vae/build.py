@@ -88,5 +88,6 @@ def build(config, data, device, batch_size=None):
     estimator.check_kl_weight(constant)
     parameters = [*vae.parameters(), *estimator.parameters()]
     optimizer = OPTIMIZERS.get(tc["optimizer"])(parameters, tc["lr"])
-    lr_schedule = LR_SCHEDULES.get(tc["lr_schedule"])(optimizer, tc["epochs"] * steps_per_epoch)
+    lr_schedule = LR_SCHEDULES.build(tc["lr_schedule"], "train.lr_schedule", optimizer=optimizer,
+                                     total_steps=tc["epochs"] * steps_per_epoch, warmup_steps=tc["lr_warmup_steps"])
     return Parts(vae, estimator, kl_schedule, features_per_term, optimizer, lr_schedule, steps_per_epoch)

@@ -23,6 +23,7 @@ from .annealing import build_schedule
 from .checks import boolean, integer, number, string, type_name
 from .data import BINARIZATIONS, DATASETS
 from .likelihoods import LIKELIHOODS
+from .loggers import LOGGERS
 from .nets import DECODERS, ENCODERS
 from .objectives import ESTIMATORS
 from .optimizers import LR_SCHEDULES, OPTIMIZERS
@@ -47,6 +48,30 @@ def one_of(*allowed):
 def auto_or_boolean(value, key):
     if value != "auto" and not isinstance(value, bool):
         raise UserError(f"{key} must be \"auto\", true or false, got {type_name(value)} {value!r}")
+    return value
+
+
+def early_stopping(value, key):
+    """false, or a table { patience = N, min_delta = 0.0 }."""
+    if value is False:
+        return value
+    if not isinstance(value, dict):
+        raise UserError(f"{key} must be false or a table such as {{ patience = 10 }}, got {type_name(value)} {value!r}")
+    unknown = sorted(set(value) - {"patience", "min_delta"})
+    if unknown:
+        raise UserError(f"{key}.{unknown[0]}: unknown option; allowed: patience, min_delta")
+    if "patience" not in value:
+        raise UserError(f"{key} needs patience = N (epochs without a better validation ELBO)")
+    integer(value["patience"], f"{key}.patience", minimum=1)
+    number(value.get("min_delta", 0.0), f"{key}.min_delta", minimum=0)
+    return value
+
+
+def loggers(value, key):
+    if not isinstance(value, list):
+        raise UserError(f"{key} must be a list such as [\"csv\", \"tensorboard\"], got {type_name(value)} {value!r}")
+    for name in value:
+        LOGGERS.get(string(name, key), key)
     return value
 
 
@@ -121,7 +146,11 @@ SCHEMA = {
         "seed": (0, at_least(integer, 0)),
         "device": ("auto", device),
         "progress": (True, boolean),
-        "lr_schedule": ("constant", name_in(LR_SCHEDULES)),
+        "lr_schedule": ("constant", spec(LR_SCHEDULES)),
+        "lr_warmup_steps": (0, at_least(integer, 0)),
+        "early_stopping": (False, early_stopping),
+        "loggers": (["csv"], loggers),
+        "log_every": (50, at_least(integer, 1)),
         "clip_grad_norm": (0.0, at_least(number, 0)),
         "max_skipped_steps": (0, at_least(integer, 0)),
         "checkpoint_every": (0, at_least(integer, 0)),

@@ -5,8 +5,8 @@ last state), ``best.pt`` (the best validation ELBO), ``metrics.csv`` (one row pe
 epoch) and the figures ``reconstructions.png``, ``samples.png``, ``curves.png``.
 """
 
-import csv
 import os
+import shutil
 from datetime import datetime
 from pathlib import Path
 
@@ -16,6 +16,7 @@ from . import plots
 from .build import build_model
 from .checkpoint import load_checkpoint
 from .config import load_config
+from .loggers import read_metrics  # noqa: F401 (runs.read_metrics: where a run's metrics are read)
 from .registry import UserError
 
 # Keys that may change when a run is resumed; any other difference is refused.
@@ -27,19 +28,55 @@ RESUMABLE_KEYS = {
     ("train", "eval_batch_size"),
     ("train", "validate"),
     ("train", "cuda_graph"),
+    ("train", "loggers"),
+    ("train", "log_every"),
 }
 
 
+# Every file and folder a run directory may hold that pyro-vae wrote (train, evaluate, plot, loggers).
+RUN_OUTPUTS = (
+    "config.toml", "checkpoint.pt", "best.pt", "metrics.csv", "reconstructions.png", "samples.png",
+    "curves.png", "evaluation.json", "manifold.png", "latent_space.png", "traversals.png", "codes_pca.png",
+    "tensorboard",
+)
+
+
 def prepare_run_directory(out, force):
-    """The run directory to write: ``out``, or ``runs/<timestamp>``; refuses a non-empty one unless ``force``."""
+    """The run directory to write: ``out``, or ``runs/<timestamp>``; refuses a non-empty one unless
+    ``force``, and one that cannot be written. Nothing is written yet (see ``clear_run_outputs``)."""
     if out is None:
         out = Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S")
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} exists and is not a directory")
     if out.is_dir() and any(out.iterdir()) and not force:
-        raise UserError(f"--out {out} already holds files; pass --force to overwrite it, --resume to continue it, or choose another directory")
+        raise UserError(
+            f"--out {out} already holds files; overwrite it with --force (force=True in Python), "
+            "continue it with --resume, or choose another directory"
+        )
+    check_writable(out)
     return out
+
+
+def check_writable(path):
+    """Refuse, before any work, a directory that cannot be created or written (a read-only file system)."""
+    path = Path(path)
+    existing = next(p for p in (path, *path.parents) if p.exists())  # the root always exists
+    if not os.access(existing, os.W_OK | os.X_OK):
+        where = "" if existing == path else f" (its nearest existing folder {existing} is not writable)"
+        raise UserError(f"cannot write to {path}{where}; choose a writable --out")
+    return path
+
+
+def clear_run_outputs(out):
+    """Remove what an earlier run wrote into ``out`` (under ``--force``), so that no stale file (an old
+    evaluation.json, figures of another model) sits beside the new run's; other files are kept."""
+    for name in RUN_OUTPUTS:
+        path = Path(out) / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
 
 
 def check_resumable(old, new, run):
@@ -53,30 +90,20 @@ def check_resumable(old, new, run):
                 )
 
 
-def write_metrics(rows, path):
-    """Write the rows (dicts) as CSV, replacing ``path`` atomically."""
-    fields = list(dict.fromkeys(key for row in rows for key in row))
-    tmp = path.with_suffix(".csv.tmp")
-    with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=fields)
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, path)
-
-
-def read_metrics(path):
-    with open(path, newline="") as f:
-        return [{k: float(v) for k, v in row.items() if v != ""} for row in csv.DictReader(f)]
-
-
 def save_figures(vae, data, rows, out, device):
-    """The run's three figures: validation reconstructions, prior samples (fixed seed), curves."""
+    """The run's three figures: validation reconstructions, prior samples (fixed seed), curves.
+    Returns the paths written."""
     x = data.valid.x[:32].to(device)
-    plots.save_reconstructions(x, vae.reconstruct(x), out / "reconstructions.png")
+    written = []
+    if plots.save_reconstructions(x, vae.reconstruct(x), out / "reconstructions.png") is not False:
+        written.append(out / "reconstructions.png")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        plots.save_grid(vae.sample(64), out / "samples.png", title="samples: E[x | z], z ~ p(z)")
+        if plots.save_grid(vae.sample(64), out / "samples.png", title="samples: E[x | z], z ~ p(z)"):
+            written.append(out / "samples.png")
     plots.save_curves(rows, out / "curves.png")
+    written.append(out / "curves.png")
+    return [path for path in written if path.exists()]
 
 
 def load_run(run, device="cpu", checkpoint="checkpoint.pt"):

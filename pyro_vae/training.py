@@ -25,6 +25,7 @@ mid-epoch and resumed ends with bit-identical parameters.
 import math
 import os
 import signal
+import sys
 import time
 from pathlib import Path
 
@@ -40,7 +41,8 @@ from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_sta
 from .config import apply_overrides, check_config, load_config, save_config
 from .evaluation import evaluate_elbo
 from .registry import UserError
-from .runs import check_resumable, prepare_run_directory, save_figures, write_metrics
+from .loggers import LOGGERS
+from .runs import check_resumable, check_writable, clear_run_outputs, prepare_run_directory, save_figures
 from .steps import CapturedStep, Step
 
 
@@ -107,6 +109,10 @@ class Trainer:
         self.step, self.epoch, self.batch_in_epoch = 0, 0, 0
         self.rows, self.best_val_elbo = [], -math.inf
         self.stop_signal = None
+        self.logger_classes = [LOGGERS.get(name) for name in dict.fromkeys(tc["loggers"])]
+        for logger_class in self.logger_classes:
+            logger_class.check_available()
+        self.loggers = []  # built when training starts, on the main process
 
     @property
     def estimator(self):
@@ -185,17 +191,44 @@ class Trainer:
             desc=self.loss_name(),
         )
         start = time.perf_counter() - (self.rows[-1]["seconds"] if self.rows else 0.0)
+        if self.is_main:
+            self.loggers = [logger_class(self.out, self.config) for logger_class in self.logger_classes]
         try:
             with pyro.validation_enabled(tc["validate"]):
                 for epoch in range(self.epoch + 1, tc["epochs"] + 1):
+                    if self.stopped_early(bar):
+                        break
                     self._train_epoch(epoch, bar)
                     self.epoch, self.batch_in_epoch = epoch, 0
                     self._end_epoch(epoch, time.perf_counter() - start, bar)
+            if self.is_main:
+                paths = save_figures(self.vae, self.data, self.rows, self.out, self.device)
+                for logger in self.loggers:
+                    logger.figures(paths)
         finally:
             bar.close()
             self._restore_signals(previous)
+            for logger in self.loggers:
+                logger.close()
+
+    def stopped_early(self, bar):
+        """Whether ``train.early_stopping`` ends the run here: the validation ELBO has not improved
+        by ``min_delta`` for ``patience`` epochs (read from the metrics rows, so a resumed run
+        stops at the same place; ``best.pt`` holds the best state)."""
+        rule = self.config["train"]["early_stopping"]
+        if not rule or not self.rows:
+            return False
+        elbos = [row["val_elbo"] for row in self.rows]
+        best_epoch, best = 0, -math.inf
+        for epoch, elbo in enumerate(elbos):
+            if elbo > best + rule.get("min_delta", 0.0):
+                best_epoch, best = epoch, elbo
+        if len(elbos) - 1 - best_epoch < rule["patience"]:
+            return False
         if self.is_main:
-            save_figures(self.vae, self.data, self.rows, self.out, self.device)
+            bar.write(f"early stopping after epoch {len(elbos)}: no better validation ELBO for {rule['patience']} "
+                      f"epochs (best {best:.3f} at epoch {best_epoch + 1}, in best.pt)")
+        return True
 
     def _train_epoch(self, epoch, bar):
         tc = self.config["train"]
@@ -209,6 +242,10 @@ class Trainer:
             self.step += 1  # a skipped (non-finite) batch still counts: it was drawn
             self.batch_in_epoch += 1
             bar.update()
+            if self.loggers and self.step % tc["log_every"] == 0 and any(logger.wants_steps for logger in self.loggers):
+                loss = self.train_step_fn.last_loss.item()
+                for logger in self.loggers:
+                    logger.step(self.step, loss)
             if not bar.disable and (self.step % 10 == 0 or self.batch_in_epoch == 1):
                 self.check_faults()  # the bar's loss is read from the device: check the counters with it
                 loss = self.train_step_fn.last_loss.item()
@@ -260,6 +297,7 @@ class Trainer:
             return evaluate_elbo(self.vae, batches, all_reduce=all_reduce)
 
         train, val = evaluate("train", tc["train_eval_examples"]), evaluate("valid")
+        self.lr_schedule.epoch_end(val["elbo"])  # the same on every rank: the sums are all-reduced
         if self.is_main:
             loss_sum, count = epoch_loss
             row = {
@@ -284,7 +322,8 @@ class Trainer:
                 f"epoch {epoch}: training loss {row['train_loss']:.3f}, train ELBO {train['elbo']:.3f}, "
                 f"validation ELBO {val['elbo']:.3f} (KL {val['kl']:.2f}, {val['active_units']} active units)"
             )
-            write_metrics(self.rows, self.out / "metrics.csv")
+            for logger in self.loggers:
+                logger.epoch(self.rows)
             self.save()
             if val["elbo"] > self.best_val_elbo:
                 self.best_val_elbo = val["elbo"]
@@ -311,9 +350,7 @@ class Trainer:
             signal.signal(s, handler)
 
     def _stop(self):
-        self.save()
-        if self.is_main and self.rows:
-            write_metrics(self.rows, self.out / "metrics.csv")
+        self.save()  # metrics.csv already holds every finished epoch
         name = signal.Signals(self.stop_signal).name
         raise TrainingStopped(
             f"stopped by {name} at step {self.step}; checkpoint written to {self.out / 'checkpoint.pt'}; "
@@ -363,7 +400,11 @@ def train(config=None, out=None, force=False, overrides=(), resume=None):
         state = load_checkpoint(run / "checkpoint.pt")
         new = load_config(run / "config.toml", overrides) if config is None else _as_config(config, overrides)
         check_resumable(state["config"], new, run)
-        config, out = new, run
+        config, out = new, check_writable(run)
+        if state["epoch"] >= config["train"]["epochs"] and state["batch_in_epoch"] == 0:
+            print(f"nothing to do: {run} has trained {state['epoch']} of {config['train']['epochs']} epochs; "
+                  f"train it longer with --set train.epochs=N, N > {state['epoch']}", file=sys.stderr)
+            return run
     else:
         config = _as_config(config, overrides)
         out = prepare_run_directory(out, force)
@@ -377,7 +418,12 @@ def train(config=None, out=None, force=False, overrides=(), resume=None):
     trainer = Trainer(config, data, out, device, rank, world_size)
     if resume is not None:
         trainer.load_state_dict(state)
+    if len(data.train) < config["train"]["batch_size"] and trainer.is_main:
+        print(f"warning: train.batch_size ({config['train']['batch_size']}) is larger than the training split "
+              f"({len(data.train)} examples): one step per epoch", file=sys.stderr)
     if trainer.is_main:
+        if resume is None and force:
+            clear_run_outputs(out)
         out.mkdir(parents=True, exist_ok=True)
         save_config(config, out / "config.toml")
     trainer.fit()

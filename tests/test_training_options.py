@@ -1,0 +1,121 @@
+"""Training conveniences: early stopping, learning-rate warm-up and plateau, TensorBoard, and the
+run-directory edges (--force, finished runs, unwritable directories, oversized batches)."""
+
+import math
+import os
+
+import pytest
+import torch
+
+from conftest import tiny_config
+from pyro_vae import train
+from pyro_vae.optimizers import LR_SCHEDULES
+from pyro_vae.registry import UserError
+from pyro_vae.runs import read_metrics
+
+
+def schedule(spec, total_steps=100, warmup_steps=0):
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    return optimizer, LR_SCHEDULES.build(spec, "train.lr_schedule", optimizer=optimizer,
+                                         total_steps=total_steps, warmup_steps=warmup_steps)
+
+
+def rates(optimizer, lr_schedule, steps):
+    seen = []
+    for _ in range(steps):
+        seen.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        lr_schedule.step()
+    return seen
+
+
+def test_warm_up_is_linear_then_the_schedule_takes_over():
+    optimizer, lr_schedule = schedule("cosine", total_steps=20, warmup_steps=4)
+    seen = rates(optimizer, lr_schedule, 20)
+    for t, rate in enumerate(seen):
+        expected = 0.1 * min(1.0, (t + 1) / 4) * 0.5 * (1 + math.cos(math.pi * t / 20))
+        assert rate == pytest.approx(expected, rel=1e-12)
+
+
+def test_plateau_cuts_the_rate_after_patience_epochs_without_improvement_and_resumes():
+    optimizer, lr_schedule = schedule({"name": "plateau", "patience": 2, "factor": 0.5})
+    for elbo in (-10.0, -9.0, -9.0, -9.5):  # best at epoch 2; two epochs without improvement
+        lr_schedule.epoch_end(elbo)
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.05)
+    state = lr_schedule.state_dict()
+    fresh_optimizer, fresh = schedule({"name": "plateau", "patience": 2, "factor": 0.5})
+    fresh.load_state_dict(state)
+    fresh.step()
+    assert fresh_optimizer.param_groups[0]["lr"] == pytest.approx(0.05)  # the cut survives a resume
+    with pytest.raises(UserError, match="train.lr_schedule.factor must be < 1"):
+        schedule({"name": "plateau", "factor": 2.0})
+
+
+def test_early_stopping_stops_when_the_validation_elbo_stalls(tmp_path):
+    # A learning rate this small cannot improve the ELBO by 1000 nats: patience 2 stops after epoch 3.
+    config = tiny_config(train={"epochs": 10, "lr": 1e-9, "early_stopping": {"patience": 2, "min_delta": 1000.0}})
+    run = train(config, out=tmp_path / "run")
+    assert len(read_metrics(run / "metrics.csv")) == 3
+    with pytest.raises(UserError, match=r"train.early_stopping needs patience"):
+        train(tiny_config(train={"early_stopping": {"min_delta": 1.0}}), out=tmp_path / "bad")
+
+
+def test_tensorboard_logs_every_metric_the_step_loss_and_the_figures(tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    config = tiny_config(train={"loggers": ["csv", "tensorboard"], "log_every": 5})
+    run = train(config, out=tmp_path / "run")
+    events = EventAccumulator(str(run / "tensorboard"), size_guidance={"images": 0, "scalars": 0})
+    events.Reload()
+    scalars = set(events.Tags()["scalars"])
+    rows = read_metrics(run / "metrics.csv")
+    assert {f"epoch/{key}" for key in rows[0] if key != "epoch"} <= scalars
+    assert [event.value for event in events.Scalars("epoch/val_elbo")] == pytest.approx([row["val_elbo"] for row in rows])
+    assert len(events.Scalars("step/train_loss")) == rows[-1]["step"] // 5
+    assert {"samples", "reconstructions", "curves"} <= set(events.Tags()["images"])
+
+
+def test_an_unknown_logger_is_a_one_line_error(tmp_path):
+    with pytest.raises(UserError, match=r"train.loggers: unknown logger 'wandb'; choose one of: csv, tensorboard"):
+        train(tiny_config(train={"loggers": ["wandb"]}), out=tmp_path / "run")
+
+
+def test_force_removes_what_an_earlier_run_wrote_and_keeps_other_files(tmp_path, capsys):
+    run = tmp_path / "run"
+    train(tiny_config(train={"epochs": 1}), out=run)
+    (run / "evaluation.json").write_text("{}")  # an old model's evaluation
+    (run / "notes.txt").write_text("mine")
+    train(tiny_config(train={"epochs": 1}, model={"latent_dim": 2}), out=run, force=True)
+    assert not (run / "evaluation.json").exists()
+    assert (run / "notes.txt").read_text() == "mine"
+    # resuming a finished run does nothing and says so
+    before = {path.name: path.stat().st_mtime_ns for path in run.iterdir()}
+    capsys.readouterr()
+    train(None, resume=run)
+    assert "nothing to do" in capsys.readouterr().err
+    assert {path.name: path.stat().st_mtime_ns for path in run.iterdir()} == before
+
+
+def test_a_batch_larger_than_the_training_split_is_announced(tmp_path, capsys):
+    train(tiny_config(train={"epochs": 1, "batch_size": 5000}), out=tmp_path / "run")
+    assert "train.batch_size (5000) is larger than the training split (1297 examples): one step per epoch" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes anywhere")
+def test_an_unwritable_out_fails_before_any_work(tmp_path):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        with pytest.raises(UserError, match="cannot write to"):
+            train(tiny_config(), out=locked / "run")
+    finally:
+        locked.chmod(0o700)
+
+
+def test_the_python_api_names_force_true_for_an_existing_out(tmp_path):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "x").write_text("")
+    with pytest.raises(UserError, match=r"force=True in Python"):
+        train(tiny_config(), out=tmp_path / "run")
