@@ -141,7 +141,11 @@ def command_plot(args):
 
     vae, split = load_run_split(args.run, args.split, args.checkpoint)
     out = Path(args.out) if args.out else Path(args.run)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UserError(f"cannot create --out {out}: {error.strerror or error}") from None
+    check_writable(out / "codes_pca.png")
     x = split.x[: args.limit]
     codes = torch.cat([vae.encode(x[i : i + 1000]) for i in range(0, len(x), 1000)])
     labels = None if split.labels is None else split.labels[: args.limit].numpy()
