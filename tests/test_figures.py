@@ -1,7 +1,6 @@
 """Figures: square sample grids, z values on the latent-space figures' axes, curves with
 integer epochs and legends clear of the curves, and no global matplotlib state touched."""
 
-import math
 import subprocess
 import sys
 
