@@ -1,13 +1,28 @@
 """pyro_vae: variational autoencoders as Pyro programs.
 
     from pyro_vae import VAE, train, load_run, kl_scaled
+
+The names are imported on first use (PEP 562), so that ``import pyro_vae`` (and
+``pyro-vae --help``) does not pay for torch and Pyro until they are needed.
 """
 
-from .annealing import kl_scaled
-from .model import VAE
+import importlib
+
 from .registry import UserError
-from .runs import load_run
-from .training import train
+
+_LAZY = {"VAE": ".model", "kl_scaled": ".annealing", "load_run": ".runs", "train": ".training"}
 
 __all__ = ["VAE", "kl_scaled", "load_run", "train", "UserError"]
 __version__ = "0.1.0"
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))

@@ -9,19 +9,26 @@ import dataclasses
 import math
 
 from .annealing import Constant, build_schedule
-from .data import load_data
+from .config import SCHEMA
+from .data import as_data, load_data
+from .likelihoods import LIKELIHOODS
 from .model import VAE
 from .objectives import ESTIMATORS, Estimator
 from .optimizers import LR_SCHEDULES, OPTIMIZERS
 
 
-def build_data(config):
-    """The dataset a checked config describes (``data.on_device`` is the trainer's to apply)."""
-    return load_data(**{k: v for k, v in config["data"].items() if k != "on_device"})
+def build_data(config, data=None):
+    """The dataset a checked config describes, or ``data`` (arrays, tensors, a Data: ``as_data``)
+    read as it says; binarize = "auto" follows the likelihood (``data.on_device`` is the trainer's)."""
+    options = {k: v for k, v in config["data"].items() if k != "on_device"}
+    likelihood = LIKELIHOODS.split_spec(config["model"]["likelihood"])[0]
+    if data is not None:
+        return as_data(data, options["binarize"], likelihood, **{k: v for k, v in options.items() if k not in SCHEMA["data"]})
+    return load_data(**options, likelihood=likelihood)
 
 
-def build_model(config, data_shape):
-    """The VAE a checked config describes, for data of shape ``data_shape``."""
+def build_model(config, data_shape, data_levels=None):
+    """The VAE a checked config describes, for data of shape ``data_shape`` (and ``data_levels``)."""
     model = config["model"]
     return VAE(
         data_shape,
@@ -30,6 +37,7 @@ def build_model(config, data_shape):
         decoder=model["decoder"],
         likelihood=model["likelihood"],
         prior=model["prior"],
+        data_levels=data_levels,
     )
 
 
@@ -76,7 +84,7 @@ def build(config, data, device, batch_size=None):
     ``train.batch_size``) sets the steps per epoch that epoch-long schedules count in.
     """
     tc, objective = config["train"], config["objective"]
-    vae = build_model(config, data.shape).to(device)
+    vae = build_model(config, data.shape, data.levels).to(device)
     for split in ("train", "valid", "test"):
         if split != "train" or not data.dynamic_binarization:
             vae.likelihood.check_support(data.split(split).x)

@@ -53,7 +53,25 @@ def load_checkpoint(path, map_location="cpu"):
             f"({first_line[:160]}); only checkpoints written by pyro-vae are loaded"
         ) from None
     except (RuntimeError, EOFError, OSError) as error:
-        raise UserError(f"cannot read checkpoint {path}: it is truncated or corrupt ({str(error).splitlines()[0][:160]})") from None
+        raise UserError(f"cannot read checkpoint {path}: it is truncated or corrupt{_detail(error)}; {_fallback(path)}") from None
+
+
+def _detail(error):
+    """The first sentence of torch's message, whole (torch's own messages run to several)."""
+    text = " ".join(str(error).split())
+    return f" ({text.split('. ')[0].rstrip('.')})" if text else ""
+
+
+def _fallback(path):
+    """Where to turn when ``path`` cannot be read: the run's other checkpoint, if it has one."""
+    if path.name != "best.pt" and (path.parent / "best.pt").is_file():
+        return (
+            f"{path.parent / 'best.pt'} holds the best validation epoch: use it with --checkpoint best.pt "
+            "(evaluate, plot, sample) or load_run(run, checkpoint=\"best.pt\")"
+        )
+    if path.name == "best.pt" and (path.parent / "checkpoint.pt").is_file():
+        return f"{path.parent / 'checkpoint.pt'} holds the last epoch: use it with --checkpoint checkpoint.pt"
+    return "the run has no other checkpoint (best.pt) to fall back on; train it again"
 
 
 def rng_state():

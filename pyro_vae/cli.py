@@ -8,45 +8,32 @@
 
 Problems with the input (config, data, files) are reported as one line,
 ``error: ...``, with exit status 2.
+
+Each command imports what it needs (torch, Pyro, matplotlib) when it runs, so
+``pyro-vae --help`` answers at once.
 """
 
 import argparse
 import json
+import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
-import torch
-
-from . import plots
-from .build import build_data
-from .config import load_config
-from .annealing import SCHEDULES
-from .data import DATASETS
-from .evaluation import EVALUATION_SEED, evaluate
-from .likelihoods import LIKELIHOODS
-from .nets import DECODERS, ENCODERS
-from .objectives import ESTIMATORS
-from .priors import PRIORS
 from .registry import UserError
-from .runs import load_run
-from .training import TrainingStopped, train
-
-REGISTRIES = {
-    "likelihoods": LIKELIHOODS,
-    "priors": PRIORS,
-    "encoders": ENCODERS,
-    "decoders": DECODERS,
-    "datasets": DATASETS,
-    "estimators": ESTIMATORS,
-    "kl schedules": SCHEDULES,
-}
 
 
 def command_train(args):
+    from .training import TrainingStopped, train
+
     if args.resume and (args.out or args.force):
         raise UserError("--resume continues the run in its own directory; drop --out and --force")
-    run = train(args.config, out=args.out, force=args.force, overrides=args.set, resume=args.resume)
+    try:
+        run = train(args.config, out=args.out, force=args.force, overrides=args.set, resume=args.resume)
+    except TrainingStopped as stop:
+        print(stop, file=sys.stderr)
+        return stop.exit_status
     print(f"run directory: {run}")
     for name in ("config.toml", "checkpoint.pt", "best.pt", "metrics.csv", "reconstructions.png", "samples.png", "curves.png"):
         if (run / name).exists():
@@ -54,16 +41,55 @@ def command_train(args):
 
 
 def command_sample(args):
-    vae = load_run(args.run)
+    if args.n < 1:
+        raise UserError(f"--n must be an integer >= 1, got {args.n}")
+    import torch
+
+    from . import plots
+    from .runs import load_run
+
+    vae = load_run(args.run, checkpoint=args.checkpoint)
     torch.manual_seed(args.seed)
     out = Path(args.out) if args.out else Path(args.run) / "samples.png"
+    check_writable(out)
     if not plots.save_grid(vae.sample(args.n), out, title=f"{args.n} samples from the prior"):
         raise UserError(f"the run's data shape {vae.data_shape} is not an image; nothing to draw")
     print(out)
 
 
+def check_writable(path):
+    """Fail now, in one line, if ``path`` cannot be written, before any work is done for it."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"cannot write {path}: it is a directory")
+    if not path.parent.is_dir():
+        raise UserError(f"cannot write {path}: no directory {path.parent}")
+    try:
+        with tempfile.TemporaryFile(dir=path.parent):
+            pass
+    except OSError as error:
+        raise UserError(f"cannot write to {path.parent}: {error.strerror or error}") from None
+
+
+def write_text_atomically(path, text):
+    """Write ``text`` to ``path`` through a temporary file and a rename: never half a file."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 def load_run_split(run, split, checkpoint="checkpoint.pt"):
     """The trained VAE of a run and one split of the data it was trained on (from RUN/config.toml)."""
+    from .build import build_data
+    from .config import load_config
+    from .runs import load_run
+
     vae = load_run(run, checkpoint=checkpoint)
     config = load_config(Path(run) / "config.toml")
     data = build_data(config)
@@ -71,6 +97,14 @@ def load_run_split(run, split, checkpoint="checkpoint.pt"):
 
 
 def command_evaluate(args):
+    import torch
+
+    from .evaluation import EVALUATION_SEED, evaluate
+
+    seed = EVALUATION_SEED if args.seed is None else args.seed
+    out = Path(args.run) / "evaluation.json"
+    if Path(args.run).is_dir():
+        check_writable(out)  # before the computation, not after it
     device = "cuda" if torch.cuda.is_available() else "cpu"
     vae, split = load_run_split(args.run, args.split, args.checkpoint)
     vae = vae.to(device)
@@ -79,10 +113,8 @@ def command_evaluate(args):
     x = split.x if args.limit is None else split.x[: args.limit]
     vae.likelihood.check_support(x)
     start = time.perf_counter()
-    result = evaluate(vae, x, num_samples=args.samples, seed=args.seed, batch_size=args.batch_size, progress=True)
-    result.update(split=args.split, seed=args.seed, checkpoint=args.checkpoint, seconds=time.perf_counter() - start)
-    out = Path(args.run) / "evaluation.json"
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    result = evaluate(vae, x, num_samples=args.samples, seed=seed, batch_size=args.batch_size, progress=True)
+    result.update(split=args.split, seed=seed, checkpoint=args.checkpoint, seconds=time.perf_counter() - start)
     print(f"{args.run}: {args.split} split, {result['num_examples']} data points, K = {args.samples}")
     rows = [
         ("log-likelihood log p(x), nats", f"{result['log_likelihood']:.3f} +- {result['log_likelihood_standard_error']:.3f}"),
@@ -94,14 +126,26 @@ def command_evaluate(args):
     if result["bits_per_dim"] is not None:
         rows.append(("bits per dimension", f"{result['bits_per_dim']:.4f}"))
     for name, value in rows:
-        print(f"  {name:<32} {value}")
+        print(f"  {name:<32} {value}", flush=True)
+    try:  # the result is printed above whatever happens here
+        write_text_atomically(out, json.dumps(result, indent=2) + "\n")
+    except OSError as error:
+        raise UserError(f"could not write {out} ({error.strerror or error}); the result is printed above") from None
     print(out)
 
 
 def command_plot(args):
+    import torch
+
+    from . import plots
+
     vae, split = load_run_split(args.run, args.split, args.checkpoint)
     out = Path(args.out) if args.out else Path(args.run)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UserError(f"cannot create --out {out}: {error.strerror or error}") from None
+    check_writable(out / "codes_pca.png")
     x = split.x[: args.limit]
     codes = torch.cat([vae.encode(x[i : i + 1000]) for i in range(0, len(x), 1000)])
     labels = None if split.labels is None else split.labels[: args.limit].numpy()
@@ -120,8 +164,28 @@ def command_plot(args):
         print(path)
 
 
+def registries():
+    """Every registry ``pyro-vae list`` shows, by title."""
+    from .annealing import SCHEDULES
+    from .data import DATASETS
+    from .likelihoods import LIKELIHOODS
+    from .nets import DECODERS, ENCODERS
+    from .objectives import ESTIMATORS
+    from .priors import PRIORS
+
+    return {
+        "likelihoods": LIKELIHOODS,
+        "priors": PRIORS,
+        "encoders": ENCODERS,
+        "decoders": DECODERS,
+        "datasets": DATASETS,
+        "estimators": ESTIMATORS,
+        "kl schedules": SCHEDULES,
+    }
+
+
 def command_list(args):
-    for title, registry in REGISTRIES.items():
+    for title, registry in registries().items():
         print(f"{title}:")
         for name, description in registry.describe():
             print(f"  {name:<22} {description}")
@@ -144,13 +208,14 @@ def parser():
     s.add_argument("--n", type=int, default=64, help="number of samples")
     s.add_argument("--out", help="PNG file (default: RUN/samples.png)")
     s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--checkpoint", default="checkpoint.pt", help="checkpoint.pt (last) or best.pt (best validation ELBO)")
     s.set_defaults(func=command_sample)
 
     e = sub.add_parser("evaluate", help="importance-sampled log-likelihood and diagnostics of a run -> RUN/evaluation.json")
     e.add_argument("run", help="run directory")
     e.add_argument("--samples", type=int, default=5000, help="importance samples K per data point (default 5000)")
     e.add_argument("--split", default="test", choices=("test", "valid"))
-    e.add_argument("--seed", type=int, default=EVALUATION_SEED)
+    e.add_argument("--seed", type=int, help="seed of the importance samples (default: evaluation.EVALUATION_SEED)")
     e.add_argument("--batch-size", type=int, default=100, help="data points per pass")
     e.add_argument("--limit", type=int, help="evaluate only the first N data points of the split")
     e.add_argument("--checkpoint", default="checkpoint.pt", help="checkpoint.pt (last) or best.pt (best validation ELBO)")
@@ -172,17 +237,13 @@ def parser():
 def main(argv=None):
     args = parser().parse_args(argv)
     try:
-        args.func(args)
+        return args.func(args) or 0
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    except TrainingStopped as stop:
-        print(stop, file=sys.stderr)
-        return stop.exit_status
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    return 0
 
 
 if __name__ == "__main__":

@@ -117,7 +117,7 @@ SCHEMA = {
     "data": {
         "name": ("digits", name_in(DATASETS)),
         "path": ("", string),
-        "binarize": ("dynamic", one_of(*BINARIZATIONS)),
+        "binarize": ("auto", one_of(*BINARIZATIONS)),
         "download": (False, boolean),
         "on_device": (False, boolean),
     },

@@ -1,10 +1,22 @@
 """Named datasets with train / valid / test splits, and minibatches drawn from them.
 
 Every dataset loads as float32 tensors shaped ``(N, *data_shape)``: images are
-``(N, channels, height, width)`` with grey levels scaled to [0, 1].
+``(N, channels, height, width)``; ``(N, height, width)`` arrays are one-channel
+images, and ``(N, height, width, 1 or 3)`` ones channels-last images, made
+``(N, channels, height, width)``.
+
+Intensities (:func:`as_intensities`): uint8 arrays (npz, IDX, image files) are 8-bit
+intensities 0..255 and are read as x / 255, in [0, 1], as torchvision and every image
+library reads them; a uint8 (or bool) array holding only 0 and 1 is binary and is
+taken as it is. Float arrays are taken as they are. ``Data.levels`` records the
+number of integer levels the values came from (256 for 8-bit images, 17 for the
+digits' 0..16, 2 for binary data, None for floats): the discretized likelihood's
+bin count.
 
 Binarization (``data.binarize``):
 
+- ``auto`` (the config's default): ``dynamic`` where the likelihood is Bernoulli
+  and the data are not already binary, ``none`` otherwise (:func:`choose_binarization`).
 - ``none``: the values as they are.
 - ``static``: one Bernoulli draw of every image, made once with a fixed seed
   (the Larochelle & Murray convention).
@@ -29,14 +41,15 @@ from .registry import Registry, UserError
 
 DATASETS = Registry("dataset")
 
-BINARIZATIONS = ("none", "static", "dynamic")
+BINARIZATIONS = ("auto", "none", "static", "dynamic")
 # The seed of the fixed Bernoulli draw behind static binarization (and of the
 # valid/test draw under dynamic binarization): part of the dataset's definition,
 # independent of the training seed.
 STATIC_BINARIZATION_SEED = 1234
+SPLITS = ("train", "valid", "test")
 
 
-@dataclass
+@dataclass(repr=False)
 class Split:
     x: torch.Tensor
     labels: torch.Tensor | None = None
@@ -44,22 +57,62 @@ class Split:
     def __len__(self):
         return len(self.x)
 
+    def __repr__(self):
+        labelled = ", labelled" if self.labels is not None else ""
+        return f"Split({len(self)} examples of shape {tuple(self.x.shape[1:])}{labelled})"
 
-@dataclass
+
+@dataclass(repr=False)
 class Data:
-    """Three splits of one dataset, and how the training split is binarized."""
+    """Three splits of one dataset, how they were binarized, and the integer levels they came from.
+
+    ``binarize`` is what was done: "none", "static", or "dynamic" (the training split is
+    drawn afresh each epoch by :meth:`train_batches`). ``levels`` is the number of integer
+    levels L the values came from, x = k / (L - 1) (256 for uint8 images read as x / 255,
+    2 once binarized), or None for float data. ``source`` names where the data came from.
+    """
 
     train: Split
     valid: Split
     test: Split
-    dynamic_binarization: bool = False
+    binarize: str = "none"
+    levels: int | None = None
+    source: str = ""
+
+    @property
+    def dynamic_binarization(self):
+        return self.binarize == "dynamic"
 
     @property
     def shape(self):
         return tuple(self.train.x.shape[1:])
 
+    def __repr__(self):
+        return f"Data({self.summary()})"
+
+    def summary(self):
+        """One line: sizes, shape, what the values are and how they were binarized."""
+        x = self.train.x
+        sizes = f"{len(self.train)} / {len(self.valid)} / {len(self.test)} examples (train / valid / test)"
+        labelled = ", labelled" if self.train.labels is not None else ""
+        span = f"[{x.min().item():.4g}, {x.max().item():.4g}]"
+        if self.binarize == "static":
+            values = "binary {0, 1}: one fixed Bernoulli draw of the grey levels (static binarization)"
+        elif self.binarize == "dynamic":
+            values = f"grey levels in {span}, binarized by a fresh Bernoulli draw each epoch (valid, test: one fixed draw)"
+        elif self.levels == 256:
+            values = "8-bit intensities 0..255 read as x / 255, in [0, 1]"
+        elif self.levels == 2:
+            values = "binary {0, 1}"
+        elif self.levels:
+            values = f"integers 0..{self.levels - 1} read as x / {self.levels - 1}, in [0, 1]"
+        else:
+            values = f"{str(x.dtype).removeprefix('torch.')} values in {span}, taken as they are"
+        source = f"{self.source}: " if self.source else ""
+        return f"{source}{sizes} of shape {self.shape}{labelled}; {values}"
+
     def split(self, name):
-        if name not in ("train", "valid", "test"):
+        if name not in SPLITS:
             raise UserError(f"unknown split {name!r}; choose one of: train, valid, test")
         return getattr(self, name)
 
@@ -106,42 +159,152 @@ class Data:
             yield batch.to(device, non_blocking=True)
 
 
-def load_data(name="digits", path="", binarize="none", download=False, **options):
-    """Load a named dataset and binarize it as asked."""
+def load_data(name="digits", path="", binarize="none", download=False, likelihood=None, **options):
+    """Load a named dataset, read its intensities, and binarize it as asked.
+
+    ``likelihood`` (a likelihood's name) is what ``binarize = "auto"`` decides by.
+    """
+    check_binarize(binarize)
+    source = DATASETS.build({"name": name, **options}, "data", path=path, download=download)
+    return make_data(source.load(), binarize, likelihood, levels=source.levels, source=f"{name} {path}".strip())
+
+
+def as_data(data, binarize="none", likelihood=None, valid_fraction=0.1, test_fraction=0.1):
+    """Your own arrays as :class:`Data`, read like a dataset's files.
+
+    ``data`` is an array or tensor ``(N, ...)`` (cut into train / valid / test by a seeded
+    shuffle and the two fractions), a dict named like an .npz's arrays (``"train"``, and
+    optionally ``"valid"``, ``"test"``, ``"<split>_labels"``), or a :class:`Data`, returned
+    as it is. Intensities, image shapes and binarization follow :func:`make_data`.
+    """
+    if isinstance(data, Data):
+        return data
+    check_binarize(binarize)
+    fractions = check_fractions(valid_fraction, test_fraction)
+    if torch.is_tensor(data) or isinstance(data, np.ndarray):
+        data = {"train": data}
+    if not isinstance(data, dict):
+        raise UserError(
+            f"data must be an array or tensor (N, ...), a dict of them with 'train' (and 'valid', 'test', "
+            f"'<split>_labels'), or a Data; got {type(data).__name__}"
+        )
+    return make_data(given_splits(data, fractions, "the data dict"), binarize, likelihood, source="arrays given in Python")
+
+
+def check_binarize(binarize):
     if binarize not in BINARIZATIONS:
         raise UserError(f"data.binarize: unknown value {binarize!r}; choose one of: {', '.join(BINARIZATIONS)}")
-    source = DATASETS.build({"name": name, **options}, "data", path=path, download=download)
-    splits = source.load()
-    for split_name, split in splits.items():
-        check_split(split_name, split.x)
+
+
+def make_data(splits, binarize="none", likelihood=None, levels=None, source=""):
+    """:class:`Data` from ``{"train": Split, "valid": Split, "test": Split}`` whose ``x`` are
+    arrays or tensors of any numeric dtype.
+
+    The values are read by :func:`as_intensities` (``levels``, where given, is the number of
+    integer levels of float data that a source knows of, e.g. 17 for the digits' k / 16),
+    shaped by :func:`image_layout`, checked, and binarized as :func:`choose_binarization` says.
+    """
+    check_binarize(binarize)
+    xs, found_levels = as_intensities([splits[name].x for name in SPLITS])
+    levels = found_levels or levels
+    for name, x in zip(SPLITS, xs):
+        x = image_layout(x)
+        check_split(name, x, splits[name].labels)
+        splits[name] = Split(x, splits[name].labels)
+    shapes = {name: tuple(splits[name].x.shape[1:]) for name in SPLITS}
+    for name in ("valid", "test"):
+        if shapes[name] != shapes["train"]:
+            raise UserError(f"the {name} examples have shape {shapes[name]} but the train examples {shapes['train']}")
+    binarize = choose_binarization(binarize, likelihood, [splits[name].x for name in SPLITS])
     if binarize != "none":
-        for split_name, split in splits.items():
-            if split.x.min() < 0 or split.x.max() > 1:
+        for name in SPLITS:
+            x = splits[name].x
+            if x.min() < 0 or x.max() > 1:
                 raise UserError(
-                    f"data.binarize = {binarize!r} needs values in [0, 1], but the {split_name} "
-                    f"split spans [{split.x.min():.3g}, {split.x.max():.3g}]"
+                    f"data.binarize = {binarize!r} needs values in [0, 1], but the {name} "
+                    f"split spans [{x.min():.3g}, {x.max():.3g}]"
                 )
         generator = torch.Generator().manual_seed(STATIC_BINARIZATION_SEED)
-        for split_name, split in splits.items():
-            if binarize == "static" or split_name != "train":
-                split.x = torch.bernoulli(split.x, generator=generator)
-    return Data(**splits, dynamic_binarization=binarize == "dynamic")
+        for name in SPLITS:
+            if binarize == "static" or name != "train":
+                splits[name].x = torch.bernoulli(splits[name].x, generator=generator)
+        levels = 2
+    return Data(**splits, binarize=binarize, levels=levels, source=source)
 
 
-def check_split(name, x):
+def is_binary(x):
+    return bool(torch.all((x == 0) | (x == 1)))
+
+
+def choose_binarization(binarize, likelihood, xs):
+    """What ``data.binarize`` means for these splits ``xs`` under the likelihood named
+    ``likelihood``: ``"auto"`` is ``"dynamic"`` where the likelihood is ``"bernoulli"`` and
+    the data are not already binary {0, 1}, else ``"none"``; any other value is itself."""
+    if binarize != "auto":
+        return binarize
+    return "dynamic" if likelihood == "bernoulli" and not all(is_binary(x) for x in xs) else "none"
+
+
+def _as_tensor(array):
+    """A CPU tensor of the array's own dtype; a one-line error for non-numbers."""
+    if torch.is_tensor(array):
+        array = array.detach().cpu()
+        return array.float() if array.dtype in (torch.float16, torch.bfloat16) else array
+    array = np.asarray(array)
+    if array.dtype.kind not in "biuf":
+        raise UserError(f"data arrays must hold numbers, but one has dtype {array.dtype}")
+    return torch.from_numpy(np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("=")))
+
+
+def as_intensities(arrays):
+    """The splits' arrays as float32 tensors, and the number of integer levels they came from.
+
+    uint8 arrays are 8-bit intensities 0..255, read as x / 255 in [0, 1] (256 levels), as
+    torchvision and every image library reads them; but uint8 (or bool) arrays holding only
+    0 and 1 are binary data, taken as they are (2 levels). Any other array is taken as it
+    is (levels None). The rule is applied to the splits together, so they are read alike.
+    """
+    tensors = [_as_tensor(a) for a in arrays]
+    dtypes = {t.dtype for t in tensors}
+    if dtypes <= {torch.uint8, torch.bool} and all(t.numel() == 0 or t.max() <= 1 for t in tensors):
+        return [t.float() for t in tensors], 2
+    scaled = [t.float() / 255 if t.dtype == torch.uint8 else t.float() for t in tensors]
+    return scaled, 256 if dtypes == {torch.uint8} else None
+
+
+def image_layout(x):
+    """Examples as images ``(N, channels, height, width)`` where their shape says they are:
+    ``(N, H, W)`` is one grey channel; ``(N, H, W, C)`` with C = 1 or 3 (and not ``(N, C, H, W)``)
+    is channels-last, as numpy and PIL store images. Other shapes are left as they are."""
+    if x.dim() == 3:
+        return x.unsqueeze(1)
+    if x.dim() == 4 and x.shape[-1] in (1, 3) and x.shape[1] not in (1, 3):
+        return x.permute(0, 3, 1, 2).contiguous()
+    return x
+
+
+def check_split(name, x, labels=None):
     if len(x) == 0:
         raise UserError(f"the {name} split is empty; every split needs at least one example")
     if not torch.all(torch.isfinite(x)):
         raise UserError(f"the {name} split has NaN or inf values; clean the data before training")
+    if labels is not None and len(labels) != len(x):
+        raise UserError(f"the {name} split has {len(x)} examples but {len(labels)} labels")
 
 
-def _tensor_splits(train, valid, test, labels=(None, None, None)):
-    as_float = lambda a: torch.as_tensor(np.asarray(a), dtype=torch.float32)
+def check_fractions(valid_fraction, test_fraction):
+    for name, value in (("valid_fraction", valid_fraction), ("test_fraction", test_fraction)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+            raise UserError(f"data.{name} must be a number in [0, 1), got {value!r}")
+    if valid_fraction + test_fraction >= 1:
+        raise UserError(f"data.valid_fraction + data.test_fraction must be < 1, got {valid_fraction + test_fraction:g}")
+    return valid_fraction, test_fraction
+
+
+def _raw_splits(train, valid, test, labels=(None, None, None)):
+    """Splits of the arrays as they are (:func:`make_data` reads them), labels as integers."""
     as_long = lambda a: None if a is None else torch.as_tensor(np.asarray(a), dtype=torch.long)
-    return {
-        name: Split(as_float(x), as_long(y))
-        for name, x, y in zip(("train", "valid", "test"), (train, valid, test), labels)
-    }
+    return {name: Split(x, as_long(y)) for name, x, y in zip(SPLITS, (train, valid, test), labels)}
 
 
 def _split_off(x, labels, fractions, seed=0):
@@ -149,14 +312,33 @@ def _split_off(x, labels, fractions, seed=0):
     order = np.random.RandomState(seed).permutation(len(x))
     n_valid, n_test = (int(round(f * len(x))) for f in fractions)
     parts = np.split(order, [len(x) - n_valid - n_test, len(x) - n_test])
-    pick = lambda a: [None if a is None else a[p] for p in parts]
+    pick = lambda a: [None if a is None else a[torch.as_tensor(p) if torch.is_tensor(a) else p] for p in parts]
     return pick(x), pick(labels)
 
 
+def given_splits(arrays, fractions, where):
+    """Splits from arrays named like an .npz's: ``"train"``, and optionally ``"valid"``,
+    ``"test"`` and ``"<split>_labels"``. A split not given is cut from a seeded shuffle of
+    train by its fraction (``fractions`` = valid, test)."""
+    if "train" not in arrays:
+        raise UserError(f"{where} has no array 'train' (it has: {', '.join(arrays) or 'none'})")
+    parts = [arrays.get(name) for name in SPLITS]
+    labels = [arrays.get(f"{name}_labels") for name in SPLITS]
+    if "valid" not in arrays or "test" not in arrays:
+        missing = [0.0 if name in arrays else fraction for name, fraction in zip(("valid", "test"), fractions)]
+        cut, cut_labels = _split_off(arrays["train"], arrays.get("train_labels"), missing)
+        for i, name in enumerate(SPLITS):
+            if name == "train" or name not in arrays:
+                parts[i], labels[i] = cut[i], cut_labels[i]
+    return _raw_splits(*parts, labels)
+
+
 class Source:
-    """Base class: ``load()`` returns ``{"train": Split, "valid": Split, "test": Split}``."""
+    """Base class: ``load()`` returns ``{"train": Split, "valid": Split, "test": Split}`` of
+    arrays as stored (uint8 images stay uint8: :func:`make_data` reads them)."""
 
     context_arguments = ("path", "download")
+    levels = None  # the integer levels of float data, where the source knows them
 
     def __init__(self, path="", download=False):
         self.path = Path(path) if path else None
@@ -170,13 +352,15 @@ class Source:
 class Digits(Source):
     """scikit-learn's 1,797 8x8 handwritten digits, ships with the package (1297/250/250 split)."""
 
+    levels = 17  # integer grey levels 0..16, read as k / 16
+
     def load(self):
         from sklearn.datasets import load_digits
 
         digits = load_digits()
         images = (digits.images / 16.0).astype(np.float32)[:, None]  # (N, 1, 8, 8)
         (train, valid, test), labels = _split_off(images, digits.target, (250 / 1797, 250 / 1797))
-        return _tensor_splits(train, valid, test, labels)
+        return _raw_splits(train, valid, test, labels)
 
 
 IDX_FILES = {
@@ -247,12 +431,11 @@ class IDXImages(Source):
                 "IDX files, or set data.download = true"
             )
         arrays = {key: read_idx(f) for key, f in files.items()}
-        images = lambda a: (a.astype(np.float32) / 255.0)[:, None]
-        train, train_labels = images(arrays["train_images"]), arrays["train_labels"]
+        train, train_labels = arrays["train_images"], arrays["train_labels"]
         n_valid = min(10000, len(train) // 6)  # 60,000 -> the standard 50,000 / 10,000
         cut = len(train) - n_valid
-        return _tensor_splits(
-            train[:cut], train[cut:], images(arrays["test_images"]),
+        return _raw_splits(  # (N, 28, 28) uint8: one-channel images, read as x / 255
+            train[:cut], train[cut:], arrays["test_images"],
             (train_labels[:cut], train_labels[cut:], arrays["test_labels"]),
         )
 
@@ -299,6 +482,7 @@ class BinarizedMNIST(Source):
     """Statically binarized MNIST (Larochelle & Murray): an .npz with train/valid/test, or the .amat files."""
 
     urls = ("http://www.cs.toronto.edu/~larocheh/public/datasets/binarized_mnist",)
+    levels = 2
 
     def load(self):
         if self.path is None:
@@ -314,28 +498,148 @@ class BinarizedMNIST(Source):
                 if not (self.path / name).is_file():
                     raise UserError(f"no {name} in {self.path}; set data.path to the .npz or the .amat directory")
                 arrays[split] = np.loadtxt(self.path / name, dtype=np.float32)
-        shaped = [np.asarray(arrays[s], np.float32).reshape(-1, 1, 28, 28) for s in ("train", "valid", "test")]
-        return _tensor_splits(*shaped)
+        return _raw_splits(*(np.asarray(arrays[s]).reshape(-1, 1, 28, 28) for s in SPLITS))
 
 
 @DATASETS.register("npz")
 class NPZ(Source):
-    """Your own arrays: an .npz with 'train' (and optionally 'valid', 'test', '<split>_labels')."""
+    """Your own arrays: an .npz with 'train' (and optionally 'valid', 'test', '<split>_labels').
+
+    A split not given is cut from a seeded shuffle of train by its fraction.
+    """
 
     def __init__(self, path="", download=False, valid_fraction=0.1, test_fraction=0.1):
         super().__init__(path, download)
-        self.fractions = (valid_fraction, test_fraction)
+        self.fractions = check_fractions(valid_fraction, test_fraction)
 
     def load(self):
         if self.path is None:
             raise UserError("data.path must name the .npz file for data.name = \"npz\"")
-        arrays = _read_npz(self.path, ("train",))
-        if "valid" in arrays and "test" in arrays:
-            parts = [arrays[s] for s in ("train", "valid", "test")]
-            labels = [arrays.get(f"{s}_labels") for s in ("train", "valid", "test")]
-        else:
-            parts, labels = _split_off(arrays["train"], arrays.get("train_labels"), self.fractions)
-        return _tensor_splits(*parts, labels)
+        return given_splits(_read_npz(self.path, ("train",)), self.fractions, str(self.path))
+
+
+@DATASETS.register("arrays")
+class Arrays(Source):
+    """Arrays given in Python, train(config, data=...): a config cannot load them; runs on them record this name."""
+
+    def __init__(self, path="", download=False, valid_fraction=0.1, test_fraction=0.1):
+        super().__init__(path, download)
+        check_fractions(valid_fraction, test_fraction)
+
+    def load(self):
+        raise UserError(
+            'data.name = "arrays": this run was trained on arrays given in Python, which a config cannot '
+            "load; pass them again: train(config, data=...) or train(resume=RUN, data=...)"
+        )
+
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+
+
+def _pillow():
+    try:
+        from PIL import Image
+    except ImportError:
+        raise UserError('data.name = "folder" reads images with Pillow, which is not installed: pip install "pyro-vae[images]"') from None
+    return Image
+
+
+def _visible(paths):
+    return sorted(p for p in paths if not p.name.startswith("."))
+
+
+def _image_files(directory):
+    """``(path, class name or None)`` for every image under ``directory``: the files in it
+    (unlabelled), or those in its class subfolders (torchvision's ImageFolder layout: the
+    subfolder's name is the label). Hidden files (.DS_Store) are skipped; any other file
+    that is not a PNG or JPEG is an error."""
+    entries = _visible(directory.iterdir())
+    folders, files = [p for p in entries if p.is_dir()], [p for p in entries if not p.is_dir()]
+    if folders and files:
+        raise UserError(
+            f"{directory} holds both files ({files[0].name}) and class subfolders ({folders[0].name}/); "
+            "put every image in a class subfolder, or none"
+        )
+    found = [(p, None) for p in files]
+    for folder in folders:
+        found += [(p, folder.name) for p in _visible(folder.rglob("*")) if p.is_file() and not any(
+            part.startswith(".") for part in p.relative_to(folder).parts)]
+    for path, _ in found:
+        if path.suffix.lower() not in IMAGE_SUFFIXES:
+            raise UserError(f"{path} is not a PNG or JPEG file (.png, .jpg, .jpeg); move it out of {directory}")
+    if not found:
+        raise UserError(f"no PNG or JPEG files in {directory}")
+    return found, [f.name for f in folders]
+
+
+@DATASETS.register("folder")
+class Folder(Source):
+    """Your images: PNG/JPEG files in data.path (Pillow); class subfolders are labels, train/valid/test subfolders splits.
+
+    ``channels`` = 1 reads every image as grey, 3 as RGB; ``size = [H, W]`` resizes each
+    (bilinear), else all must share one size. Pixels are 8-bit, read as x / 255. Without
+    ``train/``, ``valid/``, ``test/`` subfolders the images are split by a seeded shuffle
+    and the two fractions; with ``train/`` (and either of the others), a missing split is
+    cut from train.
+    """
+
+    def __init__(self, path="", download=False, channels=1, size=None, valid_fraction=0.1, test_fraction=0.1):
+        super().__init__(path, download)
+        if channels not in (1, 3) or isinstance(channels, bool):
+            raise UserError(f"data.channels must be 1 (grey) or 3 (RGB), got {channels!r}")
+        if size is not None and not (
+            isinstance(size, (list, tuple)) and len(size) == 2
+            and all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in size)
+        ):
+            raise UserError(f"data.size must be [height, width], two integers >= 1, got {size!r}")
+        self.channels, self.size = channels, None if size is None else tuple(size)
+        self.fractions = check_fractions(valid_fraction, test_fraction)
+
+    def load(self):
+        Image = _pillow()
+        if self.path is None:
+            raise UserError('data.path must name the image folder for data.name = "folder"')
+        if not self.path.is_dir():
+            raise UserError(f"data.path: no such directory {self.path}")
+        given = [name for name in SPLITS if (self.path / name).is_dir()]
+        if given and "train" not in given:
+            raise UserError(f"{self.path} has {given[0]}/ but no train/ subfolder")
+        folders = {name: self.path / name for name in given} or {"train": self.path}
+        files, classes = {}, set()
+        for name, folder in folders.items():
+            files[name], folder_classes = _image_files(folder)
+            classes.update(folder_classes)
+        classes = sorted(classes)
+        labelled = {name: bool(fs[0][1] is not None) for name, fs in files.items()}
+        if len(set(labelled.values())) > 1:
+            raise UserError(f"{self.path}: train/ and the other splits must all have class subfolders, or none")
+        first = []  # (path, (H, W)) of the first image read: every other must match it
+        arrays = {}
+        for name, fs in files.items():
+            arrays[name] = np.stack([self._read(Image, path, first) for path, _ in fs])
+            if labelled[name]:
+                arrays[f"{name}_labels"] = np.array([classes.index(c) for _, c in fs])
+        return given_splits(arrays, self.fractions, str(self.path))
+
+    def _read(self, Image, path, first):
+        """One image as uint8 ``(channels, H, W)``; a one-line error naming the file if it cannot be."""
+        try:
+            with Image.open(path) as image:
+                image = image.convert("L" if self.channels == 1 else "RGB")
+                if self.size:
+                    image = image.resize((self.size[1], self.size[0]), Image.BILINEAR)
+                array = np.asarray(image)
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+            raise UserError(f"cannot read image {path}: {str(error).splitlines()[0] if str(error) else type(error).__name__}") from None
+        if not first:
+            first.append((path, array.shape[:2]))
+        elif array.shape[:2] != first[0][1]:
+            (h, w), (first_h, first_w) = array.shape[:2], first[0][1]
+            raise UserError(
+                f"{path} is {h}x{w} (height x width) but {first[0][0]} is {first_h}x{first_w}; "
+                "set data.size = [height, width] to resize every image"
+            )
+        return array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
 
 
 def _read_npz(path, required):

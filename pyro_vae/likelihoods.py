@@ -451,11 +451,16 @@ class DiscretizedLogistic(Likelihood):
     A probability mass function: -log p(x | z) / (D log 2) is in bits per dimension, and
     the masses of the L levels of every feature sum to 1. The decoder gives, per feature
     and component, a mixture logit, a location and a log-scale (3 K numbers). Data must be
-    on the grid k / (L - 1) (``levels = 17`` for the 8x8 digits, whose values are k / 16).
+    on the grid k / (L - 1). ``levels`` unset takes the data's (``data_levels``, given by
+    whoever builds the model from a dataset: 256 for uint8 images, 17 for the 8x8 digits,
+    whose values are k / 16), or 256 where the data do not say (float arrays).
     """
 
-    def __init__(self, data_shape, components=5, levels=256):
+    context_arguments = ("data_shape", "data_levels")
+
+    def __init__(self, data_shape, components=5, levels=None, data_levels=None):
         super().__init__(data_shape)
+        levels = levels if levels is not None else data_levels or 256
         for name, value, minimum in (("components", components, 1), ("levels", levels, 2)):
             if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
                 raise UserError(f"discretized_logistic {name} must be an integer >= {minimum}, got {value!r}")

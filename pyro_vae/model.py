@@ -62,12 +62,13 @@ class VAE(PyroModule):
         decoder="mlp",
         likelihood="bernoulli",
         prior="normal",
+        data_levels=None,
     ):
         super().__init__(name="vae")
         data_shape = (data_shape,) if isinstance(data_shape, int) else tuple(data_shape)
         self.data_shape = data_shape
         self.latent_dim = integer(latent_dim, "model.latent_dim", minimum=1)
-        self.likelihood = LIKELIHOODS.build(likelihood, "model.likelihood", data_shape=data_shape)
+        self.likelihood = LIKELIHOODS.build(likelihood, "model.likelihood", data_shape=data_shape, data_levels=data_levels)
         self.prior = PRIORS.build(prior, "model.prior", latent_dim=latent_dim, data_shape=data_shape)
         self.encoder = ENCODERS.build(
             encoder, "model.encoder", data_shape=data_shape, latent_dim=latent_dim

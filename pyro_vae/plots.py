@@ -1,21 +1,42 @@
 """Figures: image grids (reconstructions, samples) and training curves.
 
-Only image-shaped data ``(channels, height, width)`` or flat data whose length is
-a perfect square get image figures; curves are drawn for every run.
+Only image-shaped data get image figures: ``(channels, height, width)`` with 1 or 3
+channels, ``(height, width)`` (one grey channel), or flat data whose length is a
+perfect square; curves are drawn for every run.
 
 Latent-space figures (``pyro-vae plot``): for a 2-D latent space the decoded manifold
 on a grid and the encoded data colored by label (Kingma & Welling 2014, fig. 4);
-otherwise latent traversals and the codes' first two principal components.
+otherwise latent traversals and the codes' first two principal components. Their
+axes carry the z values the images were decoded from.
+
+Figures are ``matplotlib.figure.Figure`` objects saved directly, never through
+pyplot: importing or using this module leaves matplotlib's backend and pyplot's
+state alone (and matplotlib is imported only when a figure is drawn). Every
+``save_*`` function returns the figure it saved (None where it drew nothing), so
+callers and tests can look at what was drawn.
 """
 
 import math
 
-import matplotlib
+import numpy as np
+import torch
 
-matplotlib.use("Agg")  # files, never windows
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+# Grid figures: 0.8 inch per image, shrunk so the longer side stays within 12 inches.
+CELL_INCHES = 0.8
+MAX_GRID_INCHES = 12.0
+# The most tick labels an axis of a grid gets (every k-th cell beyond that).
+MAX_TICKS = 9
+
+
+def _figure(width, height):
+    from matplotlib.figure import Figure  # lazily: the library's import draws in nothing
+
+    return Figure(figsize=(width, height))
+
+
+def _save(fig, path, **options):
+    fig.savefig(path, dpi=100, **options)
+    return fig
 
 
 def as_images(x):
@@ -24,10 +45,17 @@ def as_images(x):
     if x.dim() == 2 and math.isqrt(x.shape[1]) ** 2 == x.shape[1]:
         side = math.isqrt(x.shape[1])
         x = x.view(-1, 1, side, side)
+    if x.dim() == 3:  # (N, H, W): one grey channel
+        x = x.unsqueeze(1)
     if x.dim() != 4 or x.shape[1] not in (1, 3):
         return None
     x = x.clamp(0, 1).numpy()
     return x[:, 0] if x.shape[1] == 1 else x.transpose(0, 2, 3, 1)
+
+
+def square_columns(n):
+    """Columns for a near-square grid of n images: ceil(sqrt(n)) (64 -> 8 x 8, 1000 -> 32 x 32)."""
+    return max(1, math.ceil(math.sqrt(n)))
 
 
 def image_grid(images, columns):
@@ -41,20 +69,47 @@ def image_grid(images, columns):
     return grid
 
 
-def save_grid(x, path, columns=8, title=None):
-    """Save a grid of images; returns False (and writes nothing) for non-image data."""
+def _label_cells(axis, size, labels, name, set_ticks, set_labels, set_name):
+    """Tick the centres of the cells along one side of a grid (``size`` pixels per cell
+    plus a 1-pixel gap) with ``labels``, at most ``MAX_TICKS`` of them."""
+    every = math.ceil(len(labels) / MAX_TICKS)
+    chosen = list(range(0, len(labels), every))
+    set_ticks([i * (size + 1) + (size - 1) / 2 for i in chosen])
+    set_labels([labels[i] for i in chosen], fontsize=7)
+    set_name(name, fontsize=8)
+
+
+def save_grid(x, path, columns=None, title=None, x_axis=None, y_axis=None):
+    """Save a grid of images, ``columns`` per row (default: a near-square grid).
+
+    ``x_axis`` / ``y_axis``, each ``(labels, name)``, tick every column / row with a label
+    (the z values a figure's images were decoded from); without them the axes are hidden.
+    Returns the saved figure, or None (and writes nothing) for non-image data.
+    """
     images = as_images(x)
     if images is None:
-        return False
-    grid = image_grid(images, columns)
-    fig, ax = plt.subplots(figsize=(columns * 0.8, math.ceil(len(images) / columns) * 0.8 + (0.4 if title else 0)))
-    ax.imshow(grid, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
-    ax.set_axis_off()
+        return None
+    columns = columns or square_columns(len(images))
+    rows = math.ceil(len(images) / columns)
+    cell = min(CELL_INCHES, MAX_GRID_INCHES / max(columns, rows))
+    fig = _figure(columns * cell + (1.2 if y_axis else 0), rows * cell + (0.4 if title else 0) + (0.5 if x_axis else 0))
+    ax = fig.add_subplot()
+    ax.imshow(image_grid(images, columns), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    if x_axis or y_axis:
+        h, w = images.shape[1:3]
+        if x_axis:
+            _label_cells(ax, w, *x_axis, ax.set_xticks, ax.set_xticklabels, ax.set_xlabel)
+        else:
+            ax.set_xticks([])
+        if y_axis:
+            _label_cells(ax, h, *y_axis, ax.set_yticks, ax.set_yticklabels, ax.set_ylabel)
+        else:
+            ax.set_yticks([])
+    else:
+        ax.set_axis_off()
     if title:
         ax.set_title(title, fontsize=9)
-    fig.savefig(path, dpi=100, bbox_inches="tight")
-    plt.close(fig)
-    return True
+    return _save(fig, path, bbox_inches="tight")
 
 
 def save_reconstructions(originals, reconstructions, path, columns=8):
@@ -68,30 +123,39 @@ def save_reconstructions(originals, reconstructions, path, columns=8):
 
 def save_curves(rows, path):
     """Per epoch: the objective as optimized beside the true -ELBO (train and validation),
-    the validation terms, and the KL weight in force where it changes."""
+    the validation terms, and the KL weight in force where it changes.
+
+    Epochs are ticked at integers; each panel's legend sits below it, outside the axes,
+    so it never hides a curve.
+    """
+    from matplotlib.ticker import MaxNLocator
+
     epochs = [r["epoch"] for r in rows]
-    fig, (ax_loss, ax_terms) = plt.subplots(1, 2, figsize=(10, 3.6))
+    fig = _figure(10, 4.4)
+    ax_loss, ax_terms = fig.subplots(1, 2)
     ax_loss.plot(epochs, [r["train_loss"] for r in rows], label="training objective (as optimized)")
     if "train_elbo" in rows[0]:
         ax_loss.plot(epochs, [-r["train_elbo"] for r in rows], label="training -ELBO")
     ax_loss.plot(epochs, [-r["val_elbo"] for r in rows], label="validation -ELBO")
-    ax_loss.set_xlabel("epoch")
-    ax_loss.set_ylabel("nats per data point")
-    ax_loss.legend()
     ax_terms.plot(epochs, [-r["val_reconstruction"] for r in rows], label="validation -log p(x|z)")
     ax_terms.plot(epochs, [r["val_kl"] for r in rows], label="validation KL")
-    ax_terms.set_xlabel("epoch")
-    ax_terms.set_ylabel("nats per data point")
+    handles, labels = ax_terms.get_legend_handles_labels()
     weights = [r.get("kl_weight", 1.0) for r in rows]
     if len(set(weights)) > 1:
         ax_weight = ax_terms.twinx()
         ax_weight.plot(epochs, weights, color="gray", linestyle=":", label="KL weight (right axis)")
         ax_weight.set_ylabel("KL weight")
-        ax_weight.legend(loc="center right")
-    ax_terms.legend(loc="upper right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+        more_handles, more_labels = ax_weight.get_legend_handles_labels()
+        handles, labels = handles + more_handles, labels + more_labels
+    for ax in (ax_loss, ax_terms):
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("nats per data point")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    below = {"loc": "upper center", "bbox_to_anchor": (0.5, -0.16), "fontsize": 8, "frameon": False}
+    ax_loss.legend(**below)
+    ax_terms.legend(handles, labels, **below)
+    fig.subplots_adjust(bottom=0.34, wspace=0.3)
+    return _save(fig, path, bbox_inches="tight")
 
 
 def _decode(vae, z):
@@ -99,7 +163,8 @@ def _decode(vae, z):
 
 
 def _scatter(points, labels, path, title, xlabel, ylabel):
-    fig, ax = plt.subplots(figsize=(5.6, 4.8))
+    fig = _figure(5.6, 4.8)
+    ax = fig.add_subplot()
     if labels is None:
         ax.scatter(points[:, 0], points[:, 1], s=3, alpha=0.5)
     else:
@@ -109,8 +174,11 @@ def _scatter(points, labels, path, title, xlabel, ylabel):
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    return _save(fig, path)
+
+
+def _values(values):
+    return [f"{v:.2g}" for v in values.tolist()]
 
 
 @torch.no_grad()
@@ -118,19 +186,23 @@ def save_manifold(vae, codes, path, steps=20):
     """For a 2-D latent space: E[x | z] decoded on a ``steps`` x ``steps`` grid of z.
 
     The grid spans the 1st to 99th percentile of ``codes`` (the encoded data) on each
-    axis, so it covers where the data sit whatever the prior; z_2 grows upward.
+    axis, so it covers where the data sit whatever the prior; z_2 grows upward. The
+    axes are ticked with the z_1 and z_2 values of the columns and rows.
     """
     low, high = torch.quantile(codes.float().cpu(), torch.tensor([0.01, 0.99]), dim=0)
     z1, z2 = torch.linspace(low[0], high[0], steps), torch.linspace(high[1], low[1], steps)
     grid = torch.stack([z1.repeat(steps), z2.repeat_interleave(steps)], dim=-1)  # row i: z_2 = z2[i]
     device = next(vae.parameters()).device
-    return save_grid(_decode(vae, grid.to(device)), path, columns=steps, title="decoded manifold E[x | z] on a grid of z")
+    return save_grid(
+        _decode(vae, grid.to(device)), path, columns=steps, title="decoded manifold E[x | z] on a grid of z",
+        x_axis=(_values(z1), "z_1"), y_axis=(_values(z2), "z_2"),
+    )
 
 
 def save_latent_scatter(codes, labels, path):
     """The codes E_q[z | x] of a 2-D latent space, colored by label where there are labels."""
     codes = codes.detach().float().cpu().numpy()
-    _scatter(codes, labels, path, "encoded data E_q[z | x]", "z_1", "z_2")
+    return _scatter(codes, labels, path, "encoded data E_q[z | x]", "z_1", "z_2")
 
 
 def save_projection(codes, labels, path):
@@ -140,7 +212,7 @@ def save_projection(codes, labels, path):
     _, singular, directions = np.linalg.svd(centered, full_matrices=False)
     explained = singular**2 / max((singular**2).sum(), 1e-300)
     points = centered @ directions[:2].T
-    _scatter(
+    return _scatter(
         points, labels, path,
         f"codes E_q[z | x], first two principal components ({100 * explained[:2].sum():.0f}% of variance)",
         "PC 1", "PC 2",
@@ -151,7 +223,11 @@ def save_projection(codes, labels, path):
 def save_traversals(vae, codes, path, rows=10, steps=9, span=3.0):
     """Latent traversals: from the code of one data point, move one dimension at a time
     over ``span`` standard deviations of the codes either side; one row per dimension,
-    the ``rows`` dimensions whose codes vary most across the data (the active ones)."""
+    the ``rows`` dimensions whose codes vary most across the data (the active ones).
+
+    The x axis is the offset in standard deviations; each row's label names its
+    dimension and the z values it runs over.
+    """
     codes = codes.float()
     spread = codes.std(0)
     dims = torch.argsort(spread, descending=True)[: min(rows, codes.shape[1])]
@@ -159,5 +235,10 @@ def save_traversals(vae, codes, path, rows=10, steps=9, span=3.0):
     z = codes[0].repeat(len(dims), steps, 1)
     for row, d in enumerate(dims):
         z[row, :, d] = codes[:, d].mean() + offsets * spread[d]
-    title = "latent traversals: rows are dimensions " + ", ".join(str(int(d)) for d in dims)
-    return save_grid(_decode(vae, z.reshape(-1, codes.shape[1])), path, columns=steps, title=title)
+    row_labels = [f"z_{int(d)}: {z[row, 0, d]:.2g} to {z[row, -1, d]:.2g}" for row, d in enumerate(dims)]
+    return save_grid(
+        _decode(vae, z.reshape(-1, codes.shape[1])), path, columns=steps,
+        title="latent traversals: one dimension moved per row",
+        x_axis=([f"{o:+.3g}" for o in offsets.tolist()], "z_d - mean(z_d), in standard deviations of the codes"),
+        y_axis=(row_labels, "dimension: z values from left to right"),
+    )

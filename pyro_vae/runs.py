@@ -116,6 +116,6 @@ def load_run(run, device="cpu", checkpoint="checkpoint.pt"):
         raise UserError(f"{run} is not a run directory (no config.toml)")
     config = load_config(run / "config.toml")
     state = load_checkpoint(run / checkpoint, map_location=device)
-    vae = build_model(config, state["data_shape"]).to(device)
+    vae = build_model(config, state["data_shape"], state.get("data_levels")).to(device)
     vae.load_state_dict(state["model"])
     return vae.eval()

@@ -136,6 +136,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "lr_schedule": self.lr_schedule.state_dict(),
             "data_shape": list(self.data.shape),
+            "data_levels": self.data.levels,
             "config": self.config,
             "step": self.step,
             "epoch": self.epoch,
@@ -385,13 +386,15 @@ def distributed_context(device):
     return dist.get_rank(), world_size, device
 
 
-def train(config=None, out=None, force=False, overrides=(), resume=None):
+def train(config=None, out=None, force=False, overrides=(), resume=None, data=None):
     """Train a VAE from a config (a dict, a TOML path, or None for the defaults).
 
     ``resume=RUN`` continues the run in directory RUN from its last checkpoint (the
     config is the run's own; ``config``/``overrides`` may only change the keys in
     ``RESUMABLE_KEYS``, e.g. ``train.epochs`` to train longer). Returns the run
     directory. Config, data and checkpoint are all checked before any file is written.
+    ``data`` trains on your own arrays, tensors or Data instead of ``config["data"]``'s
+    dataset (``data.as_data``); the run records ``data.name = "arrays"``.
     """
     if resume is not None:
         run = Path(resume)
@@ -412,7 +415,11 @@ def train(config=None, out=None, force=False, overrides=(), resume=None):
     rank, world_size, device = distributed_context(device)
     pyro.set_rng_seed(config["train"]["seed"] + rank)
 
-    data = build_data(config)
+    if data is not None:
+        config["data"]["name"] = "arrays"
+    data = build_data(config, data)
+    if rank == 0:
+        print(f"data: {data.summary()}")
     if config["data"]["on_device"]:
         data.to(device)
     trainer = Trainer(config, data, out, device, rank, world_size)

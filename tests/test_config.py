@@ -18,7 +18,7 @@ BAD = [
     ('[model]\nlatent_dim = 0\n', "model.latent_dim must be >= 1, got 0"),
     ('[train]\nepoch = 3\n', "unknown key train.epoch; allowed in [train]: epochs"),
     ('[trian]\nepochs = 3\n', "unknown config section [trian]"),
-    ('[data]\nbinarize = "yes"\n', "data.binarize: unknown value 'yes'; choose one of: none, static, dynamic"),
+    ('[data]\nbinarize = "yes"\n', "data.binarize: unknown value 'yes'; choose one of: auto, none, static, dynamic"),
     ('[model]\nencoder = { type = "resnet" }\n', "model.encoder: unknown encoder 'resnet'; choose one of: mlp, conv"),
     ('[train]\ndevice = "tpu"\n', "train.device: unknown device 'tpu'"),
     ('[train\nepochs = 3\n', "is not valid TOML"),
@@ -56,7 +56,7 @@ def test_overrides_are_read_as_toml_and_reach_into_tables():
 
 def test_defaults_are_complete_and_valid():
     config = load_config()
-    assert config["data"]["name"] == "digits" and config["data"]["binarize"] == "dynamic"
+    assert config["data"]["name"] == "digits" and config["data"]["binarize"] == "auto"
     assert config["model"]["likelihood"] == "bernoulli" and config["objective"]["estimator"] == "trace"
 
 

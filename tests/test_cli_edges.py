@@ -1,0 +1,125 @@
+"""Rough edges of the command line: bad --n, an unwritable run directory under evaluate, a
+truncated checkpoint, and a --help that imports nothing heavy."""
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from conftest import tiny_config
+from pyro_vae import train
+from pyro_vae.cli import main
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    return train(tiny_config(train={"epochs": 1}), out=tmp_path_factory.mktemp("edges") / "run")
+
+
+@pytest.fixture
+def run(trained, tmp_path):
+    """A fresh copy of the trained run, for a test to break."""
+    return shutil.copytree(trained, tmp_path / "run")
+
+
+def one_line_error(capsys):
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: "), err
+    return err[0]
+
+
+@pytest.mark.parametrize("n", ["0", "-3"])
+def test_sample_n_below_one_is_a_one_line_error(run, capsys, n):
+    assert main(["sample", str(run), "--n", n]) == 2
+    assert f"--n must be an integer >= 1, got {n}" in one_line_error(capsys)
+    assert main(["sample", str(run), "--n", "3", "--out", str(run / "three.png")]) == 0
+
+
+def test_evaluate_fails_before_computing_when_it_cannot_write(run, capsys, monkeypatch):
+    import pyro_vae.evaluation
+
+    calls = []
+    monkeypatch.setattr(pyro_vae.evaluation, "evaluate", lambda *a, **k: calls.append(1))
+    (run / "evaluation.json").mkdir()  # in the way of the result file
+    assert main(["evaluate", str(run), "--samples", "2"]) == 2
+    assert "cannot write" in one_line_error(capsys) and calls == []
+
+
+def writes_into_read_only_directories(tmp_path):
+    """Whether this process ignores directory permissions (root with CAP_DAC_OVERRIDE)."""
+    probe = tmp_path / "probe"
+    probe.mkdir(mode=0o555)
+    try:
+        (probe / "file").touch()
+        return True
+    except PermissionError:
+        return False
+    finally:
+        probe.chmod(0o755)
+
+
+def test_evaluate_fails_before_computing_in_a_read_only_run(run, capsys, monkeypatch, tmp_path):
+    import pyro_vae.evaluation
+
+    if writes_into_read_only_directories(tmp_path):
+        pytest.skip("this process writes into read-only directories (root)")
+    calls = []
+    monkeypatch.setattr(pyro_vae.evaluation, "evaluate", lambda *a, **k: calls.append(1))
+    run.chmod(0o555)
+    try:
+        assert main(["evaluate", str(run), "--samples", "2"]) == 2
+    finally:
+        run.chmod(0o755)
+    assert "cannot write to" in one_line_error(capsys) and calls == []
+
+
+def test_plot_into_an_unwritable_out_is_a_one_line_error(run, capsys):
+    (run / "file").write_text("")
+    assert main(["plot", str(run), "--out", str(run / "file" / "figures")]) == 2
+    assert "cannot create --out" in one_line_error(capsys)
+
+
+def test_evaluate_prints_the_result_before_writing_it(run, capsys, monkeypatch):
+    import pyro_vae.cli
+
+    def fail(path, text):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(pyro_vae.cli, "write_text_atomically", fail)
+    assert main(["evaluate", str(run), "--samples", "2", "--limit", "20"]) == 2
+    out, err = capsys.readouterr()
+    assert "log-likelihood log p(x), nats" in out and "ELBO, nats" in out
+    assert "No space left on device" in err and "the result is printed above" in err
+    assert not (run / "evaluation.json").exists()
+    monkeypatch.undo()
+    assert main(["evaluate", str(run), "--samples", "2", "--limit", "20"]) == 0
+    assert json.loads((run / "evaluation.json").read_text())["num_examples"] == 20
+
+
+def test_a_truncated_checkpoint_says_so_in_full_and_points_at_best_pt(run, capsys):
+    data = (run / "checkpoint.pt").read_bytes()
+    (run / "checkpoint.pt").write_bytes(data[: len(data) // 2])
+    assert main(["sample", str(run), "--n", "4"]) == 2
+    message = one_line_error(capsys)
+    assert "truncated or corrupt" in message and f"{run / 'best.pt'}" in message and "--checkpoint best.pt" in message
+    assert "internal miniz error" not in message  # torch's first sentence only, never cut in the middle
+    assert main(["sample", str(run), "--n", "4", "--checkpoint", "best.pt"]) == 0
+    (run / "best.pt").unlink()
+    assert main(["evaluate", str(run), "--samples", "2"]) == 2
+    assert "no other checkpoint (best.pt)" in one_line_error(capsys)
+
+
+def test_help_imports_nothing_heavy():
+    script = (
+        "import sys, contextlib, io\n"
+        "from pyro_vae.cli import main\n"
+        "with contextlib.redirect_stdout(io.StringIO()) as out, contextlib.suppress(SystemExit):\n"
+        "    main(['--help'])\n"
+        "assert 'train' in out.getvalue()\n"
+        "print(sorted(m for m in ('torch', 'pyro', 'matplotlib', 'numpy', 'pyro_vae.training') if m in sys.modules))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
