@@ -7,6 +7,7 @@
 
 import dataclasses
 import math
+import sys
 
 from .annealing import Constant, build_schedule
 from .config import SCHEMA
@@ -88,6 +89,9 @@ def build(config, data, device, batch_size=None):
     for split in ("train", "valid", "test"):
         if split != "train" or not data.dynamic_binarization:
             vae.likelihood.check_support(data.split(split).x)
+    warning = vae.likelihood.warning(data.train.x)
+    if warning is not None:
+        print(f"warning: {warning}", file=sys.stderr)
     estimator = build_estimator(config, data.shape).to(device)
     steps_per_epoch = math.ceil(len(data.train) / (batch_size or tc["batch_size"]))
     kl_schedule = build_schedule(objective["kl_weight"], steps_per_epoch)

@@ -60,6 +60,10 @@ class Likelihood(nn.Module):
     def check_support(self, x):
         """Raise a one-line :class:`UserError` if ``x`` lies outside the support."""
 
+    def warning(self, x):
+        """A one-line warning where ``x`` is valid but likely a mistake for this likelihood, else None."""
+        return None
+
 
 def _span(x):
     return f"[{x.min().item():.4g}, {x.max().item():.4g}]"
@@ -228,6 +232,16 @@ class LocationScale(Likelihood):
             raise UserError(
                 f"{name} scale must be a positive number or one of: {', '.join(SCALE_CHOICES)}; got {scale!r}"
             )
+
+    def warning(self, x):
+        # A fixed scale is an absolute noise level: 1.0 on data spanning [0, 255] is a weight of
+        # about 1/65000 on the KL term (beta = 2 sigma^2 relative to the squared error).
+        low, high = x.min().item(), x.max().item()
+        if self.scale in ("learned", "learned_per_feature", "optimal") or (low >= -2 and high <= 2):
+            return None
+        return (f"the data span [{low:.4g}, {high:.4g}] but the {self.registered_name} likelihood has the fixed "
+                f"scale {self.scale}; rescale images to [0, 1] (uint8 arrays are read as x / 255) or set "
+                f'scale = "learned" or "optimal"')
 
     @staticmethod
     def optimal_statistic(residual):

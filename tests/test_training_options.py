@@ -119,3 +119,17 @@ def test_the_python_api_names_force_true_for_an_existing_out(tmp_path):
     (tmp_path / "run" / "x").write_text("")
     with pytest.raises(UserError, match=r"force=True in Python"):
         train(tiny_config(), out=tmp_path / "run")
+
+
+def test_a_fixed_gaussian_scale_on_data_far_outside_the_unit_interval_is_warned_about(tmp_path, capsys):
+    import numpy as np
+
+    x = np.random.default_rng(0).uniform(0, 255, size=(200, 4)).astype(np.float32)
+    np.savez(tmp_path / "wide.npz", train=x)
+    config = tiny_config(data={"name": "npz", "path": str(tmp_path / "wide.npz"), "binarize": "none"},
+                         model={"likelihood": {"name": "gaussian", "scale": 1.0}}, train={"epochs": 1})
+    train(config, out=tmp_path / "run")
+    assert "the data span [" in capsys.readouterr().err
+    config["model"]["likelihood"] = {"name": "gaussian", "scale": "learned"}
+    train(config, out=tmp_path / "learned")
+    assert "the data span" not in capsys.readouterr().err
