@@ -2,13 +2,22 @@
 
 The same network (784-400-20 MLP, ReLU, Bernoulli likelihood, Adam 1e-3), the same
 data (binarized MNIST from ../shared/data/binarized_mnist.npz, or random binary
-images if absent) and the same reparameterized sample. The two steps are timed
+images if absent) and the same reparameterized sample. The steps are timed
 interleaved, in one process, after a warm-up; the figure of merit is the ratio
 library / hand-written per batch size. Also the throughput of
-``evaluation.log_likelihood`` against a hand-written importance sampler.
+``evaluation.log_likelihood`` against a hand-written importance sampler. The
+hand-written step reads nothing from the device (no ``.item()``), like the library's.
 
-    python experiments/speed.py            # full: writes experiments/results/speed/
-    python experiments/speed.py --quick    # a few seconds
+On ``--device cuda`` the variants are: the hand-written step eager and captured in a
+CUDA graph (the floor), the library's step eager (``train.cuda_graph = false``) and
+captured (``true``), and a plain Pyro ``SVI.step`` with ``Trace_ELBO``; every estimator at
+batch 128 (K = 50 for the particle estimators, at batch 20); and one whole epoch through
+``pyro_vae.train`` (metrics and validation included) against a hand-written loop. On CPU
+the captured variants are left out.
+
+    python experiments/speed.py                    # CPU: writes experiments/results/speed/speed.json
+    python experiments/speed.py --device cuda      # GPU: writes experiments/results/speed/speed_cuda.json
+    python experiments/speed.py --quick            # a few seconds, writes nothing
 """
 
 import argparse
@@ -16,22 +25,31 @@ import copy
 import json
 import math
 import platform
+import shutil
 import statistics
+import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import pyro
 import torch
 import torch.nn.functional as F
+from pyro.infer import SVI, Trace_ELBO
 
 from pyro_vae.config import load_config
 from pyro_vae.data import Data, Split, load_data
 from pyro_vae.evaluation import log_likelihood
-from pyro_vae.training import Trainer
+from pyro_vae.training import Trainer, train
 
 ROOT = Path(__file__).resolve().parent.parent
 MNIST = ROOT.parent / "shared" / "data" / "binarized_mnist.npz"
 OUT = ROOT / "experiments" / "results" / "speed"
+NETWORK = [
+    "model.latent_dim=20",
+    "model.encoder={name='mlp', hidden=[400], activation='relu'}",
+    "model.decoder={name='mlp', hidden=[400], activation='relu'}",
+]
 
 
 def mnist_like(n=10000):
@@ -41,17 +59,15 @@ def mnist_like(n=10000):
     return torch.bernoulli(torch.full((n, 784), 0.13))
 
 
-def library_trainer(x, estimator, batch_size):
+def library_trainer(x, estimator, batch_size, device="cpu", cuda_graph=False, particles=1):
     """A Trainer exactly as `pyro-vae train` builds it, for the benchmark's network."""
     config = load_config(None, [
-        f"objective.estimator={estimator}",
-        "model.latent_dim=20",
-        "model.encoder={type='mlp', hidden=[400], activation='relu'}",
-        "model.decoder={type='mlp', hidden=[400], activation='relu'}",
-        f"train.batch_size={batch_size}", "train.progress=false", "train.device='cpu'",
+        f"objective.estimator={estimator}", f"objective.num_particles={particles}", *NETWORK,
+        f"train.batch_size={batch_size}", "train.progress=false", f"train.device='{device}'",
+        f"train.cuda_graph={str(cuda_graph).lower()}",
     ])
-    split = Split(x.view(-1, 1, 28, 28))
-    return Trainer(config, Data(split, split, split), Path("runs/speed"), torch.device("cpu"))
+    split = Split(x.view(-1, 1, 28, 28).to(device))
+    return Trainer(config, Data(split, split, split), Path("runs/speed"), torch.device(device))
 
 
 class HandWritten:
@@ -64,6 +80,7 @@ class HandWritten:
         self.encoder, self.decoder = copy.deepcopy(vae.encoder), copy.deepcopy(vae.decoder)
         params = list(self.encoder.parameters()) + list(self.decoder.parameters())
         self.optimizer = torch.optim.Adam(params, lr=1e-3, fused=fused or None)
+        self.graph = None
 
     def step(self, x):
         loc, scale = self.encoder(x)
@@ -75,13 +92,31 @@ class HandWritten:
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
-        return loss.item()
+        return loss
+
+    def captured_step(self, x):
+        """The same step recorded once in a CUDA graph (after three warm-up steps on a side
+        stream) and replayed: the fastest this arithmetic runs on a GPU."""
+        if self.graph is None:
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                for _ in range(3):
+                    self.step(x)
+            torch.cuda.current_stream().wait_stream(side)
+            self.static_x = x.clone()
+            self.optimizer.zero_grad(set_to_none=True)
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph):
+                self.step(self.static_x)
+        self.static_x.copy_(x)
+        self.graph.replay()
 
     @torch.no_grad()
     def log_likelihood(self, x, num_samples):
         """log p(x) ~ logsumexp_k [log p(x|z_k) + log p(z_k) - log q(z_k|x)] - log K."""
         loc, scale = self.encoder(x)
-        eps = torch.randn(num_samples, *loc.shape)
+        eps = torch.randn(num_samples, *loc.shape, device=loc.device)
         z = loc + scale * eps
         logits = self.decoder(z.flatten(0, 1))[:, 0].view(num_samples, len(x), *x.shape[1:])
         log_px = -F.binary_cross_entropy_with_logits(logits, x.expand_as(logits), reduction="none").flatten(2).sum(-1)
@@ -90,80 +125,158 @@ class HandWritten:
         return torch.logsumexp(log_px + log_pz - log_qz, 0) - math.log(num_samples)
 
 
-def time_steps(step, batches):
+def synchronize(device):
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def time_steps(step, batches, device="cpu"):
+    synchronize(device)
     start = time.perf_counter()
     for x in batches:
         step(x)
+    synchronize(device)
     return (time.perf_counter() - start) / len(batches) * 1000
 
 
-def compare_training(x, estimator, batch_size, rounds, steps):
-    trainer = library_trainer(x, estimator, batch_size)
-    with pyro.validation_enabled(trainer.config["train"]["validate"]):  # as Trainer.fit runs its steps
-        return _compare_training(trainer, estimator, batch_size, rounds, steps, x)
-
-
-def _compare_training(trainer, estimator, batch_size, rounds, steps, x):
-    hand, hand_fused = HandWritten(trainer.vae), HandWritten(trainer.vae, fused=True)
-    images = x.view(-1, 1, 28, 28)
-    batches = [images[i : i + batch_size] for i in range(0, steps * batch_size, batch_size)]
-    steps = {"library": trainer.train_step, "handwritten": hand.step, "handwritten_fused": hand_fused.step}
+def interleaved(steps, batches, rounds, device):
+    """Median ms per step of each named step function, timed in turn so load drifts hit all alike."""
     times = {name: [] for name in steps}
-    for step in steps.values():  # warm-up
-        time_steps(step, batches[:10])
-    for _ in range(rounds):  # interleaved, so drifts in machine load hit all alike
-        for name, step in steps.items():
-            times[name].append(time_steps(step, batches))
-    ms = {name: statistics.median(t) for name, t in times.items()}
-    return {"estimator": estimator, "batch_size": batch_size, "library_ms": ms["library"],
-            "handwritten_ms": ms["handwritten"], "ratio": ms["library"] / ms["handwritten"],
-            "handwritten_fused_ms": ms["handwritten_fused"], "ratio_to_fused": ms["library"] / ms["handwritten_fused"]}
-
-
-def compare_log_likelihood(x, num_samples, rounds):
-    trainer = library_trainer(x, "trace", 128)
-    hand = HandWritten(trainer.vae)
-    images = x[:100].view(-1, 1, 28, 28)
-    library, handwritten = [], []
+    for step in steps.values():  # warm-up (and, for the captured steps, their capture)
+        time_steps(step, batches[:10], device)
     for _ in range(rounds):
-        start = time.perf_counter()
-        log_likelihood(trainer.vae, [images], num_samples=num_samples, progress=False)
-        library.append(time.perf_counter() - start)
-        start = time.perf_counter()
-        hand.log_likelihood(images, num_samples)
-        handwritten.append(time.perf_counter() - start)
+        for name, step in steps.items():
+            times[name].append(time_steps(step, batches, device))
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def compare_training(x, estimator, batch_size, rounds, steps, device="cpu", particles=1):
+    """ms per step of each variant, and the ratios to the hand-written steps."""
+    eager = library_trainer(x, estimator, batch_size, device, cuda_graph=False, particles=particles)
+    hand, hand_fused = HandWritten(eager.vae), HandWritten(eager.vae, fused=True)
+    variants = {"library": eager.train_step, "handwritten": hand.step, "handwritten_fused": hand_fused.step}
+    cuda = torch.device(device).type == "cuda"
+    if cuda:
+        captured = library_trainer(x, estimator, batch_size, device, cuda_graph=True, particles=particles)
+        floor = HandWritten(eager.vae, fused=True)
+        variants.update({"library_captured": captured.train_step, "handwritten_captured": floor.captured_step})
+    if estimator == "trace" and particles == 1:
+        vae = copy.deepcopy(eager.vae)
+        variants["pyro_svi"] = SVI(vae.model, vae.guide, pyro.optim.Adam({"lr": 1e-3}), Trace_ELBO()).step
+    images = x.view(-1, 1, 28, 28).to(device)
+    batches = [images[i : i + batch_size] for i in range(0, steps * batch_size, batch_size)]
+    with pyro.validation_enabled(False):  # as Trainer.fit runs its steps (train.validate = false)
+        ms = interleaved(variants, batches, rounds, device)
+    row = {"estimator": estimator, "particles": particles, "batch_size": batch_size}
+    row.update({f"{name}_ms": value for name, value in ms.items()})
+    row["ratio"] = ms["library"] / ms["handwritten"]
+    row["ratio_to_fused"] = ms["library"] / ms["handwritten_fused"]
+    if cuda:
+        row["captured_ratio_to_floor"] = ms["library_captured"] / ms["handwritten_captured"]
+    if "pyro_svi" in ms:
+        row["pyro_svi_ratio"] = ms["pyro_svi"] / ms["handwritten"]
+    return row
+
+
+def compare_log_likelihood(x, num_samples, rounds, device="cpu", images_count=100):
+    trainer = library_trainer(x, "trace", 128, device)
+    hand = HandWritten(trainer.vae)
+    images = x[:images_count].view(-1, 1, 28, 28).to(device)
+    runs = {"library": lambda: log_likelihood(trainer.vae, [images], num_samples=num_samples, progress=False),
+            "handwritten": lambda: hand.log_likelihood(images, num_samples).cpu()}
+    times = {name: [] for name in runs}
+    for _ in range(rounds):
+        for name, run in runs.items():
+            synchronize(device)
+            start = time.perf_counter()
+            run()
+            synchronize(device)
+            times[name].append(time.perf_counter() - start)
     samples = len(images) * num_samples
-    lib, ref = samples / statistics.median(library), samples / statistics.median(handwritten)
-    return {"num_samples": num_samples, "library_samples_per_s": lib, "handwritten_samples_per_s": ref, "ratio": lib / ref}
+    library, handwritten = (samples / statistics.median(times[name]) for name in ("library", "handwritten"))
+    return {"num_samples": num_samples, "images": len(images), "library_samples_per_s": library,
+            "handwritten_samples_per_s": handwritten, "ratio": library / handwritten}
+
+
+def compare_epoch(x, device, batch_size=128):
+    """Seconds for one epoch of ``pyro_vae.train`` (its steps, metrics, checkpoint and validation
+    included) against a hand-written loop over as many batches (captured on CUDA) plus a
+    hand-written validation pass."""
+    directory = Path(tempfile.mkdtemp())
+    images = x.view(-1, 784).numpy().astype(np.uint8)  # binary 0/1: read as binary
+    cut = len(images) * 8 // 10
+    np.savez(directory / "data.npz", train=images[:cut], valid=images[cut:], test=images[cut:])
+    overrides = [*NETWORK, "data.name='npz'", f"data.path='{directory / 'data.npz'}'", "data.binarize='none'",
+                 f"train.batch_size={batch_size}", "train.epochs=1", "train.progress=false",
+                 f"train.device='{device}'", "data.on_device=true", f"train.train_eval_examples={cut}"]
+    start = time.perf_counter()
+    train(None, out=directory / "run", overrides=overrides)
+    library = time.perf_counter() - start
+    hand = HandWritten(library_trainer(x, "trace", batch_size, device).vae, fused=True)
+    step = hand.captured_step if torch.device(device).type == "cuda" else hand.step
+    data = torch.from_numpy(images).float().view(-1, 1, 28, 28).to(device)
+    train_x, valid_x = data[:cut], data[cut:]
+    synchronize(device)
+    start = time.perf_counter()
+    order = torch.randperm(len(train_x), device=device)
+    for i in range(0, len(train_x) - batch_size + 1, batch_size):
+        step(train_x[order[i : i + batch_size]])
+    for split in (train_x, valid_x):  # the library measures the ELBO on both after each epoch
+        for i in range(0, len(split), 1000):
+            hand.log_likelihood(split[i : i + 1000], 1)
+    synchronize(device)
+    handwritten = time.perf_counter() - start
+    shutil.rmtree(directory)
+    return {"examples": cut, "batch_size": batch_size, "library_s": library, "handwritten_s": handwritten,
+            "ratio": library / handwritten}
+
+
+def show(row):
+    figures = ", ".join(f"{key} {value:.3f}" for key, value in row.items() if isinstance(value, float))
+    print(f"{row['estimator']:>13} K={row['particles']:<2} batch {row['batch_size']:>4}: {figures}", flush=True)
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="few rounds and steps (seconds)")
+    parser.add_argument("--quick", action="store_true", help="few rounds and steps (seconds); writes nothing")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
+    cuda = torch.device(args.device).type == "cuda"
     rounds, steps = (3, 20) if args.quick else (7, 60)
-    x = mnist_like(512 * steps)
-    rows = []
+    sizes = ((32, 128, 1024, 8192) if cuda else (32, 128, 512)) if not args.quick else (32, 128)
+    x = mnist_like(50000)
+    report = {"training": [], "estimators": []}
     for estimator in ("trace", "meanfield"):
-        for batch_size in (32, 128, 512):
-            row = compare_training(x, estimator, batch_size, rounds, steps)
-            rows.append(row)
-            print(f"{estimator:>9} batch {batch_size:>3}: library {row['library_ms']:.2f} ms, "
-                  f"hand-written {row['handwritten_ms']:.2f} ms (ratio {row['ratio']:.3f}), "
-                  f"hand-written with fused Adam {row['handwritten_fused_ms']:.2f} ms "
-                  f"(ratio {row['ratio_to_fused']:.3f})", flush=True)
-    ll = compare_log_likelihood(x, 100 if args.quick else 1000, rounds)
+        for batch_size in sizes:
+            count = min(steps, len(x) // batch_size)
+            report["training"].append(compare_training(x, estimator, batch_size, rounds, count, args.device))
+            show(report["training"][-1])
+    for estimator, particles, batch_size in (("stl", 1, 128), ("score", 50, 20), ("iwae", 50, 20),
+                                              ("renyi", 50, 20), ("dreg", 50, 20), ("tail_adaptive", 50, 20)):
+        row = compare_training(x, estimator, batch_size, rounds, min(steps, 20), args.device, particles)
+        report["estimators"].append(row)
+        show(row)
+    ll = compare_log_likelihood(x, 100 if args.quick else 1000, rounds, args.device, 1000 if cuda else 100)
+    report["log_likelihood"] = ll
     print(f"log_likelihood: library {ll['library_samples_per_s']:.0f} samples/s, hand-written "
           f"{ll['handwritten_samples_per_s']:.0f} samples/s, ratio {ll['ratio']:.3f}")
-    if not args.quick:
-        OUT.mkdir(parents=True, exist_ok=True)
-        machine = {"machine": platform.machine(), "processor": platform.processor(), "threads": args.threads,
-                   "torch": torch.__version__, "data": "binarized MNIST" if MNIST.is_file() else "random binary"}
-        (OUT / "speed.json").write_text(json.dumps({"training": rows, "log_likelihood": ll, "machine": machine}, indent=2))
-        print(f"wrote {OUT / 'speed.json'}")
+    if args.quick:
+        return
+    report["epoch"] = compare_epoch(x[:10000], args.device)
+    print(f"one epoch: pyro_vae.train {report['epoch']['library_s']:.2f} s, hand-written "
+          f"{report['epoch']['handwritten_s']:.2f} s, ratio {report['epoch']['ratio']:.2f}")
+    report["machine"] = {
+        "machine": platform.machine(), "processor": platform.processor(), "threads": args.threads,
+        "torch": torch.__version__, "device": torch.cuda.get_device_name() if cuda else "cpu",
+        "data": "binarized MNIST" if MNIST.is_file() else "random binary",
+    }
+    OUT.mkdir(parents=True, exist_ok=True)
+    name = "speed_cuda.json" if cuda else "speed.json"
+    (OUT / name).write_text(json.dumps(report, indent=2))
+    print(f"wrote {OUT / name}")
 
 
 if __name__ == "__main__":
