@@ -52,8 +52,8 @@ class TrainingStopped(Exception):
 
 
 class NegativeELBO(nn.Module):
-    """The training loss as a torch module: ``forward(x, kl_weight)`` is the estimator's loss
-    for the VAE's model and guide under that step's KL weight, per data point (and per
+    """The training loss as a torch module: ``forward(x, kl_weight, kl_penalty)`` is the estimator's
+    loss for the VAE's model and guide under that step's KL weight (and KL penalty), per data point (and per
     feature under ``reduction = "mean"``: ``normalizer`` = D). The VAE and the estimator
     (which may own a neural baseline) are submodules, so one optimizer, one checkpoint and
     DistributedDataParallel all see every parameter."""
@@ -62,8 +62,8 @@ class NegativeELBO(nn.Module):
         super().__init__()
         self.vae, self.estimator, self.normalizer = vae, estimator, normalizer
 
-    def forward(self, x, kl_weight=None):
-        loss = self.estimator.loss(self.vae.model, self.vae.guide, x, kl_weight=kl_weight)
+    def forward(self, x, kl_weight=None, kl_penalty=None):
+        loss = self.estimator.loss(self.vae.model, self.vae.guide, x, kl_weight=kl_weight, kl_penalty=kl_penalty)
         return loss / (len(x) * self.normalizer)
 
 
@@ -89,6 +89,7 @@ class Trainer:
         self.kl_schedule, self.features_per_term = parts.kl_schedule, parts.features_per_term
         self.steps_per_epoch = parts.steps_per_epoch
         self.kl_weight = self.kl_schedule(0)  # the schedule's value at the current step (for messages and metrics)
+        self.kl_penalty = parts.kl_penalty(0)  # capacity (with C(t)) or free bits in force, or None
         self.loss = NegativeELBO(self.vae, parts.estimator, self.features_per_term)
         self.parameters = parts.parameters()  # the VAE's and the estimator's
         if world_size > 1:
@@ -155,6 +156,8 @@ class Trainer:
     def loss_name(self):
         """What the progress bar's loss is: -ELBO, the KL-weighted -ELBO, or minus another bound."""
         estimator = self.estimator
+        if self.kl_penalty is not None:  # -(reconstruction - KL term), the KL term a penalty of the KL
+            return f"-(reconstruction - {self.kl_penalty.name} penalty)"
         bound = "ELBO" if estimator.reports_elbo else f"{estimator.registered_name} bound"
         weighted = not isinstance(self.kl_schedule, Constant) or self.kl_weight * self.features_per_term != 1
         per = " per feature" if self.features_per_term != 1 else ""
@@ -201,7 +204,9 @@ class Trainer:
                 self.epoch_loss = [self.epoch_loss[0] + value * len(x), self.epoch_loss[1] + len(x)]
             bar.update()
             if value is not None and (self.step % 10 == 0 or self.batch_in_epoch == 1):
-                bar.set_postfix_str(f"epoch {epoch} loss {value:.3f}" + ("" if isinstance(self.kl_schedule, Constant) else f" kl_weight {self.kl_weight:.3g}"), refresh=False)
+                bar.set_postfix_str(f"epoch {epoch} loss {value:.3f}" + ("" if isinstance(self.kl_schedule, Constant) else f" kl_weight {self.kl_weight:.3g}")
+                                    + (f" C {self.kl_penalty.capacity:.3g}" if hasattr(self.kl_penalty, "capacity") else ""),
+                                    refresh=False)
             if tc["checkpoint_every"] and self.step % tc["checkpoint_every"] == 0:
                 self.save()
             if self.stop_signal is not None:
@@ -211,12 +216,12 @@ class Trainer:
         """One optimizer step on the minibatch ``x``; the loss, or None if it was skipped as non-finite."""
         tc = self.config["train"]
         self.kl_weight = self.kl_schedule(self.step)
-        kl_weight = self.parts.kl_weight(self.step)
+        kl_weight, self.kl_penalty = self.parts.kl_weight(self.step), self.parts.kl_penalty(self.step)
         if tc["precision"] == "bf16":
             with torch.autocast(self.device.type, torch.bfloat16):
-                loss = self.loss(x, kl_weight)
+                loss = self.loss(x, kl_weight, self.kl_penalty)
         else:
-            loss = self.loss(x, kl_weight)
+            loss = self.loss(x, kl_weight, self.kl_penalty)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         value = loss.item()
@@ -268,6 +273,7 @@ class Trainer:
                 "step": self.step,
                 "kl_weight": self.kl_weight,
                 "effective_kl_weight": self.kl_weight * self.features_per_term,
+                **({"capacity": self.kl_penalty.capacity} if hasattr(self.kl_penalty, "capacity") else {}),
                 "train_loss": loss_sum / max(count, 1),
                 "train_elbo": train["elbo"],
                 "train_reconstruction": train["reconstruction"],
