@@ -190,3 +190,17 @@ def test_capacity_is_refused_by_an_estimator_without_separate_terms():
     vae = linear_vae()
     with pytest.raises(UserError, match="estimator 'iwae' cannot take objective.capacity"):
         estimator.loss(vae.model, vae.guide, data(), kl_penalty=Capacity(1.0, 0.0))
+
+
+def test_a_run_written_before_these_keys_existed_still_resumes(tmp_path):
+    """Its config has no objective.capacity or objective.free_bits: they count as their defaults (off)."""
+    from pyro_vae.checkpoint import load_checkpoint, save_checkpoint
+    from pyro_vae.config import save_config
+
+    run = train(tiny_config(train={"epochs": 1}), out=tmp_path / "old")
+    state = load_checkpoint(run / "checkpoint.pt")
+    del state["config"]["objective"]["capacity"], state["config"]["objective"]["free_bits"]
+    save_checkpoint(state, run / "checkpoint.pt")
+    save_config(state["config"], run / "config.toml")
+    train(resume=run, overrides=["train.epochs=2"])
+    assert len(list(csv.DictReader(open(run / "metrics.csv")))) == 2
