@@ -1,7 +1,8 @@
 """Training: SVI on the VAE's model and guide, with a torch optimizer, that loses nothing.
 
 Each step evaluates the estimator's differentiable loss (the negative ELBO per data
-point) for the Pyro model and guide, with the KL weight of that step passed as an
+point) for the Pyro model and guide, with the KL weight of that step (and, under
+capacity or free bits, the KL penalty of that step: ``penalties``) passed as an
 argument; the estimator applies it as a handler on the latent sites (or, for the
 library's own programs, computes the same loss directly: ``objectives``). A torch
 optimizer updates the parameters. This is Pyro's ELBO used as a torch module
