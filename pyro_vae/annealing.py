@@ -25,7 +25,8 @@ of steps already taken), so resuming a run at step ``t`` resumes the schedule at
     kl_weight = { name = "cyclical", cycles = 4, ratio = 0.5, shape = "cosine", epochs = 40 }
 
 (``schedule = "linear"`` is read as the name too, as in configs written before the
-registries shared one key.)
+registries shared one key.) Capacity annealing's target C(t) is one of these schedules too;
+it and free bits change the KL term itself rather than its weight (``penalties``).
 """
 
 import math

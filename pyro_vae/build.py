@@ -14,8 +14,9 @@ from .config import SCHEMA
 from .data import as_data, load_data
 from .likelihoods import LIKELIHOODS
 from .model import VAE
-from .objectives import ESTIMATORS, Estimator
+from .objectives import ESTIMATORS, Estimator, factors
 from .optimizers import LR_SCHEDULES, OPTIMIZERS
+from .penalties import build_kl_penalty
 
 
 def build_data(config, data=None):
@@ -62,6 +63,7 @@ class Parts:
     vae: VAE
     estimator: Estimator
     kl_schedule: object  # step -> KL weight (annealing.Schedule)
+    penalty_schedule: object  # step -> the KL term's penalty (penalties.build_kl_penalty), or None
     features_per_term: int  # D under reduction = "mean" (an effective KL weight of D beta), else 1
     optimizer: object  # torch.optim.Optimizer over the VAE's and the estimator's parameters
     lr_schedule: object  # torch LRScheduler, stepped once per optimizer step
@@ -71,6 +73,11 @@ class Parts:
         """The weight the KL term carries at ``step``: the schedule's beta, times D under
         ``reduction = "mean"``, since -log p / D + beta KL = (1 / D) (-log p + D beta KL)."""
         return self.kl_schedule(step) * self.features_per_term
+
+    def kl_penalty(self, step):
+        """The penalty that replaces the KL term at ``step`` (capacity with its C(t), or free
+        bits), or None: the KL term is the KL itself."""
+        return None if self.penalty_schedule is None else self.penalty_schedule(step)
 
     def parameters(self):
         return [p for group in self.optimizer.param_groups for p in group["params"]]
@@ -98,8 +105,14 @@ def build(config, data, device, batch_size=None):
     features_per_term = vae.num_features if objective["reduction"] == "mean" else 1
     constant = kl_schedule(0) * features_per_term if isinstance(kl_schedule, Constant) else None
     estimator.check_kl_weight(constant)
+    penalty_schedule = build_kl_penalty(objective, steps_per_epoch)
+    if penalty_schedule is not None:
+        penalty = penalty_schedule(0)
+        estimator.check_kl_penalty(penalty.name)
+        if penalty.per_dimension:  # free bits: the KL per dimension needs a factorized prior
+            factors(vae.prior_dist(), "prior")
     parameters = [*vae.parameters(), *estimator.parameters()]
     optimizer = OPTIMIZERS.get(tc["optimizer"])(parameters, tc["lr"])
     lr_schedule = LR_SCHEDULES.build(tc["lr_schedule"], "train.lr_schedule", optimizer=optimizer,
                                      total_steps=tc["epochs"] * steps_per_epoch, warmup_steps=tc["lr_warmup_steps"])
-    return Parts(vae, estimator, kl_schedule, features_per_term, optimizer, lr_schedule, steps_per_epoch)
+    return Parts(vae, estimator, kl_schedule, penalty_schedule, features_per_term, optimizer, lr_schedule, steps_per_epoch)

@@ -26,6 +26,7 @@ from .likelihoods import LIKELIHOODS
 from .loggers import LOGGERS
 from .nets import DECODERS, ENCODERS
 from .objectives import ESTIMATORS
+from .penalties import capacity_schedule, check_free_bits
 from .optimizers import LR_SCHEDULES, OPTIMIZERS
 from .priors import PRIORS
 from .registry import UserError
@@ -105,6 +106,14 @@ def kl_weight(value, key):
     return number(value, key, minimum=0)
 
 
+def capacity(value, key):
+    """false (off) or a capacity table (gamma and C(t)'s schedule), checked by building it."""
+    if value is False:
+        return value
+    capacity_schedule(value, steps_per_epoch=1, where=key)
+    return value
+
+
 def name_in(registry):
     def check(value, key):
         registry.get(string(value, key), key)
@@ -135,6 +144,8 @@ SCHEMA = {
         "vectorize_particles": (False, boolean),
         "jit": (False, boolean),
         "kl_weight": (1.0, kl_weight),
+        "capacity": (False, capacity),  # { start, end, epochs, gamma }: -gamma |KL - C(t)| (penalties)
+        "free_bits": (0.0, check_free_bits),  # lambda nats per latent dimension; 0: off
         "reduction": ("sum", one_of("sum", "mean")),
     },
     "train": {

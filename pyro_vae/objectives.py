@@ -11,6 +11,8 @@ Every estimator says what it can do, so a trainer can refuse what makes no sense
   estimator's own bound, e.g. the IWAE bound; log the true ELBO from ``evaluate_elbo``).
 - ``supports_kl_weight``: whether a KL weight != 1 means what it says (inside an
   importance weight a scale reweights particles instead of weighting a KL term).
+- ``supports_kl_penalty``: whether it can replace the KL term by a penalty of it (capacity,
+  free bits: ``penalties``), which needs the reconstruction and KL terms apart.
 - ``parameters()``: the estimator's own trainable parameters (a neural baseline),
   to be optimized beside the VAE's; ``state_dict()`` holds them and any running average.
 
@@ -23,6 +25,11 @@ the same numbers without tracing, for the library's own programs) multiplies the
 by the weight, and under ``jit = true`` the handler is applied inside the compiled
 function, with the weight a tensor *argument* (read from Python while tracing, it would
 be frozen into the graph as a constant).
+
+A KL *penalty* (``penalties.Capacity``, ``penalties.FreeBits``) reaches it the same way,
+``loss(..., kl_penalty=penalty)``, and is applied in one place too: ``penalized_loss``
+computes the reconstruction and KL terms apart (``elbo_parts``: directly for the
+library's own VAE, else from traces) and returns -(reconstruction - w * penalty(KL)).
 """
 
 import contextlib
@@ -33,6 +40,7 @@ from pyro import poutine
 from pyro.distributions.torch_distribution import TorchDistribution
 from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
 from pyro.poutine.messenger import Messenger
+from pyro.poutine.util import site_is_subsample
 from torch import nn
 from torch.distributions import kl_divergence
 
@@ -196,6 +204,7 @@ class Estimator(nn.Module):
     context_arguments = ("num_particles", "vectorize_particles", "jit", "data_shape")
     reports_elbo = True
     supports_kl_weight = True
+    supports_kl_penalty = False
     supports_jit = False
     minimum_particles = 1
 
@@ -217,11 +226,18 @@ class Estimator(nn.Module):
         self.jit = jit
         self.data_shape = data_shape
 
-    def loss(self, model, guide, x, kl_weight=None):
+    def loss(self, model, guide, x, kl_weight=None, kl_penalty=None):
         """The loss of ``model``/``guide`` on ``x`` with the latent sites' log-densities scaled by
-        ``kl_weight`` (None or 1: unweighted; a number, 0-dim tensor, or a callable read once)."""
+        ``kl_weight`` (None or 1: unweighted; a number, 0-dim tensor, or a callable read once);
+        with a ``kl_penalty``, -(reconstruction - kl_weight * kl_penalty(KL)) instead."""
         if callable(kl_weight):
             kl_weight = kl_weight()
+        if kl_penalty is not None:
+            self.check_kl_penalty(kl_penalty.name)
+            return penalized_loss(
+                model, guide, x, kl_penalty, kl_weight, analytic=self.analytic_kl,
+                num_particles=self.num_particles, guide_wrapper=self.guide_wrapper,
+            )
         vae = standard_vae(model, guide)
         if vae is not None and self.direct_loss is not None:
             loss = self.direct_loss(vae, x, kl_weight)
@@ -232,6 +248,8 @@ class Estimator(nn.Module):
         return self.differentiable_loss(model, guide, x)
 
     direct_loss = None  # or a method (vae, x, kl_weight) -> the loss, or None where it does not apply
+    analytic_kl = False  # whether the KL term is taken in closed form where it has one
+    guide_wrapper = None  # a _Rewrapped class applied to the guide's latent sites
 
     def differentiable_loss(self, model, guide, x):
         raise NotImplementedError
@@ -251,6 +269,17 @@ class Estimator(nn.Module):
                 f"estimator {self.registered_name!r} cannot weight the KL term: inside an importance "
                 "weight a scale reweights the particles instead; use objective.kl_weight = 1"
             )
+
+    def check_kl_penalty(self, what="capacity"):
+        """Refuse a KL penalty (``what``: "capacity" or "free bits") this estimator cannot honour."""
+        if not self.supports_kl_penalty:
+            able = ", ".join(name for name in ESTIMATORS if ESTIMATORS.get(name).supports_kl_penalty)
+            raise UserError(
+                f"estimator {self.registered_name!r} cannot take objective.{what.replace(' ', '_')}: it needs "
+                f"the reconstruction and KL terms apart, which this estimator does not have; use {able}"
+            )
+        if self.jit:
+            raise UserError(f"objective.{what.replace(' ', '_')} is not available with objective.jit = true")
 
 
 def is_unit_weight(kl_weight):
@@ -275,8 +304,7 @@ class PyroELBO(Estimator):
 
     elbo_class, jit_class = Trace_ELBO, FixedJitTrace_ELBO
     supports_jit = True
-    guide_wrapper = None  # a _Rewrapped class applied to the guide's latent sites
-    analytic_kl = False  # whether the direct loss takes the KL term in closed form (TraceMeanField_ELBO)
+    supports_kl_penalty = True  # pathwise gradients of reconstruction and KL, each computable apart
 
     def __init__(self, **context):
         super().__init__(**context)
@@ -292,10 +320,10 @@ class PyroELBO(Estimator):
     def _guide(self, guide):
         return guide if self.guide_wrapper is None else RewrapLatents(self.guide_wrapper)(guide)
 
-    def loss(self, model, guide, x, kl_weight=None):
-        if self.jit:
+    def loss(self, model, guide, x, kl_weight=None, kl_penalty=None):
+        if self.jit and kl_penalty is None:
             return self._jit_loss(model, guide, x, kl_weight)
-        return super().loss(model, guide, x, kl_weight)
+        return super().loss(model, guide, x, kl_weight, kl_penalty)
 
     def differentiable_loss(self, model, guide, x):
         return self.elbo.differentiable_loss(model, self._guide(guide), x)
@@ -554,19 +582,92 @@ def reparameterized_loss(vae, x, kl_weight=None, analytic=False):
     """
     guide = vae.guide_dist(x)
     z = guide.rsample()  # the draw the guide's "z" site makes: same RNG, same shape
-    prior = vae.prior_dist()
     log_likelihood = vae.likelihood_dist(z, x).log_prob(x).sum()
     if not torch.is_tensor(kl_weight) and kl_weight == 0:
         return -log_likelihood
-    kl = analytic_kl(guide, prior.expand(guide.batch_shape)) if analytic else None
-    if kl is None:
-        kl = guide.log_prob(z) - prior.log_prob(z)
-    kl = kl.sum()
+    return -(log_likelihood - weighted(kl_weight, kl_term(guide, vae.prior_dist(), z, analytic).sum()))
+
+
+def weighted(kl_weight, kl):
+    """w * kl for a KL weight w (None or 1: kl itself; a tensor: where(w > 0, w kl, 0), no host read)."""
     if torch.is_tensor(kl_weight):
-        kl = torch.where(kl_weight > 0, kl_weight * kl, torch.zeros_like(kl))
-    elif not is_unit_weight(kl_weight):
-        kl = kl_weight * kl
-    return -(log_likelihood - kl)
+        return torch.where(kl_weight > 0, kl_weight * kl, torch.zeros_like(kl))
+    return kl if is_unit_weight(kl_weight) else kl_weight * kl
+
+
+def kl_term(guide_dist, prior_dist, z, analytic=False, per_dimension=False):
+    """KL(q(z | x) || p(z)) per data point, shape (N,), or per data point and latent dimension,
+    shape (N, d) with ``per_dimension``: in closed form under ``analytic`` where it has one,
+    else the Monte Carlo value log q(z | x) - log p(z) at the drawn ``z``. A guide marked
+    ``PathDerivative`` (stl) is scored at detached parameters, as its own ``log_prob`` is."""
+    if isinstance(guide_dist, PathDerivative):
+        guide_dist = detach_parameters(guide_dist.base)
+    if per_dimension:
+        guide_dist, prior_dist = factors(guide_dist, "guide"), factors(prior_dist, "prior")
+    kl = analytic_kl(guide_dist, prior_dist.expand(guide_dist.batch_shape)) if analytic else None
+    return guide_dist.log_prob(z) - prior_dist.log_prob(z) if kl is None else kl
+
+
+def factors(distribution, what="prior"):
+    """The per-dimension factors of a distribution over vectors that factorizes (an Independent
+    over the last dimension), whose log_prob gives one value per dimension; else a UserError."""
+    base = getattr(distribution, "base_dist", None)
+    if base is None or distribution.reinterpreted_batch_ndims != 1 or base.event_shape != ():
+        raise UserError(
+            f"free bits need the KL per latent dimension, so a {what} that factorizes over dimensions "
+            f"(e.g. model.prior = \"normal\" or \"learned_normal\"); this {what} is a {type(distribution).__name__}"
+        )
+    return base
+
+
+def elbo_parts(model, guide, x, analytic=False, per_dimension=False, num_particles=1, guide_wrapper=None):
+    """The ELBO's two terms, differentiable (pathwise), for each data point:
+    ``(reconstruction, kl)`` = (E_q log p(x_n | z), KL(q(z | x_n) || p(z))) as ``kl_term`` computes it,
+    shapes (N,) and (N,) or (N, d), averaged over ``num_particles`` draws of z.
+
+    For the library's own VAE (one particle) they are computed directly from its densities;
+    otherwise from a trace of the guide (wrapped in ``guide_wrapper``) and the model replayed
+    against it, reading each site's unscaled ``fn.log_prob``. Every latent site must be
+    reparameterized: these terms carry no score-function gradient.
+    """
+    vae = standard_vae(model, guide)
+    if vae is not None and num_particles == 1:
+        q = vae.guide_dist(x)
+        z = q.rsample()
+        reconstruction = vae.likelihood_dist(z, x).log_prob(x)
+        return reconstruction, kl_term(q if guide_wrapper is None else guide_wrapper(q), vae.prior_dist(), z,
+                                       analytic, per_dimension)
+    n = len(x)
+    xs = x.repeat(num_particles, *([1] * (x.dim() - 1))) if num_particles > 1 else x
+    if guide_wrapper is not None:
+        guide = RewrapLatents(guide_wrapper)(guide)
+    guide_trace = poutine.trace(guide).get_trace(xs)
+    model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(xs)
+    reconstruction, kl = 0.0, 0.0
+    for name, site in model_trace.nodes.items():
+        if site["type"] != "sample" or site_is_subsample(site):
+            continue
+        if site["is_observed"]:
+            reconstruction = reconstruction + site["fn"].log_prob(site["value"])
+            continue
+        q = guide_trace.nodes[name]["fn"]
+        if not q.has_rsample:
+            raise UserError(f"capacity and free bits need a reparameterized guide; site {name!r} is not")
+        kl = kl + kl_term(q, site["fn"], site["value"], analytic, per_dimension)
+    for term in (reconstruction, kl):
+        if not torch.is_tensor(term) or term.shape[:1] != (num_particles * n,):
+            raise UserError("capacity and free bits need every sample site to hold one value per data point")
+    average = lambda t: t.reshape(num_particles, n, *t.shape[1:]).mean(0)
+    return average(reconstruction), average(kl)
+
+
+def penalized_loss(model, guide, x, kl_penalty, kl_weight=None, analytic=False, num_particles=1, guide_wrapper=None):
+    """-(sum_n E_q log p(x_n | z) - w * kl_penalty(KL)): the loss with the KL term replaced by a penalty
+    of the minibatch's KL (``penalties.Capacity``, ``penalties.FreeBits``), w the KL weight."""
+    reconstruction, kl = elbo_parts(model, guide, x, analytic, kl_penalty.per_dimension, num_particles, guide_wrapper)
+    if not torch.is_tensor(kl_weight) and kl_weight == 0:
+        return -reconstruction.sum()
+    return -(reconstruction.sum() - weighted(kl_weight, kl_penalty(kl)))
 
 
 def analytic_kl(guide_dist, prior_dist):

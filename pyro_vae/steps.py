@@ -55,10 +55,13 @@ class Step:
         self.first_bad_was_loss = zeros(torch.bool)  # the loss itself (else only a gradient) was non-finite
         self.step_number = zeros(torch.int64)  # the number of steps taken, on the device
         self.last_loss = zeros(torch.float32)
+        self.kl_penalty = None
 
-    def __call__(self, x, kl_weight):
-        """Take the step with ``kl_weight`` (a float: the schedule's value times D under "mean")."""
+    def __call__(self, x, kl_weight, kl_penalty=None):
+        """Take the step with ``kl_weight`` (a float: the schedule's value times D under "mean") and
+        the KL penalty of the step, if any (``penalties``: capacity or free bits)."""
         self.kl_weight.fill_(kl_weight)
+        self.kl_penalty = kl_penalty
         self.run(x)
         self.lr_schedule.step()  # Python arithmetic on the step count; fills a tensor lr in place
 
@@ -70,7 +73,7 @@ class Step:
     def run(self, x, cache_enabled=True):
         """The step's arithmetic, every operation on tensors (what a graph records)."""
         with self.autocast(cache_enabled):
-            loss = self.loss_module(x, self.kl_weight)
+            loss = self.loss_module(x, self.kl_weight, self.kl_penalty)
         loss.backward()
         grads = [p.grad for p in self.parameters if p.grad is not None]
         # A NaN or inf anywhere makes the sum of all gradients non-finite: one cheap pass

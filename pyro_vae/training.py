@@ -1,7 +1,8 @@
 """Training: SVI on the VAE's model and guide, with a torch optimizer, that loses nothing.
 
 Each step evaluates the estimator's differentiable loss (the negative ELBO per data
-point) for the Pyro model and guide, with the KL weight of that step passed as an
+point) for the Pyro model and guide, with the KL weight of that step (and, under
+capacity or free bits, the KL penalty of that step: ``penalties``) passed as an
 argument; the estimator applies it as a handler on the latent sites (or, for the
 library's own programs, computes the same loss directly: ``objectives``). A torch
 optimizer updates the parameters. This is Pyro's ELBO used as a torch module
@@ -55,8 +56,8 @@ class TrainingStopped(Exception):
 
 
 class NegativeELBO(nn.Module):
-    """The training loss as a torch module: ``forward(x, kl_weight)`` is the estimator's loss
-    for the VAE's model and guide under that step's KL weight, per data point (and per
+    """The training loss as a torch module: ``forward(x, kl_weight, kl_penalty)`` is the estimator's
+    loss for the VAE's model and guide under that step's KL weight (and KL penalty), per data point (and per
     feature under ``reduction = "mean"``: ``normalizer`` = D). The VAE and the estimator
     (which may own a neural baseline) are submodules, so one optimizer, one checkpoint and
     DistributedDataParallel all see every parameter."""
@@ -65,8 +66,8 @@ class NegativeELBO(nn.Module):
         super().__init__()
         self.vae, self.estimator, self.normalizer = vae, estimator, normalizer
 
-    def forward(self, x, kl_weight=None):
-        loss = self.estimator.loss(self.vae.model, self.vae.guide, x, kl_weight=kl_weight)
+    def forward(self, x, kl_weight=None, kl_penalty=None):
+        loss = self.estimator.loss(self.vae.model, self.vae.guide, x, kl_weight=kl_weight, kl_penalty=kl_penalty)
         return loss / (len(x) * self.normalizer)
 
 
@@ -92,11 +93,14 @@ class Trainer:
         self.kl_schedule, self.features_per_term = parts.kl_schedule, parts.features_per_term
         self.steps_per_epoch = parts.steps_per_epoch
         self.kl_weight = self.kl_schedule(0)  # the schedule's value at the current step (for messages and metrics)
+        self.kl_penalty = parts.kl_penalty(0)  # capacity (with C(t)) or free bits in force, or None
         self.loss = NegativeELBO(self.vae, parts.estimator, self.features_per_term)
         self.parameters = parts.parameters()  # the VAE's and the estimator's
         if world_size > 1:
             self.loss = nn.parallel.DistributedDataParallel(self.loss, device_ids=[device.index] if device.type == "cuda" else None)
         obstacle = capture_obstacle(config, self.vae, parts.estimator, self.optimizer, device, world_size)
+        if obstacle is None and config["objective"]["capacity"]:
+            obstacle = "objective.capacity: C(t) enters the loss as a Python number, which a graph would freeze"
         if tc["cuda_graph"] is True and obstacle:
             raise UserError(f"train.cuda_graph = true is not possible: {obstacle}; set train.cuda_graph = \"auto\" or false")
         self.captured = tc["cuda_graph"] is not False and obstacle is None
@@ -173,6 +177,8 @@ class Trainer:
     def loss_name(self):
         """What the progress bar's loss is: -ELBO, the KL-weighted -ELBO, or minus another bound."""
         estimator = self.estimator
+        if self.kl_penalty is not None:  # -(reconstruction - KL term), the KL term a penalty of the KL
+            return f"-(reconstruction - {self.kl_penalty.name} penalty)"
         bound = "ELBO" if estimator.reports_elbo else f"{estimator.registered_name} bound"
         weighted = not isinstance(self.kl_schedule, Constant) or self.kl_weight * self.features_per_term != 1
         per = " per feature" if self.features_per_term != 1 else ""
@@ -251,7 +257,8 @@ class Trainer:
                 self.check_faults()  # the bar's loss is read from the device: check the counters with it
                 loss = self.train_step_fn.last_loss.item()
                 weight = "" if isinstance(self.kl_schedule, Constant) else f" kl_weight {self.kl_weight:.3g}"
-                bar.set_postfix_str(f"epoch {epoch} loss {loss:.3f}{weight}", refresh=False)
+                capacity = f" C {self.kl_penalty.capacity:.3g}" if hasattr(self.kl_penalty, "capacity") else ""
+                bar.set_postfix_str(f"epoch {epoch} loss {loss:.3f}{weight}{capacity}", refresh=False)
             if tc["checkpoint_every"] and self.step % tc["checkpoint_every"] == 0:
                 self.save()
             if self.stop_signal is not None:
@@ -263,7 +270,8 @@ class Trainer:
         Nothing is read from the device (``steps``): the loss and the non-finite check are
         counted there, and read by ``check_faults`` and the epoch's metrics."""
         self.kl_weight = self.kl_schedule(self.step)
-        self.train_step_fn(x, self.parts.kl_weight(self.step))
+        self.kl_penalty = self.parts.kl_penalty(self.step)
+        self.train_step_fn(x, self.parts.kl_weight(self.step), self.kl_penalty)
 
     def check_faults(self):
         """Stop with a one-line error if more steps were non-finite (and skipped) than
@@ -306,6 +314,7 @@ class Trainer:
                 "step": self.step,
                 "kl_weight": self.kl_weight,
                 "effective_kl_weight": self.kl_weight * self.features_per_term,
+                **({"capacity": self.kl_penalty.capacity} if hasattr(self.kl_penalty, "capacity") else {}),
                 "train_loss": loss_sum / max(count, 1),
                 "train_elbo": train["elbo"],
                 "train_reconstruction": train["reconstruction"],

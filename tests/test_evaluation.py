@@ -241,3 +241,41 @@ def test_cli_evaluate_and_plot_on_a_trained_run(tmp_path, capsys, latent_dim, fi
 def test_cli_evaluate_rejects_a_bad_run(tmp_path, capsys):
     assert main(["evaluate", str(tmp_path)]) == 2
     assert "not a run directory" in capsys.readouterr().err
+
+
+def test_evaluation_runs_in_eval_mode_and_restores_the_mode():
+    """With scale = "optimal", a VAE in training mode refits sigma to every batch it sees and
+    overwrites its running sigma; every evaluation function must score the fixed running
+    sigma instead (eval mode), leave it unchanged, and hand the module back in its own mode."""
+    vae = VAE((D,), LATENT, encoder={"name": "mlp", "hidden": [8]}, decoder={"name": "mlp", "hidden": [8]},
+              likelihood={"name": "gaussian", "scale": "optimal"})
+    with torch.no_grad():  # a running sigma of 0.2, as if trained; the test data are 15x wider
+        vae.likelihood.running_statistic.fill_(0.04)
+        vae.likelihood.running_weight.fill_(1.0)
+    x = 3.0 * torch.randn(40, D, generator=torch.Generator().manual_seed(1))
+    stored = {name: value.clone() for name, value in vae.likelihood.named_buffers()}
+
+    def run_all(training):
+        calls = {
+            "log_likelihood": lambda: log_likelihood(vae, x, num_samples=20, batch_size=16),
+            "evaluate_elbo": lambda: evaluate_elbo(vae, [x[:16], x[16:]]),
+            "evaluate": lambda: evaluate(vae, x, num_samples=20, batch_size=16),
+        }
+        results = {}
+        for function, call in calls.items():
+            vae.train(training)
+            results[function] = call()
+            assert vae.training is training, function  # the mode it was given back in
+            for name, value in vae.likelihood.named_buffers():
+                assert torch.equal(value, stored[name]), (function, name)  # the running sigma is untouched
+        return results
+
+    in_training, in_eval = run_all(True), run_all(False)
+    assert torch.equal(in_training["log_likelihood"], in_eval["log_likelihood"])
+    for key in ("elbo", "reconstruction", "kl", "active_units"):
+        assert in_training["evaluate_elbo"][key] == in_eval["evaluate_elbo"][key]
+    for key in ("elbo", "reconstruction", "kl", "log_likelihood", "log_likelihood_standard_error"):
+        assert in_training["evaluate"][key] == in_eval["evaluate"][key]
+    # and the numbers are those of sigma = 0.2, not of a sigma refitted to the data (~3):
+    # the reconstruction term is far below what a fitted sigma would give
+    assert in_eval["evaluate"]["reconstruction"] < -100

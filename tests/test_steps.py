@@ -163,3 +163,16 @@ def test_cuda_graph_true_without_a_gpu_is_a_one_line_error_and_auto_trains_eager
     assert (run / "checkpoint.pt").exists()
     with pytest.raises(UserError, match=r'train.cuda_graph must be "auto", true or false'):
         train(tiny_config(train={"cuda_graph": "yes"}), out=tmp_path / "bad")
+
+
+@pytest.mark.parametrize("penalty", ["capacity", "free_bits"])
+@pytest.mark.parametrize("name", ["trace", "meanfield", "stl"])
+def test_a_penalized_step_reads_nothing_from_the_device_either(monkeypatch, penalty, name):
+    from pyro_vae.penalties import Capacity, FreeBits
+
+    vae = small_vae()
+    step = make_step(vae, ESTIMATORS.build(name))
+    kl_penalty = Capacity(gamma=10.0, capacity=2.0) if penalty == "capacity" else FreeBits(0.5)
+    with pyro.validation_enabled(False), no_reads_from_tensors(monkeypatch):
+        step(binary(8), 1.0, kl_penalty)
+    assert step.faults()[0] == 0
