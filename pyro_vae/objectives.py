@@ -140,6 +140,17 @@ class RewrapLatents(Messenger):
 # ---- per data point log weights, the common ground of the particle estimators ----
 
 
+def particle_traces(model, guide, x, num_particles=1, guide_wrapper=None):
+    """The guide's trace on x repeated K times (row k * N + i is particle k of data point i), and
+    the model's replayed against it; ``guide_wrapper`` re-wraps the guide's latent sites."""
+    xs = x.repeat(num_particles, *([1] * (x.dim() - 1))) if num_particles > 1 else x
+    if guide_wrapper is not None:
+        guide = RewrapLatents(guide_wrapper)(guide)
+    guide_trace = poutine.trace(guide).get_trace(xs)
+    model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(xs)
+    return guide_trace, model_trace
+
+
 def log_weights(model, guide, x, num_particles=1, guide_wrapper=None):
     """log p(x_i, z_ki) and log q(z_ki | x_i) for K particles z_ki ~ q(z | x_i), each (K, N).
 
@@ -150,11 +161,7 @@ def log_weights(model, guide, x, num_particles=1, guide_wrapper=None):
     Also returns the guide's trace.
     """
     n = len(x)
-    xs = x.repeat(num_particles, *([1] * (x.dim() - 1))) if num_particles > 1 else x
-    if guide_wrapper is not None:
-        guide = RewrapLatents(guide_wrapper)(guide)
-    guide_trace = poutine.trace(guide).get_trace(xs)
-    model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(xs)
+    guide_trace, model_trace = particle_traces(model, guide, x, num_particles, guide_wrapper)
     log_p = _sum_sites(model_trace, num_particles * n).view(num_particles, n)
     log_q = _sum_sites(guide_trace, num_particles * n).view(num_particles, n)
     return log_p, log_q, guide_trace
@@ -638,11 +645,7 @@ def elbo_parts(model, guide, x, analytic=False, per_dimension=False, num_particl
         return reconstruction, kl_term(q if guide_wrapper is None else guide_wrapper(q), vae.prior_dist(), z,
                                        analytic, per_dimension)
     n = len(x)
-    xs = x.repeat(num_particles, *([1] * (x.dim() - 1))) if num_particles > 1 else x
-    if guide_wrapper is not None:
-        guide = RewrapLatents(guide_wrapper)(guide)
-    guide_trace = poutine.trace(guide).get_trace(xs)
-    model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(xs)
+    guide_trace, model_trace = particle_traces(model, guide, x, num_particles, guide_wrapper)
     reconstruction, kl = 0.0, 0.0
     for name, site in model_trace.nodes.items():
         if site["type"] != "sample" or site_is_subsample(site):
