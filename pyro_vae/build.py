@@ -30,6 +30,7 @@ def build_model(config, data_shape):
         decoder=model["decoder"],
         likelihood=model["likelihood"],
         prior=model["prior"],
+        guide=model["guide"],
     )
 
 

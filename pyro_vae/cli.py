@@ -24,6 +24,7 @@ from .config import load_config
 from .annealing import SCHEDULES
 from .data import DATASETS
 from .evaluation import EVALUATION_SEED, evaluate
+from .guides import GUIDES
 from .likelihoods import LIKELIHOODS
 from .nets import DECODERS, ENCODERS
 from .objectives import ESTIMATORS
@@ -35,6 +36,7 @@ from .training import TrainingStopped, train
 REGISTRIES = {
     "likelihoods": LIKELIHOODS,
     "priors": PRIORS,
+    "guides": GUIDES,
     "encoders": ENCODERS,
     "decoders": DECODERS,
     "datasets": DATASETS,
@@ -91,6 +93,8 @@ def command_evaluate(args):
         ("KL(q(z|x) || p(z))", f"{result['kl']:.3f}"),
         ("active units", f"{result['active_units']} of {vae.latent_dim}"),
     ]
+    for site, kl in result.get("kl_per_layer", {}).items():
+        rows.append((f"  KL, layer {site}", f"{kl:.3f} ({result['active_units_per_layer'][site]} active units)"))
     if result["bits_per_dim"] is not None:
         rows.append(("bits per dimension", f"{result['bits_per_dim']:.4f}"))
     for name, value in rows:

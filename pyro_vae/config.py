@@ -22,6 +22,7 @@ from . import checks
 from .annealing import build_schedule
 from .checks import boolean, integer, number, string, type_name
 from .data import BINARIZATIONS, DATASETS
+from .guides import GUIDES
 from .likelihoods import LIKELIHOODS
 from .nets import DECODERS, ENCODERS
 from .objectives import ESTIMATORS
@@ -96,6 +97,7 @@ SCHEMA = {
         "decoder": ({"name": "mlp", "hidden": [256, 256], "activation": "elu"}, spec(DECODERS)),
         "likelihood": ("bernoulli", spec(LIKELIHOODS)),
         "prior": ("normal", spec(PRIORS)),
+        "guide": ("normal", spec(GUIDES)),
     },
     "objective": {
         # a name, or a table with the estimator's own options: { name = "renyi", alpha = 0.5 }

@@ -32,6 +32,7 @@ import torch
 from pyro import poutine
 from pyro.distributions.torch_distribution import TorchDistribution
 from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
+from pyro.poutine.util import site_is_subsample
 from pyro.poutine.messenger import Messenger
 from torch import nn
 from torch.distributions import kl_divergence
@@ -102,6 +103,13 @@ def detach_parameters(distribution):
     """The same distribution with its parameters cut from the autograd graph."""
     if isinstance(distribution, torch.distributions.Independent):
         return type(distribution)(detach_parameters(distribution.base_dist), distribution.reinterpreted_batch_ndims)
+    if isinstance(distribution, torch.distributions.MultivariateNormal):  # its other parameters are derived
+        return type(distribution)(distribution.loc.detach(), scale_tril=distribution.scale_tril.detach())
+    if isinstance(distribution, torch.distributions.TransformedDistribution):
+        raise UserError(
+            "estimators stl and dreg score z at detached guide parameters, which a flow guide (iaf) cannot do "
+            "without inverting the flow; use trace, meanfield, iwae, renyi, score or tail_adaptive"
+        )
     names = [name for name in distribution.arg_constraints if name in distribution.__dict__]
     if not names:
         raise UserError(f"cannot detach the parameters of a {type(distribution).__name__} guide distribution")
@@ -539,10 +547,12 @@ def analytic_kl(guide_dist, prior_dist):
 @torch.no_grad()
 def kl_per_dimension(vae, x):
     """KL(q(z_d | x) || p(z_d)) for each data point and latent dimension, shape (N, latent_dim),
-    where the prior factorizes over dimensions in closed form; else None."""
+    where both the guide and the prior factorize over dimensions in closed form; else None."""
+    if not getattr(vae, "guide_family", None) or not vae.guide_family.factorizes:
+        return None
     guide, prior = vae.guide_dist(x), vae.prior_dist()
     base = getattr(prior, "base_dist", None)
-    if base is None:
+    if base is None or not isinstance(guide, torch.distributions.Independent):
         return None
     try:
         return kl_divergence(guide.base_dist, base.expand(guide.base_dist.batch_shape))
@@ -552,20 +562,28 @@ def kl_per_dimension(vae, x):
 
 @torch.no_grad()
 def elbo_terms(vae, x):
-    """The ELBO and its two terms for each data point of ``x``, one sample of z each.
+    """The ELBO and its terms for each data point of ``x``, one sample of the latents each.
 
     Returns a dict of tensors of shape ``(N,)``: ``reconstruction`` = log p(x | z),
     ``kl`` = KL(q(z | x) || p(z)) (closed form where it exists, else the Monte Carlo
     value log q(z | x) - log p(z) at the drawn z), and ``elbo`` = reconstruction - kl.
-    Log-densities are read from the sites' distributions directly, so no handler's
-    scale (KL weight, subsampling) leaks into them.
+    With several latent sites (a two-layer model) ``kl`` is the sum over sites of each
+    site's term, KL(q(z_l | ...) || p(z_l | ...)) at the drawn values of the others, and
+    ``kl/<site>`` holds each. Log-densities are read from the sites' distributions
+    directly, so no handler's scale (KL weight, subsampling) leaks into them.
     """
     guide_trace = poutine.trace(vae.guide).get_trace(x)
     model_trace = poutine.trace(poutine.replay(vae.model, trace=guide_trace)).get_trace(x)
-    q, p = guide_trace.nodes["z"]["fn"], model_trace.nodes["z"]["fn"]
-    z = guide_trace.nodes["z"]["value"]
     reconstruction = model_trace.nodes["x"]["fn"].log_prob(x)
-    kl = analytic_kl(q, p)
-    if kl is None:
-        kl = q.log_prob(z) - p.log_prob(z)
-    return {"elbo": reconstruction - kl, "reconstruction": reconstruction, "kl": kl}
+    terms = {}
+    for name, site in guide_trace.nodes.items():
+        if site["type"] != "sample" or site_is_subsample(site):
+            continue
+        q, p, z = site["fn"], model_trace.nodes[name]["fn"], site["value"]
+        kl = analytic_kl(q, p)
+        terms[f"kl/{name}"] = q.log_prob(z) - p.log_prob(z) if kl is None else kl
+    kl = sum(terms.values())
+    result = {"elbo": reconstruction - kl, "reconstruction": reconstruction, "kl": kl}
+    if len(terms) > 1:
+        result.update(terms)
+    return result
