@@ -87,6 +87,7 @@ def build(config, data, device, batch_size=None):
     features_per_term = vae.num_features if objective["reduction"] == "mean" else 1
     constant = kl_schedule(0) * features_per_term if isinstance(kl_schedule, Constant) else None
     estimator.check_kl_weight(constant)
+    estimator.check_guide(vae.guide_family)
     parameters = [*vae.parameters(), *estimator.parameters()]
     optimizer = OPTIMIZERS.get(tc["optimizer"])(parameters, tc["lr"])
     lr_schedule = LR_SCHEDULES.get(tc["lr_schedule"])(optimizer, tc["epochs"] * steps_per_epoch)

@@ -60,6 +60,7 @@ class GuideFamily(nn.Module):
     context_arguments = ("latent_dim",)
     factorizes = False  # q is a product over latent dimensions (then the KL per dimension exists)
     density_anywhere = True  # log q(z) is cheap at any z, not only at q's own draws (a VampPrior needs it)
+    detachable = True  # log q(z) can be evaluated at detached parameters (the stl and dreg estimators)
 
     def __init__(self, latent_dim):
         super().__init__()
@@ -141,6 +142,7 @@ class InverseAutoregressiveFlow(GuideFamily):
     """
 
     density_anywhere = False
+    detachable = False
     mean_samples = 64
 
     def __init__(self, latent_dim, flows=2, hidden=None, context=None):

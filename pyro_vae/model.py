@@ -27,7 +27,6 @@ one that redefines ``model`` or ``guide`` themselves is traced (``has_standard_p
 import math
 
 import pyro
-import pyro.distributions as dist
 import torch
 from pyro.nn import PyroModule, pyro_method
 

@@ -236,6 +236,17 @@ class Estimator(nn.Module):
     def differentiable_loss(self, model, guide, x):
         raise NotImplementedError
 
+    detaches_guide_parameters = False  # scores z under log q at detached parameters (PathDerivative)
+
+    def check_guide(self, guide_family):
+        """Refuse a guide family this estimator cannot use (one that cannot be scored at detached parameters)."""
+        if self.detaches_guide_parameters and not getattr(guide_family, "detachable", True):
+            raise UserError(
+                f"estimator {self.registered_name!r} scores z at detached guide parameters, which the "
+                f"{guide_family.registered_name!r} guide cannot do without inverting its flow; use trace, "
+                "meanfield, iwae, renyi, score or tail_adaptive"
+            )
+
     def check_kl_weight(self, constant=None):
         """Refuse a KL weight this estimator cannot honour (``constant`` None: a schedule)."""
         if not self.supports_kl_weight and constant != 1.0:
@@ -335,6 +346,7 @@ class StickingTheLanding(PyroELBO):
     """Sticking the landing (Roeder et al. 2017): pathwise ELBO gradient without the score term of log q."""
 
     guide_wrapper = PathDerivative
+    detaches_guide_parameters = True
 
 
 class ParticleEstimator(Estimator):
@@ -447,6 +459,7 @@ class DReG(ParticleEstimator):
 
     reports_elbo = False
     supports_kl_weight = False
+    detaches_guide_parameters = True
 
     def differentiable_loss(self, model, guide, x):
         log_p, log_q, guide_trace = log_weights(model, guide, x, self.num_particles, PathDerivative)

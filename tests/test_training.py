@@ -9,8 +9,8 @@ from conftest import tiny_config
 from pyro_vae import load_run, train
 from pyro_vae.data import load_data
 from pyro_vae.evaluation import evaluate_elbo
-from pyro_vae.runs import read_metrics
 from pyro_vae.guides import gaussian_parameters
+from pyro_vae.runs import read_metrics
 
 RUN_FILES = ["config.toml", "checkpoint.pt", "metrics.csv", "reconstructions.png", "samples.png", "curves.png"]
 
