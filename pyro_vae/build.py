@@ -10,6 +10,7 @@ import math
 
 from .annealing import Constant, build_schedule
 from .data import load_data
+from .hierarchical import HierarchicalVAE, is_two_layer
 from .model import VAE
 from .objectives import ESTIMATORS, Estimator
 from .optimizers import LR_SCHEDULES, OPTIMIZERS
@@ -21,9 +22,10 @@ def build_data(config):
 
 
 def build_model(config, data_shape):
-    """The VAE a checked config describes, for data of shape ``data_shape``."""
+    """The VAE a checked config describes, for data of shape ``data_shape``: two stochastic
+    layers (``HierarchicalVAE``) where ``model.latent_dim`` is a list ``[z1, z2]``."""
     model = config["model"]
-    return VAE(
+    return (HierarchicalVAE if is_two_layer(model["latent_dim"]) else VAE)(
         data_shape,
         latent_dim=model["latent_dim"],
         encoder=model["encoder"],

@@ -92,7 +92,7 @@ SCHEMA = {
         "on_device": (False, boolean),
     },
     "model": {
-        "latent_dim": (16, at_least(integer, 1)),
+        "latent_dim": (16, checks.latent_dims),  # an integer, or [z1, z2] for two stochastic layers
         "encoder": ({"name": "mlp", "hidden": [256, 256], "activation": "elu"}, spec(ENCODERS)),
         "decoder": ({"name": "mlp", "hidden": [256, 256], "activation": "elu"}, spec(DECODERS)),
         "likelihood": ("bernoulli", spec(LIKELIHOODS)),

@@ -561,7 +561,7 @@ def analytic_kl(guide_dist, prior_dist):
 def kl_per_dimension(vae, x):
     """KL(q(z_d | x) || p(z_d)) for each data point and latent dimension, shape (N, latent_dim),
     where both the guide and the prior factorize over dimensions in closed form; else None."""
-    if not getattr(vae, "guide_family", None) or not vae.guide_family.factorizes:
+    if not vae.has_standard_programs or not vae.guide_family.factorizes:
         return None
     guide, prior = vae.guide_dist(x), vae.prior_dist()
     base = getattr(prior, "base_dist", None)
