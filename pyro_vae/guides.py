@@ -132,8 +132,9 @@ class FullNormal(GuideFamily):
 
 @GUIDES.register("iaf")
 class InverseAutoregressiveFlow(GuideFamily):
-    """Inverse autoregressive flow (Kingma et al. 2016): a diagonal Gaussian pushed through
-    ``flows`` affine autoregressive steps conditioned on a context from the encoder.
+    """Inverse autoregressive flow (Kingma et al. 2016): a diagonal Gaussian through affine autoregressive steps.
+
+    ``flows`` steps, each conditioned on a context vector from the encoder.
 
     Each step is Pyro's ``conditional_affine_autoregressive`` in its stable form (a gate
     s = sigmoid(.), Kingma et al.'s eq. 14) with its own random variable order; ``hidden``

@@ -524,7 +524,7 @@ def reparameterized_loss(vae, x, kl_weight=None, analytic=False):
     """``Trace_ELBO``'s loss (``TraceMeanField_ELBO``'s with ``analytic``) for ``vae.model`` and
     ``vae.guide``, computed directly: the same noise, value and gradients, without tracing.
 
-        loss = -sum_n [ log p(x_n | z_n) - w (log q(z_n | x_n) - log p(z_n)) ],  z_n = loc + scale * eps_n
+        loss = -sum_n [ log p(x_n | z_n) - w (log q(z_n | x_n) - log p(z_n)) ],  z_n ~ q(z | x_n) reparameterized
 
     with the KL term in closed form under ``analytic`` where it has one, and every density
     from the VAE's own ``guide_dist``, ``prior_dist`` and ``likelihood_dist`` (the ones its
