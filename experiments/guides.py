@@ -21,6 +21,7 @@ runs go to ``runs/guides/``.
 """
 
 import argparse
+import csv
 import sys
 import time
 from pathlib import Path
@@ -34,6 +35,7 @@ from pyro_vae import load_run, train  # noqa: E402
 from pyro_vae.build import build_data  # noqa: E402
 from pyro_vae.config import load_config  # noqa: E402
 from pyro_vae.evaluation import evaluate_elbo, log_likelihood  # noqa: E402
+from pyro_vae.registry import UserError  # noqa: E402
 from pyro_vae.runs import read_metrics  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,6 +50,13 @@ MODELS = {
     "two_layer": ["model.latent_dim=[40, 40]"],
     "two_layer_vamp": ["model.latent_dim=[40, 40]", "model.prior={name='vamp', components=500}"],
 }
+
+
+FIELDS = [
+    "model", "guide", "latent_dim", "epochs", "best_epoch", "train_seconds", "test_images", "num_samples", "nll",
+    "nll_standard_error", "elbo", "kl", "kl_z1", "kl_z2", "active_units", "active_units_z1", "active_units_z2",
+    "eval_seconds", "status", "command",
+]
 
 
 def base_overrides(args):
@@ -106,6 +115,7 @@ def run_model(name, args, test_x):
         "active_units_z1": units.get("z1", ""),
         "active_units_z2": units.get("z2", ""),
         "eval_seconds": round(seconds),
+        "status": "ok",
     }
     print({k: round(v, 2) if isinstance(v, float) else v for k, v in row.items()}, flush=True)
     return row
@@ -139,13 +149,21 @@ def main():
     test_x = test[torch.randperm(len(test), generator=torch.Generator().manual_seed(0))[:count]]
 
     RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"guides{'_quick' if args.quick else ''}.csv"
+    # rows of models this invocation does not run are kept (a model's new row replaces its old one)
+    kept = [r for r in (csv.DictReader(path.open()) if path.is_file() else []) if r["model"] not in names]
     rows = []
     for name in names:
-        rows.append(run_model(name, args, test_x))
-        command = "python experiments/guides.py " + " ".join(sys.argv[1:])
-        for row in rows:
-            row["command"] = command
-        write_csv(rows, RESULTS / f"guides{'_quick' if args.quick else ''}.csv")  # after each model: partial results survive
+        try:
+            row = run_model(name, args, test_x)
+        except UserError as error:  # a diverged run is a result too; the next model still runs
+            print(f"error: {error}", flush=True)
+            row = {**dict.fromkeys(FIELDS, ""), "model": name, "status": f"stopped: {str(error).split(';')[0]}"}
+        row["command"] = "python experiments/guides.py " + " ".join(sys.argv[1:])
+        rows.append(row)
+        order = {n: i for i, n in enumerate(MODELS)}
+        merged = sorted(kept + rows, key=lambda r: order[r["model"]])
+        write_csv([{k: r.get(k, "") for k in FIELDS} for r in merged], path)  # after each model: partial results survive
 
 
 if __name__ == "__main__":

@@ -113,7 +113,14 @@ class LowRankNormal(GuideFamily):
 
 @GUIDES.register("full")
 class FullNormal(GuideFamily):
-    """Full-covariance Gaussian N(loc, L L^T), L lower triangular with a positive diagonal."""
+    """Full-covariance Gaussian N(loc, L L^T), L lower triangular with a positive diagonal.
+
+    L = diag(s) (I + M), M strictly lower triangular: the encoder outputs s (through
+    softplus) and M's entries. Every Cholesky factor is of this form (M_ij = L_ij / L_ii),
+    and scoring z, a triangular solve with L, is then as accurate for a tiny s as for a
+    large one; with L's off-diagonal entries output directly, a collapsing s (early in a
+    KL warm-up) made the solve overflow.
+    """
 
     @property
     def num_params(self):
@@ -125,8 +132,9 @@ class FullNormal(GuideFamily):
         params = params.float()
         loc, raw_diag, off_diagonal = params.split([d, d, d * (d - 1) // 2], dim=-1)
         rows, cols = torch.tril_indices(d, d, offset=-1, device=params.device)
-        scale_tril = torch.diag_embed(positive(raw_diag))
-        scale_tril[..., rows, cols] = off_diagonal
+        unit_tril = torch.eye(d, device=params.device).expand(*params.shape[:-1], d, d).clone()
+        unit_tril[..., rows, cols] = off_diagonal
+        scale_tril = positive(raw_diag).unsqueeze(-1) * unit_tril  # diag(s) (I + M)
         return dist.MultivariateNormal(loc, scale_tril=scale_tril)
 
 

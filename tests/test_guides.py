@@ -19,7 +19,9 @@ from pyro.distributions import MultivariateNormal
 from pyro.infer import Trace_ELBO
 
 from pyro_vae import VAE, load_run
+from pyro_vae.build import build_model
 from pyro_vae.cli import main
+from pyro_vae.config import load_config
 from pyro_vae.evaluation import direct_log_importance_weights
 from pyro_vae.guides import GUIDES, MIN_SCALE
 from pyro_vae.objectives import ESTIMATORS
@@ -68,7 +70,8 @@ class PPCA:
         elif family.registered_name == "full":
             tril = torch.linalg.cholesky(covariance)
             rows, cols = torch.tril_indices(d, d, offset=-1)
-            constant = torch.cat([inverse_softplus(tril.diagonal() - MIN_SCALE), tril[rows, cols]])
+            unit = tril / tril.diagonal()[:, None]  # L = diag(s) (I + M)
+            constant = torch.cat([inverse_softplus(tril.diagonal() - MIN_SCALE), unit[rows, cols]])
         else:  # lowrank, rank = d: S = F F^T + delta^2 I with delta^2 half the smallest eigenvalue
             delta = (0.5 * torch.linalg.eigvalsh(covariance)[0]).sqrt()
             factor = torch.linalg.cholesky(covariance - delta**2 * torch.eye(d, dtype=W.dtype))
@@ -227,3 +230,16 @@ def test_the_encoder_outputs_what_the_guide_needs(guide, num_params):
     assert q.batch_shape == (3,) and q.event_shape == (4,)
     assert vae.encode(x).shape == (3, 4)
 
+
+
+def test_config_names_the_guide_and_refuses_bad_ones():
+    vae = build_model(load_config(overrides=["model.guide={name='lowrank', rank=2}", "model.latent_dim=3"]), (6,))
+    assert vae.guide_family.registered_name == "lowrank" and vae.encoder(torch.rand(2, 6)).shape == (2, 12)
+    with pytest.raises(UserError, match="unknown guide 'bogus'"):
+        load_config(overrides=["model.guide=bogus"])
+    with pytest.raises(UserError, match="unknown option for guide 'full'"):
+        load_config(overrides=["model.guide={name='full', rank=2}"])
+    with pytest.raises(UserError, match="model.guide.rank must be >= 1"):
+        build_model(load_config(overrides=["model.guide={name='lowrank', rank=0}"]), (6,))
+    with pytest.raises(UserError, match="model.guide.hidden"):
+        build_model(load_config(overrides=["model.guide={name='iaf', hidden=[2]}", "model.latent_dim=4"]), (6,))
