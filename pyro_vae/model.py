@@ -32,8 +32,8 @@ from pyro.nn import PyroModule, pyro_method
 
 from ._pyro_compat import new_param_store_state, own_param_store
 from .checks import integer
-from .likelihoods import LIKELIHOODS
 from .guides import GUIDES
+from .likelihoods import LIKELIHOODS
 from .nets import DECODERS, ENCODERS
 from .priors import PRIORS
 from .registry import UserError
