@@ -13,8 +13,11 @@ same epochs and KL warm-up, differing only in the guide or the latent layers:
 Each is trained with ``pyro_vae.train`` and its best-validation checkpoint evaluated on a
 seeded random subset of the test split (the split is sorted by class, so never its first
 N): the importance-sampled log p(x) with K samples, the ELBO, the KL (per layer), active
-units. Results: ``experiments/results/guides/guides{_quick}.csv`` (one row per model);
-runs go to ``runs/guides/``.
+units, and each image's -log p(x) minus the ``normal`` model's on the same images
+(``nll_minus_normal``, with its paired standard error). Results:
+``experiments/results/guides/guides{_quick}.csv`` (one row per model; a run of some models
+replaces only their rows); runs, and each run's per-image ``test_log_px.pt``, go to
+``runs/guides/``. ``--skip-training`` re-evaluates finished runs.
 
     python experiments/guides.py --quick                      # digits, about a minute
     nice python experiments/guides.py --epochs 8 --test-images 1000 --samples 1000   # the README's CPU budget run
@@ -54,7 +57,7 @@ MODELS = {
 
 FIELDS = [
     "model", "guide", "latent_dim", "epochs", "best_epoch", "train_seconds", "test_images", "num_samples", "nll",
-    "nll_standard_error", "elbo", "kl", "kl_z1", "kl_z2", "active_units", "active_units_z1", "active_units_z2",
+    "nll_standard_error", "nll_minus_normal", "nll_minus_normal_standard_error", "elbo", "kl", "kl_z1", "kl_z2", "active_units", "active_units_z1", "active_units_z2",
     "eval_seconds", "status", "command",
 ]
 
@@ -87,13 +90,15 @@ def run_model(name, args, test_x):
     overrides = base_overrides(args) + model_overrides(name, args)
     run = RUNS / (name + ("-quick" if args.quick else ""))
     print(f"== {name}: {' '.join(model_overrides(name, args))}", flush=True)
-    train(None, out=run, force=True, overrides=overrides)
+    if not args.skip_training:
+        train(None, out=run, force=True, overrides=overrides)
     metrics = read_metrics(run / "metrics.csv")
     vae = load_run(run, checkpoint="best.pt")
     start = time.perf_counter()
     summary = evaluate_elbo(vae, [test_x[i : i + 500] for i in range(0, len(test_x), 500)])
     log_px = log_likelihood(vae, test_x, num_samples=args.samples, batch_size=100)
     seconds = time.perf_counter() - start
+    torch.save(log_px, run / "test_log_px.pt")  # per image, for differences paired on the same images
     layers = summary.get("kl_per_layer", {})
     units = summary.get("active_units_per_layer", {})
     row = {
@@ -117,6 +122,11 @@ def run_model(name, args, test_x):
         "eval_seconds": round(seconds),
         "status": "ok",
     }
+    baseline = RUNS / ("normal" + ("-quick" if args.quick else "")) / "test_log_px.pt"
+    if baseline.is_file():  # the same images and K: the difference's standard error is over paired values
+        difference = torch.load(baseline) - log_px  # NLL(model) - NLL(normal) per image
+        row["nll_minus_normal"] = difference.mean().item()
+        row["nll_minus_normal_standard_error"] = (difference.std() / len(difference) ** 0.5).item()
     print({k: round(v, 2) if isinstance(v, float) else v for k, v in row.items()}, flush=True)
     return row
 
@@ -131,6 +141,7 @@ def main():
     p.add_argument("--test-images", type=int, default=None, help="seeded random test subset size (default 1000; all with --quick)")
     p.add_argument("--data", default=str(MNIST), help="the binarized MNIST .npz")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    p.add_argument("--skip-training", action="store_true", help="evaluate the runs already in runs/guides/")
     args = p.parse_args()
     # One thread: on the shared 2-core machine two threads per process made a step 10x slower.
     torch.set_num_threads(args.threads)
@@ -159,7 +170,8 @@ def main():
         except UserError as error:  # a diverged run is a result too; the next model still runs
             print(f"error: {error}", flush=True)
             row = {**dict.fromkeys(FIELDS, ""), "model": name, "status": f"stopped: {str(error).split(';')[0]}"}
-        row["command"] = "python experiments/guides.py " + " ".join(sys.argv[1:])
+        # the command that trains and evaluates (--skip-training only re-evaluates a finished run)
+        row["command"] = "python experiments/guides.py " + " ".join(a for a in sys.argv[1:] if a != "--skip-training")
         rows.append(row)
         order = {n: i for i, n in enumerate(MODELS)}
         merged = sorted(kept + rows, key=lambda r: order[r["model"]])
