@@ -40,6 +40,7 @@ from pyro.infer import SVI, Trace_ELBO
 from pyro_vae.config import load_config
 from pyro_vae.data import Data, Split, load_data
 from pyro_vae.evaluation import log_likelihood
+from pyro_vae.guides import gaussian_parameters
 from pyro_vae.training import Trainer, train
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -83,7 +84,7 @@ class HandWritten:
         self.graph = None
 
     def step(self, x):
-        loc, scale = self.encoder(x)
+        loc, scale = gaussian_parameters(self.encoder(x))
         z = loc + scale * torch.randn_like(loc)
         logits = self.decoder(z)[:, 0]
         reconstruction = F.binary_cross_entropy_with_logits(logits, x, reduction="sum")
@@ -115,7 +116,7 @@ class HandWritten:
     @torch.no_grad()
     def log_likelihood(self, x, num_samples):
         """log p(x) ~ logsumexp_k [log p(x|z_k) + log p(z_k) - log q(z_k|x)] - log K."""
-        loc, scale = self.encoder(x)
+        loc, scale = gaussian_parameters(self.encoder(x))
         eps = torch.randn(num_samples, *loc.shape, device=loc.device)
         z = loc + scale * eps
         logits = self.decoder(z.flatten(0, 1))[:, 0].view(num_samples, len(x), *x.shape[1:])

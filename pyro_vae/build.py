@@ -13,6 +13,7 @@ from .annealing import Constant, build_schedule
 from .config import SCHEMA
 from .data import as_data, load_data
 from .likelihoods import LIKELIHOODS
+from .hierarchical import HierarchicalVAE, is_two_layer
 from .model import VAE
 from .objectives import ESTIMATORS, Estimator, factors
 from .optimizers import LR_SCHEDULES, OPTIMIZERS
@@ -30,9 +31,10 @@ def build_data(config, data=None):
 
 
 def build_model(config, data_shape, data_levels=None):
-    """The VAE a checked config describes, for data of shape ``data_shape`` (and ``data_levels``)."""
+    """The VAE a checked config describes, for data of shape ``data_shape`` (and ``data_levels``): two
+    stochastic layers (``HierarchicalVAE``) where ``model.latent_dim`` is a list ``[z1, z2]``."""
     model = config["model"]
-    return VAE(
+    return (HierarchicalVAE if is_two_layer(model["latent_dim"]) else VAE)(
         data_shape,
         latent_dim=model["latent_dim"],
         encoder=model["encoder"],
@@ -40,6 +42,7 @@ def build_model(config, data_shape, data_levels=None):
         likelihood=model["likelihood"],
         prior=model["prior"],
         data_levels=data_levels,
+        guide=model["guide"],
     )
 
 
@@ -111,6 +114,7 @@ def build(config, data, device, batch_size=None):
         estimator.check_kl_penalty(penalty.name)
         if penalty.per_dimension:  # free bits: the KL per dimension needs a factorized prior
             factors(vae.prior_dist(), "prior")
+    estimator.check_guide(vae.guide_family)
     parameters = [*vae.parameters(), *estimator.parameters()]
     optimizer = OPTIMIZERS.get(tc["optimizer"])(parameters, tc["lr"])
     lr_schedule = LR_SCHEDULES.build(tc["lr_schedule"], "train.lr_schedule", optimizer=optimizer,

@@ -63,3 +63,12 @@ def sizes(value, key):
         if not isinstance(size, int) or isinstance(size, bool) or size < 1:
             raise UserError(f"{key} must be a list of integers >= 1, got {value!r}")
     return value
+
+
+def latent_dims(value, key):
+    """A latent size: an integer >= 1, or a list of two (``[z1, z2]``, two stochastic layers)."""
+    if isinstance(value, (list, tuple)):
+        if len(value) != 2:
+            raise UserError(f"{key} must be an integer or a list of two integers [z1, z2], got {value!r}")
+        return [integer(size, key, minimum=1) for size in value]
+    return integer(value, key, minimum=1)

@@ -123,6 +123,8 @@ def command_evaluate(args):
         ("KL(q(z|x) || p(z))", f"{result['kl']:.3f}"),
         ("active units", f"{result['active_units']} of {vae.latent_dim}"),
     ]
+    for site, kl in result.get("kl_per_layer", {}).items():
+        rows.append((f"  KL, layer {site}", f"{kl:.3f} ({result['active_units_per_layer'][site]} active units)"))
     if result["bits_per_dim"] is not None:
         rows.append(("bits per dimension", f"{result['bits_per_dim']:.4f}"))
     for name, value in rows:
@@ -168,6 +170,7 @@ def registries():
     """Every registry ``pyro-vae list`` shows, by title."""
     from .annealing import SCHEDULES
     from .data import DATASETS
+    from .guides import GUIDES
     from .likelihoods import LIKELIHOODS
     from .nets import DECODERS, ENCODERS
     from .objectives import ESTIMATORS
@@ -176,6 +179,7 @@ def registries():
     return {
         "likelihoods": LIKELIHOODS,
         "priors": PRIORS,
+        "guides": GUIDES,
         "encoders": ENCODERS,
         "decoders": DECODERS,
         "datasets": DATASETS,

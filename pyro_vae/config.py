@@ -22,6 +22,7 @@ from . import checks
 from .annealing import build_schedule
 from .checks import boolean, integer, number, string, type_name
 from .data import BINARIZATIONS, DATASETS
+from .guides import GUIDES
 from .likelihoods import LIKELIHOODS
 from .loggers import LOGGERS
 from .nets import DECODERS, ENCODERS
@@ -131,11 +132,12 @@ SCHEMA = {
         "on_device": (False, boolean),
     },
     "model": {
-        "latent_dim": (16, at_least(integer, 1)),
+        "latent_dim": (16, checks.latent_dims),  # an integer, or [z1, z2] for two stochastic layers
         "encoder": ({"name": "mlp", "hidden": [256, 256], "activation": "elu"}, spec(ENCODERS)),
         "decoder": ({"name": "mlp", "hidden": [256, 256], "activation": "elu"}, spec(DECODERS)),
         "likelihood": ("bernoulli", spec(LIKELIHOODS)),
         "prior": ("normal", spec(PRIORS)),
+        "guide": ("normal", spec(GUIDES)),
     },
     "objective": {
         # a name, or a table with the estimator's own options: { name = "renyi", alpha = 0.5 }

@@ -54,7 +54,8 @@ def evaluate_elbo(vae, batches, seed=EVALUATION_SEED, all_reduce=None):
 
     Returns ``elbo``, ``reconstruction`` (E_q log p(x|z)), ``kl``, ``kl_per_dimension``
     (a list, where the KL factorizes over dimensions in closed form, else None),
-    ``active_units`` and ``num_examples``. Everything is accumulated as sums, so that
+    ``active_units`` (summed over latent layers) and ``num_examples``; a model with
+    several latent layers adds ``kl_per_layer`` and ``active_units_per_layer`` (by site). Everything is accumulated as sums, so that
     under data-parallel training each process evaluates its shard and ``all_reduce``
     (e.g. ``torch.distributed.all_reduce``) combines the sums before the means are taken.
     """
@@ -73,9 +74,10 @@ def evaluate_elbo(vae, batches, seed=EVALUATION_SEED, all_reduce=None):
             per_dim = kl_per_dimension(vae, x)
             if per_dim is not None:
                 add("kl_per_dimension", per_dim.double().sum(0))
-            codes = vae.encode(x).double()
-            add("code_sum", codes.sum(0))
-            add("code_square_sum", (codes * codes).sum(0))
+            for site, codes in vae.encode_layers(x).items():
+                codes = codes.double()
+                add(f"code_sum/{site}", codes.sum(0))
+                add(f"code_square_sum/{site}", (codes * codes).sum(0))
             add("count", len(x))
     if all_reduce is not None:
         for value in sums.values():
@@ -85,9 +87,17 @@ def evaluate_elbo(vae, batches, seed=EVALUATION_SEED, all_reduce=None):
     result = {name: (sums[name] / count).item() for name in ("elbo", "reconstruction", "kl")}
     kl_dims = sums.get("kl_per_dimension")
     result["kl_per_dimension"] = None if kl_dims is None else (kl_dims / count).tolist()
-    # Var_x(E_q[z_d | x]) from the sums: (sum c^2 - (sum c)^2 / n) / (n - 1)
-    variance = (sums["code_square_sum"] - sums["code_sum"] ** 2 / count) / max(count - 1, 1)
-    result["active_units"] = int((variance > ACTIVE_UNIT_THRESHOLD).sum()) if count > 1 else 0
+    active = {}
+    for name in sums:
+        if name.startswith("code_sum/"):
+            site = name.split("/", 1)[1]
+            # Var_x(E_q[z_d | x]) from the sums: (sum c^2 - (sum c)^2 / n) / (n - 1)
+            variance = (sums[f"code_square_sum/{site}"] - sums[name] ** 2 / count) / max(count - 1, 1)
+            active[site] = int((variance > ACTIVE_UNIT_THRESHOLD).sum()) if count > 1 else 0
+    result["active_units"] = sum(active.values())
+    if len(active) > 1:  # a model with several latent layers: each layer's KL and active units
+        result["kl_per_layer"] = {site: (sums[f"kl/{site}"] / count).item() for site in active}
+        result["active_units_per_layer"] = active
     result["num_examples"] = int(count)
     return result
 
@@ -116,8 +126,9 @@ def log_importance_weights(vae, x, num_particles):
 
 def direct_log_importance_weights(vae, x, num_particles):
     """:func:`traced_log_importance_weights` for ``VAE.model``/``VAE.guide``, computed directly:
-    the guide's draw ``z ~ N(loc(x), scale(x)^2)`` for K particles is the same call on the
-    same RNG, and the densities are the same distributions' ``log_prob``."""
+    the guide's draw ``z ~ q(z | x)`` for K particles is the same call on the same RNG, and
+    the densities are the same distributions' ``log_prob`` (the guide's own log-density,
+    whatever its family)."""
     n = x.shape[0]
     guide = vae.guide_dist(x)
     z = guide.rsample((num_particles,))  # (K, N, latent_dim)

@@ -7,7 +7,10 @@ Generative model, for each data point in the ``"data"`` plate::
 
 Amortized guide::
 
-    z ~ N(loc(x), diag scale(x)^2) site "z"  (loc, scale = encoder(x); reparameterized)
+    z ~ q(z | encoder(x))          site "z"  (reparameterized; a diagonal Gaussian by default)
+
+The guide's family (``guides``: diagonal, low-rank or full Gaussian, or an inverse
+autoregressive flow) decides how many numbers the encoder outputs.
 
 ``SVI(vae.model, vae.guide, optim, Trace_ELBO())`` then maximizes
 ELBO(x) = E_q[log p(x | z)] - KL(q(z | x) || p(z)). The model knows nothing of KL
@@ -24,12 +27,12 @@ one that redefines ``model`` or ``guide`` themselves is traced (``has_standard_p
 import math
 
 import pyro
-import pyro.distributions as dist
 import torch
 from pyro.nn import PyroModule, pyro_method
 
 from ._pyro_compat import new_param_store_state, own_param_store
 from .checks import integer
+from .guides import GUIDES
 from .likelihoods import LIKELIHOODS
 from .nets import DECODERS, ENCODERS
 from .priors import PRIORS
@@ -44,7 +47,7 @@ class VAE(PyroModule):
 
         VAE(data_shape=(1, 28, 28), latent_dim=16,
             encoder={"name": "mlp", "hidden": [256, 256]},
-            likelihood={"name": "gaussian", "scale": 0.1}, prior="normal")
+            likelihood={"name": "gaussian", "scale": 0.1}, prior="normal", guide="full")
 
     The VAE owns its parameters: while its programs run, Pyro's param store is its own
     (``_pyro_compat.own_param_store``), so parameter sites appear in traces as usual
@@ -63,6 +66,7 @@ class VAE(PyroModule):
         likelihood="bernoulli",
         prior="normal",
         data_levels=None,
+        guide="normal",
     ):
         super().__init__(name="vae")
         data_shape = (data_shape,) if isinstance(data_shape, int) else tuple(data_shape)
@@ -70,8 +74,14 @@ class VAE(PyroModule):
         self.latent_dim = integer(latent_dim, "model.latent_dim", minimum=1)
         self.likelihood = LIKELIHOODS.build(likelihood, "model.likelihood", data_shape=data_shape, data_levels=data_levels)
         self.prior = PRIORS.build(prior, "model.prior", latent_dim=latent_dim, data_shape=data_shape)
+        self.guide_family = GUIDES.build(guide, "model.guide", latent_dim=latent_dim)
+        check_prior_fits_guide(self.prior, self.guide_family)
         self.encoder = ENCODERS.build(
-            encoder, "model.encoder", data_shape=data_shape, latent_dim=latent_dim
+            encoder,
+            "model.encoder",
+            data_shape=data_shape,
+            latent_dim=latent_dim,
+            num_params=self.guide_family.num_params,
         )
         self.decoder = DECODERS.build(
             decoder,
@@ -100,8 +110,8 @@ class VAE(PyroModule):
     # ---- the densities, written once ----
 
     def prior_dist(self):
-        """p(z), event shape ``(latent_dim,)``."""
-        return self.prior(self.encoder)
+        """p(z), event shape ``(latent_dim,)`` (a VampPrior is built from the guide, ``guide_dist``)."""
+        return self.prior(self.guide_dist)
 
     def likelihood_dist(self, z, x=None):
         """p(x | z) for codes ``z`` of shape ``(..., latent_dim)``; ``x`` is the observation, if any
@@ -109,9 +119,8 @@ class VAE(PyroModule):
         return self.likelihood(self.decoder(z), x)
 
     def guide_dist(self, x):
-        """q(z | x) = N(loc(x), diag scale(x)^2), event shape ``(latent_dim,)``."""
-        loc, scale = self.encoder(x)
-        return dist.Normal(loc, scale).to_event(1)
+        """q(z | x), the guide family's distribution at the encoder's output; event shape ``(latent_dim,)``."""
+        return self.guide_family(self.encoder(x))
 
     # ---- the programs ----
 
@@ -125,7 +134,7 @@ class VAE(PyroModule):
 
     @pyro_method
     def guide(self, x):
-        """q(z | x) = N(loc(x), diag scale(x)^2), reparameterized."""
+        """q(z | x) (``guide_dist``), reparameterized."""
         x = self._check_batch(x)
         with self.param_store(), pyro.plate("data", x.shape[0]):
             pyro.sample("z", self.guide_dist(x))
@@ -148,10 +157,24 @@ class VAE(PyroModule):
 
     @torch.no_grad()
     def reconstruct(self, x):
-        """E[x | z] at the guide's mean code z = loc(x)."""
+        """E[x | z] at the guide's mean code z = E_q[z | x]."""
         return self.likelihood.mean(self.decoder(self.encode(x)))
 
     @torch.no_grad()
     def encode(self, x):
-        """The guide's mean code E_q[z | x]."""
-        return self.guide_dist(x).mean
+        """The guide's mean code E_q[z | x] (a Monte Carlo average for a flow guide)."""
+        return self.guide_family.mean(self.guide_dist(x))
+
+    @torch.no_grad()
+    def encode_layers(self, x):
+        """{site: E_q[code | x]} for every latent site (one, "z", here)."""
+        return {"z": self.encode(x)}
+
+
+def check_prior_fits_guide(prior, guide_family):
+    """A prior built from the guide's density (the VampPrior) needs that density cheap at any point."""
+    if getattr(prior, "built_from_guide", False) and not guide_family.density_anywhere:
+        raise UserError(
+            f"prior {prior.registered_name!r} is a mixture of the guide's densities at pseudo-inputs, which "
+            f"the {guide_family.registered_name!r} guide cannot score cheaply; use guide normal, lowrank or full"
+        )

@@ -1,7 +1,8 @@
 """Encoder and decoder networks.
 
-An encoder maps a batch ``x`` of shape ``(N, *data_shape)`` to the parameters
-``(loc, scale)`` of the diagonal Gaussian q(z | x), each ``(N, latent_dim)``.
+An encoder maps a batch ``x`` of shape ``(N, *data_shape)`` to the guide's parameters,
+``(N, num_params)`` unconstrained numbers (float32) that the guide family (``guides``)
+turns into q(z | x): 2 * latent_dim of them, loc and scale, for the default diagonal Gaussian.
 A decoder maps ``z`` of shape ``(*batch, latent_dim)`` to the likelihood's parameters,
 ``(*batch, num_params, *data_shape)``: any leading batch dimensions (Pyro's vectorized
 particles add one on the left of the data's).
@@ -14,7 +15,6 @@ transposed-convolution decoder that mirrors it.
 import math
 
 from torch import nn
-from torch.nn import functional as F
 
 from .checks import sizes
 from .registry import Registry, UserError
@@ -32,11 +32,6 @@ ACTIVATIONS = {
     "sigmoid": nn.Sigmoid,
 }
 
-# A floor on the guide's standard deviation keeps log q finite when an encoder
-# drives a unit's variance toward zero.
-MIN_SCALE = 1e-4
-
-
 def make_activation(name):
     if name not in ACTIVATIONS:
         raise UserError(f"unknown activation {name!r}; choose one of: {', '.join(ACTIVATIONS)}")
@@ -53,31 +48,21 @@ def mlp(sizes, activation_name):
     return nn.Sequential(*layers)
 
 
-def gaussian_parameters(output):
-    """Split the encoder's last layer into loc and a positive scale = softplus(.) + floor.
-
-    Networks hand float32 to the distributions even under bf16 autocast: densities and
-    KL terms are sums of many small numbers that bf16's 8-bit mantissa would ruin.
-    """
-    loc, raw_scale = output.float().chunk(2, dim=-1)
-    return loc, F.softplus(raw_scale) + MIN_SCALE
-
-
 class Net(nn.Module):
     context_arguments = ("data_shape", "latent_dim", "num_params")
 
 
 @ENCODERS.register("mlp")
 class MLPEncoder(Net):
-    """Fully connected encoder: flatten, hidden layers, then loc and scale of q(z | x)."""
+    """Fully connected encoder: flatten, hidden layers, then the guide's parameters."""
 
-    def __init__(self, data_shape, latent_dim, hidden=(256, 256), activation="elu"):
+    def __init__(self, data_shape, latent_dim, num_params=None, hidden=(256, 256), activation="elu"):
         super().__init__()
         hidden = sizes(hidden, "model.encoder.hidden")
-        self.net = mlp([math.prod(data_shape), *hidden, 2 * latent_dim], activation)
+        self.net = mlp([math.prod(data_shape), *hidden, num_params or 2 * latent_dim], activation)
 
     def forward(self, x):
-        return gaussian_parameters(self.net(x.flatten(1)))
+        return self.net(x.flatten(1)).float()  # float32: see guides.gaussian_parameters
 
 
 @DECODERS.register("mlp")
@@ -95,7 +80,7 @@ class MLPDecoder(Net):
         self.net = mlp([latent_dim, *hidden, math.prod(self.output_shape)], activation)
 
     def forward(self, z):
-        return self.net(z).float().view(*z.shape[:-1], *self.output_shape)  # float32: see gaussian_parameters
+        return self.net(z).float().view(*z.shape[:-1], *self.output_shape)  # float32: see guides.gaussian_parameters
 
 
 def _image_shape(data_shape, channels, where):
@@ -118,7 +103,7 @@ def _image_shape(data_shape, channels, where):
 class ConvEncoder(Net):
     """Convolutional encoder: stride-2 4x4 convolutions halve the image per layer, then a linear map."""
 
-    def __init__(self, data_shape, latent_dim, channels=(32, 64), activation="elu"):
+    def __init__(self, data_shape, latent_dim, num_params=None, channels=(32, 64), activation="elu"):
         super().__init__()
         channels = sizes(channels, "model.encoder.channels")
         height, width = _image_shape(data_shape, channels, "encoder")
@@ -127,10 +112,10 @@ class ConvEncoder(Net):
             layers += [nn.Conv2d(c_in, c_out, 4, stride=2, padding=1), make_activation(activation)]
             c_in = c_out
         self.features = nn.Sequential(*layers, nn.Flatten())
-        self.head = nn.Linear(c_in * height * width, 2 * latent_dim)
+        self.head = nn.Linear(c_in * height * width, num_params or 2 * latent_dim)
 
     def forward(self, x):
-        return gaussian_parameters(self.head(self.features(x)))
+        return self.head(self.features(x)).float()
 
 
 @DECODERS.register("conv")

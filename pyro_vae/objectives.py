@@ -118,6 +118,13 @@ def detach_parameters(distribution):
     """The same distribution with its parameters cut from the autograd graph."""
     if isinstance(distribution, torch.distributions.Independent):
         return type(distribution)(detach_parameters(distribution.base_dist), distribution.reinterpreted_batch_ndims)
+    if isinstance(distribution, torch.distributions.MultivariateNormal):  # its other parameters are derived
+        return type(distribution)(distribution.loc.detach(), scale_tril=distribution.scale_tril.detach())
+    if isinstance(distribution, torch.distributions.TransformedDistribution):
+        raise UserError(
+            "estimators stl and dreg score z at detached guide parameters, which a flow guide (iaf) cannot do "
+            "without inverting the flow; use trace, meanfield, iwae, renyi, score or tail_adaptive"
+        )
     names = [name for name in distribution.arg_constraints if name in distribution.__dict__]
     if not names:
         raise UserError(f"cannot detach the parameters of a {type(distribution).__name__} guide distribution")
@@ -269,6 +276,17 @@ class Estimator(nn.Module):
             return "objective.jit = true compiles the loss with torch.jit, which is not captured"
         return None
 
+    detaches_guide_parameters = False  # scores z under log q at detached parameters (PathDerivative)
+
+    def check_guide(self, guide_family):
+        """Refuse a guide family this estimator cannot use (one that cannot be scored at detached parameters)."""
+        if self.detaches_guide_parameters and not getattr(guide_family, "detachable", True):
+            raise UserError(
+                f"estimator {self.registered_name!r} scores z at detached guide parameters, which the "
+                f"{guide_family.registered_name!r} guide cannot do without inverting its flow; use trace, "
+                "meanfield, iwae, renyi, score or tail_adaptive"
+            )
+
     def check_kl_weight(self, constant=None):
         """Refuse a KL weight this estimator cannot honour (``constant`` None: a schedule)."""
         if not self.supports_kl_weight and constant != 1.0:
@@ -394,6 +412,7 @@ class StickingTheLanding(PyroELBO):
     """
 
     guide_wrapper = PathDerivative
+    detaches_guide_parameters = True
 
     def differentiable_loss(self, model, guide, x):
         log_p, log_q, _ = log_weights(model, guide, x, self.num_particles, self.guide_wrapper)
@@ -515,6 +534,7 @@ class DReG(ParticleEstimator):
 
     reports_elbo = False
     supports_kl_weight = False
+    detaches_guide_parameters = True
 
     def differentiable_loss(self, model, guide, x):
         log_p, log_q, guide_trace = log_weights(model, guide, x, self.num_particles, PathDerivative)
@@ -579,7 +599,7 @@ def reparameterized_loss(vae, x, kl_weight=None, analytic=False):
     """``Trace_ELBO``'s loss (``TraceMeanField_ELBO``'s with ``analytic``) for ``vae.model`` and
     ``vae.guide``, computed directly: the same noise, value and gradients, without tracing.
 
-        loss = -sum_n [ log p(x_n | z_n) - w (log q(z_n | x_n) - log p(z_n)) ],  z_n = loc + scale * eps_n
+        loss = -sum_n [ log p(x_n | z_n) - w (log q(z_n | x_n) - log p(z_n)) ],  z_n ~ q(z | x_n) reparameterized
 
     with the KL term in closed form under ``analytic`` where it has one, and every density
     from the VAE's own ``guide_dist``, ``prior_dist`` and ``likelihood_dist`` (the ones its
@@ -684,10 +704,12 @@ def analytic_kl(guide_dist, prior_dist):
 @torch.no_grad()
 def kl_per_dimension(vae, x):
     """KL(q(z_d | x) || p(z_d)) for each data point and latent dimension, shape (N, latent_dim),
-    where the prior factorizes over dimensions in closed form; else None."""
+    where both the guide and the prior factorize over dimensions in closed form; else None."""
+    if not vae.has_standard_programs or not vae.guide_family.factorizes:
+        return None
     guide, prior = vae.guide_dist(x), vae.prior_dist()
     base = getattr(prior, "base_dist", None)
-    if base is None:
+    if base is None or not isinstance(guide, torch.distributions.Independent):
         return None
     try:
         return kl_divergence(guide.base_dist, base.expand(guide.base_dist.batch_shape))
@@ -697,20 +719,28 @@ def kl_per_dimension(vae, x):
 
 @torch.no_grad()
 def elbo_terms(vae, x):
-    """The ELBO and its two terms for each data point of ``x``, one sample of z each.
+    """The ELBO and its terms for each data point of ``x``, one sample of the latents each.
 
     Returns a dict of tensors of shape ``(N,)``: ``reconstruction`` = log p(x | z),
     ``kl`` = KL(q(z | x) || p(z)) (closed form where it exists, else the Monte Carlo
     value log q(z | x) - log p(z) at the drawn z), and ``elbo`` = reconstruction - kl.
-    Log-densities are read from the sites' distributions directly, so no handler's
-    scale (KL weight, subsampling) leaks into them.
+    With several latent sites (a two-layer model) ``kl`` is the sum over sites of each
+    site's term, KL(q(z_l | ...) || p(z_l | ...)) at the drawn values of the others, and
+    ``kl/<site>`` holds each. Log-densities are read from the sites' distributions
+    directly, so no handler's scale (KL weight, subsampling) leaks into them.
     """
     guide_trace = poutine.trace(vae.guide).get_trace(x)
     model_trace = poutine.trace(poutine.replay(vae.model, trace=guide_trace)).get_trace(x)
-    q, p = guide_trace.nodes["z"]["fn"], model_trace.nodes["z"]["fn"]
-    z = guide_trace.nodes["z"]["value"]
     reconstruction = model_trace.nodes["x"]["fn"].log_prob(x)
-    kl = analytic_kl(q, p)
-    if kl is None:
-        kl = q.log_prob(z) - p.log_prob(z)
-    return {"elbo": reconstruction - kl, "reconstruction": reconstruction, "kl": kl}
+    terms = {}
+    for name, site in guide_trace.nodes.items():
+        if site["type"] != "sample" or site_is_subsample(site):
+            continue
+        q, p, z = site["fn"], model_trace.nodes[name]["fn"], site["value"]
+        kl = analytic_kl(q, p)
+        terms[f"kl/{name}"] = q.log_prob(z) - p.log_prob(z) if kl is None else kl
+    kl = sum(terms.values())
+    result = {"elbo": reconstruction - kl, "reconstruction": reconstruction, "kl": kl}
+    if len(terms) > 1:
+        result.update(terms)
+    return result

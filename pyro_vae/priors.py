@@ -1,9 +1,9 @@
 """Priors p(z) over the latent code.
 
-A prior is a module whose ``forward(encoder)`` returns a Pyro distribution with
+A prior is a module whose ``forward(posterior)`` returns a Pyro distribution with
 event shape ``(latent_dim,)`` and empty batch shape; the model's ``"data"`` plate
-broadcasts it over the minibatch. The encoder is passed in because some priors
-(the VampPrior) are built from it; the others ignore it.
+broadcasts it over the minibatch. ``posterior`` is the guide, x -> q(z | x), passed in
+because some priors (the VampPrior) are built from it; the others ignore it.
 
 Learned priors hold plain ``nn.Parameter`` s, so ``vae.parameters()`` includes them
 and the trainer's optimizer fits them with the networks (maximizing the ELBO over
@@ -38,7 +38,7 @@ class Prior(nn.Module):
         super().__init__()
         self.latent_dim = latent_dim
 
-    def forward(self, encoder=None):
+    def forward(self, posterior=None):
         raise NotImplementedError
 
 
@@ -95,7 +95,7 @@ class StandardNormal(Prior):
         self.register_buffer("loc", torch.zeros(latent_dim))
         self.register_buffer("scale", torch.ones(latent_dim))
 
-    def forward(self, encoder=None):
+    def forward(self, posterior=None):
         return dist.Normal(self.loc, self.scale).to_event(1)
 
 
@@ -113,7 +113,7 @@ class LearnedNormal(Prior):
         self.loc = nn.Parameter(torch.zeros(latent_dim))
         self.log_scale = nn.Parameter(torch.zeros(latent_dim))
 
-    def forward(self, encoder=None):
+    def forward(self, posterior=None):
         return dist.Normal(self.loc, self.log_scale.exp()).to_event(1)
 
 
@@ -132,7 +132,7 @@ class MixtureOfGaussians(Prior):
         self.log_scale = nn.Parameter(torch.zeros(components, latent_dim))
         self.logits = nn.Parameter(torch.zeros(components))
 
-    def forward(self, encoder=None):
+    def forward(self, posterior=None):
         return DiagonalNormalMixture(self.logits, self.loc, self.log_scale.exp())
 
 
@@ -141,9 +141,13 @@ class VampPrior(Prior):
     """VampPrior: the guide's posteriors at K learned pseudo-inputs, p(z) = (1/K) sum_k q(z | u_k).
 
     Tomczak & Welling 2018. The pseudo-inputs u_k have the data's shape and are learned
-    with everything else; each call runs the encoder on them, so the prior follows the
+    with everything else; each call runs the guide on them, so the prior follows the
     guide as it trains. Pseudo-inputs start uniform in [0, 1] (the range of image data).
+    With a diagonal Gaussian guide the mixture is scored by matrix products
+    (``DiagonalNormalMixture``); with a low-rank or full one, as a ``MixtureSameFamily``.
     """
+
+    built_from_guide = True
 
     def __init__(self, latent_dim, data_shape=None, components=50):
         super().__init__(latent_dim)
@@ -153,11 +157,13 @@ class VampPrior(Prior):
         self.pseudo_inputs = nn.Parameter(torch.rand(components, *data_shape))
         self.register_buffer("logits", torch.zeros(components))  # equal weights 1/K
 
-    def forward(self, encoder=None):
-        if encoder is None:
-            raise UserError("the vamp prior is built from the guide's encoder; call prior(encoder)")
-        loc, scale = encoder(self.pseudo_inputs)
-        return DiagonalNormalMixture(self.logits, loc, scale)
+    def forward(self, posterior=None):
+        if posterior is None:
+            raise UserError("the vamp prior is built from the guide; call prior(posterior), posterior: x -> q(z | x)")
+        q = posterior(self.pseudo_inputs)  # batch shape (components,)
+        if isinstance(q, dist.Independent) and isinstance(q.base_dist, dist.Normal):
+            return DiagonalNormalMixture(self.logits, q.base_dist.loc, q.base_dist.scale)
+        return dist.MixtureSameFamily(dist.Categorical(logits=self.logits), q)
 
 
 FLOW_TRANSFORMS = ("affine_autoregressive", "spline_autoregressive")
@@ -193,7 +199,7 @@ class FlowPrior(Prior):
         self.register_buffer("loc", torch.zeros(latent_dim))
         self.register_buffer("scale", torch.ones(latent_dim))
 
-    def forward(self, encoder=None):
+    def forward(self, posterior=None):
         base = dist.Normal(self.loc, self.scale).to_event(1)
         # Each Pyro autoregressive transform is fast in its forward direction; as the
         # data-to-noise map f (inverted here) that direction evaluates log p(z) in one pass.

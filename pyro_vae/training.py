@@ -326,6 +326,8 @@ class Trainer:
                 "seconds": seconds,
             }
             row.update({f"kl_{d}": kl for d, kl in enumerate(val["kl_per_dimension"] or [])})
+            row.update({f"val_kl_{site}": kl for site, kl in val.get("kl_per_layer", {}).items()})
+            row.update({f"active_units_{site}": n for site, n in val.get("active_units_per_layer", {}).items()})
             self.rows.append(row)
             self.train_step_fn.set_epoch_loss([0.0, 0.0])
             bar.write(

@@ -27,7 +27,7 @@ from pyro_vae.evaluation import (
     traced_log_importance_weights,
 )
 from pyro_vae.model import VAE
-from pyro_vae.nets import MIN_SCALE
+from pyro_vae.guides import MIN_SCALE
 from pyro_vae.registry import UserError
 from pyro_vae.training import train
 
@@ -165,10 +165,15 @@ def test_no_kl_weight_or_scale_leaks_in():
         assert torch.equal(traced, traced_log_importance_weights(ppca.vae, x, 40))
 
 
-@pytest.mark.parametrize("likelihood, prior", [("bernoulli", {"name": "vamp", "components": 3}),
-                                                ({"name": "gaussian", "scale": "optimal"}, "flow")])
-def test_direct_weights_equal_the_traced_ones(likelihood, prior):
-    vae = VAE((1, 4, 4), latent_dim=2, likelihood=likelihood, prior=prior,
+@pytest.mark.parametrize("likelihood, prior, guide", [
+    ("bernoulli", {"name": "vamp", "components": 3}, "normal"),
+    ({"name": "gaussian", "scale": "optimal"}, "flow", "normal"),
+    ("bernoulli", {"name": "vamp", "components": 3}, "full"),
+    ("bernoulli", "normal", {"name": "lowrank", "rank": 2}),
+    ("bernoulli", "mog", {"name": "iaf", "flows": 2, "hidden": [8]}),
+])
+def test_direct_weights_equal_the_traced_ones(likelihood, prior, guide):
+    vae = VAE((1, 4, 4), latent_dim=2, likelihood=likelihood, prior=prior, guide=guide,
               encoder={"type": "mlp", "hidden": [8]}, decoder={"type": "mlp", "hidden": [8]})
     x = torch.bernoulli(torch.full((5, 1, 4, 4), 0.4))
     pyro.set_rng_seed(1)

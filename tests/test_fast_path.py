@@ -14,16 +14,19 @@ from pyro_vae import VAE, kl_scaled
 from pyro_vae.objectives import ESTIMATORS, standard_vae
 
 CASES = [
-    ("bernoulli", "normal"),
-    ({"name": "gaussian", "scale": "learned"}, "normal"),
-    ("continuous_bernoulli", {"name": "mog", "components": 3}),
-    ({"name": "laplace", "scale": "optimal"}, {"name": "vamp", "components": 4}),
-    ("bernoulli", "flow"),
+    ("bernoulli", "normal", "normal"),
+    ({"name": "gaussian", "scale": "learned"}, "normal", "normal"),
+    ("continuous_bernoulli", {"name": "mog", "components": 3}, "normal"),
+    ({"name": "laplace", "scale": "optimal"}, {"name": "vamp", "components": 4}, "normal"),
+    ("bernoulli", "flow", "normal"),
+    ("bernoulli", "normal", "full"),
+    ("bernoulli", {"name": "vamp", "components": 4}, {"name": "lowrank", "rank": 2}),
+    ("bernoulli", "learned_normal", {"name": "iaf", "flows": 2, "hidden": [8]}),
 ]
 
 
-def make_vae(likelihood, prior):
-    return VAE((1, 4, 4), latent_dim=3, likelihood=likelihood, prior=prior,
+def make_vae(likelihood, prior, guide="normal"):
+    return VAE((1, 4, 4), latent_dim=3, likelihood=likelihood, prior=prior, guide=guide,
                encoder={"type": "mlp", "hidden": [8]}, decoder={"type": "mlp", "hidden": [8]})
 
 
@@ -37,11 +40,11 @@ def loss_and_grads(vae, compute, seed=11):
     return loss.detach(), [p.grad.clone() for p in vae.parameters() if p.grad is not None]
 
 
-@pytest.mark.parametrize("likelihood, prior", CASES)
+@pytest.mark.parametrize("likelihood, prior, guide", CASES)
 @pytest.mark.parametrize("estimator, pyro_elbo", [("trace", Trace_ELBO), ("meanfield", TraceMeanField_ELBO)])
 @pytest.mark.parametrize("weight", [None, 0.25, 0.0])
-def test_fast_path_equals_pyro_loss_and_gradients(likelihood, prior, estimator, pyro_elbo, weight):
-    vae = make_vae(likelihood, prior)
+def test_fast_path_equals_pyro_loss_and_gradients(likelihood, prior, guide, estimator, pyro_elbo, weight):
+    vae = make_vae(likelihood, prior, guide)
     x = torch.bernoulli(torch.full((6, 1, 4, 4), 0.4)) if likelihood == "bernoulli" else torch.rand(6, 1, 4, 4) * 0.9 + 0.05
     assert standard_vae(vae.model, vae.guide) is vae  # the fast path is taken
     fast = ESTIMATORS.build(estimator)

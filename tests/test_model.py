@@ -13,6 +13,7 @@ from pyro.infer import SVI, Trace_ELBO, TraceMeanField_ELBO
 
 from pyro_vae import VAE
 from pyro_vae.registry import UserError
+from pyro_vae.guides import gaussian_parameters
 
 
 def small_vae(likelihood="bernoulli", **kwargs):
@@ -28,7 +29,7 @@ def small_vae(likelihood="bernoulli", **kwargs):
 
 def hand_terms(vae, x, z):
     """Encoder/decoder outputs and the log-densities written out by hand."""
-    loc, scale = vae.encoder(x)
+    loc, scale = gaussian_parameters(vae.encoder(x))
     out = vae.decoder(z)[:, 0].flatten(1)
     log_q = (-0.5 * ((z - loc) / scale) ** 2 - scale.log() - 0.5 * math.log(2 * math.pi)).sum(-1)
     log_p = (-0.5 * z**2 - 0.5 * math.log(2 * math.pi)).sum(-1)

@@ -45,7 +45,8 @@ def log_normal(x, mean, scale):
 
 def by_hand(vae, x, analytic):
     """(reconstruction per point, KL per point and dimension) at the noise of seed SEED."""
-    loc, scale = vae.encoder(x)
+    guide = vae.guide_dist(x).base_dist  # q(z | x) = N(loc, diag scale^2)
+    loc, scale = guide.loc, guide.scale
     torch.manual_seed(SEED)
     eps = torch.distributions.Normal(torch.zeros_like(loc), torch.ones_like(loc)).sample()
     z = loc + scale * eps
@@ -118,7 +119,8 @@ def test_particles_average_the_terms_per_data_point():
     estimator = ESTIMATORS.build("trace", "objective.estimator", num_particles=3)
     torch.manual_seed(SEED)
     loss = estimator.loss(vae.model, vae.guide, x, kl_penalty=Capacity(2.0, 1.0))
-    loc, scale = vae.encoder(x)
+    guide = vae.guide_dist(x).base_dist  # q(z | x) = N(loc, diag scale^2)
+    loc, scale = guide.loc, guide.scale
     torch.manual_seed(SEED)
     repeated = x.repeat(3, 1)
     eps = torch.distributions.Normal(torch.zeros(3 * N, LATENT), torch.ones(3 * N, LATENT)).sample()

@@ -16,6 +16,7 @@ from pyro_vae.cli import main
 from pyro_vae.objectives import ESTIMATORS, analytic_kl
 from pyro_vae.priors import PRIORS
 from pyro_vae.registry import UserError
+from pyro_vae.guides import gaussian_parameters
 
 PRIOR_SPECS = [
     "normal",
@@ -67,7 +68,7 @@ def perturb(module, size=0.3):
 def test_prior_integrates_to_one_in_two_dimensions(spec):
     vae = small_vae(spec)
     perturb(vae.prior, 0.1)  # larger moves give the spline kinks this grid no longer resolves
-    prior = vae.prior(vae.encoder)
+    prior = vae.prior_dist()
     assert prior.batch_shape == () and prior.event_shape == (2,)
     # trapezoid rule on a 401 x 401 grid over [-9, 9]^2 (the mass outside is < 1e-6)
     axis = torch.linspace(-9, 9, 401)
@@ -87,26 +88,26 @@ def test_mixture_of_gaussians_is_its_formula():
     scale = prior.log_scale.exp()
     log_normal = (-0.5 * ((z[:, None] - prior.loc) / scale) ** 2 - scale.log() - 0.5 * math.log(2 * math.pi)).sum(-1)
     expected = torch.logsumexp(log_weights + log_normal, -1)
-    assert torch.allclose(prior(vae.encoder).log_prob(z), expected, atol=1e-5)
+    assert torch.allclose(prior(vae.guide_dist).log_prob(z), expected, atol=1e-5)
 
 
 def test_vamp_prior_is_the_mean_of_the_guides_posteriors_at_the_pseudo_inputs():
     vae = small_vae({"name": "vamp", "components": 5}, latent_dim=3)
     z = torch.randn(7, 3)
-    loc, scale = vae.encoder(vae.prior.pseudo_inputs)  # (5, 3) each
+    loc, scale = gaussian_parameters(vae.encoder(vae.prior.pseudo_inputs))  # (5, 3) each
     log_q = torch.distributions.Normal(loc, scale).log_prob(z[:, None]).sum(-1)  # (7, 5)
     expected = torch.logsumexp(log_q, -1) - math.log(5)
     assert vae.prior.pseudo_inputs.shape == (5, 1, 8, 8)
-    assert torch.allclose(vae.prior(vae.encoder).log_prob(z), expected, atol=1e-5)
+    assert torch.allclose(vae.prior_dist().log_prob(z), expected, atol=1e-5)
     # the prior follows the encoder: change the encoder and the prior changes with it
     perturb(vae.encoder)
-    assert not torch.allclose(vae.prior(vae.encoder).log_prob(z), expected, atol=1e-3)
+    assert not torch.allclose(vae.prior_dist().log_prob(z), expected, atol=1e-3)
 
 
 def test_flow_prior_is_a_change_of_variables_of_a_standard_normal():
     vae = small_vae({"name": "flow", "num_transforms": 2}, latent_dim=3)
     perturb(vae.prior)
-    prior = vae.prior(vae.encoder)
+    prior = vae.prior_dist()
     z = torch.randn(6, 3)
     # map z back to the base with the inverse transforms, adding their log |det Jacobian|
     base, log_det = z, torch.zeros(6)
@@ -125,10 +126,10 @@ def test_learned_normal_starts_standard_and_keeps_the_closed_form_kl():
     vae = small_vae("learned_normal", latent_dim=3)
     z = torch.randn(4, 3)
     standard = torch.distributions.Normal(0.0, 1.0).log_prob(z).sum(-1)
-    assert torch.allclose(vae.prior(vae.encoder).log_prob(z), standard)
-    loc, scale = vae.encoder(digits("continuous_bernoulli", 4))
+    assert torch.allclose(vae.prior_dist().log_prob(z), standard)
+    loc, scale = gaussian_parameters(vae.encoder(digits("continuous_bernoulli", 4)))
     guide = pyro.distributions.Normal(loc, scale).to_event(1)
-    assert analytic_kl(guide, vae.prior(vae.encoder)) is not None
+    assert analytic_kl(guide, vae.prior_dist()) is not None
 
 
 @pytest.mark.parametrize(

@@ -122,3 +122,21 @@ def test_non_finite_loss_stops_at_its_step_and_keeps_the_last_good_checkpoint(tm
     if (run / "checkpoint.pt").exists():
         state = load_checkpoint(run / "checkpoint.pt")
         assert all(torch.isfinite(v).all() for v in state["model"].values())
+
+
+@pytest.mark.parametrize("model", [
+    {"guide": {"name": "iaf", "flows": 2, "hidden": [16]}},
+    {"guide": "full"},
+    {"latent_dim": [4, 3], "prior": {"name": "vamp", "components": 5}},
+])
+def test_new_guides_and_two_layers_resume_bit_identically(tmp_path, model):
+    def config(epochs):
+        base = tiny_config(train={"epochs": epochs, "batch_size": 256})
+        base["model"].update(model)
+        return base
+
+    reference = train(config(2), out=tmp_path / "reference")
+    run = train(config(1), out=tmp_path / "resumed")
+    train(resume=run, overrides=["train.epochs=2"])
+    assert same_parameters(load_run(reference), load_run(run))
+    assert read_metrics(reference / "metrics.csv")[-1]["val_elbo"] == read_metrics(run / "metrics.csv")[-1]["val_elbo"]
