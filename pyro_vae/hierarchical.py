@@ -138,9 +138,18 @@ class HierarchicalVAE(VAE):
     @torch.no_grad()
     def sample(self, num_samples):
         """``num_samples`` draws z2 ~ p(z2), z1 ~ p(z1 | z2), shown as E[x | z1]."""
+        return self.likelihood.mean(self.decoder(self.sample_latents(num_samples)["z1"]))
+
+    @torch.no_grad()
+    def prior_variances(self, num_samples):
+        """{site: Var_p per dimension}, from ``num_samples`` ancestral draws (z1's marginal has no closed form)."""
+        return {site: z.var(0) for site, z in self.sample_latents(num_samples).items()}
+
+    @torch.no_grad()
+    def sample_latents(self, num_samples):
+        """{"z1": ..., "z2": ...}: ancestral draws z2 ~ p(z2), z1 ~ p(z1 | z2)."""
         z2 = self.prior_dist().sample((num_samples,))
-        z1 = self.conditional_prior_dist(z2).sample()
-        return self.likelihood.mean(self.decoder(z1))
+        return {"z1": self.conditional_prior_dist(z2).sample(), "z2": z2}
 
     # Codes: E_q[z2 | x] is the top guide's mean; E_q[z1 | x] = E_{q(z2 | x)} loc(x, z2) has no
     # closed form and is averaged over this many draws of z2.

@@ -152,8 +152,21 @@ class VAE(PyroModule):
     @torch.no_grad()
     def sample(self, num_samples):
         """``num_samples`` draws z ~ p(z), shown as E[x | z] (the likelihood's mean)."""
-        z = self.prior_dist().sample((num_samples,))
-        return self.likelihood.mean(self.decoder(z))
+        return self.likelihood.mean(self.decoder(self.sample_latents(num_samples)["z"]))
+
+    @torch.no_grad()
+    def prior_variances(self, num_samples):
+        """{site: Var_p(z_d) per dimension}: in closed form where the prior has one, else from
+        ``num_samples`` draws (a flow)."""
+        try:
+            return {"z": self.prior_dist().variance}
+        except NotImplementedError:
+            return {site: z.var(0) for site, z in self.sample_latents(num_samples).items()}
+
+    @torch.no_grad()
+    def sample_latents(self, num_samples):
+        """{site: draws from the prior}, ``num_samples`` of each latent site ("z" here)."""
+        return {"z": self.prior_dist().sample((num_samples,))}
 
     @torch.no_grad()
     def reconstruct(self, x):

@@ -61,6 +61,16 @@ class DiagonalNormalMixture(dist.TorchDistribution):
         self.logits, self.loc, self.scale = logits, loc, scale
         super().__init__(torch.Size(), loc.shape[-1:], validate_args=validate_args)
 
+    @property
+    def mean(self):
+        return (self.logits.softmax(-1).unsqueeze(-1) * self.loc).sum(-2)
+
+    @property
+    def variance(self):
+        """Var(z_d) = sum_k pi_k (s_kd^2 + m_kd^2) - (sum_k pi_k m_kd)^2."""
+        weights = self.logits.softmax(-1).unsqueeze(-1)
+        return (weights * (self.scale**2 + self.loc**2)).sum(-2) - self.mean**2
+
     def log_prob(self, value):
         shape, dim = value.shape[:-1], value.shape[-1]
         z = value.reshape(-1, dim).double()
