@@ -10,9 +10,11 @@ import math
 
 from .annealing import Constant, build_schedule
 from .data import load_data
+from .labels import MODEL_KINDS
 from .model import VAE
-from .objectives import ESTIMATORS, Estimator
+from .objectives import ESTIMATORS, LABEL_ESTIMATORS, Estimator
 from .optimizers import LR_SCHEDULES, OPTIMIZERS
+from .registry import UserError
 
 
 def build_data(config):
@@ -21,16 +23,55 @@ def build_data(config):
 
 
 def build_model(config, data_shape):
-    """The VAE a checked config describes, for data of shape ``data_shape``."""
+    """The model a checked config describes (``model.kind``: vae, cvae, m2), for data of shape ``data_shape``."""
     model = config["model"]
-    return VAE(
+    kind = model.get("kind", "vae")  # configs saved before model.kind existed
+    options = {}
+    if kind != "vae":
+        options["num_classes"] = model["num_classes"]
+    if kind == "m2":
+        options["classifier"] = model["classifier"]
+    return MODEL_KINDS[kind](
         data_shape,
         latent_dim=model["latent_dim"],
         encoder=model["encoder"],
         decoder=model["decoder"],
         likelihood=model["likelihood"],
         prior=model["prior"],
+        **options,
     )
+
+
+def data_batches(vae):
+    """What a model trains on: "all" (minibatches x), "labeled" ((x, y) pairs) or
+    "semi_supervised" (unlabeled x with labeled pairs)."""
+    return getattr(vae, "data_batches", "all")
+
+
+def training_steps(vae, data, batch_size):
+    """Optimizer steps in one epoch of the minibatches ``vae`` trains on."""
+    kind = data_batches(vae)
+    if kind == "semi_supervised":
+        return data.semi_supervised_steps(batch_size)
+    return math.ceil((data.num_labeled() if kind == "labeled" else len(data.train)) / batch_size)
+
+
+def check_labeled_setup(config, vae, data, estimator):
+    """Refuse, in one line, a model with labels on data without them, or with an estimator,
+    JIT or data-parallel set-up that cannot pass labels."""
+    kind = config["model"].get("kind", "vae")
+    if kind == "vae":
+        return
+    data.check_labels(f"model.kind = {kind!r}", vae.num_classes)
+    if not estimator.supports_labels:
+        raise UserError(f"objective.estimator = {estimator.registered_name!r} with model.kind = {kind!r}: {LABEL_ESTIMATORS}")
+    if config["objective"]["jit"]:
+        raise UserError(f"objective.jit = true is not available for model.kind = {kind!r}; set objective.jit = false")
+    if kind == "m2" and estimator.registered_name != "enum":
+        raise UserError(
+            "model.kind = \"m2\" sums its label out exactly with objective.estimator = \"enum\" "
+            "(TraceEnum_ELBO); set it"
+        )
 
 
 def build_estimator(config, data_shape=None):
@@ -81,7 +122,8 @@ def build(config, data, device, batch_size=None):
         if split != "train" or not data.dynamic_binarization:
             vae.likelihood.check_support(data.split(split).x)
     estimator = build_estimator(config, data.shape).to(device)
-    steps_per_epoch = math.ceil(len(data.train) / (batch_size or tc["batch_size"]))
+    check_labeled_setup(config, vae, data, estimator)
+    steps_per_epoch = training_steps(vae, data, batch_size or tc["batch_size"])
     kl_schedule = build_schedule(objective["kl_weight"], steps_per_epoch)
     features_per_term = vae.num_features if objective["reduction"] == "mean" else 1
     constant = kl_schedule(0) * features_per_term if isinstance(kl_schedule, Constant) else None

@@ -1,7 +1,7 @@
 """The ``pyro-vae`` command line.
 
     pyro-vae train [CONFIG] [--set section.key=value ...] [--out DIR] [--force] [--resume RUN]
-    pyro-vae sample RUN [--n 64] [--out FILE.png] [--seed S]
+    pyro-vae sample RUN [--n 64] [--out FILE.png] [--seed S] [--label Y]
     pyro-vae evaluate RUN [--samples 5000] [--split test|valid] [--seed S] [--batch-size B] [--limit N] [--checkpoint best.pt]
     pyro-vae plot RUN [--split test|valid] [--out DIR] [--checkpoint best.pt]
     pyro-vae list
@@ -29,7 +29,7 @@ from .nets import DECODERS, ENCODERS
 from .objectives import ESTIMATORS
 from .priors import PRIORS
 from .registry import UserError
-from .runs import load_run
+from .runs import load_run, save_class_samples
 from .training import TrainingStopped, train
 
 REGISTRIES = {
@@ -57,7 +57,16 @@ def command_sample(args):
     vae = load_run(args.run)
     torch.manual_seed(args.seed)
     out = Path(args.out) if args.out else Path(args.run) / "samples.png"
-    if not plots.save_grid(vae.sample(args.n), out, title=f"{args.n} samples from the prior"):
+    labeled = hasattr(vae, "num_classes")
+    if args.label is not None and not labeled:
+        raise UserError("--label needs a model with labels (model.kind = \"cvae\" or \"m2\")")
+    if labeled and args.label is None:
+        drawn = save_class_samples(vae, out, per_class=max(1, args.n // vae.num_classes))
+    elif labeled:
+        drawn = plots.save_grid(vae.sample(args.n, label=args.label), out, title=f"{args.n} samples of class {args.label}")
+    else:
+        drawn = plots.save_grid(vae.sample(args.n), out, title=f"{args.n} samples from the prior")
+    if not drawn:
         raise UserError(f"the run's data shape {vae.data_shape} is not an image; nothing to draw")
     print(out)
 
@@ -144,6 +153,7 @@ def parser():
     s.add_argument("--n", type=int, default=64, help="number of samples")
     s.add_argument("--out", help="PNG file (default: RUN/samples.png)")
     s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--label", type=int, help="draw this class (cvae, m2); default: one row per class")
     s.set_defaults(func=command_sample)
 
     e = sub.add_parser("evaluate", help="importance-sampled log-likelihood and diagnostics of a run -> RUN/evaluation.json")

@@ -22,6 +22,7 @@ from . import checks
 from .annealing import build_schedule
 from .checks import boolean, integer, number, string, type_name
 from .data import BINARIZATIONS, DATASETS
+from .labels import CLASSIFIERS, MODEL_KINDS
 from .likelihoods import LIKELIHOODS
 from .nets import DECODERS, ENCODERS
 from .objectives import ESTIMATORS
@@ -74,6 +75,15 @@ def kl_weight(value, key):
     return number(value, key, minimum=0)
 
 
+def labeled(value, key):
+    """"all", or how many training labels to keep (an integer >= 1)."""
+    if value == "all":
+        return value
+    if isinstance(value, str):
+        raise UserError(f"{key} must be \"all\" or an integer >= 1, got {value!r}")
+    return integer(value, key, minimum=1)
+
+
 def name_in(registry):
     def check(value, key):
         registry.get(string(value, key), key)
@@ -89,13 +99,18 @@ SCHEMA = {
         "binarize": ("dynamic", one_of(*BINARIZATIONS)),
         "download": (False, boolean),
         "on_device": (False, boolean),
+        "labeled": ("all", labeled),  # or N: keep N training labels (balanced across classes), hide the rest
+        "labeled_seed": (0, at_least(integer, 0)),  # which N labels are kept
     },
     "model": {
+        "kind": ("vae", one_of(*MODEL_KINDS)),
         "latent_dim": (16, at_least(integer, 1)),
         "encoder": ({"name": "mlp", "hidden": [256, 256], "activation": "elu"}, spec(ENCODERS)),
         "decoder": ({"name": "mlp", "hidden": [256, 256], "activation": "elu"}, spec(DECODERS)),
         "likelihood": ("bernoulli", spec(LIKELIHOODS)),
         "prior": ("normal", spec(PRIORS)),
+        "num_classes": (10, at_least(integer, 2)),  # cvae, m2: labels 0..num_classes-1
+        "classifier": ({"name": "mlp", "hidden": [256, 256], "activation": "elu"}, spec(CLASSIFIERS)),  # m2: q(y | x)
     },
     "objective": {
         # a name, or a table with the estimator's own options: { name = "renyi", alpha = 0.5 }
@@ -105,6 +120,8 @@ SCHEMA = {
         "jit": (False, boolean),
         "kl_weight": (1.0, kl_weight),
         "reduction": ("sum", one_of("sum", "mean")),
+        "classification_weight": (0.1, at_least(number, 0)),  # m2: alpha = this * N (Kingma et al.: 0.1)
+        "kl_weight_labels": (False, boolean),  # m2: whether kl_weight also scales the label's KL term
     },
     "train": {
         "epochs": (50, at_least(integer, 1)),

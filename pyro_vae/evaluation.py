@@ -20,6 +20,7 @@ from pyro.poutine.util import site_is_subsample
 from tqdm.auto import tqdm
 
 from .checks import integer
+from .data import HIDDEN, LabeledBatch
 from .objectives import elbo_terms, kl_per_dimension
 from .registry import UserError
 
@@ -66,13 +67,19 @@ def evaluate_elbo(vae, batches, seed=EVALUATION_SEED, all_reduce=None):
 
     with torch.random.fork_rng(devices=_devices()), eval_mode(vae):
         torch.manual_seed(seed)
-        for x in batches:
-            for name, values in elbo_terms(vae, x).items():
+        for batch in batches:
+            if isinstance(batch, LabeledBatch):  # a model with labels
+                x, y, terms, codes = labeled_terms(vae, batch, add)
+                if x is None:
+                    continue
+            else:
+                x, terms, codes = batch, elbo_terms(vae, batch), vae.encode(batch)
+                per_dim = kl_per_dimension(vae, x)
+                if per_dim is not None:
+                    add("kl_per_dimension", per_dim.sum(0).cpu())
+            for name, values in terms.items():
                 add(name, values.sum().cpu())
-            per_dim = kl_per_dimension(vae, x)
-            if per_dim is not None:
-                add("kl_per_dimension", per_dim.sum(0).cpu())
-            codes = vae.encode(x).double().cpu()
+            codes = codes.double().cpu()
             add("code_sum", codes.sum(0))
             add("code_square_sum", (codes * codes).sum(0))
             add("count", len(x))
@@ -90,7 +97,26 @@ def evaluate_elbo(vae, batches, seed=EVALUATION_SEED, all_reduce=None):
     variance = (sums["code_square_sum"] - sums["code_sum"] ** 2 / count) / max(count - 1, 1)
     result["active_units"] = int((variance > ACTIVE_UNIT_THRESHOLD).sum()) if count > 1 else 0
     result["num_examples"] = int(count)
+    if "labeled_count" in sums and sums["labeled_count"].item() > 0:
+        result["accuracy"] = (sums["correct"] / sums["labeled_count"]).item()
     return result
+
+
+def labeled_terms(vae, batch, add):
+    """The ELBO terms and codes of a ``LabeledBatch`` for a model with labels, and the classifier's
+    hits (``add("correct")``, ``add("labeled_count")``) where it has one. A conditional model (CVAE)
+    is scored on its conditional ELBO of the points whose label is known; M2 on its bound on
+    log p(x), with y summed out. Returns (x, y, terms, codes), x None when no point is scored."""
+    known = batch.y != HIDDEN
+    if hasattr(vae, "classify") and known.any():
+        add("correct", (vae.classify(batch.x[known]) == batch.y[known]).sum().cpu())
+        add("labeled_count", known.sum().cpu())
+    if not vae.conditional:
+        return batch.x, None, vae.elbo_terms(batch.x), vae.encode(batch.x)
+    if not known.any():
+        return None, None, None, None
+    x, y = batch.x[known], batch.y[known]
+    return x, y, vae.elbo_terms(x, y), vae.encode(x, y)
 
 
 # Particles per pass times data points per batch bounds the memory of one pass: the

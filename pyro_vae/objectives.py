@@ -27,11 +27,12 @@ be frozen into the graph as a constant).
 
 import contextlib
 import math
+import warnings
 
 import torch
 from pyro import poutine
 from pyro.distributions.torch_distribution import TorchDistribution
-from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
+from pyro.infer import Trace_ELBO, TraceEnum_ELBO, TraceMeanField_ELBO
 from pyro.poutine.messenger import Messenger
 from torch import nn
 from torch.distributions import kl_divergence
@@ -189,6 +190,7 @@ class Estimator(nn.Module):
     reports_elbo = True
     supports_kl_weight = True
     supports_jit = False
+    supports_labels = False  # whether differentiable_loss takes labels: (model, guide, x, y)
     minimum_particles = 1
 
     def __init__(self, num_particles=1, vectorize_particles=False, jit=False, data_shape=None):
@@ -209,19 +211,27 @@ class Estimator(nn.Module):
         self.jit = jit
         self.data_shape = data_shape
 
-    def loss(self, model, guide, x, kl_weight=None):
+    def loss(self, model, guide, x, kl_weight=None, y=None, sites=None):
         """The loss of ``model``/``guide`` on ``x`` with the latent sites' log-densities scaled by
-        ``kl_weight`` (None or 1: unweighted; a number, 0-dim tensor, or a callable read once)."""
+        ``kl_weight`` (None or 1: unweighted; a number, 0-dim tensor, or a callable read once).
+
+        ``y``: labels, passed on as the programs' second argument, ``model(x, y)``, by the
+        estimators that ``support_labels``. ``sites``: the latent sites the weight scales
+        (None: all of them)."""
         if callable(kl_weight):
             kl_weight = kl_weight()
         vae = standard_vae(model, guide)
-        if vae is not None and self.direct_loss is not None:
+        if vae is not None and self.direct_loss is not None and y is None:
             loss = self.direct_loss(vae, x, kl_weight)
             if loss is not None:
                 return loss
         if not is_unit_weight(kl_weight):
-            model, guide = kl_scaled(model, kl_weight), kl_scaled(guide, kl_weight)
-        return self.differentiable_loss(model, guide, x)
+            model, guide = kl_scaled(model, kl_weight, sites), kl_scaled(guide, kl_weight, sites)
+        if y is None:
+            return self.differentiable_loss(model, guide, x)
+        if not self.supports_labels:
+            raise UserError(f"estimator {self.registered_name!r} cannot pass labels to the model; {LABEL_ESTIMATORS}")
+        return self.differentiable_loss(model, guide, x, y)
 
     direct_loss = None  # or a method (vae, x, kl_weight) -> the loss, or None where it does not apply
 
@@ -235,6 +245,9 @@ class Estimator(nn.Module):
                 f"estimator {self.registered_name!r} cannot weight the KL term: inside an importance "
                 "weight a scale reweights the particles instead; use objective.kl_weight = 1"
             )
+
+
+LABEL_ESTIMATORS = "models with labels train with objective.estimator = \"trace\", \"meanfield\", \"stl\" or \"enum\""
 
 
 def is_unit_weight(kl_weight):
@@ -259,6 +272,7 @@ class PyroELBO(Estimator):
 
     elbo_class, jit_class = Trace_ELBO, FixedJitTrace_ELBO
     supports_jit = True
+    supports_labels = True
     guide_wrapper = None  # a _Rewrapped class applied to the guide's latent sites
     analytic_kl = False  # whether the direct loss takes the KL term in closed form (TraceMeanField_ELBO)
 
@@ -276,13 +290,15 @@ class PyroELBO(Estimator):
     def _guide(self, guide):
         return guide if self.guide_wrapper is None else RewrapLatents(self.guide_wrapper)(guide)
 
-    def loss(self, model, guide, x, kl_weight=None):
+    def loss(self, model, guide, x, kl_weight=None, y=None, sites=None):
         if self.jit:
+            if y is not None or sites is not None:
+                raise UserError("objective.jit = true compiles programs of x alone; set objective.jit = false for models with labels")
             return self._jit_loss(model, guide, x, kl_weight)
-        return super().loss(model, guide, x, kl_weight)
+        return super().loss(model, guide, x, kl_weight, y, sites)
 
-    def differentiable_loss(self, model, guide, x):
-        return self.elbo.differentiable_loss(model, self._guide(guide), x)
+    def differentiable_loss(self, model, guide, x, *labels):
+        return self.elbo.differentiable_loss(model, self._guide(guide), x, *labels)
 
     def _jit_loss(self, model, guide, x, kl_weight):
         if callable(kl_weight):
@@ -320,6 +336,25 @@ class MeanFieldEstimator(ReparameterizedELBO):
 
     elbo_class, jit_class = TraceMeanField_ELBO, FixedJitTraceMeanField_ELBO
     analytic_kl = True
+
+
+@ESTIMATORS.register("enum")
+class Enumerated(PyroELBO):
+    """TraceEnum_ELBO: discrete latents marked for enumeration (M2's label) summed out exactly; else Trace_ELBO.
+
+    A guide site with ``infer={"enumerate": "parallel"}`` is not sampled but taken at all its
+    values at once, on a tensor dimension left of the plates (``max_plate_nesting = 1``:
+    the "data" plate), and the ELBO sums them weighted by q: for M2's label,
+    sum_y q(y | x) [log p(x, y, z_y) - log q(z_y | x, y)] + H(q(y | x)), exactly.
+    """
+
+    elbo_class = TraceEnum_ELBO
+    supports_jit = False
+
+    def differentiable_loss(self, model, guide, x, *labels):
+        with warnings.catch_warnings():  # a labeled batch has nothing to enumerate, rightly
+            warnings.filterwarnings("ignore", "TraceEnum_ELBO found no sample sites", UserWarning)
+            return super().differentiable_loss(model, guide, x, *labels)
 
 
 @ESTIMATORS.register("stl")

@@ -69,13 +69,27 @@ def read_metrics(path):
 
 
 def save_figures(vae, data, rows, out, device):
-    """The run's three figures: validation reconstructions, prior samples (fixed seed), curves."""
+    """The run's three figures: validation reconstructions, prior samples (fixed seed), curves.
+    A model with labels reconstructs with the true labels and draws one row per class."""
     x = data.valid.x[:32].to(device)
-    plots.save_reconstructions(x, vae.reconstruct(x), out / "reconstructions.png")
+    labeled = hasattr(vae, "num_classes")
+    reconstructions = vae.reconstruct(x, data.valid.labels[:32].to(device)) if labeled else vae.reconstruct(x)
+    plots.save_reconstructions(x, reconstructions, out / "reconstructions.png")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        plots.save_grid(vae.sample(64), out / "samples.png", title="samples: E[x | z], z ~ p(z)")
+        if labeled:
+            save_class_samples(vae, out / "samples.png")
+        else:
+            plots.save_grid(vae.sample(64), out / "samples.png", title="samples: E[x | z], z ~ p(z)")
     plots.save_curves(rows, out / "curves.png")
+
+
+def save_class_samples(vae, path, per_class=8):
+    """Samples of a model with labels, one row per class y (z ~ p(z), shown as E[x | z, y])."""
+    return plots.save_grid(
+        vae.sample(per_class * vae.num_classes), path, columns=per_class,
+        title="samples: E[x | z, y], z ~ p(z); row y = 0, 1, ...",
+    )
 
 
 def load_run(run, device="cpu", checkpoint="checkpoint.pt"):

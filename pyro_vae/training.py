@@ -35,10 +35,11 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .annealing import Constant
-from .build import build, build_data
+from .build import build, build_data, data_batches
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .config import apply_overrides, check_config, load_config, save_config
 from .evaluation import evaluate_elbo
+from .labels import training_loss
 from .registry import UserError
 from .runs import check_resumable, prepare_run_directory, save_figures, write_metrics
 
@@ -89,7 +90,10 @@ class Trainer:
         self.kl_schedule, self.features_per_term = parts.kl_schedule, parts.features_per_term
         self.steps_per_epoch = parts.steps_per_epoch
         self.kl_weight = self.kl_schedule(0)  # the schedule's value at the current step (for messages and metrics)
-        self.loss = NegativeELBO(self.vae, parts.estimator, self.features_per_term)
+        if data_batches(self.vae) == "all":
+            self.loss = NegativeELBO(self.vae, parts.estimator, self.features_per_term)
+        else:  # (x, y) pairs, or unlabeled x with labeled pairs (M2's J_alpha)
+            self.loss = training_loss(self.vae, parts.estimator, self.features_per_term, config["objective"], data)
         self.parameters = parts.parameters()  # the VAE's and the estimator's
         if world_size > 1:
             self.loss = nn.parallel.DistributedDataParallel(self.loss, device_ids=[device.index] if device.type == "cuda" else None)
@@ -188,7 +192,12 @@ class Trainer:
 
     def _train_epoch(self, epoch, bar):
         tc = self.config["train"]
-        batches = self.data.train_batches(
+        epoch_batches = {
+            "all": self.data.train_batches,
+            "labeled": self.data.labeled_batches,
+            "semi_supervised": self.data.semi_supervised_batches,
+        }[data_batches(self.vae)]
+        batches = epoch_batches(
             tc["batch_size"], tc["seed"] * 100003 + epoch, self.noise, self.device,
             self.rank, self.world_size, skip=self.batch_in_epoch,
         )
@@ -256,8 +265,10 @@ class Trainer:
             dist.all_reduce(totals)
             self.epoch_loss = totals.tolist()
 
+        labels = data_batches(self.vae) != "all"
+
         def evaluate(split, limit=None):
-            batches = self.data.batches(split, tc["eval_batch_size"], self.device, limit, self.rank, self.world_size)
+            batches = self.data.batches(split, tc["eval_batch_size"], self.device, limit, self.rank, self.world_size, labels)
             return evaluate_elbo(self.vae, batches, all_reduce=all_reduce)
 
         train, val = evaluate("train", tc["train_eval_examples"]), evaluate("valid")
@@ -278,12 +289,15 @@ class Trainer:
                 "active_units": val["active_units"],
                 "seconds": seconds,
             }
+            if "accuracy" in val:  # a model with a classifier q(y | x)
+                row["val_accuracy"] = val["accuracy"]
             row.update({f"kl_{d}": kl for d, kl in enumerate(val["kl_per_dimension"] or [])})
             self.rows.append(row)
             self.epoch_loss = [0.0, 0]
             bar.write(
                 f"epoch {epoch}: training loss {row['train_loss']:.3f}, train ELBO {train['elbo']:.3f}, "
                 f"validation ELBO {val['elbo']:.3f} (KL {val['kl']:.2f}, {val['active_units']} active units)"
+                + (f", validation accuracy {val['accuracy']:.4f}" if "accuracy" in val else "")
             )
             write_metrics(self.rows, self.out / "metrics.csv")
             self.save()
