@@ -86,9 +86,15 @@ def command_evaluate(args):
     if args.limit is not None and args.limit < 1:
         raise UserError(f"--limit must be >= 1, got {args.limit}")
     x = split.x if args.limit is None else split.x[: args.limit]
+    labels = None
+    if hasattr(vae, "num_classes"):  # a model with labels: conditional scores, accuracy
+        if split.labels is None:
+            raise UserError(f"the {args.split} split has no labels, which a {vae.kind} run needs to be evaluated")
+        labels = split.labels if args.limit is None else split.labels[: args.limit]
     vae.likelihood.check_support(x)
     start = time.perf_counter()
-    result = evaluate(vae, x, num_samples=args.samples, seed=args.seed, batch_size=args.batch_size, progress=True)
+    result = evaluate(vae, x, num_samples=args.samples, seed=args.seed, batch_size=args.batch_size, progress=True,
+                      labels=labels)
     result.update(split=args.split, seed=args.seed, checkpoint=args.checkpoint, seconds=time.perf_counter() - start)
     out = Path(args.run) / "evaluation.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
@@ -102,6 +108,8 @@ def command_evaluate(args):
     ]
     if result["bits_per_dim"] is not None:
         rows.append(("bits per dimension", f"{result['bits_per_dim']:.4f}"))
+    if "accuracy" in result:
+        rows.append(("accuracy of q(y | x)", f"{result['accuracy']:.4f}"))
     for name, value in rows:
         print(f"  {name:<32} {value}")
     print(out)

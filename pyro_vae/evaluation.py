@@ -129,16 +129,17 @@ def _sample_sites(trace):
     return [site for site in trace.nodes.values() if site["type"] == "sample" and not site_is_subsample(site)]
 
 
-def log_importance_weights(vae, x, num_particles):
-    """log w_k = log p(x, z_k) - log q(z_k | x) with z_k ~ q(z | x), shape ``(num_particles, N)``.
+def log_importance_weights(vae, x, num_particles, y=None):
+    """log w_k = log p(x, z_k) - log q(z_k | x) with z_k ~ q(z | x), shape ``(num_particles, N)``
+    (given labels ``y``, for a conditional model: log p(x, z_k | y) - log q(z_k | x, y)).
 
     For a VAE whose programs are the library's own the weights are computed directly
     (:func:`direct_log_importance_weights`, the same numbers without Pyro's tracing);
     for any other model and guide by tracing them (:func:`traced_log_importance_weights`).
     """
-    if getattr(vae, "has_standard_programs", False):
+    if getattr(vae, "has_standard_programs", False) and y is None:
         return direct_log_importance_weights(vae, x, num_particles)
-    return traced_log_importance_weights(vae, x, num_particles)
+    return traced_log_importance_weights(vae, x, num_particles, y)
 
 
 def direct_log_importance_weights(vae, x, num_particles):
@@ -153,7 +154,7 @@ def direct_log_importance_weights(vae, x, num_particles):
     return log_px + vae.prior_dist().log_prob(z) - guide.log_prob(z)
 
 
-def traced_log_importance_weights(vae, x, num_particles):
+def traced_log_importance_weights(vae, x, num_particles, y=None):
     """log w_k = log p(x, z_k) - log q(z_k | x) with z_k ~ q(z | x), shape ``(num_particles, N)``,
     for any model and guide with sites "z" and "x" in a "data" plate.
 
@@ -166,16 +167,21 @@ def traced_log_importance_weights(vae, x, num_particles):
     never from the trace's scaled ``log_prob``: a KL weight (``ScaleLatents``) or a
     subsampling scale around the model or guide cannot leak into the estimate (the
     training bounds in ``objectives`` keep that scale on purpose: it is their KL weight).
+    Labels ``y`` (a conditional model's) are passed as the programs' second argument. A
+    discrete latent the guide samples (M2's label, without enumeration here) is one more
+    importance-sampled site: the estimate is of log p(x) with y and z both sampled.
     """
     n = x.shape[0]
+    labels = () if y is None else (y,)
     with pyro.plate("particles", num_particles, dim=-2):
-        guide_trace = poutine.trace(vae.guide).get_trace(x)
+        guide_trace = poutine.trace(vae.guide).get_trace(x, *labels)
     flat = poutine.Trace()
     for site in _sample_sites(guide_trace):
         value = site["value"]
         flat.add_node(site["name"], **{**site, "value": value.reshape(num_particles * n, *value.shape[2:])})
     repeated = x.expand(num_particles, *x.shape).reshape(num_particles * n, *x.shape[1:])
-    model_trace = poutine.trace(poutine.replay(vae.model, trace=flat)).get_trace(repeated)
+    labels = () if y is None else (y.repeat(num_particles),)
+    model_trace = poutine.trace(poutine.replay(vae.model, trace=flat)).get_trace(repeated, *labels)
     log_weight = 0.0
     for site in _sample_sites(model_trace):
         log_weight = log_weight + site["fn"].log_prob(site["value"]).reshape(num_particles, n)
@@ -201,6 +207,7 @@ def log_likelihood(
     seed=EVALUATION_SEED,
     batch_size=EVALUATION_BATCH_SIZE,
     progress=False,
+    labels=None,
 ):
     """The importance-sampled estimate of log p(x) for each data point, shape ``(N,)``::
 
@@ -215,13 +222,18 @@ def log_likelihood(
     and combined with a running logsumexp, so memory is bounded by
     ``chunk_size * batch_size`` replayed data points whatever K is. Runs on the vae's
     device; the noise comes from ``seed`` on a forked RNG, so the caller's stream is
-    untouched and the result is reproducible. ``progress`` shows a tqdm bar.
+    untouched and the result is reproducible. ``progress`` shows a tqdm bar. ``labels`` (a
+    tensor beside a tensor ``data``): for a conditional model (cvae), the estimate is of log p(x | y).
     """
     for value, name in ((num_samples, "num_samples"), (chunk_size, "chunk_size"), (batch_size, "batch_size")):
         integer(value, name, minimum=1)
     parameter = next(vae.parameters(), None)
     device = parameter.device if parameter is not None else torch.device("cpu")
     minibatches, total = _minibatches(data, batch_size)
+    conditional = getattr(vae, "conditional", False)
+    if conditional and labels is None:
+        raise UserError("a conditional model's log-likelihood log p(x | y) needs the labels y")
+    label_batches = iter(_minibatches(labels, batch_size)[0]) if conditional else None
     results = []
     bar = tqdm(total=total, disable=not progress, unit="x", dynamic_ncols=True, desc=f"log p(x), K={num_samples}")
     # Pyro's per-site checks cost ~15% here and check nothing the caller cannot check once
@@ -230,6 +242,7 @@ def log_likelihood(
         torch.manual_seed(seed)
         for x in minibatches:
             x = x.to(device)
+            y = None if label_batches is None else next(label_batches).to(device)
             if tuple(x.shape[1:]) != tuple(vae.data_shape):
                 raise UserError(
                     f"the data points have shape {tuple(x.shape[1:])} but the model was built for "
@@ -237,7 +250,7 @@ def log_likelihood(
                 )
             log_sum = torch.full((len(x),), -math.inf, device=device)
             for start in range(0, num_samples, chunk_size):
-                log_weight = log_importance_weights(vae, x, min(chunk_size, num_samples - start))
+                log_weight = log_importance_weights(vae, x, min(chunk_size, num_samples - start), y)
                 log_sum = torch.logaddexp(log_sum, torch.logsumexp(log_weight, dim=0))
             results.append((log_sum - math.log(num_samples)).cpu())
             bar.update(len(x))
@@ -245,10 +258,11 @@ def log_likelihood(
     return torch.cat(results)
 
 
-def has_discrete_data(vae, x):
+def has_discrete_data(vae, x, y=None):
     """Whether the model's likelihood p(x | z) is a mass function (then bits per dimension apply)."""
+    labels = () if y is None else (y[:1],)
     with torch.random.fork_rng(devices=_devices()), eval_mode(vae):  # the trace draws a z; leave the caller's stream be
-        trace = poutine.trace(vae.model).get_trace(x[:1])
+        trace = poutine.trace(vae.model).get_trace(x[:1], *labels)
     return bool(trace.nodes["x"]["fn"].support.is_discrete)
 
 
@@ -259,8 +273,12 @@ def bits_per_dim(log_likelihood_nats, num_features):
 
 @torch.no_grad()
 def evaluate(vae, x, num_samples=5000, seed=EVALUATION_SEED, batch_size=EVALUATION_BATCH_SIZE,
-             chunk_size=PARTICLES_PER_PASS, progress=False):
+             chunk_size=PARTICLES_PER_PASS, progress=False, labels=None):
     """Every diagnostic on one data set ``x`` (a tensor ``(N, *data_shape)``).
+
+    For a model with labels, ``labels`` are the data's (long, ``(N,)``): a conditional model's
+    ELBO and log-likelihood are of p(x | y), and a model with a classifier (M2) adds
+    ``accuracy``, the fraction of points its q(y | x) puts most mass on the true label.
 
     Returns the means over data points of ``elbo``, ``reconstruction``, ``kl``
     (``evaluate_elbo``), ``kl_per_dimension``, ``active_units``, the importance-sampled
@@ -272,13 +290,17 @@ def evaluate(vae, x, num_samples=5000, seed=EVALUATION_SEED, batch_size=EVALUATI
     parameter = next(vae.parameters(), None)
     device = parameter.device if parameter is not None else torch.device("cpu")
     batches = (x[start : start + batch_size].to(device) for start in range(0, len(x), batch_size))
+    if labels is not None:
+        batches = (LabeledBatch(batch, labels[i * batch_size : (i + 1) * batch_size].to(device)) for i, batch in enumerate(batches))
     result = evaluate_elbo(vae, batches, seed=seed)  # each function runs the model in eval mode
     log_px = log_likelihood(vae, x, num_samples, chunk_size=chunk_size, seed=seed, batch_size=batch_size,
-                            progress=progress)
+                            progress=progress, labels=labels)
     result["log_likelihood"] = log_px.mean().item()
     result["log_likelihood_standard_error"] = (log_px.std() / math.sqrt(len(log_px))).item() if len(log_px) > 1 else 0.0
     result["bits_per_dim"] = (
-        bits_per_dim(result["log_likelihood"], vae.num_features) if has_discrete_data(vae, x[:1].to(device)) else None
+        bits_per_dim(result["log_likelihood"], vae.num_features)
+        if has_discrete_data(vae, x[:1].to(device), None if not getattr(vae, "conditional", False) else labels[:1].to(device))
+        else None
     )
     result["num_samples"] = num_samples
     return result

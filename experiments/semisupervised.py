@@ -1,0 +1,155 @@
+"""Semi-supervised classification with few labels: M2 against the same classifier on the labels alone and M1 + logistic regression.
+
+For each number of labels N in {100, 600, 1000} and each seed s (which also picks the N
+labels, ``data.labeled_seed = s``, balanced across classes), on statically binarized
+Fashion-MNIST (50k train / 10k valid / 10k test, Debian's ``dataset-fashion-mnist``):
+
+- **M2** (Kingma et al. 2014): ``model.kind = "m2"``, ``objective.estimator = "enum"``, alpha = 0.1 N;
+  the test error of its classifier q(y | x);
+- **classifier alone**: the same classifier network (``labels.fit_classifier``), trained by
+  cross-entropy on the N labeled images only;
+- **M1 + logistic regression**: a VAE (``model.kind = "vae"``, same encoder and decoder) trained on
+  all 50k training images without labels, then scikit-learn's logistic regression on the guide's
+  mean codes E_q[z | x] of the N labeled images.
+
+Writes ``experiments/results/semisupervised/{semisupervised.csv, summary.csv}`` (``--quick``:
+digits, 50 labels, ``*_quick.csv``): one row per (method, labels, seed) with the test error and
+the seconds it took on this machine; the summary holds mean and standard deviation over seeds.
+
+    python experiments/semisupervised.py --quick
+    nice python experiments/semisupervised.py --epochs 3
+"""
+
+import argparse
+import statistics
+import time
+from pathlib import Path
+
+import torch
+from sklearn.linear_model import LogisticRegression
+
+from common import write_csv
+from pyro_vae import train
+from pyro_vae.build import build_data
+from pyro_vae.data import HIDDEN
+from pyro_vae.labels import CLASSIFIERS, fit_classifier
+from pyro_vae.runs import load_run
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "experiments" / "results" / "semisupervised"
+
+
+def setup(quick, epochs):
+    """The shared config: data, networks and training, for the quick (digits) or full (Fashion-MNIST) run."""
+    if quick:
+        data = {"name": "digits", "binarize": "static"}
+        hidden, latent, batch_size, labels = [64], 8, 64, [50]
+    else:
+        data = {"name": "fashion-mnist", "binarize": "static"}
+        hidden, latent, batch_size, labels = [256], 32, 100, [100, 600, 1000]
+    net = {"name": "mlp", "hidden": hidden, "activation": "elu"}
+    config = {
+        "data": data,
+        "model": {"latent_dim": latent, "encoder": net, "decoder": net, "classifier": net},
+        "objective": {"estimator": "enum"},
+        "train": {"epochs": epochs, "batch_size": batch_size, "progress": False, "device": "cpu",
+                  "train_eval_examples": 1000, "eval_batch_size": 500},
+    }
+    return config, labels
+
+
+def with_updates(config, **sections):
+    config = {section: dict(values) for section, values in config.items()}
+    for section, values in sections.items():
+        config.setdefault(section, {}).update(values)
+    return config
+
+
+def test_error(predicted, labels):
+    return (predicted != labels).float().mean().item()
+
+
+def run_m2(config, labels, seed, runs):
+    config = with_updates(config, data={"labeled": labels, "labeled_seed": seed},
+                          model={"kind": "m2"}, train={"seed": seed})
+    start = time.perf_counter()
+    run = train(config, out=runs / f"m2-{labels}-{seed}", force=True)
+    vae = load_run(run)
+    test = build_data(config).test
+    return test_error(vae.classify(test.x), test.labels), time.perf_counter() - start
+
+
+def run_classifier_alone(config, data, labels, seed):
+    """The M2 classifier network, trained on the labeled images only (as many steps as ten
+    passes over a 1000-label set, whatever N: enough to fit any of them)."""
+    start = time.perf_counter()
+    known = data.train.labels != HIDDEN
+    torch.manual_seed(seed)
+    classifier = CLASSIFIERS.build(config["model"]["classifier"], "model.classifier",
+                                   data_shape=data.shape, num_classes=10)
+    fit_classifier(classifier, data.train.x[known], data.train.labels[known], steps=1000, seed=seed)
+    with torch.no_grad():
+        predicted = classifier(data.test.x).argmax(-1)
+    return test_error(predicted, data.test.labels), time.perf_counter() - start
+
+
+def train_m1(config, seed, runs):
+    config = with_updates(config, model={"kind": "vae"}, objective={"estimator": "trace"}, train={"seed": seed})
+    start = time.perf_counter()
+    run = train(config, out=runs / f"m1-{seed}", force=True)
+    return load_run(run), time.perf_counter() - start
+
+
+def run_m1_logistic(vae, data):
+    start = time.perf_counter()
+    known = data.train.labels != HIDDEN
+    with torch.no_grad():
+        codes = vae.encode(data.train.x[known]).numpy()
+        test_codes = vae.encode(data.test.x).numpy()
+    regression = LogisticRegression(max_iter=2000).fit(codes, data.train.labels[known].numpy())
+    predicted = torch.as_tensor(regression.predict(test_codes))
+    return test_error(predicted, data.test.labels), time.perf_counter() - start
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="digits, 50 labels: seconds")
+    parser.add_argument("--epochs", type=int, default=None, help="training epochs of M2 and M1 (default 3; quick 20)")
+    parser.add_argument("--seeds", type=int, default=3)
+    args = parser.parse_args()
+    torch.set_num_threads(1)  # small networks on a shared 2-core machine
+    epochs = args.epochs or (20 if args.quick else 3)
+    config, label_counts = setup(args.quick, epochs)
+    runs = ROOT / "runs" / ("semisupervised_quick" if args.quick else "semisupervised")
+    rows = []
+
+    def record(method, labels, seed, error, seconds):
+        rows.append({"method": method, "labels": labels, "seed": seed, "epochs": epochs if method != "classifier alone" else "",
+                     "test_error": error, "seconds": seconds})
+        print(f"{method:<22} labels {labels:>5} seed {seed}: test error {error:.4f} ({seconds:.0f} s)", flush=True)
+
+    for seed in range(args.seeds):
+        m1, m1_seconds = train_m1(config, seed, runs)
+        for labels in label_counts:
+            data = build_data(with_updates(config, data={"labeled": labels, "labeled_seed": seed}))
+            record("classifier alone", labels, seed, *run_classifier_alone(config, data, labels, seed))
+            error, seconds = run_m1_logistic(m1, data)
+            record("M1 + logistic", labels, seed, error, seconds + m1_seconds)  # the VAE's time counted in each
+            record("M2", labels, seed, *run_m2(config, labels, seed, runs))
+    OUT.mkdir(parents=True, exist_ok=True)
+    suffix = "_quick" if args.quick else ""
+    write_csv(rows, OUT / f"semisupervised{suffix}.csv")
+    summary = []
+    for method in ("classifier alone", "M1 + logistic", "M2"):
+        for labels in label_counts:
+            errors = [r["test_error"] for r in rows if r["method"] == method and r["labels"] == labels]
+            seconds = [r["seconds"] for r in rows if r["method"] == method and r["labels"] == labels]
+            summary.append({"method": method, "labels": labels, "seeds": len(errors), "epochs": rows[0]["epochs"] if method != "classifier alone" else "",
+                            "test_error_mean": statistics.mean(errors),
+                            "test_error_std": statistics.stdev(errors) if len(errors) > 1 else 0.0,
+                            "seconds_per_run": statistics.mean(seconds)})
+    write_csv(summary, OUT / f"summary{suffix}.csv")
+
+
+if __name__ == "__main__":
+    main()
