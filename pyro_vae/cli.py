@@ -24,6 +24,7 @@ from .config import load_config
 from .annealing import SCHEDULES
 from .data import DATASETS
 from .evaluation import EVALUATION_SEED, evaluate
+from .labels import CLASSIFIERS
 from .likelihoods import LIKELIHOODS
 from .nets import DECODERS, ENCODERS
 from .objectives import ESTIMATORS
@@ -40,6 +41,7 @@ REGISTRIES = {
     "datasets": DATASETS,
     "estimators": ESTIMATORS,
     "kl schedules": SCHEDULES,
+    "classifiers": CLASSIFIERS,
 }
 
 

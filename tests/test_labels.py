@@ -16,7 +16,6 @@ from pyro_vae.labels import CVAE, M2, MLPClassifier, SemiSupervisedLoss, fit_cla
 from pyro_vae.objectives import ESTIMATORS
 from pyro_vae.runs import load_run, read_metrics
 
-M2_EPOCHS, M2_MARGIN = 10, 0.0  # measured: see the test
 SMALL = {"name": "mlp", "hidden": [32]}
 CONV_ENCODER = {"name": "conv", "channels": [8]}
 CONV_DECODER = {"name": "conv", "channels": [8]}
@@ -176,8 +175,9 @@ def test_a_users_own_svi_loop_trains_m2(digits):
 
 
 def train_m2(data, epochs, seed, hidden=64):
+    """M2 with a 2-dimensional z (so that y carries the class), alpha = N (classification_weight 1)."""
     net = {"name": "mlp", "hidden": [hidden]}
-    m2 = M2(data.shape, 8, encoder=net, decoder=net, classifier=net)
+    m2 = M2(data.shape, 2, encoder=net, decoder=net, classifier=net)
     loss = SemiSupervisedLoss(m2, ESTIMATORS.build("enum"), 1.0, len(data.train), data.num_labeled())
     optimizer = torch.optim.Adam(m2.parameters(), 3e-3)
     for epoch in range(epochs):
@@ -188,18 +188,23 @@ def train_m2(data, epochs, seed, hidden=64):
     return m2
 
 
+@pytest.mark.slow  # about 15 s on one idle core: M2 needs 30 epochs on digits to pull ahead
 def test_m2_with_50_labels_beats_the_same_classifier_trained_on_the_labels_alone():
-    """Measured (digits, 50 labels, seeds 0-2; see the README): M2_MARGIN below."""
+    """Measured on digits (static binarization), 50 labels, 30 epochs; test errors over seeds 0, 1, 2
+    (each seed also picks the labels): M2 0.232, 0.224, 0.268; the classifier alone 0.400, 0.340,
+    0.360; margins 0.168, 0.116, 0.092. This runs seed 0 and asks for half the smallest margin."""
     seed = 0
-    data = load_data("digits", binarize="none", labeled=50, labeled_seed=seed)
+    data = load_data("digits", binarize="static", labeled=50, labeled_seed=seed)
     pyro.set_rng_seed(seed)
-    m2 = train_m2(data, M2_EPOCHS, seed)
+    with pyro.validation_enabled(False):  # Pyro's per-site checks would double the time
+        m2 = train_m2(data, 30, seed)
     known = data.train.labels != HIDDEN
+    torch.manual_seed(seed)
     alone = fit_classifier(MLPClassifier(data.shape, 10, hidden=[64]), data.train.x[known], data.train.labels[known],
                            steps=300, seed=seed)
     m2_error = (m2.classify(data.test.x) != data.test.labels).float().mean().item()
     alone_error = (alone(data.test.x).argmax(-1) != data.test.labels).float().mean().item()
-    assert alone_error - m2_error > M2_MARGIN
+    assert alone_error - m2_error > 0.046
 
 
 def test_cvae_samples_of_a_label_are_classified_as_that_label(digits):
