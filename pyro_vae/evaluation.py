@@ -58,6 +58,10 @@ def evaluate_elbo(vae, batches, seed=EVALUATION_SEED, all_reduce=None):
     ``active_units`` and ``num_examples``. Everything is accumulated as sums, so that
     under data-parallel training each process evaluates its shard and ``all_reduce``
     (e.g. ``torch.distributed.all_reduce``) combines the sums before the means are taken.
+
+    ``batches`` may yield ``data.LabeledBatch`` for a model with labels (``labeled_terms``): then
+    ``kl_per_dimension`` is None, and a model with a classifier adds ``accuracy`` on the points
+    whose label is known.
     """
     sums = {}
 
@@ -68,6 +72,8 @@ def evaluate_elbo(vae, batches, seed=EVALUATION_SEED, all_reduce=None):
     with torch.random.fork_rng(devices=_devices()), eval_mode(vae):
         torch.manual_seed(seed)
         for batch in batches:
+            if not isinstance(batch, LabeledBatch) and hasattr(vae, "num_classes"):
+                batch = LabeledBatch(batch, torch.full(batch.shape[:1], HIDDEN, device=batch.device))
             if isinstance(batch, LabeledBatch):  # a model with labels
                 x, y, terms, codes = labeled_terms(vae, batch, add)
                 if x is None:
@@ -89,6 +95,8 @@ def evaluate_elbo(vae, batches, seed=EVALUATION_SEED, all_reduce=None):
             reduced = value.to(device)
             all_reduce(reduced)
             sums[name] = reduced.cpu()
+    if "count" not in sums:
+        raise UserError("no data points to score: a conditional model (cvae) scores only points with labels")
     count = sums["count"].item()
     result = {name: (sums[name] / count).item() for name in ("elbo", "reconstruction", "kl")}
     kl_dims = sums.get("kl_per_dimension")
