@@ -122,6 +122,16 @@ def command_plot(args):
     out = Path(args.out) if args.out else Path(args.run)
     out.mkdir(parents=True, exist_ok=True)
     x = split.x[: args.limit]
+    if hasattr(vae, "num_classes"):  # a model with labels: codes given the true labels, and analogies
+        if split.labels is None:
+            raise UserError(f"the {args.split} split has no labels, which a {vae.kind} run needs to be plotted")
+        y = split.labels[: args.limit]
+        codes = torch.cat([vae.encode(x[i : i + 1000], y[i : i + 1000]) for i in range(0, len(x), 1000)])
+        plots.save_analogies(vae, x[:10], y[:10], out / "analogies.png")
+        plots.save_projection(codes, y.numpy(), out / "codes_pca.png")
+        for path in (out / "analogies.png", out / "codes_pca.png"):
+            print(path)
+        return
     codes = torch.cat([vae.encode(x[i : i + 1000]) for i in range(0, len(x), 1000)])
     labels = None if split.labels is None else split.labels[: args.limit].numpy()
     written = []
@@ -176,7 +186,8 @@ def parser():
     e.add_argument("--checkpoint", default="checkpoint.pt", help="checkpoint.pt (last) or best.pt (best validation ELBO)")
     e.set_defaults(func=command_evaluate)
 
-    pl = sub.add_parser("plot", help="latent-space figures of a run: manifold and codes (2-D z), else traversals and PCA")
+    pl = sub.add_parser("plot", help="latent-space figures of a run: manifold and codes (2-D z), else traversals and PCA; "
+                        "for cvae and m2, analogies and PCA")
     pl.add_argument("run", help="run directory")
     pl.add_argument("--split", default="test", choices=("test", "valid"))
     pl.add_argument("--limit", type=int, default=5000, help="data points to encode (default 5000)")

@@ -249,6 +249,8 @@ def test_m2_trains_from_a_config_and_the_cli_samples_and_evaluates_it(tmp_path, 
     test = load_data("digits", binarize="static").test
     assert result["accuracy"] == pytest.approx((vae.classify(test.x[:50]) == test.labels[:50]).float().mean().item())
     assert main(["sample", str(run), "--label", "10"]) == 2
+    assert main(["plot", str(run), "--limit", "100"]) == 0
+    assert (run / "analogies.png").is_file() and (run / "codes_pca.png").is_file()
     capsys.readouterr()
 
 
