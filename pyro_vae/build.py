@@ -67,6 +67,11 @@ def check_labeled_setup(config, vae, data, estimator):
         raise UserError(f"objective.estimator = {estimator.registered_name!r} with model.kind = {kind!r}: {LABEL_ESTIMATORS}")
     if config["objective"]["jit"]:
         raise UserError(f"objective.jit = true is not available for model.kind = {kind!r}; set objective.jit = false")
+    if kind == "m2" and config["objective"]["reduction"] == "mean":
+        raise UserError(
+            "objective.reduction = \"mean\" is not available for model.kind = \"m2\": per feature, the label's "
+            "terms would need a weight of their own; use reduction = \"sum\" (and kl_weight for beta)"
+        )
     if kind == "m2" and estimator.registered_name != "enum":
         raise UserError(
             "model.kind = \"m2\" sums its label out exactly with objective.estimator = \"enum\" "

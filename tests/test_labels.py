@@ -275,3 +275,16 @@ def test_semi_supervised_batches_draw_both_sets_in_proportion():
     assert (torch.cat([b.labeled.y for b in batches]) != HIDDEN).all()
     seen = torch.cat([b.labeled.x for b in batches]).flatten(1)
     assert len(torch.unique(seen, dim=0)) == len(torch.unique(data.train.x[data.train.labels != HIDDEN].flatten(1), dim=0))
+
+
+def test_m2_resumed_run_ends_bit_identical(tmp_path):
+    """The labeled and unlabeled order of an epoch is a function of the seed and the epoch: one
+    epoch, then ``--resume`` to two, ends with the parameters of two epochs straight."""
+    config = tiny_config(model={"kind": "m2", "classifier": SMALL}, objective={"estimator": "enum"},
+                         data={"labeled": 50}, train={"epochs": 2, "batch_size": 256})
+    straight = train(config, out=tmp_path / "straight")
+    resumed = train(dict(config, train={**config["train"], "epochs": 1}), out=tmp_path / "resumed")
+    train(None, resume=resumed, overrides=["train.epochs=2"])
+    first = torch.load(straight / "checkpoint.pt", weights_only=True)["model"]
+    second = torch.load(resumed / "checkpoint.pt", weights_only=True)["model"]
+    assert all(torch.equal(first[k], second[k]) for k in first)
