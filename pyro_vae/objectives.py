@@ -354,6 +354,8 @@ class Enumerated(PyroELBO):
     def differentiable_loss(self, model, guide, x, *labels):
         with warnings.catch_warnings():  # a labeled batch has nothing to enumerate, rightly
             warnings.filterwarnings("ignore", "TraceEnum_ELBO found no sample sites", UserWarning)
+            if not torch.is_grad_enabled():  # TraceEnum_ELBO refuses to differentiate without autograd
+                return torch.as_tensor(self.elbo.loss(model, self._guide(guide), x, *labels), device=x.device)
             return super().differentiable_loss(model, guide, x, *labels)
 
 
