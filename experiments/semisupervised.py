@@ -24,6 +24,7 @@ the seconds it took on this machine; the summary holds mean and standard deviati
 """
 
 import argparse
+import csv
 import statistics
 import time
 from pathlib import Path
@@ -138,7 +139,11 @@ def main():
     parser.add_argument("--quick", action="store_true", help="digits, 50 labels: seconds")
     parser.add_argument("--epochs", type=int, default=None, help="training epochs of M2 and M1 (default 4; quick 30)")
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--summary-only", action="store_true", help="rewrite the summary from the existing rows")
     args = parser.parse_args()
+    suffix = "_quick" if args.quick else ""
+    if args.summary_only:
+        return write_summary(OUT / f"semisupervised{suffix}.csv", OUT / f"summary{suffix}.csv")
     torch.set_num_threads(1)  # small networks on a shared 2-core machine
     epochs = args.epochs or (30 if args.quick else 4)
     config, label_counts, m1_latent = setup(args.quick, epochs)
@@ -146,7 +151,8 @@ def main():
     rows = []
 
     def record(method, labels, seed, error, seconds):
-        rows.append({"method": method, "labels": labels, "seed": seed, "epochs": epochs if method != "classifier alone" else "",
+        rows.append({"method": method, "labels": labels, "seed": seed,
+                     "epochs": epochs if method != "classifier alone" else "",  # it takes 1000 steps instead
                      "test_error": error, "seconds": seconds})
         print(f"{method:<22} labels {labels:>5} seed {seed}: test error {error:.4f} ({seconds:.0f} s)", flush=True)
 
@@ -159,18 +165,24 @@ def main():
             record("M1 + logistic", labels, seed, error, seconds + m1_seconds)  # the VAE's time counted in each
             record("M2", labels, seed, *run_m2(config, labels, seed, runs))
     OUT.mkdir(parents=True, exist_ok=True)
-    suffix = "_quick" if args.quick else ""
     write_csv(rows, OUT / f"semisupervised{suffix}.csv")
+    write_summary(OUT / f"semisupervised{suffix}.csv", OUT / f"summary{suffix}.csv")
+
+
+def write_summary(rows_path, summary_path):
+    """Mean and standard deviation over seeds of each (method, labels), from the rows' CSV."""
+    with open(rows_path, newline="") as f:
+        rows = list(csv.DictReader(f))
     summary = []
-    for method in ("classifier alone", "M1 + logistic", "M2"):
-        for labels in label_counts:
-            errors = [r["test_error"] for r in rows if r["method"] == method and r["labels"] == labels]
-            seconds = [r["seconds"] for r in rows if r["method"] == method and r["labels"] == labels]
-            summary.append({"method": method, "labels": labels, "seeds": len(errors), "epochs": rows[0]["epochs"] if method != "classifier alone" else "",
+    for method in dict.fromkeys(r["method"] for r in rows):
+        for labels in dict.fromkeys(r["labels"] for r in rows):
+            group = [r for r in rows if r["method"] == method and r["labels"] == labels]
+            errors = [float(r["test_error"]) for r in group]
+            summary.append({"method": method, "labels": labels, "seeds": len(group), "epochs": group[0]["epochs"],
                             "test_error_mean": statistics.mean(errors),
                             "test_error_std": statistics.stdev(errors) if len(errors) > 1 else 0.0,
-                            "seconds_per_run": statistics.mean(seconds)})
-    write_csv(summary, OUT / f"summary{suffix}.csv")
+                            "seconds_per_run": statistics.mean(float(r["seconds"]) for r in group)})
+    write_csv(summary, summary_path)
 
 
 if __name__ == "__main__":
