@@ -25,7 +25,7 @@ def build_data(config):
 def build_model(config, data_shape):
     """The model a checked config describes (``model.kind``: vae, cvae, m2), for data of shape ``data_shape``."""
     model = config["model"]
-    kind = model.get("kind", "vae")  # configs saved before model.kind existed
+    kind = model["kind"]
     options = {}
     if kind != "vae":
         options["num_classes"] = model["num_classes"]
@@ -58,8 +58,8 @@ def training_steps(vae, data, batch_size):
 
 def check_labeled_setup(config, vae, data, estimator):
     """Refuse, in one line, a model with labels on data without them, or with an estimator,
-    JIT or data-parallel set-up that cannot pass labels."""
-    kind = config["model"].get("kind", "vae")
+    JIT or reduction that cannot serve it."""
+    kind = config["model"]["kind"]
     if kind == "vae":
         return
     data.check_labels(f"model.kind = {kind!r}", vae.num_classes)

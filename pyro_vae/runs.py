@@ -15,7 +15,7 @@ import torch
 from . import plots
 from .build import build_model
 from .checkpoint import load_checkpoint
-from .config import load_config
+from .config import default_config, load_config
 from .registry import UserError
 
 # Keys that may change when a run is resumed; any other difference is refused.
@@ -43,12 +43,14 @@ def prepare_run_directory(out, force):
 
 def check_resumable(old, new, run):
     """Refuse to resume ``run`` (config ``old``) with a config ``new`` that differs outside ``RESUMABLE_KEYS``."""
+    defaults = default_config()  # a key the run's config predates has its default value
     for section, keys in new.items():
         for key, value in keys.items():
-            if (section, key) not in RESUMABLE_KEYS and old.get(section, {}).get(key) != value:
+            had = old.get(section, {}).get(key, defaults.get(section, {}).get(key))
+            if (section, key) not in RESUMABLE_KEYS and had != value:
                 raise UserError(
                     f"cannot resume {run} with a different {section}.{key} ({value!r}; the run has "
-                    f"{old.get(section, {}).get(key)!r}); only {', '.join(sorted(f'{s}.{k}' for s, k in RESUMABLE_KEYS))} may change"
+                    f"{had!r}); only {', '.join(sorted(f'{s}.{k}' for s, k in RESUMABLE_KEYS))} may change"
                 )
 
 

@@ -92,6 +92,8 @@ class Trainer:
         self.kl_weight = self.kl_schedule(0)  # the schedule's value at the current step (for messages and metrics)
         if data_batches(self.vae) == "all":
             self.loss = NegativeELBO(self.vae, parts.estimator, self.features_per_term)
+        elif world_size > 1:
+            raise UserError(f"model.kind = {self.vae.kind!r} trains in one process; data-parallel training (torchrun) is for model.kind = \"vae\"")
         else:  # (x, y) pairs, or unlabeled x with labeled pairs (M2's J_alpha)
             self.loss = training_loss(self.vae, parts.estimator, self.features_per_term, config["objective"], data)
         self.parameters = parts.parameters()  # the VAE's and the estimator's
