@@ -188,7 +188,7 @@ def train_m2(data, epochs, seed, hidden=64):
     return m2
 
 
-@pytest.mark.slow  # about 15 s on one idle core: M2 needs 30 epochs on digits to pull ahead
+@pytest.mark.slow  # about 7 s on one idle core: M2 needs 30 epochs on digits to pull ahead
 def test_m2_with_50_labels_beats_the_same_classifier_trained_on_the_labels_alone():
     """Measured on digits (static binarization), 50 labels, 30 epochs; test errors over seeds 0, 1, 2
     (each seed also picks the labels): M2 0.232, 0.224, 0.268; the classifier alone 0.400, 0.340,
