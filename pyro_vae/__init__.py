@@ -1,6 +1,6 @@
 """pyro_vae: variational autoencoders as Pyro programs.
 
-    from pyro_vae import VAE, train, load_run, kl_scaled
+    from pyro_vae import VAE, CVAE, M2, train, load_run, kl_scaled
 
 The names are imported on first use (PEP 562), so that ``import pyro_vae`` (and
 ``pyro-vae --help``) does not pay for torch and Pyro until they are needed.
@@ -10,9 +10,9 @@ import importlib
 
 from .registry import UserError
 
-_LAZY = {"VAE": ".model", "kl_scaled": ".annealing", "load_run": ".runs", "train": ".training"}
+_LAZY = {"VAE": ".model", "CVAE": ".labels", "M2": ".labels", "kl_scaled": ".annealing", "load_run": ".runs", "train": ".training"}
 
-__all__ = ["VAE", "kl_scaled", "load_run", "train", "UserError"]
+__all__ = ["VAE", "CVAE", "M2", "kl_scaled", "load_run", "train", "UserError"]
 __version__ = "0.1.0"
 
 

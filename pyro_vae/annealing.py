@@ -46,7 +46,8 @@ SHAPES = ("linear", "sigmoid", "cosine")
 
 
 class ScaleLatents(Messenger):
-    """Multiply the log-probability of every unobserved sample site by ``weight``.
+    """Multiply the log-probability of every unobserved sample site (of those named in
+    ``sites``, when given) by ``weight``.
 
     ``weight`` is a number >= 0, a 0-dim tensor, or a zero-argument callable read at
     every site (so a schedule can change it between steps without rebuilding
@@ -55,11 +56,12 @@ class ScaleLatents(Messenger):
     only, so it stays a graph input under ``torch.jit``.
     """
 
-    def __init__(self, weight):
+    def __init__(self, weight, sites=None):
         super().__init__()
         if not callable(weight):
             _check_weight(weight)
         self.weight = weight
+        self.sites = None if sites is None else frozenset(sites)  # None: every latent site
 
     def current_weight(self):
         if not callable(self.weight):
@@ -68,6 +70,8 @@ class ScaleLatents(Messenger):
 
     def _process_message(self, msg):
         if msg["type"] != "sample" or msg["is_observed"]:
+            return
+        if self.sites is not None and msg["name"] not in self.sites:
             return
         weight = self.current_weight()
         if isinstance(weight, torch.Tensor):
@@ -94,15 +98,16 @@ def _check_weight(weight):
     return weight
 
 
-def kl_scaled(fn, weight):
-    """``fn`` (a model or guide) with its latent sites' log-densities scaled by ``weight``.
+def kl_scaled(fn, weight, sites=None):
+    """``fn`` (a model or guide) with its latent sites' log-densities scaled by ``weight``
+    (only the sites named in ``sites``, if given: M2 weights ``("z",)`` and not its label).
 
     Wrap model *and* guide with the same weight (a number, a 0-dim tensor or a
     zero-argument callable such as ``lambda: schedule(step)``)::
 
         SVI(kl_scaled(vae.model, beta), kl_scaled(vae.guide, beta), optim, Trace_ELBO())
     """
-    return ScaleLatents(weight)(fn)
+    return ScaleLatents(weight, sites)(fn)
 
 
 # ---- schedules: weight = schedule(step), a pure function of the step count ----

@@ -12,12 +12,15 @@ import sys
 from .annealing import Constant, build_schedule
 from .config import SCHEMA
 from .data import as_data, load_data
-from .likelihoods import LIKELIHOODS
+from .guides import GUIDES
 from .hierarchical import HierarchicalVAE, is_two_layer
+from .labels import MODEL_KINDS
+from .likelihoods import LIKELIHOODS
 from .model import VAE
-from .objectives import ESTIMATORS, Estimator, factors
+from .objectives import ESTIMATORS, LABEL_ESTIMATORS, Estimator, factors
 from .optimizers import LR_SCHEDULES, OPTIMIZERS
 from .penalties import build_kl_penalty
+from .registry import UserError
 
 
 def build_data(config, data=None):
@@ -31,10 +34,23 @@ def build_data(config, data=None):
 
 
 def build_model(config, data_shape, data_levels=None):
-    """The VAE a checked config describes, for data of shape ``data_shape`` (and ``data_levels``): two
-    stochastic layers (``HierarchicalVAE``) where ``model.latent_dim`` is a list ``[z1, z2]``."""
+    """The model a checked config describes (``model.kind``: vae, cvae, m2), for data of shape
+    ``data_shape`` (and ``data_levels``): two stochastic layers (``HierarchicalVAE``) where
+    ``model.latent_dim`` is a list ``[z1, z2]``."""
     model = config["model"]
-    return (HierarchicalVAE if is_two_layer(model["latent_dim"]) else VAE)(
+    kind = model["kind"]
+    options = {}
+    if kind != "vae":
+        options["num_classes"] = model["num_classes"]
+        if GUIDES.split_spec(model["guide"], "model.guide")[0] != "normal" or is_two_layer(model["latent_dim"]):
+            raise UserError(f"model.kind = {kind!r} has one latent layer with a diagonal Gaussian guide; "
+                            "use guide = \"normal\" and an integer latent_dim")
+    else:
+        options["guide"] = model["guide"]
+    if kind == "m2":
+        options["classifier"] = model["classifier"]
+    model_class = HierarchicalVAE if kind == "vae" and is_two_layer(model["latent_dim"]) else MODEL_KINDS[kind]
+    return model_class(
         data_shape,
         latent_dim=model["latent_dim"],
         encoder=model["encoder"],
@@ -42,8 +58,45 @@ def build_model(config, data_shape, data_levels=None):
         likelihood=model["likelihood"],
         prior=model["prior"],
         data_levels=data_levels,
-        guide=model["guide"],
+        **options,
     )
+
+
+def data_batches(vae):
+    """What a model trains on: "all" (minibatches x), "labeled" ((x, y) pairs) or
+    "semi_supervised" (unlabeled x with labeled pairs)."""
+    return getattr(vae, "data_batches", "all")
+
+
+def training_steps(vae, data, batch_size):
+    """Optimizer steps in one epoch of the minibatches ``vae`` trains on."""
+    kind = data_batches(vae)
+    if kind == "semi_supervised":
+        return data.semi_supervised_steps(batch_size)
+    return math.ceil((data.num_labeled() if kind == "labeled" else len(data.train)) / batch_size)
+
+
+def check_labeled_setup(config, vae, data, estimator):
+    """Refuse, in one line, a model with labels on data without them, or with an estimator,
+    JIT or reduction that cannot serve it."""
+    kind = config["model"]["kind"]
+    if kind == "vae":
+        return
+    data.check_labels(f"model.kind = {kind!r}", vae.num_classes)
+    if not estimator.supports_labels:
+        raise UserError(f"objective.estimator = {estimator.registered_name!r} with model.kind = {kind!r}: {LABEL_ESTIMATORS}")
+    if config["objective"]["jit"]:
+        raise UserError(f"objective.jit = true is not available for model.kind = {kind!r}; set objective.jit = false")
+    if kind == "m2" and config["objective"]["reduction"] == "mean":
+        raise UserError(
+            "objective.reduction = \"mean\" is not available for model.kind = \"m2\": per feature, the label's "
+            "terms would need a weight of their own; use reduction = \"sum\" (and kl_weight for beta)"
+        )
+    if kind == "m2" and estimator.registered_name != "enum":
+        raise UserError(
+            "model.kind = \"m2\" sums its label out exactly with objective.estimator = \"enum\" "
+            "(TraceEnum_ELBO); set it"
+        )
 
 
 def build_estimator(config, data_shape=None):
@@ -103,12 +156,15 @@ def build(config, data, device, batch_size=None):
     if warning is not None:
         print(f"warning: {warning}", file=sys.stderr)
     estimator = build_estimator(config, data.shape).to(device)
-    steps_per_epoch = math.ceil(len(data.train) / (batch_size or tc["batch_size"]))
+    check_labeled_setup(config, vae, data, estimator)
+    steps_per_epoch = training_steps(vae, data, batch_size or tc["batch_size"])
     kl_schedule = build_schedule(objective["kl_weight"], steps_per_epoch)
     features_per_term = vae.num_features if objective["reduction"] == "mean" else 1
     constant = kl_schedule(0) * features_per_term if isinstance(kl_schedule, Constant) else None
     estimator.check_kl_weight(constant)
     penalty_schedule = build_kl_penalty(objective, steps_per_epoch)
+    if penalty_schedule is not None and config["model"]["kind"] != "vae":
+        raise UserError("objective.capacity and objective.free_bits are for model.kind = \"vae\"")
     if penalty_schedule is not None:
         penalty = penalty_schedule(0)
         estimator.check_kl_penalty(penalty.name)

@@ -1,7 +1,7 @@
 """The ``pyro-vae`` command line.
 
     pyro-vae train [CONFIG] [--set section.key=value ...] [--out DIR] [--force] [--resume RUN]
-    pyro-vae sample RUN [--n 64] [--out FILE.png] [--seed S]
+    pyro-vae sample RUN [--n 64] [--out FILE.png] [--seed S] [--label Y]
     pyro-vae evaluate RUN [--samples 5000] [--split test|valid] [--seed S] [--batch-size B] [--limit N] [--checkpoint best.pt]
     pyro-vae plot RUN [--split test|valid] [--out DIR] [--checkpoint best.pt]
     pyro-vae list
@@ -46,13 +46,22 @@ def command_sample(args):
     import torch
 
     from . import plots
-    from .runs import load_run
+    from .runs import load_run, save_class_samples
 
     vae = load_run(args.run, checkpoint=args.checkpoint)
     torch.manual_seed(args.seed)
     out = Path(args.out) if args.out else Path(args.run) / "samples.png"
     check_writable(out)
-    if not plots.save_grid(vae.sample(args.n), out, title=f"{args.n} samples from the prior"):
+    labeled = hasattr(vae, "num_classes")
+    if args.label is not None and not labeled:
+        raise UserError("--label needs a model with labels (model.kind = \"cvae\" or \"m2\")")
+    if labeled and args.label is None:
+        drawn = save_class_samples(vae, out, per_class=max(1, args.n // vae.num_classes))
+    elif labeled:
+        drawn = plots.save_grid(vae.sample(args.n, label=args.label), out, title=f"{args.n} samples of class {args.label}")
+    else:
+        drawn = plots.save_grid(vae.sample(args.n), out, title=f"{args.n} samples from the prior")
+    if not drawn:
         raise UserError(f"the run's data shape {vae.data_shape} is not an image; nothing to draw")
     print(out)
 
@@ -111,9 +120,15 @@ def command_evaluate(args):
     if args.limit is not None and args.limit < 1:
         raise UserError(f"--limit must be >= 1, got {args.limit}")
     x = split.x if args.limit is None else split.x[: args.limit]
+    labels = None
+    if hasattr(vae, "num_classes"):  # a model with labels: conditional scores, accuracy
+        if split.labels is None:
+            raise UserError(f"the {args.split} split has no labels, which a {vae.kind} run needs to be evaluated")
+        labels = split.labels if args.limit is None else split.labels[: args.limit]
     vae.likelihood.check_support(x)
     start = time.perf_counter()
-    result = evaluate(vae, x, num_samples=args.samples, seed=seed, batch_size=args.batch_size, progress=True)
+    result = evaluate(vae, x, num_samples=args.samples, seed=seed, batch_size=args.batch_size, progress=True,
+                      labels=labels)
     result.update(split=args.split, seed=seed, checkpoint=args.checkpoint, seconds=time.perf_counter() - start)
     print(f"{args.run}: {args.split} split, {result['num_examples']} data points, K = {args.samples}")
     rows = [
@@ -127,6 +142,8 @@ def command_evaluate(args):
         rows.append((f"  KL, layer {site}", f"{kl:.3f} ({result['active_units_per_layer'][site]} active units)"))
     if result["bits_per_dim"] is not None:
         rows.append(("bits per dimension", f"{result['bits_per_dim']:.4f}"))
+    if "accuracy" in result:
+        rows.append(("accuracy of q(y | x)", f"{result['accuracy']:.4f}"))
     for name, value in rows:
         print(f"  {name:<32} {value}", flush=True)
     try:  # the result is printed above whatever happens here
@@ -149,6 +166,16 @@ def command_plot(args):
         raise UserError(f"cannot create --out {out}: {error.strerror or error}") from None
     check_writable(out / "codes_pca.png")
     x = split.x[: args.limit]
+    if hasattr(vae, "num_classes"):  # a model with labels: codes given the true labels, and analogies
+        if split.labels is None:
+            raise UserError(f"the {args.split} split has no labels, which a {vae.kind} run needs to be plotted")
+        y = split.labels[: args.limit]
+        codes = torch.cat([vae.encode(x[i : i + 1000], y[i : i + 1000]) for i in range(0, len(x), 1000)])
+        plots.save_analogies(vae, x[:10], y[:10], out / "analogies.png")
+        plots.save_projection(codes, y.numpy(), out / "codes_pca.png")
+        for path in (out / "analogies.png", out / "codes_pca.png"):
+            print(path)
+        return
     codes = torch.cat([vae.encode(x[i : i + 1000]) for i in range(0, len(x), 1000)])
     labels = None if split.labels is None else split.labels[: args.limit].numpy()
     written = []
@@ -171,6 +198,7 @@ def registries():
     from .annealing import SCHEDULES
     from .data import DATASETS
     from .guides import GUIDES
+    from .labels import CLASSIFIERS
     from .likelihoods import LIKELIHOODS
     from .nets import DECODERS, ENCODERS
     from .objectives import ESTIMATORS
@@ -185,6 +213,7 @@ def registries():
         "datasets": DATASETS,
         "estimators": ESTIMATORS,
         "kl schedules": SCHEDULES,
+        "classifiers": CLASSIFIERS,
     }
 
 
@@ -213,6 +242,7 @@ def parser():
     s.add_argument("--out", help="PNG file (default: RUN/samples.png)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--checkpoint", default="checkpoint.pt", help="checkpoint.pt (last) or best.pt (best validation ELBO)")
+    s.add_argument("--label", type=int, help="draw this class (cvae, m2); default: one row per class")
     s.set_defaults(func=command_sample)
 
     e = sub.add_parser("evaluate", help="importance-sampled log-likelihood and diagnostics of a run -> RUN/evaluation.json")
@@ -225,7 +255,8 @@ def parser():
     e.add_argument("--checkpoint", default="checkpoint.pt", help="checkpoint.pt (last) or best.pt (best validation ELBO)")
     e.set_defaults(func=command_evaluate)
 
-    pl = sub.add_parser("plot", help="latent-space figures of a run: manifold and codes (2-D z), else traversals and PCA")
+    pl = sub.add_parser("plot", help="latent-space figures of a run: manifold and codes (2-D z), else traversals and PCA; "
+                        "for cvae and m2, analogies and PCA")
     pl.add_argument("run", help="run directory")
     pl.add_argument("--split", default="test", choices=("test", "valid"))
     pl.add_argument("--limit", type=int, default=5000, help="data points to encode (default 5000)")

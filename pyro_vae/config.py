@@ -23,6 +23,7 @@ from .annealing import build_schedule
 from .checks import boolean, integer, number, string, type_name
 from .data import BINARIZATIONS, DATASETS
 from .guides import GUIDES
+from .labels import CLASSIFIERS, MODEL_KINDS
 from .likelihoods import LIKELIHOODS
 from .loggers import LOGGERS
 from .nets import DECODERS, ENCODERS
@@ -115,6 +116,15 @@ def capacity(value, key):
     return value
 
 
+def labeled(value, key):
+    """"all", or how many training labels to keep (an integer >= 1)."""
+    if value == "all":
+        return value
+    if isinstance(value, str):
+        raise UserError(f"{key} must be \"all\" or an integer >= 1, got {value!r}")
+    return integer(value, key, minimum=1)
+
+
 def name_in(registry):
     def check(value, key):
         registry.get(string(value, key), key)
@@ -130,14 +140,19 @@ SCHEMA = {
         "binarize": ("auto", one_of(*BINARIZATIONS)),
         "download": (False, boolean),
         "on_device": (False, boolean),
+        "labeled": ("all", labeled),  # or N: keep N training labels (balanced across classes), hide the rest
+        "labeled_seed": (0, at_least(integer, 0)),  # which N labels are kept
     },
     "model": {
+        "kind": ("vae", one_of(*MODEL_KINDS)),
         "latent_dim": (16, checks.latent_dims),  # an integer, or [z1, z2] for two stochastic layers
         "encoder": ({"name": "mlp", "hidden": [256, 256], "activation": "elu"}, spec(ENCODERS)),
         "decoder": ({"name": "mlp", "hidden": [256, 256], "activation": "elu"}, spec(DECODERS)),
         "likelihood": ("bernoulli", spec(LIKELIHOODS)),
         "prior": ("normal", spec(PRIORS)),
         "guide": ("normal", spec(GUIDES)),
+        "num_classes": (10, at_least(integer, 2)),  # cvae, m2: labels 0..num_classes-1
+        "classifier": ({"name": "mlp", "hidden": [256, 256], "activation": "elu"}, spec(CLASSIFIERS)),  # m2: q(y | x)
     },
     "objective": {
         # a name, or a table with the estimator's own options: { name = "renyi", alpha = 0.5 }
@@ -149,6 +164,8 @@ SCHEMA = {
         "capacity": (False, capacity),  # { start, end, epochs, gamma }: -gamma |KL - C(t)| (penalties)
         "free_bits": (0.0, check_free_bits),  # lambda nats per latent dimension; 0: off
         "reduction": ("sum", one_of("sum", "mean")),
+        "classification_weight": (0.1, at_least(number, 0)),  # m2: alpha = this * N (Kingma et al.: 0.1)
+        "kl_weight_labels": (False, boolean),  # m2: whether kl_weight also scales the label's KL term
     },
     "train": {
         "epochs": (50, at_least(integer, 1)),

@@ -49,10 +49,14 @@ STATIC_BINARIZATION_SEED = 1234
 SPLITS = ("train", "valid", "test")
 
 
+# The label of a training example whose label is hidden (``data.labeled = N``).
+HIDDEN = -1
+
+
 @dataclass(repr=False)
 class Split:
     x: torch.Tensor
-    labels: torch.Tensor | None = None
+    labels: torch.Tensor | None = None  # long, HIDDEN where a label is hidden
 
     def __len__(self):
         return len(self.x)
@@ -60,6 +64,31 @@ class Split:
     def __repr__(self):
         labelled = ", labelled" if self.labels is not None else ""
         return f"Split({len(self)} examples of shape {tuple(self.x.shape[1:])}{labelled})"
+
+
+@dataclass
+class LabeledBatch:
+    """A minibatch of data points ``x`` and their labels ``y`` (long, shape (N,))."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+
+    def __len__(self):
+        return len(self.x)
+
+
+@dataclass
+class SemiSupervisedBatch:
+    """One step of semi-supervised training: unlabeled points and labeled pairs, drawn in
+    proportion to their numbers; ``labeled_scale`` = N_l / (labeled draws per epoch) corrects
+    for labeled points drawn more than once per epoch (see ``Data.semi_supervised_batches``)."""
+
+    unlabeled: torch.Tensor
+    labeled: LabeledBatch
+    labeled_scale: float = 1.0
+
+    def __len__(self):
+        return len(self.unlabeled) + len(self.labeled)
 
 
 @dataclass(repr=False)
@@ -120,7 +149,82 @@ class Data:
         """Keep every split on ``device``, so batches are taken by index with no copies."""
         for split in (self.train, self.valid, self.test):
             split.x = split.x.to(device)
+            if split.labels is not None:
+                split.labels = split.labels.to(device)
         return self
+
+    # ---- labels ----
+
+    def check_labels(self, what, num_classes=None):
+        """Refuse, in one line, data without the labels ``what`` (a model kind) needs, or with
+        labels outside 0..num_classes-1."""
+        for name in ("train", "valid", "test"):
+            labels = self.split(name).labels
+            if labels is None:
+                raise UserError(
+                    f"{what} needs labels, but the {name} split has none; use a dataset with labels "
+                    "(digits, mnist, fashion-mnist, or npz with '<split>_labels')"
+                )
+            known = labels[labels != HIDDEN]
+            if num_classes is not None and len(known) and (known.min() < 0 or known.max() >= num_classes):
+                raise UserError(
+                    f"the {name} split has labels {int(known.min())}..{int(known.max())}, outside "
+                    f"0..{num_classes - 1}; set model.num_classes"
+                )
+        if self.num_labeled() == 0:
+            raise UserError(f"{what} needs labeled training examples, and data.labeled hides them all")
+
+    def labeled_index(self):
+        """Positions of the training examples whose label is known."""
+        return (self.train.labels != HIDDEN).nonzero().squeeze(1).cpu()
+
+    def num_labeled(self):
+        return 0 if self.train.labels is None else len(self.labeled_index())
+
+    def _binarized(self, x, noise):
+        """Under dynamic binarization, a fresh Bernoulli draw of ``x``; the noise is drawn where the
+        generator ``noise`` lives (the training device)."""
+        if self.dynamic_binarization:
+            x = (torch.rand(x.shape, generator=noise, device=noise.device).to(x.device) < x).to(x.dtype)
+        return x
+
+    def labeled_batches(self, batch_size, epoch_seed, noise, device, rank=0, world_size=1, skip=0):
+        """One epoch of shuffled ``LabeledBatch`` minibatches of the labeled training examples
+        (as ``train_batches``: the order a pure function of ``epoch_seed``)."""
+        labeled = self.labeled_index()
+        order = labeled[torch.randperm(len(labeled), generator=torch.Generator().manual_seed(epoch_seed))]
+        for start in range(skip * batch_size, len(order), batch_size):
+            index = order[start : start + batch_size][rank::world_size].to(self.train.x.device)
+            x = self._binarized(self.train.x[index], noise)
+            yield LabeledBatch(x.to(device, non_blocking=True), self.train.labels[index].to(device))
+
+    def semi_supervised_steps(self, batch_size):
+        """Steps per epoch of ``semi_supervised_batches``: one pass over the unlabeled examples."""
+        return max(1, -(-(len(self.train) - self.num_labeled()) // batch_size))
+
+    def semi_supervised_batches(self, batch_size, epoch_seed, noise, device, rank=0, world_size=1, skip=0):
+        """One epoch of ``SemiSupervisedBatch``: every step ``batch_size`` unlabeled examples and
+        B_l = ceil(N_l / steps) labeled ones, so that both sets are seen once an epoch in the same
+        number of steps: the proportion N_l : N_u of Kingma et al.'s (2014) minibatches. Where
+        steps * B_l exceeds N_l the labeled permutations are concatenated (a point may be drawn
+        twice), and ``labeled_scale`` = N_l / (steps * B_l) keeps the labeled terms' weight exact.
+        """
+        generator = torch.Generator().manual_seed(epoch_seed)
+        labeled = self.labeled_index()
+        unlabeled = (self.train.labels == HIDDEN).nonzero().squeeze(1).cpu()
+        steps = self.semi_supervised_steps(batch_size)
+        per_step = -(-len(labeled) // steps)
+        order = unlabeled[torch.randperm(len(unlabeled), generator=generator)]
+        repeats = -(-steps * per_step // max(len(labeled), 1))
+        labeled_order = torch.cat([labeled[torch.randperm(len(labeled), generator=generator)] for _ in range(repeats)])
+        scale = len(labeled) / (steps * per_step) if per_step else 1.0
+        device_of = self.train.x.device
+        for step in range(skip, steps):
+            u = order[step * batch_size : (step + 1) * batch_size][rank::world_size].to(device_of)
+            l = labeled_order[step * per_step : (step + 1) * per_step][rank::world_size].to(device_of)
+            x_u = self._binarized(self.train.x[u], noise).to(device, non_blocking=True)
+            x_l = self._binarized(self.train.x[l], noise).to(device, non_blocking=True)
+            yield SemiSupervisedBatch(x_u, LabeledBatch(x_l, self.train.labels[l].to(device)), scale)
 
     def train_batches(self, batch_size, epoch_seed, noise, device, rank=0, world_size=1, skip=0):
         """One epoch of shuffled training minibatches on ``device``.
@@ -133,22 +237,23 @@ class Data:
         order = torch.randperm(len(self.train), generator=torch.Generator().manual_seed(epoch_seed))
         for start in range(skip * batch_size, len(order), batch_size):
             index = order[start : start + batch_size][rank::world_size]
-            x = self.train.x[index.to(self.train.x.device)].to(device, non_blocking=True)
-            if self.dynamic_binarization:  # the noise is drawn where the generator lives (the training device)
-                x = (torch.rand(x.shape, generator=noise, device=noise.device).to(x.device) < x).to(x.dtype)
+            x = self._binarized(self.train.x[index.to(self.train.x.device)].to(device, non_blocking=True), noise)
             yield x
 
-    def batches(self, split, batch_size, device, limit=None, rank=0, world_size=1):
+    def batches(self, split, batch_size, device, limit=None, rank=0, world_size=1, labels=False):
         """The (first ``limit``) examples of a split, in order, in minibatches on ``device``;
         with ``world_size`` > 1, every ``world_size``-th example from the ``rank``-th.
+        With ``labels``, ``LabeledBatch`` minibatches (a hidden label is ``HIDDEN``).
 
         Under dynamic binarization the training split is shown through one fixed
         Bernoulli draw, so that its scores are comparable across epochs.
         """
         x = self.split(split).x[:limit]
+        y = self.split(split).labels[:limit] if labels else None
         if len(x) < world_size:
             raise UserError(f"the {split} split has {len(x)} examples, fewer than the {world_size} processes")
         x = x[rank::world_size]
+        y = None if y is None else y[rank::world_size]
         generator = None
         if split == "train" and self.dynamic_binarization:
             generator = torch.Generator().manual_seed(STATIC_BINARIZATION_SEED + rank)
@@ -156,17 +261,23 @@ class Data:
             batch = x[start : start + batch_size]
             if generator is not None:
                 batch = (torch.rand(batch.shape, generator=generator).to(batch.device) < batch).to(batch.dtype)
-            yield batch.to(device, non_blocking=True)
+            batch = batch.to(device, non_blocking=True)
+            yield batch if y is None else LabeledBatch(batch, y[start : start + batch_size].to(device))
 
 
-def load_data(name="digits", path="", binarize="none", download=False, likelihood=None, **options):
+def load_data(name="digits", path="", binarize="none", download=False, likelihood=None, labeled="all",
+              labeled_seed=0, **options):
     """Load a named dataset, read its intensities, and binarize it as asked.
 
-    ``likelihood`` (a likelihood's name) is what ``binarize = "auto"`` decides by.
+    ``likelihood`` (a likelihood's name) is what ``binarize = "auto"`` decides by. With
+    ``labeled = N``, N labels of the training split are kept (``keep_labels``) and the rest hidden.
     """
     check_binarize(binarize)
     source = DATASETS.build({"name": name, **options}, "data", path=path, download=download)
-    return make_data(source.load(), binarize, likelihood, levels=source.levels, source=f"{name} {path}".strip())
+    data = make_data(source.load(), binarize, likelihood, levels=source.levels, source=f"{name} {path}".strip())
+    if labeled != "all":
+        data.train.labels = keep_labels(data.train.labels, labeled, labeled_seed)
+    return data
 
 
 def as_data(data, binarize="none", likelihood=None, valid_fraction=0.1, test_fraction=0.1):
@@ -281,6 +392,31 @@ def image_layout(x):
     if x.dim() == 4 and x.shape[-1] in (1, 3) and x.shape[1] not in (1, 3):
         return x.permute(0, 3, 1, 2).contiguous()
     return x
+
+
+def keep_labels(labels, number, seed=0):
+    """``labels`` with all but ``number`` of them set to ``HIDDEN``: the kept ones balanced across
+    classes (``number // C`` of each, the remainder one each to classes drawn at random), drawn
+    with ``seed``; a class with too few examples gives all it has and the rest come from others."""
+    if labels is None:
+        raise UserError("data.labeled keeps some of the training labels, but this dataset has no labels")
+    if number > len(labels):
+        raise UserError(f"data.labeled = {number}, but the training split has only {len(labels)} examples")
+    generator = torch.Generator().manual_seed(seed)
+    classes = labels.unique()
+    quota = torch.full((len(classes),), number // len(classes))
+    quota[torch.randperm(len(classes), generator=generator)[: number % len(classes)]] += 1
+    members = [(labels == c).nonzero().squeeze(1) for c in classes]
+    members = [m[torch.randperm(len(m), generator=generator)] for m in members]
+    kept = [m[:q] for m, q in zip(members, quota.tolist())]
+    short = number - sum(len(k) for k in kept)
+    if short:  # classes with fewer examples than their quota: fill from the others' leftovers
+        leftovers = torch.cat([m[q:] for m, q in zip(members, quota.tolist())])
+        kept.append(leftovers[torch.randperm(len(leftovers), generator=generator)[:short]])
+    hidden = torch.full_like(labels, HIDDEN)
+    index = torch.cat(kept)
+    hidden[index] = labels[index]
+    return hidden
 
 
 def check_split(name, x, labels=None):

@@ -21,6 +21,7 @@ from pyro.poutine.util import site_is_subsample
 from tqdm.auto import tqdm
 
 from .checks import integer
+from .data import HIDDEN, LabeledBatch
 from .objectives import elbo_terms, kl_per_dimension
 from .registry import UserError
 
@@ -59,6 +60,10 @@ def evaluate_elbo(vae, batches, seed=EVALUATION_SEED, all_reduce=None):
     several latent layers adds ``kl_per_layer`` and ``active_units_per_layer`` (by site). Everything is accumulated as sums, so that
     under data-parallel training each process evaluates its shard and ``all_reduce``
     (e.g. ``torch.distributed.all_reduce``) combines the sums before the means are taken.
+
+    ``batches`` may yield ``data.LabeledBatch`` for a model with labels (``labeled_terms``): then
+    ``kl_per_dimension`` is None, and a model with a classifier adds ``accuracy`` on the points
+    whose label is known.
     """
     sums = {}
 
@@ -69,13 +74,22 @@ def evaluate_elbo(vae, batches, seed=EVALUATION_SEED, all_reduce=None):
     device = next(vae.parameters()).device
     with torch.random.fork_rng(devices=_devices()), eval_mode(vae):
         torch.manual_seed(seed)
-        for x in batches:
-            for name, values in elbo_terms(vae, x).items():
+        for batch in batches:
+            if not isinstance(batch, LabeledBatch) and hasattr(vae, "num_classes"):
+                batch = LabeledBatch(batch, torch.full(batch.shape[:1], HIDDEN, device=batch.device))
+            if isinstance(batch, LabeledBatch):  # a model with labels
+                x, y, terms, codes = labeled_terms(vae, batch, add)
+                if x is None:
+                    continue
+                layers = {"z": codes}
+            else:
+                x, terms, layers = batch, elbo_terms(vae, batch), vae.encode_layers(batch)
+                per_dim = kl_per_dimension(vae, x)
+                if per_dim is not None:
+                    add("kl_per_dimension", per_dim.double().sum(0))
+            for name, values in terms.items():
                 add(name, values.double().sum())
-            per_dim = kl_per_dimension(vae, x)
-            if per_dim is not None:
-                add("kl_per_dimension", per_dim.double().sum(0))
-            for site, codes in vae.encode_layers(x).items():
+            for site, codes in layers.items():
                 codes = codes.double()
                 add(f"code_sum/{site}", codes.sum(0))
                 add(f"code_square_sum/{site}", (codes * codes).sum(0))
@@ -83,6 +97,8 @@ def evaluate_elbo(vae, batches, seed=EVALUATION_SEED, all_reduce=None):
     if all_reduce is not None:
         for value in sums.values():
             all_reduce(value)
+    if "count" not in sums:
+        raise UserError("no data points to score: a conditional model (cvae) scores only points with labels")
     sums = {name: value.cpu() for name, value in sums.items()}
     count = sums["count"].item()
     result = {name: (sums[name] / count).item() for name in ("elbo", "reconstruction", "kl")}
@@ -102,6 +118,8 @@ def evaluate_elbo(vae, batches, seed=EVALUATION_SEED, all_reduce=None):
         result["kl_per_layer"] = {site: (sums[f"kl/{site}"] / count).item() for site in active}
         result["active_units_per_layer"] = active
     result["num_examples"] = int(count)
+    if "labeled_count" in sums and sums["labeled_count"].item() > 0:
+        result["accuracy"] = (sums["correct"] / sums["labeled_count"]).item()
     return result
 
 
@@ -123,6 +141,23 @@ def prior_variances(vae, seed=EVALUATION_SEED, num_samples=PRIOR_VARIANCE_SAMPLE
     return {site: variance.double().cpu() for site, variance in variances.items()}
 
 
+def labeled_terms(vae, batch, add):
+    """The ELBO terms and codes of a ``LabeledBatch`` for a model with labels, and the classifier's
+    hits (``add("correct")``, ``add("labeled_count")``) where it has one. A conditional model (CVAE)
+    is scored on its conditional ELBO of the points whose label is known; M2 on its bound on
+    log p(x), with y summed out. Returns (x, y, terms, codes), x None when no point is scored."""
+    known = batch.y != HIDDEN
+    if hasattr(vae, "classify") and known.any():
+        add("correct", (vae.classify(batch.x[known]) == batch.y[known]).sum().cpu())
+        add("labeled_count", known.sum().cpu())
+    if not vae.conditional:
+        return batch.x, None, vae.elbo_terms(batch.x), vae.encode(batch.x)
+    if not known.any():
+        return None, None, None, None
+    x, y = batch.x[known], batch.y[known]
+    return x, y, vae.elbo_terms(x, y), vae.encode(x, y)
+
+
 # Particles per pass times data points per batch bounds the memory of one pass: the
 # defaults replay the model on 100 x 100 = 10,000 rows at a time whatever K is.
 PARTICLES_PER_PASS = 100
@@ -133,16 +168,17 @@ def _sample_sites(trace):
     return [site for site in trace.nodes.values() if site["type"] == "sample" and not site_is_subsample(site)]
 
 
-def log_importance_weights(vae, x, num_particles):
-    """log w_k = log p(x, z_k) - log q(z_k | x) with z_k ~ q(z | x), shape ``(num_particles, N)``.
+def log_importance_weights(vae, x, num_particles, y=None):
+    """log w_k = log p(x, z_k) - log q(z_k | x) with z_k ~ q(z | x), shape ``(num_particles, N)``
+    (given labels ``y``, for a conditional model: log p(x, z_k | y) - log q(z_k | x, y)).
 
     For a VAE whose programs are the library's own the weights are computed directly
     (:func:`direct_log_importance_weights`, the same numbers without Pyro's tracing);
     for any other model and guide by tracing them (:func:`traced_log_importance_weights`).
     """
-    if getattr(vae, "has_standard_programs", False):
+    if getattr(vae, "has_standard_programs", False) and y is None:
         return direct_log_importance_weights(vae, x, num_particles)
-    return traced_log_importance_weights(vae, x, num_particles)
+    return traced_log_importance_weights(vae, x, num_particles, y)
 
 
 def direct_log_importance_weights(vae, x, num_particles):
@@ -158,7 +194,7 @@ def direct_log_importance_weights(vae, x, num_particles):
     return log_px + vae.prior_dist().log_prob(z) - guide.log_prob(z)
 
 
-def traced_log_importance_weights(vae, x, num_particles):
+def traced_log_importance_weights(vae, x, num_particles, y=None):
     """log w_k = log p(x, z_k) - log q(z_k | x) with z_k ~ q(z | x), shape ``(num_particles, N)``,
     for any model and guide with sites "z" and "x" in a "data" plate.
 
@@ -171,16 +207,21 @@ def traced_log_importance_weights(vae, x, num_particles):
     never from the trace's scaled ``log_prob``: a KL weight (``ScaleLatents``) or a
     subsampling scale around the model or guide cannot leak into the estimate (the
     training bounds in ``objectives`` keep that scale on purpose: it is their KL weight).
+    Labels ``y`` (a conditional model's) are passed as the programs' second argument. A
+    discrete latent the guide samples (M2's label, without enumeration here) is one more
+    importance-sampled site: the estimate is of log p(x) with y and z both sampled.
     """
     n = x.shape[0]
+    labels = () if y is None else (y,)
     with pyro.plate("particles", num_particles, dim=-2):
-        guide_trace = poutine.trace(vae.guide).get_trace(x)
+        guide_trace = poutine.trace(vae.guide).get_trace(x, *labels)
     flat = poutine.Trace()
     for site in _sample_sites(guide_trace):
         value = site["value"]
         flat.add_node(site["name"], **{**site, "value": value.reshape(num_particles * n, *value.shape[2:])})
     repeated = x.expand(num_particles, *x.shape).reshape(num_particles * n, *x.shape[1:])
-    model_trace = poutine.trace(poutine.replay(vae.model, trace=flat)).get_trace(repeated)
+    labels = () if y is None else (y.repeat(num_particles),)
+    model_trace = poutine.trace(poutine.replay(vae.model, trace=flat)).get_trace(repeated, *labels)
     log_weight = 0.0
     for site in _sample_sites(model_trace):
         log_weight = log_weight + site["fn"].log_prob(site["value"]).reshape(num_particles, n)
@@ -206,6 +247,7 @@ def log_likelihood(
     seed=EVALUATION_SEED,
     batch_size=EVALUATION_BATCH_SIZE,
     progress=False,
+    labels=None,
 ):
     """The importance-sampled estimate of log p(x) for each data point, shape ``(N,)``::
 
@@ -220,13 +262,18 @@ def log_likelihood(
     and combined with a running logsumexp, so memory is bounded by
     ``chunk_size * batch_size`` replayed data points whatever K is. Runs on the vae's
     device; the noise comes from ``seed`` on a forked RNG, so the caller's stream is
-    untouched and the result is reproducible. ``progress`` shows a tqdm bar.
+    untouched and the result is reproducible. ``progress`` shows a tqdm bar. ``labels`` (a
+    tensor beside a tensor ``data``): for a conditional model (cvae), the estimate is of log p(x | y).
     """
     for value, name in ((num_samples, "num_samples"), (chunk_size, "chunk_size"), (batch_size, "batch_size")):
         integer(value, name, minimum=1)
     parameter = next(vae.parameters(), None)
     device = parameter.device if parameter is not None else torch.device("cpu")
     minibatches, total = _minibatches(data, batch_size)
+    conditional = getattr(vae, "conditional", False)
+    if conditional and labels is None:
+        raise UserError("a conditional model's log-likelihood log p(x | y) needs the labels y")
+    label_batches = iter(_minibatches(labels, batch_size)[0]) if conditional else None
     results = []
     bar = tqdm(total=total, disable=not progress, unit="x", dynamic_ncols=True, desc=f"log p(x), K={num_samples}")
     # Pyro's per-site checks cost ~15% here and check nothing the caller cannot check once
@@ -235,6 +282,7 @@ def log_likelihood(
         torch.manual_seed(seed)
         for x in minibatches:
             x = x.to(device)
+            y = None if label_batches is None else next(label_batches).to(device)
             if tuple(x.shape[1:]) != tuple(vae.data_shape):
                 raise UserError(
                     f"the data points have shape {tuple(x.shape[1:])} but the model was built for "
@@ -242,7 +290,7 @@ def log_likelihood(
                 )
             log_sum = torch.full((len(x),), -math.inf, device=device)
             for start in range(0, num_samples, chunk_size):
-                log_weight = log_importance_weights(vae, x, min(chunk_size, num_samples - start))
+                log_weight = log_importance_weights(vae, x, min(chunk_size, num_samples - start), y)
                 log_sum = torch.logaddexp(log_sum, torch.logsumexp(log_weight, dim=0))
             results.append(log_sum - math.log(num_samples))  # kept on the device: one read at the end
             bar.update(len(x))
@@ -250,10 +298,11 @@ def log_likelihood(
     return torch.cat(results).cpu()
 
 
-def has_discrete_data(vae, x):
+def has_discrete_data(vae, x, y=None):
     """Whether the model's likelihood p(x | z) is a mass function (then bits per dimension apply)."""
+    labels = () if y is None else (y[:1],)
     with torch.random.fork_rng(devices=_devices()), eval_mode(vae):  # the trace draws a z; leave the caller's stream be
-        trace = poutine.trace(vae.model).get_trace(x[:1])
+        trace = poutine.trace(vae.model).get_trace(x[:1], *labels)
     return bool(trace.nodes["x"]["fn"].support.is_discrete)
 
 
@@ -264,8 +313,12 @@ def bits_per_dim(log_likelihood_nats, num_features):
 
 @torch.no_grad()
 def evaluate(vae, x, num_samples=5000, seed=EVALUATION_SEED, batch_size=EVALUATION_BATCH_SIZE,
-             chunk_size=PARTICLES_PER_PASS, progress=False):
+             chunk_size=PARTICLES_PER_PASS, progress=False, labels=None):
     """Every diagnostic on one data set ``x`` (a tensor ``(N, *data_shape)``).
+
+    For a model with labels, ``labels`` are the data's (long, ``(N,)``): a conditional model's
+    ELBO and log-likelihood are of p(x | y), and a model with a classifier (M2) adds
+    ``accuracy``, the fraction of points its q(y | x) puts most mass on the true label.
 
     Returns the means over data points of ``elbo``, ``reconstruction``, ``kl``
     (``evaluate_elbo``), ``kl_per_dimension``, ``active_units``, the importance-sampled
@@ -277,13 +330,17 @@ def evaluate(vae, x, num_samples=5000, seed=EVALUATION_SEED, batch_size=EVALUATI
     parameter = next(vae.parameters(), None)
     device = parameter.device if parameter is not None else torch.device("cpu")
     batches = (x[start : start + batch_size].to(device) for start in range(0, len(x), batch_size))
+    if labels is not None:
+        batches = (LabeledBatch(batch, labels[i * batch_size : (i + 1) * batch_size].to(device)) for i, batch in enumerate(batches))
     result = evaluate_elbo(vae, batches, seed=seed)  # each function runs the model in eval mode
     log_px = log_likelihood(vae, x, num_samples, chunk_size=chunk_size, seed=seed, batch_size=batch_size,
-                            progress=progress)
+                            progress=progress, labels=labels)
     result["log_likelihood"] = log_px.mean().item()
     result["log_likelihood_standard_error"] = (log_px.std() / math.sqrt(len(log_px))).item() if len(log_px) > 1 else 0.0
     result["bits_per_dim"] = (
-        bits_per_dim(result["log_likelihood"], vae.num_features) if has_discrete_data(vae, x[:1].to(device)) else None
+        bits_per_dim(result["log_likelihood"], vae.num_features)
+        if has_discrete_data(vae, x[:1].to(device), None if not getattr(vae, "conditional", False) else labels[:1].to(device))
+        else None
     )
     result["num_samples"] = num_samples
     return result

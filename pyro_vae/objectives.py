@@ -34,11 +34,12 @@ library's own VAE, else from traces) and returns -(reconstruction - w * penalty(
 
 import contextlib
 import math
+import warnings
 
 import torch
 from pyro import poutine
 from pyro.distributions.torch_distribution import TorchDistribution
-from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
+from pyro.infer import Trace_ELBO, TraceEnum_ELBO, TraceMeanField_ELBO
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import site_is_subsample
 from torch import nn
@@ -220,6 +221,7 @@ class Estimator(nn.Module):
     supports_kl_weight = True
     supports_kl_penalty = False
     supports_jit = False
+    supports_labels = False  # whether differentiable_loss takes labels: (model, guide, x, y)
     minimum_particles = 1
 
     def __init__(self, num_particles=1, vectorize_particles=False, jit=False, data_shape=None):
@@ -240,26 +242,36 @@ class Estimator(nn.Module):
         self.jit = jit
         self.data_shape = data_shape
 
-    def loss(self, model, guide, x, kl_weight=None, kl_penalty=None):
+    def loss(self, model, guide, x, kl_weight=None, kl_penalty=None, y=None, sites=None):
         """The loss of ``model``/``guide`` on ``x`` with the latent sites' log-densities scaled by
         ``kl_weight`` (None or 1: unweighted; a number, 0-dim tensor, or a callable read once);
-        with a ``kl_penalty``, -(reconstruction - kl_weight * kl_penalty(KL)) instead."""
+        with a ``kl_penalty``, -(reconstruction - kl_weight * kl_penalty(KL)) instead.
+
+        ``y``: labels, passed on as the programs' second argument, ``model(x, y)``, by the
+        estimators that ``support_labels``. ``sites``: the latent sites the weight scales
+        (None: all of them)."""
         if callable(kl_weight):
             kl_weight = kl_weight()
         if kl_penalty is not None:
+            if y is not None or sites is not None:
+                raise UserError("capacity and free bits are for models without labels (model.kind = \"vae\")")
             self.check_kl_penalty(kl_penalty.name)
             return penalized_loss(
                 model, guide, x, kl_penalty, kl_weight, analytic=self.analytic_kl,
                 num_particles=self.num_particles, guide_wrapper=self.guide_wrapper,
             )
         vae = standard_vae(model, guide)
-        if vae is not None and self.direct_loss is not None:
+        if vae is not None and self.direct_loss is not None and y is None:
             loss = self.direct_loss(vae, x, kl_weight)
             if loss is not None:
                 return loss
         if not is_unit_weight(kl_weight):
-            model, guide = kl_scaled(model, kl_weight), kl_scaled(guide, kl_weight)
-        return self.differentiable_loss(model, guide, x)
+            model, guide = kl_scaled(model, kl_weight, sites), kl_scaled(guide, kl_weight, sites)
+        if y is None:
+            return self.differentiable_loss(model, guide, x)
+        if not self.supports_labels:
+            raise UserError(f"estimator {self.registered_name!r} cannot pass labels to the model; {LABEL_ESTIMATORS}")
+        return self.differentiable_loss(model, guide, x, y)
 
     direct_loss = None  # or a method (vae, x, kl_weight) -> the loss, or None where it does not apply
     analytic_kl = False  # whether the KL term is taken in closed form where it has one
@@ -307,6 +319,9 @@ class Estimator(nn.Module):
             raise UserError(f"objective.{what.replace(' ', '_')} is not available with objective.jit = true")
 
 
+LABEL_ESTIMATORS = "models with labels train with objective.estimator = \"trace\", \"meanfield\", \"stl\" or \"enum\""
+
+
 def is_unit_weight(kl_weight):
     """Whether ``kl_weight`` leaves the ELBO as it is (None or the number 1); a tensor always counts
     as a weight, since reading its value would synchronize with its device."""
@@ -330,6 +345,7 @@ class PyroELBO(Estimator):
     elbo_class, jit_class = Trace_ELBO, FixedJitTrace_ELBO
     supports_jit = True
     supports_kl_penalty = True  # pathwise gradients of reconstruction and KL, each computable apart
+    supports_labels = True
 
     def __init__(self, **context):
         super().__init__(**context)
@@ -345,13 +361,16 @@ class PyroELBO(Estimator):
     def _guide(self, guide):
         return guide if self.guide_wrapper is None else RewrapLatents(self.guide_wrapper)(guide)
 
-    def loss(self, model, guide, x, kl_weight=None, kl_penalty=None):
-        if self.jit and kl_penalty is None:
-            return self._jit_loss(model, guide, x, kl_weight)
-        return super().loss(model, guide, x, kl_weight, kl_penalty)
+    def loss(self, model, guide, x, kl_weight=None, kl_penalty=None, y=None, sites=None):
+        if self.jit:
+            if y is not None or sites is not None:
+                raise UserError("objective.jit = true compiles programs of x alone; set objective.jit = false for models with labels")
+            if kl_penalty is None:
+                return self._jit_loss(model, guide, x, kl_weight)
+        return super().loss(model, guide, x, kl_weight, kl_penalty, y, sites)
 
-    def differentiable_loss(self, model, guide, x):
-        return self.elbo.differentiable_loss(model, self._guide(guide), x)
+    def differentiable_loss(self, model, guide, x, *labels):
+        return self.elbo.differentiable_loss(model, self._guide(guide), x, *labels)
 
     def capture_obstacle(self, vae):
         if self.jit:
@@ -398,6 +417,27 @@ class MeanFieldEstimator(ReparameterizedELBO):
 
     elbo_class, jit_class = TraceMeanField_ELBO, FixedJitTraceMeanField_ELBO
     analytic_kl = True
+
+
+@ESTIMATORS.register("enum")
+class Enumerated(PyroELBO):
+    """TraceEnum_ELBO: discrete latents marked for enumeration (M2's label) summed out exactly; else Trace_ELBO.
+
+    A guide site with ``infer={"enumerate": "parallel"}`` is not sampled but taken at all its
+    values at once, on a tensor dimension left of the plates (``max_plate_nesting = 1``:
+    the "data" plate), and the ELBO sums them weighted by q: for M2's label,
+    sum_y q(y | x) [log p(x, y, z_y) - log q(z_y | x, y)] + H(q(y | x)), exactly.
+    """
+
+    elbo_class = TraceEnum_ELBO
+    supports_jit = False
+
+    def differentiable_loss(self, model, guide, x, *labels):
+        with warnings.catch_warnings():  # a labeled batch has nothing to enumerate, rightly
+            warnings.filterwarnings("ignore", "TraceEnum_ELBO found no sample sites", UserWarning)
+            if not torch.is_grad_enabled():  # TraceEnum_ELBO refuses to differentiate without autograd
+                return torch.as_tensor(self.elbo.loss(model, self._guide(guide), x, *labels), device=x.device)
+            return super().differentiable_loss(model, guide, x, *labels)
 
 
 @ESTIMATORS.register("stl")

@@ -242,3 +242,16 @@ def save_traversals(vae, codes, path, rows=10, steps=9, span=3.0):
         x_axis=([f"{o:+.3g}" for o in offsets.tolist()], "z_d - mean(z_d), in standard deviations of the codes"),
         y_axis=(row_labels, "dimension: z values from left to right"),
     )
+
+
+@torch.no_grad()
+def save_analogies(vae, x, y, path):
+    """Style and class apart (Kingma et al. 2014, fig. 1), for a model with labels: row i shows
+    data point i, then its code z = E_q[z | x_i, y_i] decoded with each label c = 0, 1, ..."""
+    z = vae.encode(x, y)
+    classes = vae.num_classes
+    labels = torch.arange(classes, device=z.device).repeat(len(z))
+    decoded = vae.likelihood.mean(vae.decoder(z.repeat_interleave(classes, 0), labels))
+    decoded = decoded.view(len(z), classes, *decoded.shape[1:])
+    rows = torch.cat([x.unsqueeze(1).to(decoded.dtype), decoded], 1).flatten(0, 1)
+    return save_grid(rows, path, columns=classes + 1, title="analogies: data point, then its z decoded with y = 0, 1, ...")

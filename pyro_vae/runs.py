@@ -95,18 +95,33 @@ def check_resumable(old, new, run):
 
 def save_figures(vae, data, rows, out, device):
     """The run's three figures: validation reconstructions, prior samples (fixed seed), curves.
-    Returns the paths written."""
+    Returns the paths written. A model with labels reconstructs with the true labels and draws
+    one row per class."""
     x = data.valid.x[:32].to(device)
+    labeled = hasattr(vae, "num_classes")
+    reconstructions = vae.reconstruct(x, data.valid.labels[:32].to(device)) if labeled else vae.reconstruct(x)
     written = []
-    if plots.save_reconstructions(x, vae.reconstruct(x), out / "reconstructions.png") is not False:
+    if plots.save_reconstructions(x, reconstructions, out / "reconstructions.png") is not False:
         written.append(out / "reconstructions.png")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        if plots.save_grid(vae.sample(64), out / "samples.png", title="samples: E[x | z], z ~ p(z)"):
+        if labeled:
+            drawn = save_class_samples(vae, out / "samples.png")
+        else:
+            drawn = plots.save_grid(vae.sample(64), out / "samples.png", title="samples: E[x | z], z ~ p(z)")
+        if drawn:
             written.append(out / "samples.png")
     plots.save_curves(rows, out / "curves.png")
     written.append(out / "curves.png")
     return [path for path in written if path.exists()]
+
+
+def save_class_samples(vae, path, per_class=8):
+    """Samples of a model with labels, one row per class y (z ~ p(z), shown as E[x | z, y])."""
+    return plots.save_grid(
+        vae.sample(per_class * vae.num_classes), path, columns=per_class,
+        title="samples: E[x | z, y], z ~ p(z); row y = 0, 1, ...",
+    )
 
 
 def load_run(run, device="cpu", checkpoint="checkpoint.pt"):

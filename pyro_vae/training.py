@@ -37,10 +37,11 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .annealing import Constant
-from .build import build, build_data
+from .build import build, build_data, data_batches
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .config import apply_overrides, check_config, load_config, save_config
 from .evaluation import evaluate_elbo
+from .labels import training_loss
 from .registry import UserError
 from .loggers import LOGGERS
 from .runs import check_resumable, check_writable, clear_run_outputs, prepare_run_directory, save_figures
@@ -94,7 +95,12 @@ class Trainer:
         self.steps_per_epoch = parts.steps_per_epoch
         self.kl_weight = self.kl_schedule(0)  # the schedule's value at the current step (for messages and metrics)
         self.kl_penalty = parts.kl_penalty(0)  # capacity (with C(t)) or free bits in force, or None
-        self.loss = NegativeELBO(self.vae, parts.estimator, self.features_per_term)
+        if data_batches(self.vae) == "all":
+            self.loss = NegativeELBO(self.vae, parts.estimator, self.features_per_term)
+        elif world_size > 1:
+            raise UserError(f"model.kind = {self.vae.kind!r} trains in one process; data-parallel training (torchrun) is for model.kind = \"vae\"")
+        else:  # (x, y) pairs, or unlabeled x with labeled pairs (M2's J_alpha)
+            self.loss = training_loss(self.vae, parts.estimator, self.features_per_term, config["objective"], data)
         self.parameters = parts.parameters()  # the VAE's and the estimator's
         if world_size > 1:
             self.loss = nn.parallel.DistributedDataParallel(self.loss, device_ids=[device.index] if device.type == "cuda" else None)
@@ -239,7 +245,12 @@ class Trainer:
 
     def _train_epoch(self, epoch, bar):
         tc = self.config["train"]
-        batches = self.data.train_batches(
+        epoch_batches = {
+            "all": self.data.train_batches,
+            "labeled": self.data.labeled_batches,
+            "semi_supervised": self.data.semi_supervised_batches,
+        }[data_batches(self.vae)]
+        batches = epoch_batches(
             tc["batch_size"], tc["seed"] * 100003 + epoch, self.noise, self.device,
             self.rank, self.world_size, skip=self.batch_in_epoch,
         )
@@ -301,8 +312,10 @@ class Trainer:
             dist.all_reduce(totals)
             epoch_loss = totals.tolist()
 
+        labels = data_batches(self.vae) != "all"
+
         def evaluate(split, limit=None):
-            batches = self.data.batches(split, tc["eval_batch_size"], self.device, limit, self.rank, self.world_size)
+            batches = self.data.batches(split, tc["eval_batch_size"], self.device, limit, self.rank, self.world_size, labels)
             return evaluate_elbo(self.vae, batches, all_reduce=all_reduce)
 
         train, val = evaluate("train", tc["train_eval_examples"]), evaluate("valid")
@@ -325,6 +338,8 @@ class Trainer:
                 "active_units": val["active_units"],
                 "seconds": seconds,
             }
+            if "accuracy" in val:  # a model with a classifier q(y | x)
+                row["val_accuracy"] = val["accuracy"]
             row.update({f"kl_{d}": kl for d, kl in enumerate(val["kl_per_dimension"] or [])})
             row.update({f"val_kl_{site}": kl for site, kl in val.get("kl_per_layer", {}).items()})
             row.update({f"active_units_{site}": n for site, n in val.get("active_units_per_layer", {}).items()})
@@ -333,6 +348,7 @@ class Trainer:
             bar.write(
                 f"epoch {epoch}: training loss {row['train_loss']:.3f}, train ELBO {train['elbo']:.3f}, "
                 f"validation ELBO {val['elbo']:.3f} (KL {val['kl']:.2f}, {val['active_units']} active units)"
+                + (f", validation accuracy {val['accuracy']:.4f}" if "accuracy" in val else "")
             )
             for logger in self.loggers:
                 logger.epoch(self.rows)
@@ -379,6 +395,8 @@ def capture_obstacle(config, vae, estimator, optimizer, device, world_size):
         return "one graph per data-parallel rank is not supported yet: DistributedDataParallel runs eagerly"
     if config["train"]["validate"]:
         return "train.validate = true: Pyro's argument checks read values from the device"
+    if config["model"]["kind"] != "vae":
+        return f"model.kind = {config['model']['kind']!r} trains on batches of (x, y), which the captured step does not take yet"
     if not optimizer.defaults.get("fused"):
         return f"optimizer {config['train']['optimizer']!r} has no fused kernel here to skip a non-finite step on the device"
     return estimator.capture_obstacle(vae)

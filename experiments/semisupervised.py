@@ -1,0 +1,189 @@
+"""Semi-supervised classification with few labels: M2 against the same classifier on the labels alone and M1 + logistic regression.
+
+For each number of labels N in {100, 600, 1000} and each seed s (which also picks the N
+labels, ``data.labeled_seed = s``, balanced across classes), on statically binarized
+Fashion-MNIST (50k train / 10k valid / 10k test, Debian's ``dataset-fashion-mnist``):
+
+- **M2** (Kingma et al. 2014): ``model.kind = "m2"``, ``objective.estimator = "enum"``, a small z
+  (4 dimensions; 2 on digits) so that the label carries the class, and alpha = N
+  (``classification_weight = 1``; Kingma's 0.1 N trains the classifier too slowly for the few
+  epochs run here); the test error of its classifier q(y | x);
+- **classifier alone**: the same classifier network (``labels.fit_classifier``), trained by
+  cross-entropy on the N labeled images only;
+- **M1 + logistic regression**: a VAE (``model.kind = "vae"``, same networks, 32-dimensional z; 8 on digits) trained on
+  all 50k training images without labels, then scikit-learn's logistic regression on the guide's
+  mean codes E_q[z | x] of the N labeled images.
+
+The full run reads the binarized images from an .npz written once (``fashion_mnist_npz``).
+Writes ``experiments/results/semisupervised/{semisupervised.csv, summary.csv}`` (``--quick``:
+digits, 50 labels, ``*_quick.csv``): one row per (method, labels, seed) with the test error and
+the seconds it took on this machine; the summary holds mean and standard deviation over seeds.
+
+    python experiments/semisupervised.py --quick
+    nice python experiments/semisupervised.py    # 4 epochs of M2 and M1: about 30 minutes on 2 CPU cores
+"""
+
+import argparse
+import csv
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from sklearn.linear_model import LogisticRegression
+
+from common import write_csv
+from pyro_vae import train
+from pyro_vae.build import build_data
+from pyro_vae.data import HIDDEN, load_data
+from pyro_vae.labels import CLASSIFIERS, fit_classifier
+from pyro_vae.runs import load_run
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "experiments" / "results" / "semisupervised"
+
+
+def fashion_mnist_npz():
+    """Fashion-MNIST, statically binarized once (the library's fixed draw), with its labels, as an
+    .npz for ``data.name = "npz"``: the same data as ``{name = "fashion-mnist", binarize = "static"}``,
+    read in a second instead of decompressed and binarized again by each of the 20-odd runs."""
+    path = ROOT / "runs" / "data" / "fashion_mnist_static.npz"
+    if not path.is_file():
+        data = load_data("fashion-mnist", binarize="static")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        arrays = {}
+        for split in ("train", "valid", "test"):
+            arrays[split] = data.split(split).x.to(torch.uint8).numpy()
+            arrays[f"{split}_labels"] = data.split(split).labels.numpy()
+        np.savez(path, **arrays)
+    return path
+
+
+def setup(quick, epochs):
+    """The shared config: data, networks and training, for the quick (digits) or full (Fashion-MNIST) run."""
+    if quick:
+        data = {"name": "digits", "binarize": "static"}
+        hidden, m2_latent, m1_latent, batch_size, labels = [64], 2, 8, 64, [50]
+    else:
+        data = {"name": "npz", "path": str(fashion_mnist_npz()), "binarize": "none"}
+        hidden, m2_latent, m1_latent, batch_size, labels = [128], 4, 32, 100, [100, 600, 1000]
+    net = {"name": "mlp", "hidden": hidden, "activation": "elu"}
+    config = {
+        "data": data,
+        "model": {"latent_dim": m2_latent, "encoder": net, "decoder": net, "classifier": net},
+        # alpha = N, not Kingma's 0.1 N: at 0.1 N the classifier barely moves in the few epochs run here
+        "objective": {"estimator": "enum", "classification_weight": 1.0},
+        "train": {"epochs": epochs, "batch_size": batch_size, "progress": False, "device": "cpu",
+                  "train_eval_examples": 1000, "eval_batch_size": 500},
+    }
+    return config, labels, m1_latent
+
+
+def with_updates(config, **sections):
+    config = {section: dict(values) for section, values in config.items()}
+    for section, values in sections.items():
+        config.setdefault(section, {}).update(values)
+    return config
+
+
+def test_error(predicted, labels):
+    return (predicted != labels).float().mean().item()
+
+
+def run_m2(config, labels, seed, runs):
+    config = with_updates(config, data={"labeled": labels, "labeled_seed": seed},
+                          model={"kind": "m2"}, train={"seed": seed})
+    start = time.perf_counter()
+    run = train(config, out=runs / f"m2-{labels}-{seed}", force=True)
+    vae = load_run(run)
+    test = build_data(config).test
+    return test_error(vae.classify(test.x), test.labels), time.perf_counter() - start
+
+
+def run_classifier_alone(config, data, labels, seed):
+    """The M2 classifier network, trained on the labeled images only (as many steps as ten
+    passes over a 1000-label set, whatever N: enough to fit any of them)."""
+    start = time.perf_counter()
+    known = data.train.labels != HIDDEN
+    torch.manual_seed(seed)
+    classifier = CLASSIFIERS.build(config["model"]["classifier"], "model.classifier",
+                                   data_shape=data.shape, num_classes=10)
+    fit_classifier(classifier, data.train.x[known], data.train.labels[known], steps=1000, seed=seed)
+    with torch.no_grad():
+        predicted = classifier(data.test.x).argmax(-1)
+    return test_error(predicted, data.test.labels), time.perf_counter() - start
+
+
+def train_m1(config, latent_dim, seed, runs):
+    config = with_updates(config, model={"kind": "vae", "latent_dim": latent_dim}, objective={"estimator": "trace"},
+                          train={"seed": seed})
+    start = time.perf_counter()
+    run = train(config, out=runs / f"m1-{seed}", force=True)
+    return load_run(run), time.perf_counter() - start
+
+
+def run_m1_logistic(vae, data):
+    start = time.perf_counter()
+    known = data.train.labels != HIDDEN
+    with torch.no_grad():
+        codes = vae.encode(data.train.x[known]).numpy()
+        test_codes = vae.encode(data.test.x).numpy()
+    regression = LogisticRegression(max_iter=2000).fit(codes, data.train.labels[known].numpy())
+    predicted = torch.as_tensor(regression.predict(test_codes))
+    return test_error(predicted, data.test.labels), time.perf_counter() - start
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="digits, 50 labels: seconds")
+    parser.add_argument("--epochs", type=int, default=None, help="training epochs of M2 and M1 (default 4; quick 30)")
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--summary-only", action="store_true", help="rewrite the summary from the existing rows")
+    args = parser.parse_args()
+    suffix = "_quick" if args.quick else ""
+    if args.summary_only:
+        return write_summary(OUT / f"semisupervised{suffix}.csv", OUT / f"summary{suffix}.csv")
+    torch.set_num_threads(1)  # small networks on a shared 2-core machine
+    epochs = args.epochs or (30 if args.quick else 4)
+    config, label_counts, m1_latent = setup(args.quick, epochs)
+    runs = ROOT / "runs" / ("semisupervised_quick" if args.quick else "semisupervised")
+    rows = []
+
+    def record(method, labels, seed, error, seconds):
+        rows.append({"method": method, "labels": labels, "seed": seed,
+                     "epochs": epochs if method != "classifier alone" else "",  # it takes 1000 steps instead
+                     "test_error": error, "seconds": seconds})
+        print(f"{method:<22} labels {labels:>5} seed {seed}: test error {error:.4f} ({seconds:.0f} s)", flush=True)
+
+    for seed in range(args.seeds):
+        m1, m1_seconds = train_m1(config, m1_latent, seed, runs)
+        for labels in label_counts:
+            data = build_data(with_updates(config, data={"labeled": labels, "labeled_seed": seed}))
+            record("classifier alone", labels, seed, *run_classifier_alone(config, data, labels, seed))
+            error, seconds = run_m1_logistic(m1, data)
+            record("M1 + logistic", labels, seed, error, seconds + m1_seconds)  # the VAE's time counted in each
+            record("M2", labels, seed, *run_m2(config, labels, seed, runs))
+    OUT.mkdir(parents=True, exist_ok=True)
+    write_csv(rows, OUT / f"semisupervised{suffix}.csv")
+    write_summary(OUT / f"semisupervised{suffix}.csv", OUT / f"summary{suffix}.csv")
+
+
+def write_summary(rows_path, summary_path):
+    """Mean and standard deviation over seeds of each (method, labels), from the rows' CSV."""
+    with open(rows_path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    summary = []
+    for method in dict.fromkeys(r["method"] for r in rows):
+        for labels in dict.fromkeys(r["labels"] for r in rows):
+            group = [r for r in rows if r["method"] == method and r["labels"] == labels]
+            errors = [float(r["test_error"]) for r in group]
+            summary.append({"method": method, "labels": labels, "seeds": len(group), "epochs": group[0]["epochs"],
+                            "test_error_mean": statistics.mean(errors),
+                            "test_error_std": statistics.stdev(errors) if len(errors) > 1 else 0.0,
+                            "seconds_per_run": statistics.mean(float(r["seconds"]) for r in group)})
+    write_csv(summary, summary_path)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,445 @@
+"""Labels: a conditional VAE and Kingma et al.'s (2014) semi-supervised M2, as Pyro programs.
+
+Both take a class label y in {0, ..., C-1} beside the data point x; networks see y one-hot,
+concatenated into their input.
+
+**Conditional VAE** (``[model] kind = "cvae"``), y always observed::
+
+    z ~ p(z)                               site "z"
+    x ~ p(x | decoder(z, y))               site "x" (observed)
+    guide: z ~ N(loc(x, y), scale(x, y)^2) site "z"
+
+**M2** (``[model] kind = "m2"``), y observed where known and a latent otherwise::
+
+    y ~ Categorical(1/C)                   site "y" (observed on labeled data)
+    z ~ p(z)                               site "z"
+    x ~ p(x | decoder(z, y))               site "x" (observed)
+    guide: y ~ q(y | x) = Categorical(classifier(x))   only where y is not given,
+                                                      infer={"enumerate": "parallel"}
+           z ~ q(z | x, y)
+
+On a labeled pair the ELBO is L(x, y) = E_q(z|x,y)[log p(x | y, z) + log p(y) + log p(z) - log q(z | x, y)];
+on an unlabeled x, ``TraceEnum_ELBO`` sums y out exactly instead of sampling it:
+
+    U(x) = sum_y q(y | x) L(x, y) + H(q(y | x)).
+
+Kingma's objective adds the classifier's log-likelihood on the labeled data, which U(x) alone
+would train only indirectly:
+
+    J_alpha = sum_labeled L(x, y) + sum_unlabeled U(x) + alpha * E_labeled[log q(y | x)],  alpha = 0.1 N
+
+(``SemiSupervisedLoss``; N is the number of training points, labeled or not). ``model`` and
+``guide`` stay Pyro programs: ``SVI(m2.model, m2.guide, optim, TraceEnum_ELBO(max_plate_nesting=1))``
+trains M2 on ``svi.step(x)`` and ``svi.step(x, y)`` (without the classification term unless
+added by hand).
+
+These classes redefine ``model`` and ``guide``, so the library's estimators trace them (no
+direct fast path). Their densities are still methods, written once: ``prior_dist()``,
+``label_prior_dist()`` (M2), ``classifier_dist(x)`` (M2), ``likelihood_dist(z, y, x)``,
+``guide_dist(x, y)``.
+"""
+
+import math
+
+import pyro
+import pyro.distributions as dist
+import torch
+from pyro.nn import pyro_method
+from torch import nn
+from torch.nn import functional as F
+
+from .checks import integer, sizes
+from .guides import GUIDES
+from .likelihoods import LIKELIHOODS
+from .model import VAE
+from .nets import DECODERS, ENCODERS, mlp
+from .registry import Registry, UserError
+
+CLASSIFIERS = Registry("classifier")
+
+
+def one_hot(y, num_classes):
+    """Integer labels of any shape -> float one-hot vectors, shape ``(*y.shape, num_classes)``."""
+    return F.one_hot(y, num_classes).float()
+
+
+# ---- networks: y one-hot, concatenated into the input ----
+
+
+class ConditionalEncoder(nn.Module):
+    """q(z | x, y)'s network: a registered encoder whose input carries y one-hot.
+
+    An ``mlp`` encoder (or any encoder of flat data) sees ``[flatten(x), onehot(y)]``; any
+    other encoder of images (``conv``) sees y as C constant extra image channels. ``x`` is
+    ``(N, *data_shape)`` and ``y`` integer labels whose shape broadcasts against ``(N,)``:
+    ``(N,)`` for a labeled batch, ``(C, 1)`` when ``TraceEnum_ELBO`` enumerates y, which gives
+    the guide's ``num_params`` outputs with shape ``(C, N, num_params)`` (the encoder runs once
+    per pair).
+    """
+
+    def __init__(self, spec, data_shape, latent_dim, num_classes, num_params):
+        super().__init__()
+        name = ENCODERS.split_spec(spec, "model.encoder")[0] if isinstance(spec, (str, dict)) else None
+        self.data_shape, self.num_classes = tuple(data_shape), num_classes
+        self.as_channels = len(data_shape) == 3 and name != "mlp"
+        if self.as_channels:
+            input_shape = (data_shape[0] + num_classes, *data_shape[1:])
+        else:
+            input_shape = (math.prod(data_shape) + num_classes,)
+        self.net = ENCODERS.build(spec, "model.encoder", data_shape=input_shape, latent_dim=latent_dim,
+                                  num_params=num_params)
+
+    def forward(self, x, y):
+        y = one_hot(y, self.num_classes)
+        batch = torch.broadcast_shapes(x.shape[:1], y.shape[:-1])
+        if self.as_channels:
+            planes = y[..., None, None].expand(*batch, self.num_classes, *self.data_shape[1:])
+            inputs = torch.cat([x.expand(*batch, *self.data_shape), planes], dim=-3)
+        else:
+            flat = x.flatten(1)
+            inputs = torch.cat([flat.expand(*batch, flat.shape[-1]), y.expand(*batch, self.num_classes)], -1)
+        # registered encoders take one batch dimension
+        return self.net(inputs.reshape(-1, *inputs.shape[len(batch):])).view(*batch, -1)
+
+
+class ConditionalDecoder(nn.Module):
+    """p(x | z, y)'s network: a registered decoder of the code ``[z, onehot(y)]``
+    (z and y broadcast against each other's batch dimensions)."""
+
+    def __init__(self, spec, data_shape, latent_dim, num_classes, num_params):
+        super().__init__()
+        self.num_classes = num_classes
+        self.net = DECODERS.build(
+            spec, "model.decoder", data_shape=data_shape, latent_dim=latent_dim + num_classes, num_params=num_params
+        )
+
+    def forward(self, z, y):
+        y = one_hot(y, self.num_classes)
+        batch = torch.broadcast_shapes(z.shape[:-1], y.shape[:-1])
+        return self.net(torch.cat([z.expand(*batch, z.shape[-1]), y.expand(*batch, self.num_classes)], -1))
+
+
+@CLASSIFIERS.register("mlp")
+class MLPClassifier(nn.Module):
+    """Fully connected classifier: flatten, hidden layers, then the logits of q(y | x)."""
+
+    context_arguments = ("data_shape", "num_classes")
+
+    def __init__(self, data_shape, num_classes, hidden=(256, 256), activation="elu"):
+        super().__init__()
+        hidden = sizes(hidden, "model.classifier.hidden")
+        self.net = mlp([math.prod(data_shape), *hidden, num_classes], activation)
+
+    def forward(self, x):
+        return self.net(x.flatten(1)).float()
+
+
+# ---- the models ----
+
+
+class LabeledVAE(VAE):
+    """Base of the models with labels: a VAE whose encoder and decoder also see y (one-hot).
+
+    Options as for :class:`~pyro_vae.model.VAE`, plus ``num_classes``. The prior must not be
+    built from the encoder (``vamp``): q(z | x, y) has no single pseudo-input mixture.
+    """
+
+    data_batches = "labeled"  # what the trainer feeds it: (x, y) pairs
+    conditional = True  # whether its ELBO is conditional on y (a CVAE's is; M2's U(x) is not)
+
+    def __init__(self, data_shape, latent_dim=16, encoder="mlp", decoder="mlp", likelihood="bernoulli",
+                 prior="normal", num_classes=10, data_levels=None):
+        data_shape = (data_shape,) if isinstance(data_shape, int) else tuple(data_shape)
+        latent_dim = integer(latent_dim, "model.latent_dim", minimum=1)
+        num_classes = integer(num_classes, "model.num_classes", minimum=2)
+        likelihood = LIKELIHOODS.build(likelihood, "model.likelihood", data_shape=data_shape, data_levels=data_levels)
+        guide_family = GUIDES.build("normal", latent_dim=latent_dim)  # q(z | x, y): a diagonal Gaussian
+        super().__init__(
+            data_shape,
+            latent_dim,
+            encoder=ConditionalEncoder(encoder, data_shape, latent_dim, num_classes, guide_family.num_params),
+            decoder=ConditionalDecoder(decoder, data_shape, latent_dim, num_classes, likelihood.num_params),
+            likelihood=likelihood,
+            prior=prior,
+            guide=guide_family,
+        )
+        self.num_classes = num_classes
+        if getattr(self.prior, "registered_name", None) == "vamp":
+            raise UserError(
+                f"model.prior = \"vamp\" is built from an unconditional encoder q(z | x); it is not available "
+                f"for model.kind = {self.kind!r}"
+            )
+
+    # ---- the densities, written once ----
+
+    def prior_dist(self):
+        """p(z), event shape ``(latent_dim,)``."""
+        return self.prior(None)
+
+    def likelihood_dist(self, z, y, x=None):
+        """p(x | z, y); z ``(..., latent_dim)`` and labels y broadcast against each other."""
+        return self.likelihood(self.decoder(z, y), x)
+
+    def guide_dist(self, x, y):
+        """q(z | x, y) = N(loc(x, y), diag scale(x, y)^2)."""
+        return self.guide_family(self.encoder(x, y))
+
+    # ---- checks ----
+
+    def _check_labels(self, y, x, required=True):
+        if y is None:
+            if required:
+                raise UserError(f"model.kind = {self.kind!r} needs labels: call model(x, y) and guide(x, y)")
+            return None
+        if not torch.is_tensor(y) or y.shape != x.shape[:1] or y.dtype != torch.long:
+            raise UserError(f"labels y must be a long tensor of shape ({len(x)},), got {y!r:.80}")
+        if len(y) and (y.min() < 0 or y.max() >= self.num_classes):
+            raise UserError(
+                f"labels must lie in 0..{self.num_classes - 1} (model.num_classes = {self.num_classes}), "
+                f"got {int(y.min())}..{int(y.max())}"
+            )
+        return y
+
+    # ---- uses of a trained model ----
+
+    def sample_labels(self, num_samples, label=None):
+        """``label`` repeated, or (None) every class in turn, sorted: with ``num_samples / C``
+        columns a grid shows one row per class."""
+        if label is None:
+            return torch.arange(num_samples) * self.num_classes // num_samples
+        if not isinstance(label, int) or not 0 <= label < self.num_classes:
+            raise UserError(f"--label must be an integer in 0..{self.num_classes - 1}, got {label!r}")
+        return torch.full((num_samples,), label, dtype=torch.long)
+
+    @torch.no_grad()
+    def sample(self, num_samples, label=None):
+        """``num_samples`` draws z ~ p(z) shown as E[x | z, y]: y = ``label``, or every class in turn."""
+        device = next(self.parameters()).device
+        y = self.sample_labels(num_samples, label).to(device)
+        z = self.prior_dist().sample((num_samples,))
+        return self.likelihood.mean(self.decoder(z, y))
+
+    @torch.no_grad()
+    def reconstruct(self, x, y=None):
+        """E[x | z, y] at the guide's mean code."""
+        y = self.labels_for(x, y)
+        return self.likelihood.mean(self.decoder(self.encode(x, y), y))
+
+    @torch.no_grad()
+    def encode(self, x, y=None):
+        """The guide's mean code E_q[z | x, y]."""
+        return self.guide_dist(x, self.labels_for(x, y)).mean
+
+    def labels_for(self, x, y):
+        return self._check_labels(y, x)
+
+    @torch.no_grad()
+    def elbo_terms(self, x, y=None):
+        """The conditional ELBO log p(x | y) >= E_q[log p(x | z, y)] - KL(q(z | x, y) || p(z)) per data
+        point, one z each: ``elbo``, ``reconstruction``, ``kl`` (closed form where it exists)."""
+        y = self._check_labels(y, x)
+        q = self.guide_dist(x, y)
+        z = q.sample()
+        reconstruction = self.likelihood_dist(z, y, x).log_prob(x)
+        kl = _kl(q, self.prior_dist(), z)
+        return {"elbo": reconstruction - kl, "reconstruction": reconstruction, "kl": kl}
+
+
+def _kl(q, p, z):
+    """KL(q || p) per data point in closed form where it exists, else log q(z) - log p(z) at z."""
+    try:
+        return torch.distributions.kl_divergence(q, p.expand(q.batch_shape))
+    except NotImplementedError:
+        return q.log_prob(z) - p.log_prob(z)
+
+
+class CVAE(LabeledVAE):
+    """Conditional VAE: p(x | z, y) and q(z | x, y), y a class label, always observed."""
+
+    kind = "cvae"
+
+    @pyro_method
+    def model(self, x, y=None):
+        """p(z) p(x | z, y) for a minibatch x ``(N, *data_shape)`` and its labels y ``(N,)``."""
+        x = self._check_batch(x)
+        y = self._check_labels(y, x)
+        with self.param_store(), pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", self.prior_dist())
+            pyro.sample("x", self.likelihood_dist(z, y, x), obs=x)
+
+    @pyro_method
+    def guide(self, x, y=None):
+        """q(z | x, y), reparameterized."""
+        x = self._check_batch(x)
+        y = self._check_labels(y, x)
+        with self.param_store(), pyro.plate("data", x.shape[0]):
+            pyro.sample("z", self.guide_dist(x, y))
+
+
+class M2(LabeledVAE):
+    """Kingma et al.'s (2014) M2: p(y) p(z) p(x | y, z), guide q(y | x) q(z | x, y), y enumerated where unlabeled."""
+
+    kind = "m2"
+    data_batches = "semi_supervised"  # unlabeled and labeled minibatches together
+    conditional = False
+
+    def __init__(self, data_shape, latent_dim=16, encoder="mlp", decoder="mlp", likelihood="bernoulli",
+                 prior="normal", num_classes=10, classifier="mlp", data_levels=None):
+        super().__init__(data_shape, latent_dim, encoder, decoder, likelihood, prior, num_classes, data_levels)
+        self.classifier = CLASSIFIERS.build(
+            classifier, "model.classifier", data_shape=self.data_shape, num_classes=num_classes
+        )
+
+    # ---- the densities ----
+
+    def label_prior_dist(self):
+        """p(y), uniform over the C classes."""
+        return dist.Categorical(logits=torch.zeros(self.num_classes, device=next(self.parameters()).device))
+
+    def classifier_dist(self, x):
+        """q(y | x) = Categorical(softmax(classifier(x)))."""
+        return dist.Categorical(logits=self.classifier(x))
+
+    # ---- the programs ----
+
+    @pyro_method
+    def model(self, x, y=None):
+        """p(y) p(z) p(x | y, z); y observed where given, else a latent (the guide enumerates it)."""
+        x = self._check_batch(x)
+        y = self._check_labels(y, x, required=False)
+        with self.param_store(), pyro.plate("data", x.shape[0]):
+            y = pyro.sample("y", self.label_prior_dist(), obs=y)
+            z = pyro.sample("z", self.prior_dist())
+            pyro.sample("x", self.likelihood_dist(z, y, x), obs=x)
+
+    @pyro_method
+    def guide(self, x, y=None):
+        """q(y | x) (enumerated in parallel under ``TraceEnum_ELBO``) where y is not given, then q(z | x, y)."""
+        x = self._check_batch(x)
+        y = self._check_labels(y, x, required=False)
+        with self.param_store(), pyro.plate("data", x.shape[0]):
+            if y is None:
+                y = pyro.sample("y", self.classifier_dist(x), infer={"enumerate": "parallel"})
+            pyro.sample("z", self.guide_dist(x, y))
+
+    # ---- uses ----
+
+    @torch.no_grad()
+    def classify(self, x):
+        """The most probable class under q(y | x)."""
+        return self.classifier(x).argmax(-1)
+
+    def labels_for(self, x, y):
+        """y where given, else the classifier's guess."""
+        return self.classify(x) if y is None else self._check_labels(y, x)
+
+    @torch.no_grad()
+    def elbo_terms(self, x, y=None):
+        """Per data point, one z per (x, y) pair: with y given the labeled bound L(x, y) on log p(x, y);
+        without, the unlabeled bound on log p(x) with y summed out exactly,
+
+            U(x) = sum_y q(y | x) [log p(x | y, z_y) + log p(y) + log p(z_y) - log q(z_y | x, y)] + H(q(y | x)),
+
+        split as ``reconstruction`` = sum_y q(y | x) log p(x | y, z_y) and ``kl`` = the rest, negated
+        (KL of z in closed form where it exists, plus KL(q(y | x) || p(y)))."""
+        if y is not None:
+            y = self._check_labels(y, x)
+            q = self.guide_dist(x, y)
+            z = q.sample()
+            reconstruction = self.likelihood_dist(z, y, x).log_prob(x)
+            kl = _kl(q, self.prior_dist(), z) - self.label_prior_dist().log_prob(y)
+            return {"elbo": reconstruction - kl, "reconstruction": reconstruction, "kl": kl}
+        every = torch.arange(self.num_classes, device=x.device).unsqueeze(-1)  # (C, 1): y enumerated
+        q_z = self.guide_dist(x, every)  # batch shape (C, N)
+        z = q_z.sample()
+        q_y = self.classifier_dist(x)
+        probs = q_y.probs.T  # (C, N)
+        reconstruction = (probs * self.likelihood_dist(z, every, x).log_prob(x)).sum(0)
+        kl_z = (probs * _kl(q_z, self.prior_dist(), z)).sum(0)
+        kl_y = torch.distributions.kl_divergence(q_y, self.label_prior_dist().expand(q_y.batch_shape))
+        kl = kl_z + kl_y
+        return {"elbo": reconstruction - kl, "reconstruction": reconstruction, "kl": kl}
+
+
+MODEL_KINDS = {"vae": VAE, "cvae": CVAE, "m2": M2}
+
+
+# ---- the semi-supervised objective ----
+
+
+class LabeledNegativeELBO(nn.Module):
+    """The CVAE's training loss: ``forward(batch, kl_weight)`` with ``batch`` a ``data.LabeledBatch``,
+    the estimator's loss of model(x, y) and guide(x, y), per data point (and per feature: ``normalizer``)."""
+
+    def __init__(self, vae, estimator, normalizer=1.0):
+        super().__init__()
+        self.vae, self.estimator, self.normalizer = vae, estimator, normalizer
+
+    def forward(self, batch, kl_weight=None, kl_penalty=None):
+        loss = self.estimator.loss(self.vae.model, self.vae.guide, batch.x, kl_weight=kl_weight, kl_penalty=kl_penalty,
+                                   y=batch.y)
+        return loss / (len(batch) * self.normalizer)
+
+
+class SemiSupervisedLoss(nn.Module):
+    """M2's training loss, -J_alpha per data point, on a ``data.SemiSupervisedBatch``::
+
+        -[ sum_unlabeled U(x) + s * sum_labeled (L(x, y) + (alpha / N_l) log q(y | x)) ] / (B_u + B_l)
+
+    ``alpha / N_l`` is the weight of one labeled point's classification term (alpha =
+    ``classification_weight * N``, an expectation over the N_l labeled points in Kingma's
+    J_alpha), and ``s = batch.labeled_scale`` corrects for labeled points drawn more often
+    than once per epoch, so each step's loss is an unbiased estimate of J_alpha / steps.
+    The KL weight scales the z terms; the label term only with ``kl_weight_labels``.
+    """
+
+    def __init__(self, vae, estimator, classification_weight, num_train, num_labeled, normalizer=1.0,
+                 kl_weight_labels=False):
+        super().__init__()
+        self.vae, self.estimator, self.normalizer = vae, estimator, normalizer
+        self.per_label_weight = classification_weight * num_train / max(num_labeled, 1)
+        self.sites = None if kl_weight_labels else ("z",)
+
+    def forward(self, batch, kl_weight=None, kl_penalty=None):
+        vae, estimator = self.vae, self.estimator
+        loss = estimator.loss(vae.model, vae.guide, batch.unlabeled, kl_weight=kl_weight, kl_penalty=kl_penalty,
+                              sites=self.sites)
+        labeled = batch.labeled
+        if len(labeled):
+            elbo = estimator.loss(vae.model, vae.guide, labeled.x, kl_weight=kl_weight, y=labeled.y, sites=self.sites)
+            classification = -vae.classifier_dist(labeled.x).log_prob(labeled.y).sum()
+            loss = loss + batch.labeled_scale * (elbo + self.per_label_weight * classification)
+        return loss / (len(batch) * self.normalizer)
+
+
+def training_loss(vae, estimator, normalizer, objective, data):
+    """The loss module a labeled model trains with, from the ``[objective]`` section."""
+    if isinstance(vae, M2):
+        return SemiSupervisedLoss(
+            vae, estimator, objective["classification_weight"], len(data.train), data.num_labeled(),
+            normalizer, objective["kl_weight_labels"],
+        )
+    return LabeledNegativeELBO(vae, estimator, normalizer)
+
+
+# ---- the supervised baseline ----
+
+
+def fit_classifier(classifier, x, y, steps=1000, batch_size=100, lr=1e-3, seed=0):
+    """Fit a classifier network to the labeled pairs (x, y) alone: Adam on the mean cross-entropy,
+    ``steps`` minibatches of ``batch_size`` drawn from a seeded shuffle. The baseline M2 is measured
+    against (the same network as its q(y | x), without the unlabeled data). Returns ``classifier``."""
+    generator = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.Adam(classifier.parameters(), lr)
+    classifier.train()
+    order, position = torch.randperm(len(x), generator=generator), 0
+    for _ in range(steps):
+        if position >= len(order):
+            order, position = torch.randperm(len(x), generator=generator), 0
+        index = order[position : position + batch_size]
+        position += batch_size
+        loss = F.cross_entropy(classifier(x[index]), y[index])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return classifier.eval()
