@@ -38,7 +38,9 @@ BETAS = [0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0]
 
 def mnist_subset(train_examples, valid_examples, test_examples):
     """The first examples of each split of binarized MNIST, saved as an .npz for ``data.name = "npz"``
-    (the full set is ``data.name = "binarized-mnist"``; a subset keeps CPU runs short)."""
+    (the full set is ``data.name = "binarized-mnist"``; a subset keeps CPU runs short). The test
+    split is sorted by class, so a reported test figure needs ``test_examples`` = 10000, the
+    whole split (as here); the training split is not sorted."""
     path = ROOT / "runs" / "data" / f"binarized_mnist_{train_examples}_{valid_examples}_{test_examples}.npz"
     if not path.is_file():
         if not MNIST.is_file():

@@ -24,8 +24,8 @@ of Fashion-MNIST's pixels, can grow without bound at those point masses, and its
 say nothing.) Dequantized data lie strictly inside (0, 1), so the Beta needs no squeeze.
 
 Reported per likelihood on the test set: the ELBO and the importance-sampled
-log-likelihood (``pyro_vae.evaluation.log_likelihood``, K samples per image) in nats per
-image, both converted to bits/dim, and a reconstructions figure (E[x | z] at z = E_q[z | x]).
+log-likelihood (``pyro_vae.evaluation.log_likelihood``, K samples per image, on a
+seeded random subset of the test images) in nats per image, both converted to bits/dim, and a reconstructions figure (E[x | z] at z = E_q[z | x]).
 Writes ``experiments/results/likelihoods/{likelihoods[_quick].csv, reconstructions_<name>[_quick].png}``.
 
     python experiments/likelihoods.py --quick   # digits, about a minute
@@ -45,7 +45,7 @@ from beta_sweep import ROOT, single_thread
 
 from common import write_csv
 from pyro_vae import plots
-from pyro_vae.data import load_data
+from pyro_vae.data import SUBSET_SEED, load_data
 from pyro_vae.evaluation import evaluate_elbo, log_likelihood
 from pyro_vae.likelihoods import LIKELIHOODS, Bernoulli
 from pyro_vae.runs import load_run
@@ -134,7 +134,7 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true", help="digits, CI-sized")
     parser.add_argument("--epochs", type=int, help="epochs per run (default 30 quick, 10 full)")
     parser.add_argument("--train-examples", type=int, default=20000, help="Fashion-MNIST training subset size")
-    parser.add_argument("--ll-examples", type=int, help="test images for the log-likelihood (default 250 quick, 1000 full)")
+    parser.add_argument("--ll-examples", type=int, help="test images for the log-likelihood, a seeded random subset (default 250 quick, 1000 full)")
     parser.add_argument("--samples", type=int, help="importance samples K per image (default 200 quick, 1000 full)")
     parser.add_argument("--only", help="comma-separated names: run only these settings")
     parser.add_argument("--results", default=str(ROOT / "experiments" / "results" / "likelihoods"))
@@ -152,6 +152,9 @@ def main(argv=None):
     suffix = "_quick" if quick else ""
     chosen = settings(levels)
     if args.only:
+        unknown = [name for name in args.only.split(",") if name not in chosen]
+        if unknown:
+            parser.error(f"unknown setting(s) {', '.join(map(repr, unknown))}; the settings are: {', '.join(chosen)}")
         chosen = {name: chosen[name] for name in args.only.split(",")}
 
     rows = []
@@ -162,9 +165,12 @@ def main(argv=None):
         start = time.perf_counter()
         train(config, out=run, force=True)
         vae = load_run(run)
-        test = load_data("npz", path=str(paths[kind])).test.x
+        test_split = load_data("npz", path=str(paths[kind])).test
+        test = test_split.x
         elbo = evaluate_elbo(vae, (test[i : i + 1000] for i in range(0, len(test), 1000)))
-        log_px = log_likelihood(vae, test[:ll_examples], num_samples=samples)
+        # log p(x) on a seeded random subset (the same images for every likelihood), never the first N
+        ll_test = test_split.random_subset(ll_examples, seed=SUBSET_SEED).x
+        log_px = log_likelihood(vae, ll_test, num_samples=samples)
         D = vae.num_features
         comparable = name != "bernoulli (grey levels)"
         row = {
@@ -181,12 +187,13 @@ def main(argv=None):
             "active_units": elbo["active_units"],
             "test_images": len(test),
             "ll_images": len(log_px),
+            "ll_subset_seed": SUBSET_SEED,
             "importance_samples": samples,
             "epochs": epochs,
             "seconds": time.perf_counter() - start,
         }
         rows.append(row)
-        x = test[:32]
+        x = ll_test[:32]
         plots.save_reconstructions(x, vae.reconstruct(x), results / f"reconstructions_{slug(name)}{suffix}.png")
         print(
             f"  test ELBO {row['test_elbo']:.1f} nats, log p(x) {row['test_log_likelihood']:.1f} "

@@ -2,8 +2,9 @@
 
     pyro-vae train [CONFIG] [--set section.key=value ...] [--out DIR] [--force] [--resume RUN]
     pyro-vae sample RUN [--n 64] [--out FILE.png] [--seed S] [--label Y]
-    pyro-vae evaluate RUN [--samples 5000] [--split test|valid] [--seed S] [--batch-size B] [--limit N] [--checkpoint best.pt]
-    pyro-vae plot RUN [--split test|valid] [--out DIR] [--checkpoint best.pt]
+    pyro-vae evaluate RUN [--samples 5000] [--split test|valid] [--seed S] [--batch-size B] [--limit N [--subset-seed S]]
+                      [--checkpoint best.pt]
+    pyro-vae plot RUN [--split test|valid] [--out DIR] [--limit N] [--checkpoint best.pt]
     pyro-vae list
 
 Problems with the input (config, data, files) are reported as one line,
@@ -105,6 +106,19 @@ def load_run_split(run, split, checkpoint="checkpoint.pt"):
     return vae, data.split(split)
 
 
+def limited(split, args):
+    """``--limit N``: N data points of the split drawn at random with ``--subset-seed`` (the
+    same points on every machine), never its first N, which are biased when a split is sorted
+    (the statically binarized MNIST test split is sorted by class)."""
+    from .data import SUBSET_SEED
+
+    if args.limit is not None and args.limit < 1:
+        raise UserError(f"--limit must be >= 1, got {args.limit}")
+    if args.subset_seed is None:
+        args.subset_seed = SUBSET_SEED
+    return split.random_subset(args.limit, seed=args.subset_seed)
+
+
 def command_evaluate(args):
     import torch
 
@@ -117,20 +131,23 @@ def command_evaluate(args):
     device = "cuda" if torch.cuda.is_available() else "cpu"
     vae, split = load_run_split(args.run, args.split, args.checkpoint)
     vae = vae.to(device)
-    if args.limit is not None and args.limit < 1:
-        raise UserError(f"--limit must be >= 1, got {args.limit}")
-    x = split.x if args.limit is None else split.x[: args.limit]
+    split_size = len(split)
+    split = limited(split, args)
+    x = split.x
     labels = None
     if hasattr(vae, "num_classes"):  # a model with labels: conditional scores, accuracy
         if split.labels is None:
             raise UserError(f"the {args.split} split has no labels, which a {vae.kind} run needs to be evaluated")
-        labels = split.labels if args.limit is None else split.labels[: args.limit]
+        labels = split.labels
     vae.likelihood.check_support(x)
     start = time.perf_counter()
     result = evaluate(vae, x, num_samples=args.samples, seed=seed, batch_size=args.batch_size, progress=True,
                       labels=labels)
-    result.update(split=args.split, seed=seed, checkpoint=args.checkpoint, seconds=time.perf_counter() - start)
-    print(f"{args.run}: {args.split} split, {result['num_examples']} data points, K = {args.samples}")
+    result.update(split=args.split, split_size=split_size,
+                  subset_seed=args.subset_seed if len(split) < split_size else None,  # None: the whole split
+                  seed=seed, checkpoint=args.checkpoint, seconds=time.perf_counter() - start)
+    subset = f" (a random subset, seed {args.subset_seed}, of {split_size})" if len(split) < split_size else ""
+    print(f"{args.run}: {args.split} split, {result['num_examples']} data points{subset}, K = {args.samples}")
     rows = [
         ("log-likelihood log p(x), nats", f"{result['log_likelihood']:.3f} +- {result['log_likelihood_standard_error']:.3f}"),
         ("ELBO, nats", f"{result['elbo']:.3f}"),
@@ -165,11 +182,12 @@ def command_plot(args):
     except OSError as error:
         raise UserError(f"cannot create --out {out}: {error.strerror or error}") from None
     check_writable(out / "codes_pca.png")
-    x = split.x[: args.limit]
+    split = limited(split, args)
+    x = split.x
     if hasattr(vae, "num_classes"):  # a model with labels: codes given the true labels, and analogies
         if split.labels is None:
             raise UserError(f"the {args.split} split has no labels, which a {vae.kind} run needs to be plotted")
-        y = split.labels[: args.limit]
+        y = split.labels
         codes = torch.cat([vae.encode(x[i : i + 1000], y[i : i + 1000]) for i in range(0, len(x), 1000)])
         plots.save_analogies(vae, x[:10], y[:10], out / "analogies.png")
         plots.save_projection(codes, y.numpy(), out / "codes_pca.png")
@@ -177,7 +195,7 @@ def command_plot(args):
             print(path)
         return
     codes = torch.cat([vae.encode(x[i : i + 1000]) for i in range(0, len(x), 1000)])
-    labels = None if split.labels is None else split.labels[: args.limit].numpy()
+    labels = None if split.labels is None else split.labels.numpy()
     written = []
     if vae.latent_dim == 2:
         if plots.save_manifold(vae, codes, out / "manifold.png"):
@@ -251,7 +269,10 @@ def parser():
     e.add_argument("--split", default="test", choices=("test", "valid"))
     e.add_argument("--seed", type=int, help="seed of the importance samples (default: evaluation.EVALUATION_SEED)")
     e.add_argument("--batch-size", type=int, default=100, help="data points per pass")
-    e.add_argument("--limit", type=int, help="evaluate only the first N data points of the split")
+    e.add_argument("--limit", type=int, metavar="N",
+                   help="evaluate N data points of the split drawn at random with --subset-seed (never its first N: "
+                   "a split may be sorted by class); recorded in evaluation.json as num_examples and subset_seed")
+    e.add_argument("--subset-seed", type=int, metavar="S", help="seed of the --limit subset (default: data.SUBSET_SEED)")
     e.add_argument("--checkpoint", default="checkpoint.pt", help="checkpoint.pt (last) or best.pt (best validation ELBO)")
     e.set_defaults(func=command_evaluate)
 
@@ -259,7 +280,9 @@ def parser():
                         "for cvae and m2, analogies and PCA")
     pl.add_argument("run", help="run directory")
     pl.add_argument("--split", default="test", choices=("test", "valid"))
-    pl.add_argument("--limit", type=int, default=5000, help="data points to encode (default 5000)")
+    pl.add_argument("--limit", type=int, default=5000, metavar="N",
+                    help="data points to encode, drawn at random with --subset-seed (default 5000)")
+    pl.add_argument("--subset-seed", type=int, metavar="S", help="seed of the --limit subset (default: data.SUBSET_SEED)")
     pl.add_argument("--out", help="directory for the PNGs (default: RUN)")
     pl.add_argument("--checkpoint", default="checkpoint.pt", help="checkpoint.pt (last) or best.pt (best validation ELBO)")
     pl.set_defaults(func=command_plot)

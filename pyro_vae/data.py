@@ -47,6 +47,8 @@ BINARIZATIONS = ("auto", "none", "static", "dynamic")
 # independent of the training seed.
 STATIC_BINARIZATION_SEED = 1234
 SPLITS = ("train", "valid", "test")
+# The default seed of Split.random_subset: evaluation subsets are the same images everywhere.
+SUBSET_SEED = 0
 
 
 # The label of a training example whose label is hidden (``data.labeled = N``).
@@ -64,6 +66,23 @@ class Split:
     def __repr__(self):
         labelled = ", labelled" if self.labels is not None else ""
         return f"Split({len(self)} examples of shape {tuple(self.x.shape[1:])}{labelled})"
+
+    def random_subset(self, size, seed=SUBSET_SEED):
+        """``size`` examples drawn uniformly without replacement by a generator seeded with
+        ``seed``, kept in their order in the split; the whole split when ``size`` is None or
+        not smaller than it.
+
+        A figure on "the first N" of a split is biased when the split is sorted (the statically
+        binarized MNIST test split is sorted by class: its first 1,000 images are nearly all
+        zeros); a seeded random subset is unbiased and the same on every machine.
+        """
+        if size is None or size >= len(self):
+            return self
+        if size < 1:
+            raise UserError(f"a subset needs at least one example, got size {size}")
+        generator = torch.Generator().manual_seed(seed)
+        index = torch.randperm(len(self), generator=generator)[:size].sort().values
+        return Split(self.x[index], None if self.labels is None else self.labels[index])
 
 
 @dataclass

@@ -123,3 +123,21 @@ def test_help_imports_nothing_heavy():
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+def test_evaluate_limit_is_a_seeded_random_subset_recorded_in_the_json(run):
+    from pyro_vae.cli import load_run_split
+    from pyro_vae.evaluation import EVALUATION_SEED, evaluate
+
+    assert main(["evaluate", str(run), "--samples", "3", "--limit", "30", "--subset-seed", "3"]) == 0
+    result = json.loads((run / "evaluation.json").read_text())
+    vae, split = load_run_split(run, "test", "checkpoint.pt")
+    assert (result["num_examples"], result["split_size"], result["subset_seed"]) == (30, len(split), 3)
+    chosen = evaluate(vae, split.random_subset(30, seed=3).x, num_samples=3, seed=EVALUATION_SEED)
+    first = evaluate(vae, split.x[:30], num_samples=3, seed=EVALUATION_SEED)
+    assert result["log_likelihood"] == pytest.approx(chosen["log_likelihood"], abs=1e-5)
+    assert abs(result["log_likelihood"] - first["log_likelihood"]) > 1e-3  # not the first 30
+
+    assert main(["evaluate", str(run), "--samples", "3"]) == 0  # the whole split: no subset seed
+    result = json.loads((run / "evaluation.json").read_text())
+    assert (result["num_examples"], result["subset_seed"]) == (len(split), None)

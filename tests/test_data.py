@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from pyro_vae.data import load_data, read_idx
+from pyro_vae.data import Split, load_data, read_idx
 from pyro_vae.registry import UserError
 
 
@@ -116,3 +116,16 @@ def test_binarized_mnist_amat(tmp_path):
         np.savetxt(tmp_path / f"binarized_mnist_{split}.amat", np.random.randint(0, 2, (n, 784)), fmt="%d")
     data = load_data("binarized-mnist", path=str(tmp_path))
     assert data.shape == (1, 28, 28) and len(data.valid) == 2
+
+
+def test_random_subset_of_a_class_sorted_split_is_seeded_and_unbiased():
+    labels = torch.arange(10).repeat_interleave(100)  # sorted by class, like binarized MNIST's test split
+    split = Split(labels.float()[:, None], labels)
+    subset = split.random_subset(100)
+    assert len(subset) == 100 and len(set(subset.labels.tolist())) == 10  # the first 100 hold one class
+    assert torch.equal(subset.x[:, 0], subset.labels.float())  # images and labels drawn together
+    assert torch.equal(split.random_subset(100).labels, subset.labels)  # seeded: the same every time
+    assert not torch.equal(split.random_subset(100, seed=1).labels, subset.labels)
+    assert split.random_subset(None) is split and split.random_subset(5000) is split
+    with pytest.raises(UserError, match="at least one example"):
+        split.random_subset(0)

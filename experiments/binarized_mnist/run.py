@@ -13,26 +13,31 @@ as they are known and the library has them:
 Each is trained (``pyro_vae.train``), then evaluated with ``pyro-vae evaluate``: the
 importance-sampled log p(x) with K samples per test image (K = 5000 as published) on
 the best-validation checkpoint (``best.pt``, the model early stopping keeps) where the
-run has one. Results go to ``experiments/results/binarized_mnist/`` (``results.csv``,
-each evaluation's JSON, the latent figures); runs to ``runs/binarized_mnist/``.
+run has one, on the whole test split or, with ``--limit N``, on N test images drawn at
+random with a fixed seed (the split is sorted by class: never its first N).
+
+Each evaluation is kept as ``experiments/results/binarized_mnist/<model>-<mode>_K<K>[_n<N>].json``,
+with the run's epochs, training time, device and command beside the evaluation's own
+fields; ``results.csv`` is rebuilt from those files after every run (``--table`` rebuilds
+it alone), one row per file, so every row traces to one measurement. Runs go to
+``runs/binarized_mnist/``.
 
     python experiments/binarized_mnist/run.py --quick                # digits, a minute
     python experiments/binarized_mnist/run.py                        # published epochs: days on a CPU
-    python experiments/binarized_mnist/run.py --models vae --epochs 40 --set objective.kl_weight=1.0 \\
-        --limit 1000 --full-test-samples 500                         # a CPU budget (the README's)
-
-``--limit N`` evaluates K samples on the first N test images only; with
-``--full-test-samples K2`` the whole test set is also evaluated with K2 < K samples, and
-the reported figure is the whole test set's K2 estimate plus the mean K-minus-K2
-difference on the first N images (the same images, so the paired difference is precise),
-an estimate of the K = 5000 figure on the whole test set at a fraction of the cost.
+    python experiments/binarized_mnist/run.py --models vae --epochs 150 --samples 1000  # a CPU budget
+    python experiments/binarized_mnist/run.py --models vae --skip-training --samples 5000 --limit 1000
+    python experiments/binarized_mnist/run.py --table                # results.csv from the JSONs
 """
 
 import argparse
 import csv
 import json
+import platform
+import shlex
 import sys
 from pathlib import Path
+
+import torch
 
 from pyro_vae.cli import main as pyro_vae_cli
 from pyro_vae.runs import read_metrics
@@ -53,111 +58,139 @@ QUICK_OVERRIDES = [
     "train.progress=false", "model.encoder.hidden=[64]", "model.decoder.hidden=[64]", "model.latent_dim=8",
 ]
 QUICK_MODEL_OVERRIDES = {"vamp": ["model.prior.components=50"]}
+# results.csv: one row per evaluation JSON, one meaning per column.
 FIELDS = [
-    "model", "mode", "epochs", "train_seconds", "checkpoint", "num_samples", "test_images",
-    "nll", "nll_standard_error", "nll_full_test", "full_test_samples", "elbo", "kl", "active_units",
-    "eval_seconds", "published_nll", "command",
+    "model", "mode", "split", "test_images", "subset_seed", "num_samples", "checkpoint", "epochs",
+    "device", "train_minutes", "eval_minutes", "nll", "nll_standard_error", "elbo", "kl", "active_units",
+    "published_nll", "torch", "command",
 ]
 
 
-def evaluate_run(run, num_samples, limit, checkpoint, name):
-    """``pyro-vae evaluate`` on the test set; its JSON is kept as ``results/<name>.json``."""
-    argv = ["evaluate", str(run), "--samples", str(num_samples), "--checkpoint", checkpoint]
-    if limit is not None:
-        argv += ["--limit", str(limit)]
+def device_name():
+    """The device a run trains on here: the GPU's name, or the CPU and its thread count."""
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name()
+    return f"cpu ({platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def evaluate_run(run, args, checkpoint, record):
+    """``pyro-vae evaluate`` on the test set (all of it, or ``--limit`` seeded random images);
+    its JSON, with ``record`` (what was trained, how long, where) beside it, is kept under
+    ``results/``."""
+    argv = ["evaluate", str(run), "--samples", str(args.samples), "--checkpoint", checkpoint]
+    if args.limit is not None:
+        argv += ["--limit", str(args.limit)]
     print("pyro-vae " + " ".join(argv), flush=True)
     if pyro_vae_cli(argv) != 0:
         sys.exit(f"error: evaluation of {run} failed")
     result = json.loads((run / "evaluation.json").read_text())
-    (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
-    return result
+    shown = [str(run.relative_to(ROOT)) if a == str(run) else a for a in argv]  # from the repository root
+    result.update(record, evaluate_command="pyro-vae " + " ".join(shown))
+    subset = f"_n{result['num_examples']}" if result.get("subset_seed") is not None else ""
+    path = RESULTS / f"{record['model']}-{record['mode']}_K{args.samples}{subset}.json"
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    return path
 
 
 def run_model(model, args, overrides):
-    config_file, published, _ = MODELS[model]
+    config_file, _, _ = MODELS[model]
     if args.quick:
         overrides = overrides + QUICK_MODEL_OVERRIDES.get(model, [])
     mode = "quick" if args.quick else ("full" if not args.epochs else "budget")
     run = RUNS / (model + ("-quick" if args.quick else ""))
-    if not args.skip_training:
+    train_command = "python experiments/binarized_mnist/run.py " + " ".join(
+        shlex.quote(a) for a in sys.argv[1:] if a != "--skip-training")
+    if args.skip_training:  # evaluate a finished run: its own record of how it was trained
+        record_file = run / "training.json"
+        if not record_file.is_file():
+            sys.exit(f"error: {record_file} not found; train {model} first (without --skip-training)")
+        record = json.loads(record_file.read_text())
+    else:
         print(f"== training {model}: {config_file} {' '.join(overrides)}", flush=True)
         train(HERE / config_file, out=run, force=True, overrides=overrides)
-    metrics = read_metrics(run / "metrics.csv")
+        metrics = read_metrics(run / "metrics.csv")
+        record = {"model": model, "mode": mode, "epochs": int(metrics[-1]["epoch"]),
+                  "train_seconds": metrics[-1]["seconds"], "device": device_name(), "torch": torch.__version__,
+                  "command": train_command}
+        (run / "training.json").write_text(json.dumps(record, indent=2) + "\n")
     checkpoint = "best.pt" if (run / "best.pt").is_file() else "checkpoint.pt"
+    path = evaluate_run(run, args, checkpoint, record)
     tag = f"{model}-{mode}"
-    result = evaluate_run(run, args.samples, args.limit, checkpoint, f"{tag}_K{args.samples}")
-    row = {
-        "model": model,
-        "mode": mode,
-        "epochs": int(metrics[-1]["epoch"]),
-        "train_seconds": round(metrics[-1]["seconds"]),
-        "checkpoint": checkpoint,
-        "num_samples": args.samples,
+    if pyro_vae_cli(["plot", str(run), "--checkpoint", checkpoint, "--out", str(RESULTS / tag)]) != 0:
+        sys.exit(f"error: plotting {run} failed")
+    return path
+
+
+def table_row(result):
+    """One results.csv row from one evaluation JSON (nothing computed beyond unit changes)."""
+    return {
+        "model": result["model"],
+        "mode": result["mode"],
+        "split": result["split"],
         "test_images": result["num_examples"],
+        "subset_seed": "" if result.get("subset_seed") is None else result["subset_seed"],  # "": the whole split
+        "num_samples": result["num_samples"],
+        "checkpoint": result["checkpoint"],
+        "epochs": result["epochs"],
+        "device": result["device"],
+        "train_minutes": round(result["train_seconds"] / 60, 2),
+        "eval_minutes": round(result["seconds"] / 60, 2),
         "nll": round(-result["log_likelihood"], 2),
         "nll_standard_error": round(result["log_likelihood_standard_error"], 2),
         "elbo": round(result["elbo"], 2),
         "kl": round(result["kl"], 2),
         "active_units": result["active_units"],
-        "eval_seconds": round(result["seconds"]),
-        "published_nll": published,
-        # the command that trains and evaluates (--skip-training only reuses a finished run)
-        "command": "python experiments/binarized_mnist/run.py "
-        + " ".join(a for a in sys.argv[1:] if a != "--skip-training"),
+        "published_nll": MODELS[result["model"]][1],
+        "torch": result["torch"],
+        "command": f"{result['command']}; {result['evaluate_command']}",
     }
-    if args.full_test_samples and args.limit is not None:
-        subset = evaluate_run(run, args.full_test_samples, args.limit, checkpoint, f"{tag}_K{args.full_test_samples}_subset")
-        full = evaluate_run(run, args.full_test_samples, None, checkpoint, f"{tag}_K{args.full_test_samples}")
-        gain = result["log_likelihood"] - subset["log_likelihood"]  # what K adds over K2, on the same images
-        row.update(nll_full_test=round(-(full["log_likelihood"] + gain), 2), full_test_samples=args.full_test_samples)
-        # the ELBO, KL and active units of the whole test set, not of its first N images
-        row.update(elbo=round(full["elbo"], 2), kl=round(full["kl"], 2), active_units=full["active_units"])
-        row["eval_seconds"] += round(subset["seconds"] + full["seconds"])
-    if pyro_vae_cli(["plot", str(run), "--checkpoint", checkpoint, "--out", str(RESULTS / tag)]) != 0:
-        sys.exit(f"error: plotting {run} failed")
-    return row
 
 
-def save_rows(rows):
-    """Merge into results.csv, one row per (model, mode): a new run replaces its old row."""
+def write_table():
+    """results.csv, rebuilt from every evaluation JSON under results/ (one row each)."""
+    order = {name: i for i, name in enumerate(MODELS)}
+    modes = {"quick": 0, "budget": 1, "full": 2}
+    results = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("*.json"))]
+    rows = sorted((table_row(r) for r in results),
+                  key=lambda r: (modes[r["mode"]], order[r["model"]], r["num_samples"], r["test_images"]))
     path = RESULTS / "results.csv"
-    old = list(csv.DictReader(path.open())) if path.is_file() else []
-    keys = {(r["model"], r["mode"]) for r in rows}
-    merged = [r for r in old if (r["model"], r["mode"]) not in keys] + rows
     with path.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=FIELDS)
         writer.writeheader()
-        writer.writerows({k: r.get(k, "") for k in FIELDS} for r in merged)
-    return path
+        writer.writerows(rows)
+    return path, rows
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--quick", action="store_true", help="digits, 3 epochs, K = 50: checks the pipeline in a minute")
+    p.add_argument("--quick", action="store_true", help="digits, 2 epochs, K = 50: checks the pipeline in a minute")
     p.add_argument("--models", default="vae,iwae,vamp", help="comma-separated, from: " + ", ".join(MODELS))
     p.add_argument("--epochs", type=int, help="train this many epochs instead of the published number")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override a config key")
     p.add_argument("--samples", type=int, help="importance samples K per test image (default 5000; 50 with --quick)")
-    p.add_argument("--limit", type=int, help="evaluate K samples on the first N test images only")
-    p.add_argument("--full-test-samples", type=int, help="with --limit: also the whole test set with this K")
+    p.add_argument("--limit", type=int, metavar="N",
+                   help="evaluate on N test images drawn at random with a fixed seed (default: all of them)")
     p.add_argument("--skip-training", action="store_true", help="evaluate the runs already in runs/binarized_mnist")
+    p.add_argument("--table", action="store_true", help="only rebuild results.csv from the evaluation JSONs")
     args = p.parse_args()
-    models = args.models.split(",")
-    unknown = [m for m in models if m not in MODELS]
-    if unknown:
-        p.error(f"unknown model {unknown[0]!r}; choose from: {', '.join(MODELS)}")
-    args.samples = args.samples or (50 if args.quick else 5000)
-    overrides = (QUICK_OVERRIDES if args.quick else []) + ([f"train.epochs={args.epochs}"] if args.epochs else []) + args.set
     RESULTS.mkdir(parents=True, exist_ok=True)
-    rows = [run_model(model, args, overrides) for model in models]
-    path = save_rows(rows)
+    if not args.table:
+        models = args.models.split(",")
+        unknown = [m for m in models if m not in MODELS]
+        if unknown:
+            p.error(f"unknown model {unknown[0]!r}; choose from: {', '.join(MODELS)}")
+        args.samples = args.samples or (50 if args.quick else 5000)
+        overrides = (QUICK_OVERRIDES if args.quick else []) + ([f"train.epochs={args.epochs}"] if args.epochs else []) + args.set
+        for model in models:
+            print(run_model(model, args, overrides), flush=True)
+    path, rows = write_table()
     print(f"\n{path}")
     for row in rows:
-        full = f", whole test set ~{row['nll_full_test']}" if row.get("nll_full_test") else ""
+        subset = f"{row['test_images']} random images" if row["subset_seed"] != "" else f"all {row['test_images']} images"
         print(
-            f"  {row['model']:<5} {row['epochs']:>5} epochs {row['train_seconds']:>6} s: test NLL {row['nll']} "
-            f"+- {row['nll_standard_error']} nats (K = {row['num_samples']}, {row['test_images']} images{full}); "
-            f"published {row['published_nll']}"
+            f"  {row['model']:<5} {row['mode']:<6} {row['epochs']:>5} epochs, {row['train_minutes']:>6} min on "
+            f"{row['device']}: test NLL {row['nll']} +- {row['nll_standard_error']} nats (K = {row['num_samples']}, "
+            f"{subset}); published {row['published_nll']}"
         )
 
 
