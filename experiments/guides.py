@@ -44,7 +44,7 @@ from pyro_vae.runs import read_metrics  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "experiments" / "results" / "guides"
 RUNS = ROOT / "runs" / "guides"
-MNIST = Path("/work/shared/data/binarized_mnist.npz")
+MNIST = ROOT.parent / "shared" / "data" / "binarized_mnist.npz"
 
 MODELS = {
     "normal": [],
@@ -154,10 +154,8 @@ def main():
         sys.exit(f"error: unknown model {unknown[0]!r}; choose from {', '.join(MODELS)}")
 
     data = build_data(load_config(overrides=base_overrides(args)))
-    test = data.split("test").x
     # The test split is sorted by class: a seeded random subset, never the first N.
-    count = min(args.test_images or len(test), len(test))
-    test_x = test[torch.randperm(len(test), generator=torch.Generator().manual_seed(0))[:count]]
+    test_x = data.test.random_subset(args.test_images).x
 
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"guides{'_quick' if args.quick else ''}.csv"
