@@ -260,15 +260,17 @@ class Data:
             yield x
 
     def batches(self, split, batch_size, device, limit=None, rank=0, world_size=1, labels=False):
-        """The (first ``limit``) examples of a split, in order, in minibatches on ``device``;
-        with ``world_size`` > 1, every ``world_size``-th example from the ``rank``-th.
+        """The examples of a split (``limit`` of them drawn at random with a fixed seed, the
+        same every epoch: a sorted split's first N would be biased), in order, in minibatches on
+        ``device``; with ``world_size`` > 1, every ``world_size``-th example from the ``rank``-th.
         With ``labels``, ``LabeledBatch`` minibatches (a hidden label is ``HIDDEN``).
 
         Under dynamic binarization the training split is shown through one fixed
         Bernoulli draw, so that its scores are comparable across epochs.
         """
-        x = self.split(split).x[:limit]
-        y = self.split(split).labels[:limit] if labels else None
+        part = self.split(split).random_subset(limit)
+        x = part.x
+        y = part.labels if labels else None
         if len(x) < world_size:
             raise UserError(f"the {split} split has {len(x)} examples, fewer than the {world_size} processes")
         x = x[rank::world_size]

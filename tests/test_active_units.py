@@ -1,9 +1,13 @@
-"""Active units are counted relative to the prior's scale (Burda et al.'s criterion is stated for N(0, I))."""
+"""Active units are counted relative to the prior's scale (Burda et al.'s criterion is stated for N(0, I)),
+and the KL per latent dimension and the active units of a known encoder are their closed forms."""
 
+import pytest
 import torch
 
 from pyro_vae import VAE
-from pyro_vae.evaluation import evaluate_elbo, prior_variances
+from pyro_vae.evaluation import evaluate, evaluate_elbo, prior_variances
+from pyro_vae.guides import MIN_SCALE
+from pyro_vae.objectives import kl_per_dimension
 
 
 class FixedMeans(torch.nn.Module):
@@ -57,3 +61,60 @@ def test_prior_variances_are_closed_form_for_mixtures_and_sampled_for_flows():
     flow = VAE((1, 4, 4), latent_dim=3, prior="flow")
     variances = prior_variances(flow)["z"]
     assert variances.shape == (3,) and torch.all(variances > 0)
+
+
+# ---- the KL per dimension and the active units of a known linear encoder, in closed form ----
+
+N, FEATURES = 1000, 3
+# q(z | x) = N(A x + c, diag s^2) with x of sample mean 0 and sample covariance I (exactly), so
+# Cov_x(E_q[z_j | x]) = |A_j|^2: 0.5 and 0.0105 are active (> 0.01), 0.0095 and 0 are not. The
+# offsets c are large enough that a variance taken without centring would call every unit active.
+CODE_VARIANCES = [0.5, 0.0105, 0.0095, 0.0]
+OFFSETS = [0.3, -1.0, 2.0, 0.7]
+SCALES = [0.5, 1.0, 0.2, 1.3]
+
+
+def whitened_data():
+    x = torch.randn(N, FEATURES, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    x = x - x.mean(0)
+    x = x @ torch.linalg.inv(torch.linalg.cholesky(x.T @ x / (N - 1))).T  # sample covariance exactly I
+    return x.float()
+
+
+def linear_encoder_vae():
+    """A VAE whose linear encoder gives q(z | x) = N(A x + c, diag s^2), and A."""
+    generator = torch.Generator().manual_seed(5)
+    directions = torch.nn.functional.normalize(torch.randn(len(CODE_VARIANCES), FEATURES, generator=generator), dim=1)
+    A = directions * torch.tensor(CODE_VARIANCES).sqrt()[:, None]
+    vae = VAE((FEATURES,), latent_dim=len(CODE_VARIANCES), encoder={"type": "mlp", "hidden": []},
+              decoder={"type": "mlp", "hidden": []}, likelihood={"name": "gaussian", "scale": 1.0})
+    latent = len(CODE_VARIANCES)
+    with torch.no_grad():
+        layer = vae.encoder.net[0]
+        layer.weight.zero_()
+        layer.weight[:latent] = A
+        layer.bias[:latent] = torch.tensor(OFFSETS)
+        scales = torch.tensor(SCALES, dtype=torch.float64) - MIN_SCALE  # softplus(raw) + MIN_SCALE = s
+        layer.bias[latent:] = (scales + torch.log(-torch.expm1(-scales))).float()  # softplus^-1
+    return vae, A
+
+
+def test_kl_per_dimension_and_active_units_match_the_closed_form():
+    """KL_j = mean_x (mu_j(x)^2 + s_j^2 - 1 - log s_j^2) / 2 under N(0, I), per data point, averaged
+    over the data set (rtol 1e-5), and active units = #{j : Cov_x(mu_j(x)) > 0.01} = 2, from
+    ``kl_per_dimension``, ``evaluate_elbo`` over uneven batches, and ``evaluate``."""
+    vae, A = linear_encoder_vae()
+    x = whitened_data()
+    mu = x.double() @ A.double().T + torch.tensor(OFFSETS, dtype=torch.float64)
+    s2 = torch.tensor(SCALES, dtype=torch.float64) ** 2
+    per_point = 0.5 * (mu**2 + s2 - 1 - s2.log())  # (N, latent)
+    expected = per_point.mean(0)
+
+    torch.testing.assert_close(kl_per_dimension(vae, x).double(), per_point, rtol=1e-5, atol=1e-6)
+    from_batches = evaluate_elbo(vae, [x[:300], x[300:301], x[301:]])
+    full = evaluate(vae, x, num_samples=2, batch_size=128)
+    for result in (from_batches, full):
+        torch.testing.assert_close(torch.tensor(result["kl_per_dimension"], dtype=torch.float64), expected, rtol=1e-5, atol=0)
+        assert result["kl"] == pytest.approx(expected.sum().item(), rel=1e-5)  # a normal guide: the closed-form KL
+        assert result["active_units"] == 2
+        assert result["num_examples"] == N

@@ -14,6 +14,8 @@ from conftest import tiny_config
 from pyro_vae import train
 from pyro_vae.annealing import SCHEDULES, ScaleLatents, build_schedule, kl_scaled, sigmoid_rise
 from pyro_vae.config import check_config
+from pyro_vae.model import VAE
+from pyro_vae.objectives import ESTIMATORS
 from pyro_vae.registry import UserError
 from pyro_vae.runs import read_metrics
 from test_model import hand_terms, small_vae
@@ -91,6 +93,48 @@ def test_observed_site_is_never_scaled():
     with poutine.scale(scale=10.0):
         model = poutine.trace(kl_scaled(vae.model, 0.5)).get_trace(x)
     assert model.nodes["z"]["scale"] == 5.0 and model.nodes["x"]["scale"] == 10.0
+
+
+# ---- background sec. 4: a Gaussian's fixed sigma is a KL weight (beta = 2 sigma^2 against the squared error) ----
+
+# For N points of D features,
+#   loss(sigma, beta) = sum_n |x_n - f(z_n)|^2 / (2 sigma^2) + N (D/2) log(2 pi sigma^2) + beta KL,
+# so sigma^2 (loss(sigma, beta) - N (D/2) log(2 pi sigma^2)) = sum_n |x_n - f(z_n)|^2 / 2 + beta sigma^2 KL
+# depends on (sigma, beta) only through beta sigma^2: the same objective, up to a constant and a
+# factor, hence the same optimum. Each pair below has beta sigma^2 = 2.
+SIGMA_BETA = [(1.0, 2.0), (0.5, 8.0), (0.1, 200.0)]
+
+
+@pytest.mark.parametrize("name, num_particles", [("trace", 1), ("trace", 2), ("meanfield", 1), ("stl", 1)])
+def test_a_gaussian_scale_is_a_kl_weight_only_beta_sigma_squared_counts(name, num_particles):
+    """At the same noise, sigma^2 (loss - constant) and sigma^2 * gradient are the same for every
+    (sigma, beta) with beta sigma^2 = 2 (rtol 1e-5), through the estimator's loss with kl_weight = beta
+    and likelihood {"name": "gaussian", "scale": sigma}: the direct loss (trace, meanfield with one
+    particle) and Pyro's traced one (two particles; stl). A 1% change of beta is seen."""
+    n, d = 16, 10
+    x = 0.5 * torch.randn(n, d, generator=torch.Generator().manual_seed(2))
+    networks = {"latent_dim": 3, "encoder": {"type": "mlp", "hidden": [16]}, "decoder": {"type": "mlp", "hidden": [16]}}
+    reference = VAE(d, **networks)
+    estimator = ESTIMATORS.build(name, num_particles=num_particles)
+
+    def scaled_loss_and_gradients(sigma, beta):
+        vae = VAE(d, likelihood={"name": "gaussian", "scale": sigma}, **networks)
+        vae.encoder.load_state_dict(reference.encoder.state_dict())
+        vae.decoder.load_state_dict(reference.decoder.state_dict())
+        pyro.set_rng_seed(3)
+        loss = estimator.loss(vae.model, vae.guide, x, kl_weight=beta)
+        gradients = torch.autograd.grad(loss, list(vae.parameters()))
+        constant = n * d / 2 * math.log(2 * math.pi * sigma**2)  # the loss averages over particles
+        return sigma**2 * (loss.item() - constant), [sigma**2 * g for g in gradients]
+
+    value, gradients = scaled_loss_and_gradients(*SIGMA_BETA[0])
+    for sigma, beta in SIGMA_BETA[1:]:
+        other_value, other_gradients = scaled_loss_and_gradients(sigma, beta)
+        assert other_value == pytest.approx(value, rel=1e-5), (sigma, beta)
+        for g, h in zip(other_gradients, gradients):
+            torch.testing.assert_close(g, h, rtol=1e-5, atol=1e-6 * h.abs().max().item())
+    sigma, beta = SIGMA_BETA[0]
+    assert abs(scaled_loss_and_gradients(sigma, 1.01 * beta)[0] - value) > 1e-3 * abs(value)  # the KL term shows
 
 
 def toy_model(prior, loc):

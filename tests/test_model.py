@@ -1,9 +1,11 @@
-"""The model and guide as Pyro programs: exact losses, plain SVI, no shared parameters."""
+"""The model and guide as Pyro programs: exact losses, plain SVI, no shared parameters; and the
+library's networks without hidden layers make a linear autoencoder that spans the principal subspace."""
 
 import gc
 import math
 import weakref
 
+import numpy as np
 import pyro
 import pytest
 import torch
@@ -12,8 +14,9 @@ from pyro import poutine
 from pyro.infer import SVI, Trace_ELBO, TraceMeanField_ELBO
 
 from pyro_vae import VAE
-from pyro_vae.registry import UserError
 from pyro_vae.guides import gaussian_parameters
+from pyro_vae.nets import DECODERS, ENCODERS
+from pyro_vae.registry import UserError
 
 
 def small_vae(likelihood="bernoulli", **kwargs):
@@ -182,3 +185,36 @@ def test_vectorized_particles_give_the_same_expected_loss():
         vectorized = Trace_ELBO(num_particles=4000, vectorize_particles=True, max_plate_nesting=1).loss(vae.model, vae.guide, x)
         sequential = torch.stack([Trace_ELBO().differentiable_loss(vae.model, vae.guide, x) for _ in range(400)])
     assert abs(vectorized - sequential.mean().item()) < 4 * sequential.std().item() / 400**0.5 + 0.05
+
+
+# ---- background sec. 3: a linear autoencoder with squared error spans the principal subspace ----
+
+
+def test_linear_autoencoder_spans_the_principal_subspace():
+    """The library's encoder and decoder with no hidden layer (linear maps) trained on squared error:
+    the decoder's columns span the top-k eigenvectors of the data covariance (every principal
+    cosine > 0.9999, numpy's SVD of the centred data), and the error is the sum of the discarded
+    eigenvalues (Eckart-Young, rtol 1e-3)."""
+    d, k, n = 8, 2, 500
+    generator = torch.Generator().manual_seed(0)
+    basis, _ = torch.linalg.qr(torch.randn(d, d, generator=generator))
+    stds = torch.tensor([3.0, 2.0] + [0.3] * (d - k))  # a clear 2-dimensional principal subspace
+    x = (torch.randn(n, d, generator=generator) * stds) @ basis.T + torch.linspace(-1.0, 1.0, d)
+    linear = {"name": "mlp", "hidden": []}
+    encoder = ENCODERS.build(linear, data_shape=(d,), latent_dim=k, num_params=k)  # k outputs: the code itself
+    decoder = DECODERS.build(linear, data_shape=(d,), latent_dim=k, num_params=1)
+    optimizer = torch.optim.Adam([*encoder.parameters(), *decoder.parameters()], lr=0.02)
+    for _ in range(600):  # full batch, well converged after about 500 steps
+        loss = (decoder(encoder(x))[:, 0] - x).pow(2).sum(1).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+    centred = (x - x.mean(0)).double().numpy()
+    _, singular_values, vt = np.linalg.svd(centred, full_matrices=False)
+    principal = vt[:k].T  # (d, k), orthonormal
+    columns, _ = np.linalg.qr(decoder.net[0].weight.detach().double().numpy())  # (d, k), orthonormal
+    cosines = np.linalg.svd(columns.T @ principal, compute_uv=False)  # cosines of the principal angles
+    assert cosines.min() > 0.9999, cosines
+    discarded = (singular_values[k:] ** 2).sum() / n
+    assert loss.item() == pytest.approx(discarded, rel=1e-3)

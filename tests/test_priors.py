@@ -14,7 +14,6 @@ from pyro.infer import SVI, Trace_ELBO, TraceMeanField_ELBO
 from pyro_vae import VAE
 from pyro_vae.cli import main
 from pyro_vae.objectives import ESTIMATORS, analytic_kl
-from pyro_vae.priors import PRIORS
 from pyro_vae.registry import UserError
 from pyro_vae.guides import gaussian_parameters
 

@@ -3,14 +3,17 @@
 import subprocess
 import sys
 
+import pyro
 import torch
+from pyro import poutine
 
 from conftest import tiny_config
 from pyro_vae import load_run, train
+from pyro_vae.config import check_config
 from pyro_vae.data import load_data
 from pyro_vae.evaluation import evaluate_elbo
-from pyro_vae.guides import gaussian_parameters
 from pyro_vae.runs import read_metrics
+from pyro_vae.training import Trainer
 
 RUN_FILES = ["config.toml", "checkpoint.pt", "metrics.csv", "reconstructions.png", "samples.png", "curves.png"]
 
@@ -80,26 +83,14 @@ def test_existing_run_directory_is_never_overwritten_without_force(tmp_path):
 
 def test_mean_reduction_is_an_explicit_kl_weight_of_D(tmp_path):
     """Averaging log p(x|z) over the D features = summing it with a KL weight of D * beta, divided by D."""
-    import pyro
-
-    from pyro_vae.config import check_config
-    from pyro_vae.objectives import elbo_terms
-    from pyro_vae.training import Trainer
-
     config = check_config(tiny_config(objective={"reduction": "mean", "kl_weight": 0.5}))
     data = load_data("digits", binarize="static")
     trainer = Trainer(config, data, tmp_path, torch.device("cpu"))
     x = data.valid.x[:20]
     pyro.set_rng_seed(5)
     loss = trainer.loss(x, trainer.parts.kl_weight(trainer.step))  # the weight of the step: D * 0.5
-    pyro.set_rng_seed(5)
-    with torch.no_grad():
-        guide_loc, guide_scale = gaussian_parameters(trainer.vae.encoder(x))
-    terms_seeded = None
-    pyro.set_rng_seed(5)
     # the same z as the loss drew: recompute the two terms at it, Monte Carlo KL (trace estimator)
-    from pyro import poutine
-
+    pyro.set_rng_seed(5)
     guide = poutine.trace(trainer.vae.guide).get_trace(x)
     model = poutine.trace(poutine.replay(trainer.vae.model, trace=guide)).get_trace(x)
     z = guide.nodes["z"]["value"]
