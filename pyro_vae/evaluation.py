@@ -83,8 +83,13 @@ def evaluate_elbo(vae, batches, seed=EVALUATION_SEED, all_reduce=None):
                     continue
                 layers = {"z": codes}
             else:
-                x, terms, layers = batch, elbo_terms(vae, batch), vae.encode_layers(batch)
-                per_dim = kl_per_dimension(vae, x)
+                x, guide_trace = batch, poutine.trace(vae.guide).get_trace(batch)
+                terms = elbo_terms(vae, x, guide_trace)
+                if vae.has_standard_programs:  # q(z | x) is the guide's one site: one encoder pass serves all
+                    guide = guide_trace.nodes["z"]["fn"]
+                    layers, per_dim = {"z": vae.guide_family.mean(guide)}, kl_per_dimension(vae, x, guide)
+                else:
+                    layers, per_dim = vae.encode_layers(x), kl_per_dimension(vae, x)
                 if per_dim is not None:
                     add("kl_per_dimension", per_dim.double().sum(0))
             for name, values in terms.items():

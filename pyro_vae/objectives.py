@@ -750,12 +750,13 @@ def analytic_kl(guide_dist, prior_dist):
 
 
 @torch.no_grad()
-def kl_per_dimension(vae, x):
+def kl_per_dimension(vae, x, guide=None):
     """KL(q(z_d | x) || p(z_d)) for each data point and latent dimension, shape (N, latent_dim),
-    where both the guide and the prior factorize over dimensions in closed form; else None."""
+    where both the guide and the prior factorize over dimensions in closed form; else None.
+    ``guide`` is q(z | x) when the caller has it already (``vae.guide_dist(x)``)."""
     if not vae.has_standard_programs or not vae.guide_family.factorizes:
         return None
-    guide, prior = vae.guide_dist(x), vae.prior_dist()
+    guide, prior = vae.guide_dist(x) if guide is None else guide, vae.prior_dist()
     base = getattr(prior, "base_dist", None)
     if base is None or not isinstance(guide, torch.distributions.Independent):
         return None
@@ -766,7 +767,7 @@ def kl_per_dimension(vae, x):
 
 
 @torch.no_grad()
-def elbo_terms(vae, x):
+def elbo_terms(vae, x, guide_trace=None):
     """The ELBO and its terms for each data point of ``x``, one sample of the latents each.
 
     Returns a dict of tensors of shape ``(N,)``: ``reconstruction`` = log p(x | z),
@@ -775,9 +776,11 @@ def elbo_terms(vae, x):
     With several latent sites (a two-layer model) ``kl`` is the sum over sites of each
     site's term, KL(q(z_l | ...) || p(z_l | ...)) at the drawn values of the others, and
     ``kl/<site>`` holds each. Log-densities are read from the sites' distributions
-    directly, so no handler's scale (KL weight, subsampling) leaks into them.
+    directly, so no handler's scale (KL weight, subsampling) leaks into them. ``guide_trace``
+    is a trace of ``vae.guide(x)`` when the caller has one (it also reads the guide's sites).
     """
-    guide_trace = poutine.trace(vae.guide).get_trace(x)
+    if guide_trace is None:
+        guide_trace = poutine.trace(vae.guide).get_trace(x)
     model_trace = poutine.trace(poutine.replay(vae.model, trace=guide_trace)).get_trace(x)
     reconstruction = model_trace.nodes["x"]["fn"].log_prob(x)
     terms = {}
