@@ -10,9 +10,9 @@ same epochs and KL warm-up, differing only in the guide or the latent layers:
 - ``two_layer_vamp``: the same with a VampPrior (500 pseudo-inputs) on z2 (Tomczak &
   Welling 2018's HVAE setting, published 83.19 nats after up to 2000 epochs).
 
-Each is trained with ``pyro_vae.train`` and its best-validation checkpoint evaluated on a
-seeded random subset of the test split (the split is sorted by class, so never its first
-N): the importance-sampled log p(x) with K samples, the ELBO, the KL (per layer), active
+Each is trained with ``pyro_vae.train`` and its best-validation checkpoint evaluated on the
+whole test split, or with ``--test-images N`` on a seeded random subset of it (the split is
+sorted by class, so never its first N): the importance-sampled log p(x) with K samples, the ELBO, the KL (per layer), active
 units, and each image's -log p(x) minus the ``normal`` model's on the same images
 (``nll_minus_normal``, with its paired standard error). Results:
 ``experiments/results/guides/guides{_quick}.csv`` (one row per model; a run of some models
@@ -20,7 +20,7 @@ replaces only their rows); runs, and each run's per-image ``test_log_px.pt``, go
 ``runs/guides/``. ``--skip-training`` re-evaluates finished runs.
 
     python experiments/guides.py --quick                      # digits, about a minute
-    nice python experiments/guides.py --epochs 8 --test-images 1000 --samples 1000   # the README's CPU budget run
+    nice python experiments/guides.py --epochs 10 --samples 1000   # the README's CPU budget run (whole test split)
 """
 
 import argparse
@@ -138,7 +138,7 @@ def main():
     p.add_argument("--epochs", type=int, default=None, help="epochs per model (default 8; 3 with --quick)")
     p.add_argument("--warmup", type=int, default=None, help="KL warm-up epochs (default epochs // 3, at least 1)")
     p.add_argument("--samples", type=int, default=None, help="importance samples K (default 1000; 100 with --quick)")
-    p.add_argument("--test-images", type=int, default=None, help="seeded random test subset size (default 1000; all with --quick)")
+    p.add_argument("--test-images", type=int, default=None, help="a seeded random test subset of this size (default: the whole test split)")
     p.add_argument("--data", default=str(MNIST), help="the binarized MNIST .npz")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     p.add_argument("--skip-training", action="store_true", help="evaluate the runs already in runs/guides/")
