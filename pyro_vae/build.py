@@ -13,7 +13,7 @@ from .annealing import Constant, build_schedule
 from .config import SCHEMA
 from .data import as_data, load_data
 from .guides import GUIDES
-from .hierarchical import HierarchicalVAE, is_two_layer
+from .hierarchical import LINK_HIDDEN, HierarchicalVAE, is_two_layer
 from .labels import MODEL_KINDS
 from .likelihoods import LIKELIHOODS
 from .model import VAE
@@ -47,6 +47,11 @@ def build_model(config, data_shape, data_levels=None):
                             "use guide = \"normal\" and an integer latent_dim")
     else:
         options["guide"] = model["guide"]
+    if kind == "vae" and is_two_layer(model["latent_dim"]):
+        options["link_hidden"] = model["link_hidden"]
+    elif model["link_hidden"] != LINK_HIDDEN:
+        raise UserError("model.link_hidden sets the links between two latent layers; "
+                        "it needs model.latent_dim = [z1, z2] (and model.kind = \"vae\")")
     if kind == "m2":
         options["classifier"] = model["classifier"]
     model_class = HierarchicalVAE if kind == "vae" and is_two_layer(model["latent_dim"]) else MODEL_KINDS[kind]

@@ -23,6 +23,7 @@ from .annealing import build_schedule
 from .checks import boolean, integer, number, string, type_name
 from .data import BINARIZATIONS, DATASETS
 from .guides import GUIDES
+from .hierarchical import LINK_HIDDEN
 from .labels import CLASSIFIERS, MODEL_KINDS
 from .likelihoods import LIKELIHOODS
 from .loggers import LOGGERS
@@ -151,6 +152,7 @@ SCHEMA = {
         "likelihood": ("bernoulli", spec(LIKELIHOODS)),
         "prior": ("normal", spec(PRIORS)),
         "guide": ("normal", spec(GUIDES)),
+        "link_hidden": (LINK_HIDDEN, checks.sizes),  # two layers: hidden widths of the z2 -> z1 links ([]: linear)
         "num_classes": (10, at_least(integer, 2)),  # cvae, m2: labels 0..num_classes-1
         "classifier": ({"name": "mlp", "hidden": [256, 256], "activation": "elu"}, spec(CLASSIFIERS)),  # m2: q(y | x)
     },

@@ -40,6 +40,8 @@ from .priors import PRIORS
 from .registry import UserError
 
 LINK_ACTIVATION = "elu"
+# The hidden widths of the two z2 -> z1 links (config: model.link_hidden).
+LINK_HIDDEN = [256]
 
 
 class HierarchicalVAE(VAE):
@@ -64,7 +66,7 @@ class HierarchicalVAE(VAE):
         likelihood="bernoulli",
         prior="normal",
         guide="normal",
-        link_hidden=(256,),
+        link_hidden=tuple(LINK_HIDDEN),
         data_levels=None,
     ):
         PyroModule.__init__(self, name="vae")

@@ -181,3 +181,15 @@ def test_config_builds_a_two_layer_model_and_refuses_bad_sizes():
         load_config(overrides=["model.latent_dim=[4, 0]"])
     with pytest.raises(UserError, match="guide = \"normal\""):
         build_model(load_config(overrides=["model.latent_dim=[4, 2]", "model.guide=full"]), (6,))
+
+
+def test_link_hidden_sets_both_links_and_is_refused_for_one_layer():
+    linear = build_model(load_config(overrides=["model.latent_dim=[4, 2]", "model.link_hidden=[]"]), (6,))
+    wide = build_model(load_config(overrides=["model.latent_dim=[4, 2]", "model.link_hidden=[7, 5]"]), (6,))
+    widths = lambda net: [m.out_features for m in net.modules() if isinstance(m, torch.nn.Linear)]
+    assert widths(linear.prior_link) == widths(linear.guide_link) == [2 * 4]
+    assert widths(wide.prior_link) == widths(wide.guide_link) == [7, 5, 2 * 4]
+    with pytest.raises(UserError, match=r"model.link_hidden .* needs model.latent_dim = \[z1, z2\]"):
+        build_model(load_config(overrides=["model.latent_dim=4", "model.link_hidden=[32]"]), (6,))
+    with pytest.raises(UserError, match="model.link_hidden must be a list of integers"):
+        load_config(overrides=["model.latent_dim=[4, 2]", "model.link_hidden=[0]"])
