@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from .checks import integer
 from .data import HIDDEN, LabeledBatch
-from .objectives import elbo_terms, kl_per_dimension
+from .objectives import direct_log_weights, elbo_terms, kl_per_dimension
 from .registry import UserError
 
 ACTIVE_UNIT_THRESHOLD = 0.01
@@ -187,16 +187,12 @@ def log_importance_weights(vae, x, num_particles, y=None):
 
 
 def direct_log_importance_weights(vae, x, num_particles):
-    """:func:`traced_log_importance_weights` for ``VAE.model``/``VAE.guide``, computed directly:
-    the guide's draw ``z ~ q(z | x)`` for K particles is the same call on the same RNG, and
-    the densities are the same distributions' ``log_prob`` (the guide's own log-density,
-    whatever its family)."""
-    n = x.shape[0]
-    guide = vae.guide_dist(x)
-    z = guide.rsample((num_particles,))  # (K, N, latent_dim)
-    repeated = x.expand(num_particles, *x.shape).reshape(num_particles * n, *x.shape[1:])
-    log_px = vae.likelihood_dist(z.reshape(num_particles * n, -1), repeated).log_prob(repeated).reshape(num_particles, n)
-    return log_px + vae.prior_dist().log_prob(z) - guide.log_prob(z)
+    """:func:`traced_log_importance_weights` for ``VAE.model``/``VAE.guide``, computed directly
+    (``objectives.direct_log_weights``, the weights the IWAE and Renyi bounds train on): the
+    guide's draw ``z ~ q(z | x)`` for K particles is the same call on the same RNG, and the
+    densities are the same distributions' ``log_prob`` (the guide's own log-density, whatever
+    its family)."""
+    return direct_log_weights(vae, x, num_particles)[0]
 
 
 def traced_log_importance_weights(vae, x, num_particles, y=None):

@@ -560,6 +560,12 @@ class Renyi(ParticleEstimator):
         log_p, log_q, _ = log_weights(model, guide, x, self.num_particles)
         return -importance_weighted_bound(log_p - log_q, self.alpha).sum()
 
+    def direct_loss(self, vae, x, kl_weight):
+        """The same bound from :func:`direct_log_weights` (the library's own programs). Training
+        passes the weight as a tensor (1 here: a config refuses any other for this estimator)."""
+        log_w, _ = direct_log_weights(vae, x, self.num_particles, kl_weight)
+        return -importance_weighted_bound(log_w, self.alpha).sum()
+
 
 @ESTIMATORS.register("iwae")
 class IWAE(Renyi):
@@ -586,12 +592,22 @@ class DReG(ParticleEstimator):
 
     def differentiable_loss(self, model, guide, x):
         log_p, log_q, guide_trace = log_weights(model, guide, x, self.num_particles, PathDerivative)
-        log_w = log_p - log_q
+        codes = [site["value"] for site in guide_trace.nodes.values() if site["type"] == "sample"]
+        # a site's rows are particle-major, k * N + n: one weight per row
+        return self._loss(log_p - log_q, [(z, lambda w, z=z: w.reshape(-1, *([1] * (z.dim() - 1)))) for z in codes])
+
+    def direct_loss(self, vae, x, kl_weight):
+        """The same, from :func:`direct_log_weights` (z of shape (K, N, d): one weight per (k, n))."""
+        log_w, z = direct_log_weights(vae, x, self.num_particles, kl_weight, PathDerivative)
+        return self._loss(log_w, [(z, lambda w: w.unsqueeze(-1))])
+
+    @staticmethod
+    def _loss(log_w, codes):
         normalized = torch.softmax(log_w.detach(), 0)
-        for site in guide_trace.nodes.values():
-            if site["type"] == "sample" and site["value"].requires_grad:
-                factor = normalized.reshape(-1, *([1] * (site["value"].dim() - 1)))
-                site["value"].register_hook(lambda grad, factor=factor: grad * factor)
+        for z, shaped in codes:
+            if z.requires_grad:
+                factor = shaped(normalized)
+                z.register_hook(lambda grad, factor=factor: grad * factor)
         surrogate = (normalized * log_w).sum(0).sum()
         return -value_with_gradient(importance_weighted_bound(log_w.detach()).sum(), surrogate)
 
@@ -617,7 +633,13 @@ class TailAdaptive(ParticleEstimator):
 
     def differentiable_loss(self, model, guide, x):
         log_p, log_q, _ = log_weights(model, guide, x, self.num_particles)
-        log_w = log_p - log_q
+        return self._loss(log_p - log_q)
+
+    def direct_loss(self, vae, x, kl_weight):
+        """The same, from :func:`direct_log_weights`."""
+        return self._loss(direct_log_weights(vae, x, self.num_particles, kl_weight)[0])
+
+    def _loss(self, log_w):
         gamma = tail_fraction(log_w.detach()).pow(self.beta)
         surrogate = (gamma / gamma.sum(0) * log_w).sum()
         return -value_with_gradient(log_w.mean(0).sum(), surrogate)
@@ -629,6 +651,30 @@ def tail_fraction(log_w):
 
 
 # ---- the fast path: the same loss as Pyro's, without tracing ----
+
+
+def direct_log_weights(vae, x, num_particles, kl_weight=None, guide_wrapper=None):
+    """log w_k = log p(x, z_k) - log q(z_k | x) for ``VAE.model``/``VAE.guide``, shape ``(K, N)``,
+    computed directly: what the traced particle path (:func:`log_weights`, x repeated K times)
+    computes for those programs, without tracing them and with the encoder run once per data point.
+    Under a KL weight w, as under the handler that scales the latent sites,
+    log w_k = log p(x | z_k) - w (log q(z_k | x) - log p(z_k)); ``guide_wrapper`` wraps q as
+    :class:`RewrapLatents` wraps the guide's site (``PathDerivative``: log q at detached parameters).
+    Also returns the draws z, shape ``(K, N, latent_dim)``.
+
+    The guide's draw for K particles, ``q(z | x).rsample((K,))``, takes the same standard normals
+    in the same order as the traced path's draw for x repeated K times (row k * N + n is
+    particle k of data point n), and every density is the VAE's own (``guide_dist``,
+    ``prior_dist``, ``likelihood_dist``), so values and gradients are the same.
+    """
+    n = x.shape[0]
+    guide = vae.guide_dist(x)
+    if guide_wrapper is not None:
+        guide = guide_wrapper(guide)
+    z = guide.rsample((num_particles,))  # (K, N, latent_dim)
+    repeated = x.expand(num_particles, *x.shape).reshape(num_particles * n, *x.shape[1:])
+    log_px = vae.likelihood_dist(z.reshape(num_particles * n, -1), repeated).log_prob(repeated).reshape(num_particles, n)
+    return log_px - weighted(kl_weight, guide.log_prob(z) - vae.prior_dist().log_prob(z)), z
 
 
 def standard_vae(model, guide):
