@@ -453,8 +453,8 @@ class StickingTheLanding(PyroELBO):
     """Sticking the landing (Roeder et al. 2017): pathwise ELBO gradient without the score term of log q.
 
     Computed from the per data point log weights (``log_weights``, the guide wrapped in
-    ``PathDerivative``): loss = -sum_n mean_k [log p(x_n, z_nk) - log q~(z_nk | x_n)], with q~
-    at detached parameters. For a guide whose sites are all reparameterized this is Pyro's
+    ``PathDerivative``; ``direct_log_weights`` for the library's own programs): loss =
+    -sum_n mean_k [log p(x_n, z_nk) - log q~(z_nk | x_n)], with q~ at detached parameters. For a guide whose sites are all reparameterized this is Pyro's
     ``Trace_ELBO`` surrogate (tested equal), without its ``.item()`` per site, so it never
     reads from the device (a CUDA graph can capture it). ``jit = true`` uses Pyro's JIT ELBO.
     """
@@ -465,6 +465,13 @@ class StickingTheLanding(PyroELBO):
     def differentiable_loss(self, model, guide, x):
         log_p, log_q, _ = log_weights(model, guide, x, self.num_particles, self.guide_wrapper)
         return -(log_p - log_q).mean(0).sum()
+
+    def direct_loss(self, vae, x, kl_weight):
+        """The same, from :func:`direct_log_weights` (the library's own programs, not under ``jit``)."""
+        if self.jit:
+            return None
+        log_w, _ = direct_log_weights(vae, x, self.num_particles, kl_weight, self.guide_wrapper)
+        return -log_w.mean(0).sum()
 
     def capture_obstacle(self, vae):
         return Estimator.capture_obstacle(self, vae)
