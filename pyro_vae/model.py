@@ -19,8 +19,8 @@ weights: those are handlers wrapped around it from outside (``annealing``).
 The three densities are written once, as methods that return distributions
 (``prior_dist``, ``likelihood_dist``, ``guide_dist``). ``model`` and ``guide`` are
 built from them, and so is everything that computes the same numbers without
-tracing (the direct loss in ``objectives``, the direct importance weights in
-``evaluation``): a subclass that changes a density changes every path at once, and
+tracing (the direct losses and log weights in ``objectives``, which ``evaluation``'s
+importance weights use too): a subclass that changes a density changes every path at once, and
 one that redefines ``model`` or ``guide`` themselves is traced (``has_standard_programs``).
 """
 

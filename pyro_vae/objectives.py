@@ -20,9 +20,10 @@ The KL weight reaches an estimator as ``loss(model, guide, x, kl_weight=...)``, 
 base class applies it, in one place: model and guide are wrapped in the
 ``ScaleLatents`` handler (``annealing.kl_scaled``) before the subclass's
 ``differentiable_loss(model, guide, x)`` sees them. The two exceptions are exact
-restatements of that, each tested against it: the direct loss (``reparameterized_loss``,
-the same numbers without tracing, for the library's own programs) multiplies the KL term
-by the weight, and under ``jit = true`` the handler is applied inside the compiled
+restatements of that, each tested against it: the direct losses (``reparameterized_loss``
+for trace and meanfield, ``direct_log_weights`` for stl and the importance-weighted
+estimators: the same numbers without tracing, for the library's own programs) multiply the
+latent sites' log-density terms by the weight, and under ``jit = true`` the handler is applied inside the compiled
 function, with the weight a tensor *argument* (read from Python while tracing, it would
 be frozen into the graph as a constant).
 
