@@ -10,7 +10,8 @@ bookkeeping on the device and nothing in it calls ``.item()``:
   skips a non-finite step on the device (fused Adam, AdamW and SGD take it as
   ``found_inf``, the mechanism of torch's ``GradScaler``: parameters and optimizer state
   stay exactly as they were), and counters record how many steps were skipped and the
-  first one that was;
+  first one that was; the learning-rate schedule advances at every step, skipped or not
+  (telling them apart would need that read);
 - the epoch's loss is summed on the device over the finite steps.
 
 The trainer reads these counters only when it needs a number: the progress bar's loss,
