@@ -11,9 +11,10 @@ on the whole test split:
   0.01 of the prior's variance).
 
 A latent space too small cannot hold what the decoder needs (log p(x) rises with d); past
-some size the extra dimensions stay inactive (the KL pushes them to the prior) or let the
-model fit the 1,297 training images more closely than the test images, and log p(x) stops
-improving or falls. The figures are the mean over seeds and its standard error.
+some size log p(x) stops improving or falls. The training split's ELBO at the best epoch is
+reported beside the test figures, to tell overfitting (train above test, apart) from a worse
+fit at this budget (both falling; what the README's run found). The figures are the mean over
+seeds and its standard error.
 
 Writes ``experiments/results/latent_dims/{latent_dims, summary}[_quick].csv`` (one row per
 run; one per latent size) and ``latent_dims[_quick].png``; runs go to ``runs/latent_dims/``.

@@ -109,14 +109,15 @@ def load_run_split(run, split, checkpoint="checkpoint.pt"):
 def limited(split, args):
     """``--limit N``: N data points of the split drawn at random with ``--subset-seed`` (the
     same points on every machine), never its first N, which are biased when a split is sorted
-    (the statically binarized MNIST test split is sorted by class)."""
+    (the statically binarized MNIST test split is sorted by class). Returns the subset and
+    the seed it was drawn with (None: the whole split)."""
     from .data import SUBSET_SEED
 
     if args.limit is not None and args.limit < 1:
         raise UserError(f"--limit must be >= 1, got {args.limit}")
-    if args.subset_seed is None:
-        args.subset_seed = SUBSET_SEED
-    return split.random_subset(args.limit, seed=args.subset_seed)
+    seed = SUBSET_SEED if args.subset_seed is None else args.subset_seed
+    subset = split.random_subset(args.limit, seed=seed)
+    return subset, (seed if len(subset) < len(split) else None)
 
 
 def command_evaluate(args):
@@ -132,7 +133,7 @@ def command_evaluate(args):
     vae, split = load_run_split(args.run, args.split, args.checkpoint)
     vae = vae.to(device)
     split_size = len(split)
-    split = limited(split, args)
+    split, subset_seed = limited(split, args)
     x = split.x
     labels = None
     if hasattr(vae, "num_classes"):  # a model with labels: conditional scores, accuracy
@@ -143,10 +144,9 @@ def command_evaluate(args):
     start = time.perf_counter()
     result = evaluate(vae, x, num_samples=args.samples, seed=seed, batch_size=args.batch_size, progress=True,
                       labels=labels)
-    result.update(split=args.split, split_size=split_size,
-                  subset_seed=args.subset_seed if len(split) < split_size else None,  # None: the whole split
+    result.update(split=args.split, split_size=split_size, subset_seed=subset_seed,  # None: the whole split
                   seed=seed, checkpoint=args.checkpoint, seconds=time.perf_counter() - start)
-    subset = f" (a random subset, seed {args.subset_seed}, of {split_size})" if len(split) < split_size else ""
+    subset = "" if subset_seed is None else f" (a random subset, seed {subset_seed}, of {split_size})"
     print(f"{args.run}: {args.split} split, {result['num_examples']} data points{subset}, K = {args.samples}")
     rows = [
         ("log-likelihood log p(x), nats", f"{result['log_likelihood']:.3f} +- {result['log_likelihood_standard_error']:.3f}"),
@@ -182,7 +182,7 @@ def command_plot(args):
     except OSError as error:
         raise UserError(f"cannot create --out {out}: {error.strerror or error}") from None
     check_writable(out / "codes_pca.png")
-    split = limited(split, args)
+    split, _ = limited(split, args)
     x = split.x
     if hasattr(vae, "num_classes"):  # a model with labels: codes given the true labels, and analogies
         if split.labels is None:

@@ -601,20 +601,21 @@ class DReG(ParticleEstimator):
     def differentiable_loss(self, model, guide, x):
         log_p, log_q, guide_trace = log_weights(model, guide, x, self.num_particles, PathDerivative)
         codes = [site["value"] for site in guide_trace.nodes.values() if site["type"] == "sample"]
-        # a site's rows are particle-major, k * N + n: one weight per row
-        return self._loss(log_p - log_q, [(z, lambda w, z=z: w.reshape(-1, *([1] * (z.dim() - 1)))) for z in codes])
+        return self._loss(log_p - log_q, codes, particle_dims=1)  # a site's rows: k * N + n
 
     def direct_loss(self, vae, x, kl_weight):
-        """The same, from :func:`direct_log_weights` (z of shape (K, N, d): one weight per (k, n))."""
+        """The same, from :func:`direct_log_weights` (z of shape (K, N, d))."""
         log_w, z = direct_log_weights(vae, x, self.num_particles, kl_weight, PathDerivative)
-        return self._loss(log_w, [(z, lambda w: w.unsqueeze(-1))])
+        return self._loss(log_w, [z], particle_dims=2)
 
     @staticmethod
-    def _loss(log_w, codes):
+    def _loss(log_w, codes, particle_dims):
+        """The surrogate from log weights (K, N) and the draws ``codes``, whose first
+        ``particle_dims`` dimensions hold the K * N (particle, data point) pairs, particle-major."""
         normalized = torch.softmax(log_w.detach(), 0)
-        for z, shaped in codes:
+        for z in codes:
             if z.requires_grad:
-                factor = shaped(normalized)
+                factor = normalized.reshape(*z.shape[:particle_dims], *([1] * (z.dim() - particle_dims)))
                 z.register_hook(lambda grad, factor=factor: grad * factor)
         surrogate = (normalized * log_w).sum(0).sum()
         return -value_with_gradient(importance_weighted_bound(log_w.detach()).sum(), surrogate)
