@@ -93,6 +93,7 @@ def spec(registry):
         registry.split_spec(value, key)
         return value
 
+    check.registry = registry  # read by the generated config reference (docs/hooks.py)
     return check
 
 
@@ -131,6 +132,7 @@ def name_in(registry):
         registry.get(string(value, key), key)
         return value
 
+    check.registry = registry  # read by the generated config reference (docs/hooks.py)
     return check
 
 
@@ -193,6 +195,74 @@ SCHEMA = {
     },
 }
 
+
+# One line per key: what it sets. The documentation's config reference is generated from
+# SCHEMA (defaults), these lines and the registries (names, options), so it cannot drift;
+# tests/test_config.py checks that every key of SCHEMA has exactly one line here.
+DESCRIPTIONS = {
+    "data": {
+        "name": "The data set: a registered name (see the datasets below); its own options sit beside the common keys.",
+        "path": "Where the files are, for data sets that need them (a directory, or a file for `npz`).",
+        "binarize": "`auto` (dynamic for a Bernoulli likelihood on non-binary data, else none), `none`, "
+        "`static` (drawn once, seeded) or `dynamic` (training images redrawn every epoch).",
+        "download": "`mnist`, `fashion-mnist`, `binarized-mnist`: fetch missing files into `path`.",
+        "on_device": "Keep the whole data set on the training device and batch by index.",
+        "labeled": "`\"all\"`, or N: keep N training labels (balanced across classes) and hide the rest.",
+        "labeled_seed": "Which N labels are kept (and how the remainder is spread over classes).",
+    },
+    "model": {
+        "kind": "`vae`, `cvae` (conditional VAE) or `m2` (semi-supervised, Kingma et al. 2014).",
+        "latent_dim": "The latent size, or `[z1, z2]`: two stochastic layers (a `HierarchicalVAE`).",
+        "encoder": "The network of q(z | x): an encoder name or a table with its options.",
+        "decoder": "The network of p(x | z): a decoder name or a table with its options.",
+        "likelihood": "p(x | z): a likelihood name or a table with its options, e.g. `{ name = \"gaussian\", scale = 0.1 }`.",
+        "prior": "p(z): a prior name or a table with its options.",
+        "guide": "The family of q(z | x): a guide name or a table with its options.",
+        "link_hidden": "Two layers: hidden widths of the z2 -> z1 links (`[]`: linear).",
+        "num_classes": "`cvae`, `m2`: labels are 0..num_classes-1.",
+        "classifier": "`m2`: the network of q(y | x), a classifier name or a table with its options.",
+    },
+    "objective": {
+        "estimator": "How the gradient is estimated: an estimator name or a table with its options, "
+        "e.g. `{ name = \"renyi\", alpha = 0.5 }`.",
+        "num_particles": "K, the number of particles (samples of z) per data point.",
+        "vectorize_particles": "Draw the K particles in one vectorized pass (Pyro's `vectorize_particles`).",
+        "jit": "Compile the loss with `torch.jit` (`trace`, `meanfield`, `stl`).",
+        "kl_weight": "The weight beta of the KL term: a number >= 0 or a KL schedule table, e.g. "
+        "`{ name = \"linear\", start = 0.0, end = 1.0, epochs = 10 }`.",
+        "capacity": "`false`, or `{ start, end, epochs, gamma }`: replace the KL term by "
+        "gamma |KL - C(t)| (Burgess et al. 2018).",
+        "free_bits": "lambda nats per latent dimension: the KL term becomes sum_j max(lambda, KL_j) "
+        "(Kingma et al. 2016); 0: off.",
+        "reduction": "`sum` uses log p(x | z) summed over features; `mean` averages it, a KL weight of D made explicit.",
+        "classification_weight": "`m2`: alpha = classification_weight * N, the weight of the classification term.",
+        "kl_weight_labels": "`m2`: whether `kl_weight` also scales KL(q(y | x) || p(y)).",
+    },
+    "train": {
+        "epochs": "Passes over the training split.",
+        "batch_size": "The global batch (split across processes under torchrun).",
+        "eval_batch_size": "Batch size of the per-epoch evaluation.",
+        "lr": "The learning rate.",
+        "optimizer": "A registered optimizer name (see the optimizers below).",
+        "seed": "Seeds the initialization, the data order and every random draw of the run.",
+        "device": "`auto` (CUDA when present), `cpu`, `cuda` or `cuda:N`.",
+        "progress": "Show a progress bar.",
+        "lr_schedule": "A learning-rate schedule name or a table with its options, e.g. "
+        "`{ name = \"plateau\", patience = 5, factor = 0.5 }`.",
+        "lr_warmup_steps": "Linear warm-up of the learning rate over the first N steps (0: none).",
+        "early_stopping": "`false`, or `{ patience = N, min_delta = 0.0 }`: stop when the validation ELBO stalls.",
+        "loggers": "Where metrics go: a list of logger names (see the loggers below).",
+        "log_every": "Steps between logged training losses (loggers that record steps).",
+        "clip_grad_norm": "Clip the gradients' global norm to this value; 0: no clipping.",
+        "max_skipped_steps": "Non-finite steps to skip before the run stops.",
+        "checkpoint_every": "Steps between mid-epoch checkpoints (0: at epoch ends only).",
+        "train_eval_examples": "Training examples (a fixed seeded random subset) on which each epoch's "
+        "true train ELBO is measured.",
+        "precision": "`float32`, or `bf16` (autocast; likelihoods and KL terms stay float32).",
+        "cuda_graph": "Capture the whole step in a CUDA graph: `auto` (on CUDA where possible), `true` or `false`.",
+        "validate": "Pyro's per-site argument checks (slow; for debugging models).",
+    },
+}
 
 def default_config():
     return {section: {key: copy.deepcopy(default) for key, (default, _) in keys.items()} for section, keys in SCHEMA.items()}

@@ -53,6 +53,10 @@ def rmsprop(parameters, lr):
     return fastest(torch.optim.RMSprop, parameters, lr)
 
 
+for _optimizer in (adam, adamw, sgd, rmsprop):
+    _optimizer.context_arguments = ("parameters", "lr")  # the library passes both: no config options
+
+
 class LRSchedule(torch.optim.lr_scheduler.LambdaLR):
     """The learning rate train.lr times a factor of the step count, after a linear warm-up.
 
@@ -94,8 +98,9 @@ class Cosine(LRSchedule):
 
 @LR_SCHEDULES.register("plateau")
 class Plateau(LRSchedule):
-    """Multiply the rate by ``factor`` when the validation ELBO has not improved by ``min_delta``
-    for ``patience`` epochs (reduce-on-plateau)."""
+    """Reduce on plateau: the rate times ``factor`` after ``patience`` epochs without a better validation ELBO.
+
+    Better means above the best so far by more than ``min_delta``."""
 
     def __init__(self, optimizer, total_steps, warmup_steps=0, patience=5, factor=0.5, min_delta=0.0):
         self.patience = integer(patience, "train.lr_schedule.patience", minimum=1)
