@@ -23,6 +23,7 @@ import inspect
 import os
 import pkgutil
 import re
+import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -160,6 +161,12 @@ def mirrored_files():
                 if name.endswith(SUFFIXES) and not name.startswith("."):
                     paths.append(os.path.relpath(os.path.join(directory, name), ROOT).replace(os.sep, "/"))
     return paths
+
+
+def on_config(config):
+    if ROOT not in sys.path:  # document this checkout's package, installed or not
+        sys.path.insert(0, ROOT)
+    return config
 
 
 def on_files(files, config):

@@ -1,4 +1,4 @@
-"""More latent dimensions give a better likelihood, up to a point (background.md's claim, measured).
+"""More latent dimensions give a better likelihood, up to a point (a common claim, measured).
 
 The default job (``pyro-vae train``: the digits binarized afresh each epoch, MLP 256-256 ELU,
 Bernoulli likelihood, N(0, I) prior, 50 epochs of Adam) trained with each latent size in

@@ -95,8 +95,8 @@ class Bernoulli(Likelihood):
 # |lambda - 1/2| below which log C(lambda) is taken from its Taylor series in t = lambda - 1/2.
 # There the exact form's two terms cancel: in float32 its gradient is 0.7% off at
 # |eta| = 0.004 (torch's own cut, |t| < 1e-3) and 5e-5 off at |eta| = 0.1, but only 3e-6 off
-# beyond |eta| = 0.2 (|t| = 0.05). Inside, the series of background section 4 plus its next
-# term, log 2 + (4/3) t^2 + (104/45) t^4 + (16064/2835) t^6, is accurate to < 1e-9 in value and
+# beyond |eta| = 0.2 (|t| = 0.05). Inside, its Taylor series about lambda = 1/2 to t^6,
+# log 2 + (4/3) t^2 + (104/45) t^4 + (16064/2835) t^6, is accurate to < 1e-9 in value and
 # < 1e-6 relative in gradient.
 SERIES_HALF_WIDTH = 0.05
 

@@ -95,7 +95,7 @@ def test_observed_site_is_never_scaled():
     assert model.nodes["z"]["scale"] == 5.0 and model.nodes["x"]["scale"] == 10.0
 
 
-# ---- background sec. 4: a Gaussian's fixed sigma is a KL weight (beta = 2 sigma^2 against the squared error) ----
+# ---- a Gaussian's fixed sigma is a KL weight (beta = 2 sigma^2 against the squared error) ----
 
 # For N points of D features,
 #   loss(sigma, beta) = sum_n |x_n - f(z_n)|^2 / (2 sigma^2) + N (D/2) log(2 pi sigma^2) + beta KL,

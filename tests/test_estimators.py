@@ -35,7 +35,8 @@ def build(name, num_particles=None, **options):
     return ESTIMATORS.build({"name": name, **options}, num_particles=num_particles, data_shape=(1, 8, 8))
 
 
-# ---- background sec. 2: x ~ N(mu, sigma^2), f(x) = (x - k)^2, through the estimators ----
+# ---- x ~ N(mu, sigma^2), f(x) = (x - k)^2, through the estimators: the score function's and the
+# pathwise gradient's variances in closed form ----
 
 
 def quadratic_problem(mu, sigma, k, n):

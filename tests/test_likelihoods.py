@@ -292,7 +292,7 @@ def test_likelihood_tables_work_from_config_overrides():
 
 
 def ppca_optimum(x, q):
-    """Tipping & Bishop's maximal log-likelihood per data point and sigma^2 (background sec. 3)."""
+    """Tipping & Bishop's maximal log-likelihood per data point and sigma^2 (Tipping & Bishop 1999)."""
     x = x.double()
     d = x.shape[1]
     centred = x - x.mean(0)

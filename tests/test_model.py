@@ -187,7 +187,7 @@ def test_vectorized_particles_give_the_same_expected_loss():
     assert abs(vectorized - sequential.mean().item()) < 4 * sequential.std().item() / 400**0.5 + 0.05
 
 
-# ---- background sec. 3: a linear autoencoder with squared error spans the principal subspace ----
+# ---- a linear autoencoder with squared error spans the principal subspace (Baldi & Hornik 1989) ----
 
 
 def test_linear_autoencoder_spans_the_principal_subspace():
