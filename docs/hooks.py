@@ -153,7 +153,7 @@ def config_reference():
 
 def mirrored_files():
     """(path relative to the repository) for every file served from the repository's own folders."""
-    paths = ["README.md"]
+    paths = ["README.md", "pyproject.toml"]
     for folder in MIRRORED:
         for directory, subdirectories, names in os.walk(os.path.join(ROOT, folder)):
             subdirectories[:] = sorted(d for d in subdirectories if not d.startswith((".", "__")))

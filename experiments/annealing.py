@@ -21,7 +21,7 @@ terms, active units (Var_x E_q[z_d | x] > 0.01) and the KL per dimension on the 
 split, and the importance-sampled log p(x) (K particles) on a seeded random subset of it.
 Writes ``experiments/results/annealing/{annealing.csv, kl_per_dimension.csv, annealing.png}``.
 
-    nice python experiments/annealing.py            # Fashion-MNIST subset, the README's numbers (~15 min, 1 thread)
+    nice python experiments/annealing.py            # Fashion-MNIST subset, the numbers in annealing.md (~15 min, 1 thread)
     python experiments/annealing.py --quick         # digits, a minute
 """
 

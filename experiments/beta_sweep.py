@@ -14,7 +14,7 @@ the sweep is the rate-distortion trade-off (Alemi et al. 2018). Writes
 ``experiments/results/beta_sweep/{beta_sweep.csv, rate_distortion.png}``.
 
     python experiments/beta_sweep.py --quick    # digits, seconds
-    python experiments/beta_sweep.py            # MNIST subset, the README's numbers
+    python experiments/beta_sweep.py            # MNIST subset, the numbers in beta_sweep.md
 """
 
 import argparse

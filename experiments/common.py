@@ -4,7 +4,7 @@ import csv
 
 
 def write_csv(rows, path):
-    """Write dict rows as CSV, floats to 4 decimals (the README's tables are read from these)."""
+    """Write dict rows as CSV, floats to 4 decimals (the write-ups' tables, experiments/<name>.md, are read from these)."""
     with open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()

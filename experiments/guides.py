@@ -20,7 +20,7 @@ replaces only their rows); runs, and each run's per-image ``test_log_px.pt``, go
 ``runs/guides/``. ``--skip-training`` re-evaluates finished runs.
 
     python experiments/guides.py --quick                      # digits, about a minute
-    nice python experiments/guides.py --epochs 10 --samples 1000   # the README's CPU budget run (whole test split)
+    nice python experiments/guides.py --epochs 10 --samples 1000   # the CPU budget run of guides.md (whole test split)
 """
 
 import argparse

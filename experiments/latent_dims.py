@@ -13,7 +13,7 @@ on the whole test split:
 A latent space too small cannot hold what the decoder needs (log p(x) rises with d); past
 some size log p(x) stops improving or falls. The training split's ELBO at the best epoch is
 reported beside the test figures, to tell overfitting (train above test, apart) from a worse
-fit at this budget (both falling; what the README's run found). The figures are the mean over
+fit at this budget (both falling; what the run in latent_dims.md found). The figures are the mean over
 seeds and its standard error.
 
 Writes ``experiments/results/latent_dims/{latent_dims, summary}[_quick].csv`` (one row per

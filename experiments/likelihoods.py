@@ -29,7 +29,7 @@ seeded random subset of the test images) in nats per image, both converted to bi
 Writes ``experiments/results/likelihoods/{likelihoods[_quick].csv, reconstructions_<name>[_quick].png}``.
 
     python experiments/likelihoods.py --quick   # digits, about a minute
-    python experiments/likelihoods.py           # Fashion-MNIST subset, the README's numbers
+    python experiments/likelihoods.py           # Fashion-MNIST subset, the numbers in likelihoods.md
 """
 
 import argparse

@@ -8,7 +8,7 @@ A likelihood receives the decoder's output ``params`` of shape
 shape is ``data_shape``. ``num_params`` says how many numbers per feature the
 decoder must produce (1 for Bernoulli logits or a Gaussian mean).
 
-Which one to use (the README has the table):
+Which one to use (docs/likelihoods-priors.md has the table):
 
 - binary {0, 1}: ``bernoulli``;
 - grey levels in [0, 1]: ``continuous_bernoulli``, or ``beta`` (strictly inside (0, 1));

@@ -301,7 +301,7 @@ def test_config_keeps_tables_and_checks_reduction():
 
 
 def test_svi_script_with_a_schedule_from_zero_trains():
-    """The README's script: the weight is read from the schedule at every step."""
+    """The script of docs/kl-annealing.md ("In your own SVI script"): the weight is read from the schedule at every step."""
     vae = small_vae()
     x = torch.bernoulli(torch.full((32, 1, 8, 8), 0.3))
     schedule = build_schedule({"schedule": "linear", "start": 0.0, "end": 1.0, "steps": 20}, steps_per_epoch=1)

@@ -55,7 +55,7 @@ def test_the_generated_config_reference_lists_every_key_default_and_registered_n
 def test_every_public_module_has_an_api_reference_page():
     documented = set()
     for page in (ROOT / "docs" / "api").glob("*.md"):
-        documented |= set(re.findall(r"^::: pyro_vae\.(\w+)$", page.read_text(), flags=re.M))
+        documented |= set(re.findall(r"^::: pyro_vae\.(\w+)$", page.read_text(), flags=re.MULTILINE))
     public = {m.name for m in pkgutil.iter_modules(pyro_vae.__path__) if not m.name.startswith("_")}
     assert public - documented == set()
     assert documented - public == set()

@@ -156,7 +156,7 @@ def test_enumerated_elbo_on_a_labeled_batch_equals_trace_elbo_with_y_observed(di
 
 
 def test_a_users_own_svi_loop_trains_m2(digits):
-    """model and guide are Pyro programs: the README's loop, labeled and unlabeled steps."""
+    """model and guide are Pyro programs: the loop of docs/semi-supervised.md, labeled and unlabeled steps."""
     data = load_data("digits", binarize="static", labeled=100)
     m2 = M2(data.shape, 4, encoder=SMALL, decoder=SMALL, classifier=SMALL)
     svi = SVI(m2.model, m2.guide, pyro.optim.Adam({"lr": 3e-3}), TraceEnum_ELBO(max_plate_nesting=1))
