@@ -58,7 +58,7 @@ def main():
     torch.set_num_threads(1)
     every = max(args.steps // 10, 1)
     rows = run("fast", [], args.steps, every)
-    rows += run("traced", ["objective.estimator='stl'"], args.steps, every)  # stl always traces
+    rows += run("traced", ["objective.estimator='score'"], args.steps, every)  # score always traces
     for path in ("fast", "traced"):
         mine = [r for r in rows if r["path"] == path]
         growth = mine[-1]["rss_mib"] - mine[0]["rss_mib"]
