@@ -88,6 +88,16 @@ def allowed_values(check):
     if registry is not None:
         tables = check.__qualname__.startswith("spec.")  # a name, or a table with its options
         return f"[{registry.kind}](#{slug(registry.kind)}) name" + (" or table" if tables else "")
+    from pyro_vae import checks
+
+    plain = {
+        checks.boolean: "`true` \\| `false`",
+        checks.string: "a string",
+        checks.sizes: "a list of integers >= 1",
+        checks.latent_dims: "an integer >= 1, or `[z1, z2]`",
+    }
+    if check in plain:
+        return plain[check]
     keywords = getattr(check, "keywords", None) or {}
     if "allowed" in keywords:
         return " \\| ".join(f"`{toml_value(v)}`" for v in keywords["allowed"])
