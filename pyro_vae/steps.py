@@ -218,8 +218,7 @@ class CapturedStep(Step):
         reason = f"{type(error).__name__}: {lines[0][:200]}" if lines else type(error).__name__
         self.failure = f"the captured step failed at its {stage} ({reason})"
         if not self.fall_back:
-            raise CaptureFailed(f"train.cuda_graph = true: {self.failure}; set train.cuda_graph = \"auto\" to train "
-                                "eagerly instead, or false") from error
+            raise CaptureFailed(f"train.cuda_graph = true: {self.failure}") from error
         print(f"warning: train.cuda_graph = \"auto\": {self.failure}; training goes on eagerly from the state "
               "before it", file=sys.stderr)
 

@@ -285,7 +285,8 @@ class Trainer:
         try:
             self.train_step_fn(x, self.parts.kl_weight(self.step), self.kl_penalty)
         except CaptureFailed as error:  # train.cuda_graph = true: stop before any checkpoint of this step
-            raise UserError(f"{error} (at step {self.step + 1}); the last good checkpoint in {self.out} is intact") from error
+            raise UserError(f"{error} at step {self.step + 1}; the last good checkpoint in {self.out} is intact; "
+                            "resume with --set train.cuda_graph=false (or \"auto\") to train eagerly") from error
 
     def check_faults(self):
         """Stop with a one-line error if more steps were non-finite (and skipped) than

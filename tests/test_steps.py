@@ -276,7 +276,8 @@ def test_a_failed_capture_under_true_stops_with_one_line_and_the_checkpoint_inta
     assert len(err) == 1 and err[0].startswith("error: train.cuda_graph = true: the captured step failed at its capture "
                                                f"(RuntimeError: CUDA error: {CAPTURE_ERROR})")
     capture_step = int(read_metrics(run / "metrics.csv")[-1]["step"]) + CapturedStep.warmup_steps + 1  # after 3 warm-ups
-    assert err[0].endswith(f"(at step {capture_step}); the last good checkpoint in {run} is intact")
+    assert err[0].endswith(f") at step {capture_step}; the last good checkpoint in {run} is intact; "
+                           'resume with --set train.cuda_graph=false (or "auto") to train eagerly')
     assert (run / "checkpoint.pt").read_bytes() == checkpoint
     # and the run goes on from it: eagerly, to the parameters of a run that never tried
     train(None, resume=run, overrides=["train.epochs=2", "train.cuda_graph=false"])
