@@ -135,7 +135,14 @@ class Step:
 
 
 class CaptureFailed(UserError):
-    """The step could not be captured under ``train.cuda_graph = true`` (the state before the attempt is restored)."""
+    """The step could not be captured under ``train.cuda_graph = true`` (the state before the attempt is
+    restored), or the state could not be restored after a failed capture."""
+
+
+def one_line(error):
+    """An exception as one line: its type and its message's first line."""
+    lines = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {lines[0][:200]}" if lines else type(error).__name__
 
 
 class CapturedStep(Step):
@@ -147,7 +154,8 @@ class CapturedStep(Step):
     allow, a read from the device, an allocator error), the snapshot is restored and:
     with ``fall_back`` (``train.cuda_graph = "auto"``) one line is printed and this and every
     later step run eagerly, so the run's numbers are an eager run's from that step on;
-    without (``train.cuda_graph = true``) :class:`CaptureFailed` is raised.
+    without (``train.cuda_graph = true``) :class:`CaptureFailed` is raised, as it is in
+    either mode if the snapshot cannot be restored (a CUDA error that stays set).
     """
 
     warmup_steps = 3  # eager steps on a side stream before capture (cuBLAS and allocator set-up)
@@ -174,8 +182,17 @@ class CapturedStep(Step):
         try:
             attempt(x)
         except Exception as error:  # noqa: BLE001 - any failure of the attempt: restore, then fall back or stop
-            self._restore(saved)
-            self._give_up(self.stage, error)
+            self.failure = f"the captured step failed at its {self.stage} ({one_line(error)})"
+            try:
+                self._restore(saved)
+            except Exception as restore_error:  # noqa: BLE001 - e.g. a sticky CUDA error: nothing can go on
+                setting = '"auto"' if self.fall_back else "true"
+                raise CaptureFailed(f"train.cuda_graph = {setting}: {self.failure}, and the state before it could not "
+                                    f"be restored ({one_line(restore_error)})") from error
+            if not self.fall_back:
+                raise CaptureFailed(f"train.cuda_graph = true: {self.failure}") from error
+            print(f"warning: train.cuda_graph = \"auto\": {self.failure}; training goes on eagerly from the state "
+                  "before it", file=sys.stderr)
             super().run(x)
 
     def _warm_up(self, x):
@@ -212,15 +229,6 @@ class CapturedStep(Step):
             torch.cuda.set_stream(stream)  # a failed capture_end leaves the capture stream current
             raise
         self.graph = graph
-
-    def _give_up(self, stage, error):
-        lines = str(error).strip().splitlines()
-        reason = f"{type(error).__name__}: {lines[0][:200]}" if lines else type(error).__name__
-        self.failure = f"the captured step failed at its {stage} ({reason})"
-        if not self.fall_back:
-            raise CaptureFailed(f"train.cuda_graph = true: {self.failure}") from error
-        print(f"warning: train.cuda_graph = \"auto\": {self.failure}; training goes on eagerly from the state "
-              "before it", file=sys.stderr)
 
     def _counters(self):
         return (self.loss_sum, self.count, self.skipped, self.first_bad_step, self.first_bad_loss,

@@ -283,3 +283,21 @@ def test_a_failed_capture_under_true_stops_with_one_line_and_the_checkpoint_inta
     train(None, resume=run, overrides=["train.epochs=2", "train.cuda_graph=false"])
     straight = train(tiny_config(), out=tmp_path / "straight")
     assert all(torch.equal(a, b) for a, b in zip(parameters_of(run), parameters_of(straight), strict=True))
+
+
+def test_a_failed_capture_whose_state_cannot_be_restored_stops_with_one_line_even_under_auto(tmp_path, monkeypatch,
+                                                                                           failing_capture):
+    import pyro_vae.steps
+
+    def sticky(state):  # e.g. a CUDA error that stays set: the state cannot come back
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    failing_capture("capture")
+    monkeypatch.setattr(pyro_vae.steps, "set_rng_state", sticky)
+    with pytest.raises(UserError) as stop:
+        train(tiny_config(train={"cuda_graph": "auto", "epochs": 1}), out=tmp_path / "run")
+    assert str(stop.value) == (
+        f'train.cuda_graph = "auto": the captured step failed at its capture (RuntimeError: CUDA error: {CAPTURE_ERROR}), '
+        "and the state before it could not be restored (RuntimeError: CUDA error: an illegal memory access was "
+        f"encountered) at step 4; the last good checkpoint in {tmp_path / 'run'} is intact; "
+        'resume with --set train.cuda_graph=false (or "auto") to train eagerly')
