@@ -56,6 +56,7 @@ import torch
 import speed
 from pyro_vae.build import build_data
 from pyro_vae.config import load_config
+from pyro_vae.steps import one_line
 from pyro_vae.training import Trainer, TrainingStopped
 
 HERE = Path(__file__).resolve().parent
@@ -99,11 +100,6 @@ class Tee:
     def flush(self):
         self.stream.flush()
         self.log.flush()
-
-
-def one_line(error):
-    lines = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {lines[0][:300]}" if lines else type(error).__name__
 
 
 def environment(device):
