@@ -12,8 +12,9 @@ On ``--device cuda`` the variants are: the hand-written step eager and captured 
 CUDA graph (the floor), the library's step eager (``train.cuda_graph = false``) and
 captured (``true``), and a plain Pyro ``SVI.step`` with ``Trace_ELBO``; every estimator at
 batch 128 (K = 50 for the particle estimators, at batch 20); and one whole epoch through
-``pyro_vae.train`` (metrics and validation included) against a hand-written loop. On CPU
-the captured variants are left out.
+``pyro_vae.train`` (metrics and validation included, ``train.cuda_graph`` "auto" and false)
+against a hand-written loop. On CPU the captured variants are left out.
+``experiments/gpu_check.py`` runs these same functions, at sizes that fit its time budget.
 
     python experiments/speed.py                    # CPU: writes experiments/results/speed/speed.json
     python experiments/speed.py --device cuda      # GPU: writes experiments/results/speed/speed_cuda.json
@@ -44,7 +45,10 @@ from pyro_vae.guides import gaussian_parameters
 from pyro_vae.training import Trainer, train
 
 ROOT = Path(__file__).resolve().parent.parent
-MNIST = ROOT.parent / "shared" / "data" / "binarized_mnist.npz"
+# binarized MNIST: beside the checkout (../shared), inside it (shared/), or carried to a GPU machine (.gpu/)
+MNIST_PLACES = [ROOT.parent / "shared" / "data" / "binarized_mnist.npz", ROOT / "shared" / "data" / "binarized_mnist.npz",
+                ROOT / ".gpu" / "binarized_mnist.npz"]
+MNIST = next((path for path in MNIST_PLACES if path.is_file()), MNIST_PLACES[0])
 OUT = ROOT / "experiments" / "results" / "speed"
 NETWORK = [
     "model.latent_dim=20",
@@ -53,9 +57,10 @@ NETWORK = [
 ]
 
 
-def mnist_like(n=10000):
-    if MNIST.is_file():
-        data = load_data("binarized-mnist", path=str(MNIST))
+def mnist_like(n=10000, path=MNIST):
+    """n training images of binarized MNIST as (n, 784) floats, or random binary ones if ``path`` is no file."""
+    if path is not None and Path(path).is_file():
+        data = load_data("binarized-mnist", path=str(path))
         return data.train.x[:n].flatten(1)
     return torch.bernoulli(torch.full((n, 784), 0.13))
 
@@ -212,7 +217,7 @@ def compare_log_likelihood(x, num_samples, rounds, device="cpu", images_count=10
             "handwritten_samples_per_s": handwritten, "ratio": library / handwritten}
 
 
-def compare_epoch(x, device, batch_size=128, epochs=3):
+def compare_epoch(x, device, batch_size=128, epochs=3, cuda_graphs=("auto",)):
     """Seconds per epoch of ``pyro_vae.train`` against a hand-written loop over the same batches
     (captured on CUDA) followed by a hand-written ELBO pass over the training and validation
     splits, as the library measures both after each epoch.
@@ -220,7 +225,9 @@ def compare_epoch(x, device, batch_size=128, epochs=3):
     The library's figure is the steady state read from its own metrics: (seconds at the end of
     epoch ``epochs`` - seconds at the end of epoch 1) / (epochs - 1), i.e. the steps plus one
     epoch's evaluation, metrics row and checkpoint; ``library_whole_run_s`` adds what a run pays
-    once (building, reading the data, the figures at the end), shown beside it."""
+    once (building, reading the data, the figures at the end), shown beside it. The library
+    runs once per ``train.cuda_graph`` setting in ``cuda_graphs`` (the first gives ``ratio``);
+    each adds ``library_epoch_s_cuda_graph_<setting>``."""
     from pyro_vae.runs import read_metrics
 
     directory = Path(tempfile.mkdtemp())
@@ -230,11 +237,15 @@ def compare_epoch(x, device, batch_size=128, epochs=3):
     overrides = [*NETWORK, "data.name='npz'", f"data.path='{directory / 'data.npz'}'", "data.binarize='none'",
                  f"train.batch_size={batch_size}", f"train.epochs={epochs}", "train.progress=false",
                  f"train.device='{device}'", "data.on_device=true", f"train.train_eval_examples={cut}"]
-    start = time.perf_counter()
-    train(None, out=directory / "run", overrides=overrides)
-    whole_run = time.perf_counter() - start
-    seconds = [row["seconds"] for row in read_metrics(directory / "run" / "metrics.csv")]
-    library = (seconds[-1] - seconds[0]) / (epochs - 1)
+    settings = {}
+    for setting in cuda_graphs:
+        value = '"auto"' if setting == "auto" else str(setting).lower()
+        start = time.perf_counter()
+        train(None, out=directory / f"run_{setting}", overrides=[*overrides, f"train.cuda_graph={value}"])
+        whole_run = time.perf_counter() - start
+        seconds = [row["seconds"] for row in read_metrics(directory / f"run_{setting}" / "metrics.csv")]
+        settings[str(setting).lower()] = ((seconds[-1] - seconds[0]) / (epochs - 1), whole_run)
+    library, whole_run = next(iter(settings.values()))
     hand = HandWritten(library_trainer(x, "trace", batch_size, device).vae, fused=True)
     step = hand.captured_step if torch.device(device).type == "cuda" else hand.step
     data = torch.from_numpy(images).float().view(-1, 1, 28, 28).to(device)
@@ -250,8 +261,11 @@ def compare_epoch(x, device, batch_size=128, epochs=3):
     synchronize(device)
     handwritten = time.perf_counter() - start
     shutil.rmtree(directory)
-    return {"examples": cut, "batch_size": batch_size, "epochs": epochs, "library_epoch_s": library,
-            "library_whole_run_s": whole_run, "handwritten_epoch_s": handwritten, "ratio": library / handwritten}
+    row = {"examples": cut, "batch_size": batch_size, "epochs": epochs, "library_epoch_s": library,
+           "library_whole_run_s": whole_run, "handwritten_epoch_s": handwritten, "ratio": library / handwritten}
+    if len(settings) > 1:
+        row.update({f"library_epoch_s_cuda_graph_{setting}": epoch for setting, (epoch, _) in settings.items()})
+    return row
 
 
 def show(row):
@@ -288,7 +302,7 @@ def main():
           f"{ll['handwritten_samples_per_s']:.0f} samples/s, ratio {ll['ratio']:.3f}")
     if args.quick:
         return
-    report["epoch"] = epoch = compare_epoch(x, args.device)
+    report["epoch"] = epoch = compare_epoch(x, args.device, cuda_graphs=("auto", False) if cuda else ("auto",))
     print(f"one epoch of {epoch['examples']} examples: pyro_vae.train {epoch['library_epoch_s']:.2f} s "
           f"({epoch['library_whole_run_s']:.2f} s for the whole {epoch['epochs']}-epoch run), hand-written "
           f"{epoch['handwritten_epoch_s']:.2f} s, ratio {epoch['ratio']:.2f}")

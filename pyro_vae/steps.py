@@ -24,14 +24,19 @@ device-side skip (RMSprop) reads ``finite`` at every step instead.
 steps on a side stream, which are ordinary training steps) and replays it for every
 full batch: one launch instead of hundreds. Its input is a static buffer the batch is
 copied into; a batch of another shape (the short last batch of an epoch) runs eagerly,
-the same objective on the same parameters.
+the same objective on the same parameters. A capture that fails (at warm-up, capture or
+the first replay) is undone exactly and the run goes on eagerly (``train.cuda_graph =
+"auto"``) or stops with one line (``true``).
 """
 
 import contextlib
+import copy
+import sys
 
 import torch
 from torch import nn
 
+from .checkpoint import rng_state, set_rng_state
 from .registry import UserError
 
 
@@ -129,52 +134,124 @@ class Step:
         self.step_number.fill_(step_number)
 
 
+class CaptureFailed(UserError):
+    """The step could not be captured under ``train.cuda_graph = true`` (the state before the attempt is
+    restored), or the state could not be restored after a failed capture."""
+
+
+def one_line(error):
+    """An exception as one line: its type and its message's first line."""
+    lines = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {lines[0][:200]}" if lines else type(error).__name__
+
+
 class CapturedStep(Step):
-    """:class:`Step` recorded in a CUDA graph at the first full batch and replayed for every batch of that shape."""
+    """:class:`Step` recorded in a CUDA graph at the first full batch and replayed for every batch of that shape.
+
+    Warm-up, capture and the first replay are each an *attempt*, taken from a snapshot of
+    everything the step changes (parameters and buffers, optimizer state, learning-rate
+    schedule, counters, every RNG). If an attempt raises (an operation capture does not
+    allow, a read from the device, an allocator error), the snapshot is restored and:
+    with ``fall_back`` (``train.cuda_graph = "auto"``) one line is printed and this and every
+    later step run eagerly, so the run's numbers are an eager run's from that step on;
+    without (``train.cuda_graph = true``) :class:`CaptureFailed` is raised, as it is in
+    either mode if the snapshot cannot be restored (a CUDA error that stays set).
+    """
 
     warmup_steps = 3  # eager steps on a side stream before capture (cuBLAS and allocator set-up)
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, fall_back=False, **kwargs):
         super().__init__(*args, **kwargs)
-        if self.device.type != "cuda":
-            raise UserError("train.cuda_graph = true needs a CUDA device")
         if not self.skips_on_device:
             raise UserError("train.cuda_graph = true needs an optimizer that skips non-finite steps on the device (adam, adamw)")
-        # A learning rate held as a device tensor: the schedule fills it in place between
-        # replays, where a Python float would be frozen into the graph at capture.
-        for group in self.optimizer.param_groups:
-            if not torch.is_tensor(group["lr"]):
-                group["lr"] = torch.tensor(group["lr"], device=self.device)
+        self.fall_back = fall_back
         self.graph, self.static_x, self.warmed_up = None, None, 0
+        self.failure = None  # why capture failed (then every step runs eagerly)
+        self.stage = None  # the attempt under way: "warm-up", "capture" or "first replay"
 
     def run(self, x, cache_enabled=True):
         if self.graph is not None and x.shape == self.static_x.shape and x.dtype == self.static_x.dtype:
             self.static_x.copy_(x)
             self.graph.replay()
             return
-        if self.graph is not None or self.warmed_up < self.warmup_steps:
-            if self.graph is None:
-                self._warm_up(x)
-            else:
-                super().run(x)  # a batch of another shape (the short last one): eagerly
+        if self.graph is not None or self.failure is not None:
+            super().run(x)  # a batch of another shape (the short last one), or no graph: eagerly
             return
-        self._capture(x)
+        self.stage, attempt = ("warm-up", self._warm_up) if self.warmed_up < self.warmup_steps else ("capture", self._capture)
+        saved = self._snapshot()
+        try:
+            attempt(x)
+        except Exception as error:  # noqa: BLE001 - any failure of the attempt: restore, then fall back or stop
+            self.failure = f"the captured step failed at its {self.stage} ({one_line(error)})"
+            try:
+                self._restore(saved)
+            except Exception as restore_error:  # noqa: BLE001 - e.g. a sticky CUDA error: nothing can go on
+                setting = '"auto"' if self.fall_back else "true"
+                raise CaptureFailed(f"train.cuda_graph = {setting}: {self.failure}, and the state before it could not "
+                                    f"be restored ({one_line(restore_error)})") from error
+            if not self.fall_back:
+                raise CaptureFailed(f"train.cuda_graph = true: {self.failure}") from error
+            print(f"warning: train.cuda_graph = \"auto\": {self.failure}; training goes on eagerly from the state "
+                  "before it", file=sys.stderr)
+            super().run(x)
 
     def _warm_up(self, x):
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            super().run(x, cache_enabled=False)
-        torch.cuda.current_stream().wait_stream(side)
+        try:
+            with torch.cuda.stream(side):
+                super().run(x, cache_enabled=False)
+        finally:
+            torch.cuda.current_stream().wait_stream(side)
         self.warmed_up += 1
 
     def _capture(self, x):
         """Record the step on ``x``'s shape, then replay it once for ``x`` itself."""
+        stream = torch.cuda.current_stream()
+        # A learning rate held as a device tensor: the schedule fills it in place between
+        # replays, where a Python float would be frozen into the graph at capture. (Only
+        # from here: a float32 rate rounds differently, and the warm-up steps are eager ones.)
+        for group in self.optimizer.param_groups:
+            if not torch.is_tensor(group["lr"]):
+                group["lr"] = torch.tensor(group["lr"], device=self.device)
         self.static_x = x.clone()
         self.optimizer.zero_grad(set_to_none=True)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            super().run(self.static_x, cache_enabled=False)
+        try:
+            with torch.cuda.graph(graph):
+                super().run(self.static_x, cache_enabled=False)
+            # Capture records the kernels without running them: this batch's step is the first
+            # replay, waited for so that a fault in it is raised here, inside the attempt.
+            self.stage = "first replay"
+            graph.replay()
+            torch.cuda.current_stream().synchronize()
+        except BaseException:
+            torch.cuda.set_stream(stream)  # a failed capture_end leaves the capture stream current
+            raise
         self.graph = graph
-        # Capture records the kernels without running them: this batch's step is the first replay.
-        self.graph.replay()
+
+    def _counters(self):
+        return (self.loss_sum, self.count, self.skipped, self.first_bad_step, self.first_bad_loss,
+                self.first_bad_was_loss, self.step_number, self.last_loss)
+
+    def _snapshot(self):
+        """Everything an attempt may change, copied (each warm-up step and the capture: four times a
+        run). The optimizer's copy holds the learning rate as it was: a Python float before capture."""
+        return {
+            "module": {name: value.detach().clone() for name, value in self.loss_module.state_dict().items()},
+            "optimizer": copy.deepcopy(self.optimizer.state_dict()),
+            "lr_schedule": copy.deepcopy(self.lr_schedule.state_dict()),
+            "counters": [counter.clone() for counter in self._counters()],
+            "rng": rng_state(),
+        }
+
+    @torch.no_grad()
+    def _restore(self, saved):
+        self.graph, self.static_x = None, None
+        self.optimizer.zero_grad(set_to_none=True)
+        self.loss_module.load_state_dict(saved["module"])
+        self.optimizer.load_state_dict(saved["optimizer"])
+        self.lr_schedule.load_state_dict(saved["lr_schedule"])
+        for counter, value in zip(self._counters(), saved["counters"]):
+            counter.copy_(value)
+        set_rng_state(saved["rng"])

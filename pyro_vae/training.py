@@ -45,7 +45,7 @@ from .labels import training_loss
 from .registry import UserError
 from .loggers import LOGGERS
 from .runs import check_resumable, check_writable, clear_run_outputs, prepare_run_directory, save_figures
-from .steps import CapturedStep, Step
+from .steps import CapturedStep, CaptureFailed, Step
 
 
 class TrainingStopped(Exception):
@@ -111,9 +111,9 @@ class Trainer:
             raise UserError(f"train.cuda_graph = true is not possible: {obstacle}; set train.cuda_graph = \"auto\" or false")
         self.captured = tc["cuda_graph"] is not False and obstacle is None
         self.capture_obstacle = obstacle
-        step_class = CapturedStep if self.captured else Step
+        step_class, options = (CapturedStep, {"fall_back": tc["cuda_graph"] == "auto"}) if self.captured else (Step, {})
         self.train_step_fn = step_class(self.loss, self.optimizer, self.lr_schedule, self.parameters, device,
-                                        tc["clip_grad_norm"], tc["precision"])
+                                        tc["clip_grad_norm"], tc["precision"], **options)
         # dynamic binarization draws its noise on the training device
         self.noise = torch.Generator(device=device).manual_seed(tc["seed"] * 7919 + rank)
         self.step, self.epoch, self.batch_in_epoch = 0, 0, 0
@@ -282,7 +282,11 @@ class Trainer:
         counted there, and read by ``check_faults`` and the epoch's metrics."""
         self.kl_weight = self.kl_schedule(self.step)
         self.kl_penalty = self.parts.kl_penalty(self.step)
-        self.train_step_fn(x, self.parts.kl_weight(self.step), self.kl_penalty)
+        try:
+            self.train_step_fn(x, self.parts.kl_weight(self.step), self.kl_penalty)
+        except CaptureFailed as error:  # train.cuda_graph = true: stop before any checkpoint of this step
+            raise UserError(f"{error} at step {self.step + 1}; the last good checkpoint in {self.out} is intact; "
+                            "resume with --set train.cuda_graph=false (or \"auto\") to train eagerly") from error
 
     def check_faults(self):
         """Stop with a one-line error if more steps were non-finite (and skipped) than

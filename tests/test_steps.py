@@ -176,3 +176,128 @@ def test_a_penalized_step_reads_nothing_from_the_device_either(monkeypatch, pena
     with pyro.validation_enabled(False), no_reads_from_tensors(monkeypatch):
         step(binary(8), 1.0, kl_penalty)
     assert step.faults()[0] == 0
+
+
+# ---- a capture that fails: undone exactly, then eager ("auto") or a one-line stop (true) ----
+
+CAPTURE_ERROR = "operation not permitted when stream is capturing"
+
+
+@pytest.fixture
+def failing_capture(monkeypatch):
+    """A stand-in on CPU for torch.cuda's streams and graphs, and for a capture that fails.
+
+    ``fail(stage)`` arms it: "warm-up" raises at the end of the second warm-up step, "capture"
+    at the end of the capture, "first replay" at the first replay. The fakes run the step's body
+    eagerly (where CUDA would only record it), so the failed attempt has changed parameters,
+    optimizer state, counters and RNG by the time it raises: the restore must undo all of it.
+    Every run is allowed to capture (``capture_obstacle`` is None)."""
+    import pyro_vae.training
+
+    armed = {"stage": None, "warm_ups": 0}
+
+    class Stream:
+        def wait_stream(self, other):
+            pass
+
+        def synchronize(self):
+            pass
+
+    @contextlib.contextmanager
+    def stream(side):
+        yield
+        armed["warm_ups"] += 1
+        if armed["stage"] == "warm-up" and armed["warm_ups"] == 2:
+            raise RuntimeError(f"CUDA error: {CAPTURE_ERROR}")
+
+    class Graph:
+        def replay(self):
+            if armed["stage"] == "first replay":
+                raise RuntimeError("CUDA error: an illegal memory access was encountered")
+            raise AssertionError("a stand-in graph cannot replay")
+
+    @contextlib.contextmanager
+    def graph(g):
+        yield
+        if armed["stage"] == "capture":
+            raise RuntimeError(f"CUDA error: {CAPTURE_ERROR}")
+
+    for name, value in (("Stream", Stream), ("current_stream", Stream), ("set_stream", lambda s: None),
+                        ("stream", stream), ("CUDAGraph", Graph), ("graph", graph)):
+        monkeypatch.setattr(torch.cuda, name, value)
+    monkeypatch.setattr(pyro_vae.training, "capture_obstacle", lambda *args: None)
+    return lambda stage: armed.update(stage=stage)
+
+
+def parameters_of(run):
+    from pyro_vae import load_run
+
+    return [p.detach() for p in load_run(run).parameters()]
+
+
+@pytest.mark.parametrize("stage", ["warm-up", "capture", "first replay"])
+def test_a_failed_capture_under_auto_warns_once_and_trains_exactly_as_eager(tmp_path, capsys, failing_capture, stage):
+    from pyro_vae.runs import read_metrics
+    from pyro_vae.steps import CapturedStep
+
+    failing_capture(stage)
+    made = []
+    original = CapturedStep.__init__
+
+    def spy(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        made.append(self)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(CapturedStep, "__init__", spy)
+        auto = train(tiny_config(train={"cuda_graph": "auto"}), out=tmp_path / "auto")
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "cuda_graph" in line]
+    assert len(made) == 1  # the run did take the captured step
+    reason = "an illegal memory access was encountered" if stage == "first replay" else CAPTURE_ERROR
+    assert warnings == [f'warning: train.cuda_graph = "auto": the captured step failed at its {stage} (RuntimeError: '
+                        f"CUDA error: {reason}); training goes on eagerly from the state before it"]
+    eager = train(tiny_config(train={"cuda_graph": False}), out=tmp_path / "eager")
+    assert all(torch.equal(a, b) for a, b in zip(parameters_of(auto), parameters_of(eager), strict=True))
+    drop_time = lambda rows: [{k: v for k, v in row.items() if k != "seconds"} for row in rows]
+    assert drop_time(read_metrics(auto / "metrics.csv")) == drop_time(read_metrics(eager / "metrics.csv"))  # train loss too
+
+
+def test_a_failed_capture_under_true_stops_with_one_line_and_the_checkpoint_intact(tmp_path, capsys, failing_capture):
+    from pyro_vae.cli import main
+    from pyro_vae.runs import read_metrics
+    from pyro_vae.steps import CapturedStep
+
+    run = train(tiny_config(train={"epochs": 1}), out=tmp_path / "run")
+    checkpoint = (run / "checkpoint.pt").read_bytes()
+    capsys.readouterr()
+    failing_capture("capture")
+    assert main(["train", "--resume", str(run), "--set", "train.epochs=2", "--set", "train.cuda_graph=true"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: train.cuda_graph = true: the captured step failed at its capture "
+                                               f"(RuntimeError: CUDA error: {CAPTURE_ERROR})")
+    capture_step = int(read_metrics(run / "metrics.csv")[-1]["step"]) + CapturedStep.warmup_steps + 1  # after 3 warm-ups
+    assert err[0].endswith(f") at step {capture_step}; the last good checkpoint in {run} is intact; "
+                           'resume with --set train.cuda_graph=false (or "auto") to train eagerly')
+    assert (run / "checkpoint.pt").read_bytes() == checkpoint
+    # and the run goes on from it: eagerly, to the parameters of a run that never tried
+    train(None, resume=run, overrides=["train.epochs=2", "train.cuda_graph=false"])
+    straight = train(tiny_config(), out=tmp_path / "straight")
+    assert all(torch.equal(a, b) for a, b in zip(parameters_of(run), parameters_of(straight), strict=True))
+
+
+def test_a_failed_capture_whose_state_cannot_be_restored_stops_with_one_line_even_under_auto(tmp_path, monkeypatch,
+                                                                                           failing_capture):
+    import pyro_vae.steps
+
+    def sticky(state):  # e.g. a CUDA error that stays set: the state cannot come back
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    failing_capture("capture")
+    monkeypatch.setattr(pyro_vae.steps, "set_rng_state", sticky)
+    with pytest.raises(UserError) as stop:
+        train(tiny_config(train={"cuda_graph": "auto", "epochs": 1}), out=tmp_path / "run")
+    assert str(stop.value) == (
+        f'train.cuda_graph = "auto": the captured step failed at its capture (RuntimeError: CUDA error: {CAPTURE_ERROR}), '
+        "and the state before it could not be restored (RuntimeError: CUDA error: an illegal memory access was "
+        f"encountered) at step 4; the last good checkpoint in {tmp_path / 'run'} is intact; "
+        'resume with --set train.cuda_graph=false (or "auto") to train eagerly')

@@ -1,0 +1,396 @@
+"""One prepared check of the GPU path: at most 8 minutes on one GPU, one JSON and one log.
+
+Time on a GPU is scarce (one GPU for about 15 minutes, start-up included, by chance), so
+everything the GPU path needs verified and measured runs from this one command:
+
+1. ``tests``: ``pytest tests/test_cuda.py`` (training on CUDA, bf16, log-likelihood against
+   the CPU, the captured step against the eager one for every estimator, resume under capture);
+2. ``speed``: ``experiments/speed.py``'s comparisons at sizes that fit: ms per step, timed
+   interleaved in this process, of the hand-written step eager and captured (the floor), the
+   library's step eager and captured and a plain Pyro ``SVI`` + ``Trace_ELBO`` step at batch 128
+   and 1024; every estimator (K = 50 for the particle estimators, at batch 20); the
+   throughput of ``evaluation.log_likelihood`` against a hand-written importance sampler; and
+   one epoch of ``pyro_vae.train`` with ``train.cuda_graph`` "auto" and false;
+3. ``configs``: the seconds per epoch of each published binarized-MNIST configuration
+   (``experiments/binarized_mnist/{vae,vamp,iwae}.toml``, ``train.cuda_graph = "auto"``,
+   ``data.on_device = true``) over two epochs, and the GPU minutes that projects to each one's
+   published epoch count (a projection: epoch seconds times epochs, not a measured run);
+4. ``check.json`` (every figure, the GPU, driver, torch, CUDA, Python and Pyro versions, each
+   part's status, budget and wall time) and ``check.log`` (everything printed) in the folder
+   given on the command line, which is printed.
+
+Each part has a time budget (``--budget`` seconds in all, 450 by default, shared out by
+``PARTS``); a part or item that would start past its budget is skipped and the JSON says why.
+A part that fails is recorded with its error and the check goes on. Nothing is installed:
+pyro-ppl must be importable (docs/gpu.md says how to carry its wheels to a machine without it).
+Binarized MNIST is read from ``--mnist``, else the first of ``speed.MNIST_PLACES`` that exists
+(``.gpu/binarized_mnist.npz`` on a GPU machine); without it, random binary images stand in and
+the JSON says so.
+
+    python experiments/gpu_check.py runs/gpu_check                    # on the GPU machine
+    python experiments/gpu_check.py /tmp/dry --device cpu --dry-run   # every part's code path, tiny sizes, on CPU
+
+The dry run runs every part at tiny sizes on the CPU (``tests`` then skips every CUDA test,
+and the captured variants, which need CUDA, are left out), in about a minute on 2 cores;
+``tests/test_gpu_check.py`` runs it in CI. Exit status: 0 when no part failed, 1 otherwise.
+"""
+
+import argparse
+import json
+import os
+import platform
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import traceback
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import numpy as np
+import pyro
+import torch
+
+import speed
+from pyro_vae.build import build_data
+from pyro_vae.config import load_config
+from pyro_vae.steps import one_line
+from pyro_vae.training import Trainer, TrainingStopped
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+CONFIGS = HERE / "binarized_mnist"
+# (part, share of --budget): 8 minutes on one GPU at the default budget, with ~30 s to spare
+PARTS = (("tests", 0.35), ("speed", 0.4), ("configs", 0.25))
+MIN_PART_S = 10  # a part with less than this left is skipped
+
+
+class Sizes:
+    """What each part runs on the GPU, and its tiny stand-in for the dry run."""
+
+    def __init__(self, dry_run):
+        self.dry_run = dry_run
+        if dry_run:
+            self.examples, self.batch_sizes, self.rounds, self.steps = 512, (16, 32), 1, 2
+            self.estimator_runs = [("meanfield", 1, 16), ("stl", 1, 16), ("score", 2, 4), ("iwae", 2, 4),
+                                   ("renyi", 2, 4), ("dreg", 2, 4), ("tail_adaptive", 2, 4)]
+            self.ll_samples, self.ll_images, self.epoch_batch, self.epoch_epochs = 10, 8, 32, 2
+            self.config_examples = (200, 100, 100)  # train, valid, test
+        else:
+            self.examples, self.batch_sizes, self.rounds, self.steps = 50000, (128, 1024), 5, 40
+            self.estimator_runs = [("meanfield", 1, 128), ("stl", 1, 128), ("score", 50, 20), ("iwae", 50, 20),
+                                   ("renyi", 50, 20), ("dreg", 50, 20), ("tail_adaptive", 50, 20)]
+            self.ll_samples, self.ll_images, self.epoch_batch, self.epoch_epochs = 1000, 1000, 128, 3
+            self.config_examples = None  # the whole file
+
+
+class Tee:
+    """Writes to a stream and to the log file."""
+
+    def __init__(self, stream, log):
+        self.stream, self.log = stream, log
+
+    def write(self, text):
+        self.stream.write(text)
+        self.log.write(text)
+        return len(text)
+
+    def flush(self):
+        self.stream.flush()
+        self.log.flush()
+
+
+def environment(device):
+    """The machine, the GPU and its driver, and the versions of everything that ran."""
+    info = {
+        "date_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
+        "device": str(device), "python": platform.python_version(), "machine": platform.machine(),
+        "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+        "torch_cuda": torch.version.cuda, "pyro": pyro.__version__, "pyro_from": str(Path(pyro.__file__).parent.parent),
+        "numpy": np.__version__,
+    }
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=10)
+        info["commit"] = commit.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        info["commit"] = None
+    if device.type == "cuda":
+        properties = torch.cuda.get_device_properties(device)
+        info.update(gpu=torch.cuda.get_device_name(device), gpu_memory_gib=round(properties.total_memory / 2**30, 1),
+                    gpu_capability=".".join(map(str, torch.cuda.get_device_capability(device))),
+                    cudnn=torch.backends.cudnn.version())
+        try:
+            smi = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                                 capture_output=True, text=True, timeout=20)
+            info["driver"] = smi.stdout.strip() or None
+        except (OSError, subprocess.SubprocessError) as error:
+            info["driver"] = f"unknown ({one_line(error)})"
+    return info
+
+
+# ---- 1. the CUDA tests ----
+
+def junit_results(path):
+    """(counts of passed/failed/errors/skipped, the failed tests' ids, each test's seconds) from pytest's JUnit XML."""
+    if not path.is_file():
+        return {}, [], {}
+    counts, failed, durations = {"passed": 0, "failed": 0, "errors": 0, "skipped": 0}, [], {}
+    for case in ET.parse(path).getroot().iter("testcase"):
+        name = f"{case.get('classname', '')}::{case.get('name', '')}"
+        durations[name] = float(case.get("time", 0))
+        outcome = next((child.tag for child in case if child.tag in ("failure", "error", "skipped")), "passed")
+        counts[{"failure": "failed", "error": "errors"}.get(outcome, outcome)] += 1
+        if outcome in ("failure", "error"):
+            failed.append(name)
+    return counts, failed, durations
+
+
+def part_tests(context, budget):
+    """``pytest tests/test_cuda.py`` in a child process, stopped at the budget."""
+    junit = context.out / "test_cuda.xml"
+    command = [sys.executable, "-m", "pytest", str(ROOT / "tests" / "test_cuda.py"), "-rfEs",
+               "-p", "no:cacheprovider", "--durations=0", f"--junitxml={junit}"]
+    environment = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    print("$", " ".join(command), flush=True)
+    with tempfile.TemporaryFile("w+") as output:
+        try:
+            done = subprocess.run(command, cwd=ROOT, env=environment, stdout=output, stderr=subprocess.STDOUT,
+                                  text=True, timeout=budget)
+            returncode, timed_out = done.returncode, False
+        except subprocess.TimeoutExpired:
+            returncode, timed_out = None, True
+        output.seek(0)
+        text = output.read()
+    print(text, end="" if text.endswith("\n") else "\n", flush=True)
+    summary = text.strip().splitlines()[-1] if text.strip() else ""
+    counts, failed, durations = junit_results(junit)
+    result = {"command": " ".join(command), "returncode": returncode, "summary": summary, "counts": counts,
+              "failed": failed, "durations_s": durations}
+    if timed_out:
+        return "failed", result, f"pytest stopped at its budget of {budget:.0f} s"
+    if returncode not in (0, 5):  # 5: no test collected
+        return "failed", result, f"pytest exited with {returncode}: {summary}"
+    return "ok", result, None
+
+
+# ---- 2. speed.py's comparisons ----
+
+def part_speed(context, budget):
+    sizes, device, deadline = context.sizes, context.device, time.monotonic() + budget
+    x = speed.mnist_like(sizes.examples, context.mnist)
+    result = {"data": context.data_note, "examples": len(x), "rounds": sizes.rounds, "steps": sizes.steps,
+              "training": [], "estimators": [], "log_likelihood": None, "epoch": None, "skipped": [], "errors": []}
+    cuda = device.type == "cuda"
+    items = [("training", "trace", 1, batch) for batch in sizes.batch_sizes]
+    items += [("estimators", name, particles, batch) for name, particles, batch in sizes.estimator_runs]
+    items += [("log_likelihood", None, None, None), ("epoch", None, None, None)]
+    for kind, estimator, particles, batch in items:
+        label = kind if estimator is None else f"{kind} {estimator} K={particles} batch {batch}"
+        left = deadline - time.monotonic()
+        if left < 2:
+            result["skipped"].append(f"{label}: the part's budget of {budget:.0f} s ran out")
+            continue
+        start = time.perf_counter()
+        try:
+            if kind in ("training", "estimators"):
+                steps = min(sizes.steps if kind == "training" else sizes.steps // 2 or 1, len(x) // batch)
+                row = speed.compare_training(x, estimator, batch, sizes.rounds, steps, str(device), particles)
+                row["wall_s"] = time.perf_counter() - start
+                result[kind].append(row)
+                speed.show(row)
+            elif kind == "log_likelihood":
+                row = speed.compare_log_likelihood(x, sizes.ll_samples, sizes.rounds, str(device), sizes.ll_images)
+                result[kind] = {**row, "wall_s": time.perf_counter() - start}
+                print(f"log_likelihood: library {row['library_samples_per_s']:.0f} samples/s, hand-written "
+                      f"{row['handwritten_samples_per_s']:.0f} samples/s, ratio {row['ratio']:.3f}", flush=True)
+            else:
+                row = speed.compare_epoch(x, str(device), sizes.epoch_batch, sizes.epoch_epochs, cuda_graphs=("auto", False))
+                result[kind] = {**row, "wall_s": time.perf_counter() - start}
+                print(f"one epoch of {row['examples']} examples: pyro_vae.train cuda_graph auto "
+                      f"{row['library_epoch_s_cuda_graph_auto']:.3f} s, false {row['library_epoch_s_cuda_graph_false']:.3f} s, "
+                      f"hand-written{' captured' if cuda else ''} {row['handwritten_epoch_s']:.3f} s", flush=True)
+        except Exception as error:  # noqa: BLE001 - recorded, and the other items go on
+            traceback.print_exc()
+            result["errors"].append(f"{label}: {one_line(error)}")
+    if result["errors"]:
+        return "failed", result, f"{len(result['errors'])} item(s) failed: {result['errors'][0]}"
+    return "ok", result, (f"{len(result['skipped'])} item(s) skipped for time" if result["skipped"] else None)
+
+
+# ---- 3. the published configurations ----
+
+def config_data(context, directory):
+    """The binarized-MNIST file (whole; in the dry run a seeded random subset of it), or, where it
+    is absent, random binary images of its shape standing in for it."""
+    if context.mnist is not None and context.mnist.is_file() and context.sizes.config_examples is None:
+        return context.mnist, f"binarized MNIST ({context.mnist})"
+    rng = np.random.default_rng(0)
+    counts = context.sizes.config_examples or (50000, 10000, 10000)
+    if context.mnist is not None and context.mnist.is_file():
+        arrays = np.load(context.mnist)
+        splits = {name: arrays[name][rng.choice(len(arrays[name]), n, replace=False)]
+                  for name, n in zip(("train", "valid", "test"), counts)}
+        note = f"a seeded random subset ({'/'.join(map(str, counts))}) of binarized MNIST ({context.mnist})"
+    else:
+        splits = {name: (rng.random((n, 784)) < 0.13).astype(np.uint8) for name, n in zip(("train", "valid", "test"), counts)}
+        note = (f"random binary images ({'/'.join(map(str, counts))}) standing in for binarized MNIST: "
+                f"no file at {' or '.join(context.searched)}")
+    path = directory / "binarized_mnist.npz"
+    np.savez(path, **splits)
+    return path, note
+
+
+def epoch_seconds(name, data_path, device, out, limit):
+    """Train ``CONFIGS/name.toml`` for two epochs (stopped cleanly after ``limit`` seconds) and read
+    its seconds per epoch from the trainer's metrics rows."""
+    published = load_config(CONFIGS / f"{name}.toml")["train"]["epochs"]
+    overrides = [f"data.path='{data_path}'", "train.epochs=2", "train.progress=false", f"train.device='{device}'",
+                 "data.on_device=true", 'train.cuda_graph="auto"']
+    config = load_config(CONFIGS / f"{name}.toml", overrides)
+    pyro.set_rng_seed(config["train"]["seed"])
+    data = build_data(config)
+    data.to(device)
+    out.mkdir(parents=True)
+    start = time.perf_counter()
+    trainer = Trainer(config, data, out, device)
+    # Trainer's own clean stop (as on SIGTERM): set from a timer, acted on at the next step.
+    timer = threading.Timer(limit, lambda: setattr(trainer, "stop_signal", signal.SIGTERM))
+    timer.start()
+    stopped, fit_start = False, time.perf_counter()
+    try:
+        trainer.fit()
+    except TrainingStopped:
+        stopped = True
+    finally:
+        timer.cancel()
+    fit_s = time.perf_counter() - fit_start
+    seconds = [row["seconds"] for row in trainer.rows]
+    row = {
+        "config": f"experiments/binarized_mnist/{name}.toml", "overrides": overrides, "published_epochs": published,
+        "steps_per_epoch": trainer.steps_per_epoch, "batch_size": config["train"]["batch_size"],
+        "captured": trainer.captured, "capture_obstacle": trainer.capture_obstacle,
+        "capture_failure": trainer.train_step_fn.failure if trainer.captured else None,
+        "epochs_done": len(seconds), "steps_done": trainer.step, "stopped_at_limit_s": limit if stopped else None,
+        "first_epoch_s": seconds[0] if seconds else None,
+        "epoch_s": seconds[1] - seconds[0] if len(seconds) > 1 else None,
+        "fit_s": fit_s, "wall_s": time.perf_counter() - start,
+    }
+    per_epoch = row["epoch_s"] or row["first_epoch_s"]
+    row["epoch_s_from"] = "epoch 2 - epoch 1" if row["epoch_s"] else ("epoch 1 (with warm-up and capture)" if per_epoch else None)
+    if per_epoch:
+        row["projected_minutes_to_published_epochs"] = per_epoch * published / 60
+    return row
+
+
+def part_configs(context, budget):
+    deadline = time.monotonic() + budget
+    directory = Path(tempfile.mkdtemp(prefix="gpu_check_"))
+    data_path, note = config_data(context, directory)
+    print(f"configs on {note}", flush=True)
+    result = {"data": note, "runs": [], "skipped": [], "errors": []}
+    names = ("vae", "vamp", "iwae")
+    for index, name in enumerate(names):
+        limit = (deadline - time.monotonic()) / (len(names) - index)
+        if limit < 3:
+            result["skipped"].append(f"{name}: the part's budget of {budget:.0f} s ran out")
+            continue
+        try:
+            row = epoch_seconds(name, data_path, context.device, directory / name, limit * 0.8)  # the rest: build, figures
+            result["runs"].append(row)
+            projected = row.get("projected_minutes_to_published_epochs")
+            print(f"{name}: {row['epochs_done']} epoch(s) of {row['steps_per_epoch']} steps, {row['epoch_s_from']}: "
+                  f"{row['epoch_s'] or row['first_epoch_s'] or float('nan'):.3f} s per epoch, captured {row['captured']}"
+                  + (f", projected {projected:.1f} minutes on {context.device.type} to {row['published_epochs']} epochs"
+                     if projected else f", stopped after {row['steps_done']} steps in {row['fit_s']:.1f} s"),
+                  flush=True)
+        except Exception as error:  # noqa: BLE001 - recorded, and the other configurations go on
+            traceback.print_exc()
+            result["errors"].append(f"{name}: {one_line(error)}")
+    if result["errors"]:
+        return "failed", result, f"{len(result['errors'])} configuration(s) failed: {result['errors'][0]}"
+    return "ok", result, (f"{len(result['skipped'])} configuration(s) skipped for time" if result["skipped"] else None)
+
+
+PART_FUNCTIONS = {"tests": part_tests, "speed": part_speed, "configs": part_configs}
+
+
+class Context:
+    def __init__(self, args):
+        self.out, self.device, self.sizes = args.out, torch.device(args.device), Sizes(args.dry_run)
+        if args.mnist == "none":
+            self.mnist, self.searched = None, ["(--mnist none)"]
+        elif args.mnist:
+            self.mnist, self.searched = Path(args.mnist), [args.mnist]
+        else:
+            self.mnist = next((path for path in speed.MNIST_PLACES if path.is_file()), None)
+            self.searched = [str(path) for path in speed.MNIST_PLACES]
+        if self.mnist is not None and self.mnist.is_file():
+            self.data_note = f"binarized MNIST ({self.mnist})"
+        else:
+            self.data_note = f"random binary images standing in for binarized MNIST: no file at {' or '.join(self.searched)}"
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("out", type=Path, help="folder for check.json and check.log (created)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cuda (default where there is one) or cpu")
+    parser.add_argument("--dry-run", "--quick", dest="dry_run", action="store_true", help="tiny sizes: every part's code path in about a minute")
+    parser.add_argument("--budget", type=float, default=450.0, help="seconds for all parts together (default 450: 8 minutes with margin)")
+    parser.add_argument("--parts", default=",".join(name for name, _ in PARTS), help="which parts, comma-separated (default: all)")
+    parser.add_argument("--mnist", help="binarized_mnist.npz (default: the first of speed.MNIST_PLACES; 'none': random stand-in)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own on cuda, 1 on cpu)")
+    args = parser.parse_args(argv)
+    wanted = [name.strip() for name in args.parts.split(",") if name.strip()]
+    unknown = sorted(set(wanted) - set(PART_FUNCTIONS))
+    if unknown:
+        parser.error(f"unknown part(s) {', '.join(unknown)}; the parts are {', '.join(PART_FUNCTIONS)}")
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        parser.error(f"--device {args.device}: no CUDA device here; use --device cpu --dry-run")
+    if args.threads or args.device == "cpu":
+        torch.set_num_threads(args.threads or 1)
+    args.out.mkdir(parents=True, exist_ok=True)
+    log = open(args.out / "check.log", "w")  # noqa: SIM115 - open for the whole run
+    sys.stdout, sys.stderr = Tee(sys.__stdout__, log), Tee(sys.__stderr__, log)
+    started = time.perf_counter()
+    context = Context(args)
+    report = {"command": " ".join([Path(sys.executable).name, *sys.argv]), "dry_run": args.dry_run,
+              "budget_s": args.budget, "environment": environment(context.device), "parts": {}}
+    print(f"gpu_check: writing {args.out / 'check.json'} and {args.out / 'check.log'}", flush=True)
+    print(json.dumps(report["environment"]), flush=True)
+    deadline = time.monotonic() + args.budget
+    shares = {name: share for name, share in PARTS if name in wanted}
+    for index, name in enumerate(shares):
+        left = deadline - time.monotonic()
+        # a part's share of what is left, with the time earlier parts did not use passed on
+        budget = min(left, left * shares[name] / sum(list(shares.values())[index:]))
+        entry = {"budget_s": round(budget, 1)}
+        if budget < MIN_PART_S:
+            entry.update(status="skipped", reason=f"{left:.0f} s of the {args.budget:.0f} s budget left, under {MIN_PART_S} s")
+            report["parts"][name] = entry
+            print(f"== {name}: skipped ({entry['reason']})", flush=True)
+            continue
+        print(f"== {name} (budget {budget:.0f} s)", flush=True)
+        start = time.perf_counter()
+        try:
+            status, result, reason = PART_FUNCTIONS[name](context, budget)
+        except Exception as error:  # noqa: BLE001 - recorded, and the next part goes on
+            traceback.print_exc()
+            status, result, reason = "failed", None, one_line(error)
+        entry.update(status=status, wall_s=round(time.perf_counter() - start, 2), reason=reason, result=result)
+        report["parts"][name] = entry
+        print(f"== {name}: {status} in {entry['wall_s']:.1f} s" + (f" ({reason})" if reason else ""), flush=True)
+        (args.out / "check.json").write_text(json.dumps(report, indent=2, default=str))  # kept up to date
+    report["wall_s"] = round(time.perf_counter() - started, 2)
+    (args.out / "check.json").write_text(json.dumps(report, indent=2, default=str))
+    failed = [name for name, entry in report["parts"].items() if entry["status"] == "failed"]
+    print(f"gpu_check: {report['wall_s']:.1f} s; " + (f"failed: {', '.join(failed)}; " if failed else "no part failed; ")
+          + f"wrote {args.out / 'check.json'} and {args.out / 'check.log'}", flush=True)
+    sys.stdout, sys.stderr = sys.__stdout__, sys.__stderr__
+    log.close()
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
