@@ -46,10 +46,10 @@ from pyro.poutine.util import site_is_subsample
 from torch import nn
 from torch.distributions import kl_divergence
 
-from ._pyro_compat import FixedJitTrace_ELBO, FixedJitTraceMeanField_ELBO, handlers_active, value_with_gradient
-from .annealing import kl_scaled
-from .checks import number
-from .registry import Registry, UserError
+from .._pyro_compat import FixedJitTrace_ELBO, FixedJitTraceMeanField_ELBO, handlers_active, value_with_gradient
+from ..annealing import kl_scaled
+from ..checks import number
+from ..registry import Registry, UserError
 
 ESTIMATORS = Registry("estimator")
 
