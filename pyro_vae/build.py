@@ -17,7 +17,7 @@ from .hierarchical import LINK_HIDDEN, HierarchicalVAE, is_two_layer
 from .labels import MODEL_KINDS
 from .likelihoods import LIKELIHOODS
 from .model import VAE
-from .objectives import ESTIMATORS, LABEL_ESTIMATORS, Estimator, factors
+from .objectives import ESTIMATORS, Estimator, factors, label_estimators
 from .optimizers import LR_SCHEDULES, OPTIMIZERS
 from .penalties import build_kl_penalty
 from .registry import UserError
@@ -89,7 +89,7 @@ def check_labeled_setup(config, vae, data, estimator):
         return
     data.check_labels(f"model.kind = {kind!r}", vae.num_classes)
     if not estimator.supports_labels:
-        raise UserError(f"objective.estimator = {estimator.registered_name!r} with model.kind = {kind!r}: {LABEL_ESTIMATORS}")
+        raise UserError(f"objective.estimator = {estimator.registered_name!r} with model.kind = {kind!r}: {label_estimators()}")
     if config["objective"]["jit"]:
         raise UserError(f"objective.jit = true is not available for model.kind = {kind!r}; set objective.jit = false")
     if kind == "m2" and config["objective"]["reduction"] == "mean":
