@@ -123,16 +123,16 @@ class Parts:
 
     vae: VAE
     estimator: Estimator
-    kl_schedule: object  # step -> KL weight (annealing.Schedule)
+    kl_schedule: object  # step -> beta, the config's objective.kl_weight (annealing.Schedule)
     penalty_schedule: object  # step -> the KL term's penalty (penalties.build_kl_penalty), or None
     features_per_term: int  # D under reduction = "mean" (an effective KL weight of D beta), else 1
     optimizer: object  # torch.optim.Optimizer over the VAE's and the estimator's parameters
     lr_schedule: object  # torch LRScheduler, stepped once per optimizer step
     steps_per_epoch: int
 
-    def kl_weight(self, step):
-        """The weight the KL term carries at ``step``: the schedule's beta, times D under
-        ``reduction = "mean"``, since -log p / D + beta KL = (1 / D) (-log p + D beta KL)."""
+    def effective_kl_weight(self, step):
+        """The weight the KL term carries at ``step`` (the estimator's ``kl_weight``): the schedule's
+        beta, times D under ``reduction = "mean"``, since -log p / D + beta KL = (1 / D) (-log p + D beta KL)."""
         return self.kl_schedule(step) * self.features_per_term
 
     def kl_penalty(self, step):

@@ -282,7 +282,7 @@ class Trainer:
         counted there, and read by ``check_faults`` and the epoch's metrics."""
         self.kl_weight = self.kl_schedule(self.step)
         self.kl_penalty = self.parts.kl_penalty(self.step)
-        self.train_step_fn(x, self.parts.kl_weight(self.step), self.kl_penalty)
+        self.train_step_fn(x, self.parts.effective_kl_weight(self.step), self.kl_penalty)
 
     def check_faults(self):
         """Stop with a one-line error if more steps were non-finite (and skipped) than
