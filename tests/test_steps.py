@@ -154,6 +154,30 @@ def test_stl_own_elbo_equals_pyros_trace_elbo_on_the_path_derivative_guide():
             assert torch.allclose(a, b, rtol=1e-4, atol=1e-6)
 
 
+def test_stl_with_labels_equals_pyros_trace_elbo_on_the_path_derivative_guide():
+    """stl passes a conditional model's labels to its programs, as Pyro's ELBOs do."""
+    from pyro_vae.labels import CVAE
+
+    cvae = CVAE(SHAPE, latent_dim=3, num_classes=3, encoder={"name": "mlp", "hidden": [8]},
+                decoder={"name": "mlp", "hidden": [8]})
+    x, y = binary(6), torch.tensor([0, 1, 2, 2, 1, 0])
+
+    def loss_and_grads(compute):
+        model = copy.deepcopy(cvae)
+        pyro.set_rng_seed(9)
+        loss = compute(model)
+        return loss.detach(), torch.autograd.grad(loss, list(model.parameters()), allow_unused=True)
+
+    ours, our_grads = loss_and_grads(lambda m: ESTIMATORS.build("stl").loss(m.model, m.guide, x, kl_weight=0.5, y=y))
+    reference, reference_grads = loss_and_grads(lambda m: Trace_ELBO(max_plate_nesting=1).differentiable_loss(
+        pyro_vae_scaled(m.model, 0.5), pyro_vae_scaled(RewrapLatents(PathDerivative)(m.guide), 0.5), x, y))
+    assert torch.allclose(ours, reference, rtol=1e-5)
+    for a, b in zip(our_grads, reference_grads):
+        assert (a is None) == (b is None)
+        if a is not None:
+            assert torch.allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
 def pyro_vae_scaled(fn, weight):
     from pyro_vae import kl_scaled
 

@@ -157,8 +157,8 @@ class StickingTheLanding(PyroELBO):
     detaches_guide_parameters = True
     capturable = True
 
-    def differentiable_loss(self, model, guide, x):
-        log_p, log_q, _ = log_weights(model, guide, x, self.num_particles, self.guide_wrapper)
+    def differentiable_loss(self, model, guide, x, *labels):
+        log_p, log_q, _ = log_weights(model, guide, x, self.num_particles, self.guide_wrapper, labels)
         return -(log_p - log_q).mean(0).sum()
 
     def direct_loss(self, vae, x, kl_weight):
