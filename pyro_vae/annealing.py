@@ -14,7 +14,8 @@ A weight of exactly 0 is not a scale: ``poutine.scale`` refuses it, and setting
 ``msg["scale"] = 0`` directly computes ``0 * log p``, which is NaN wherever a
 log-density is -inf. A weight of 0 therefore *masks* the latent sites
 (``msg["mask"] = False``): Pyro then drops their terms, and the loss is exactly the
-reconstruction term -log p(x | z), with no NaN and no tiny-epsilon approximation.
+reconstruction term -log p(x | z), with no NaN and no tiny-epsilon approximation. That rule
+is :func:`kept`, which the handler and :func:`weighted` (for terms computed without Pyro) share.
 
 A schedule gives the weight as a pure function of the optimizer step (the number
 of steps already taken), so resuming a run at step ``t`` resumes the schedule at

@@ -20,7 +20,9 @@ class UserError(ValueError):
 def listing(names, quote=False):
     """``names`` as a message lists them: "a, b or c" (each in double quotes with ``quote``)."""
     names = [f'"{name}"' if quote else name for name in names]
-    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
+    if len(names) < 2:
+        return "".join(names) or "(none)"
+    return f"{', '.join(names[:-1])} or {names[-1]}"
 
 
 class Registry:

@@ -21,9 +21,9 @@ ESTIMATORS = Registry("estimator")
 class Estimator(nn.Module):
     """Base class: ``loss(model, guide, x, kl_weight=None)``, a differentiable loss summed over x.
 
-    ``loss`` applies the KL weight (see the module docstring) and calls the subclass's
-    ``differentiable_loss(model, guide, x)``; a subclass that can compute the loss of the
-    library's own VAE programs without tracing them defines ``direct_loss(vae, x, kl_weight)``.
+    ``loss`` applies the KL weight (see the docstring of the package, ``pyro_vae.objectives``) and
+    calls the subclass's ``differentiable_loss(model, guide, x)``; a subclass that can compute the
+    loss of the library's own VAE programs without tracing them defines ``direct_loss(vae, x, kl_weight)``.
     An ``nn.Module`` only so that estimators with state (baselines) move, train and
     checkpoint like the VAE; most have none.
     """
