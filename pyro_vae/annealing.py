@@ -14,7 +14,8 @@ A weight of exactly 0 is not a scale: ``poutine.scale`` refuses it, and setting
 ``msg["scale"] = 0`` directly computes ``0 * log p``, which is NaN wherever a
 log-density is -inf. A weight of 0 therefore *masks* the latent sites
 (``msg["mask"] = False``): Pyro then drops their terms, and the loss is exactly the
-reconstruction term -log p(x | z), with no NaN and no tiny-epsilon approximation.
+reconstruction term -log p(x | z), with no NaN and no tiny-epsilon approximation. That rule
+is :func:`kept`, which the handler and :func:`weighted` (for terms computed without Pyro) share.
 
 A schedule gives the weight as a pure function of the optimizer step (the number
 of steps already taken), so resuming a run at step ``t`` resumes the schedule at
@@ -74,16 +75,44 @@ class ScaleLatents(Messenger):
         if self.sites is not None and msg["name"] not in self.sites:
             return
         weight = self.current_weight()
-        if isinstance(weight, torch.Tensor):
-            # where(weight > 0, weight * log p, 0): exact for weight > 0, and 0 (not
-            # 0 * -inf = NaN) for weight = 0, without reading the tensor's value.
-            positive = weight > 0
-            msg["mask"] = positive if msg["mask"] is None else msg["mask"] & positive
-            msg["scale"] = weight * msg["scale"]
-        elif weight == 0:
+        keep = kept(weight)
+        if keep is False:
             msg["mask"] = False
-        else:
-            msg["scale"] = weight * msg["scale"]
+            return
+        if keep is not None:
+            msg["mask"] = keep if msg["mask"] is None else msg["mask"] & keep
+        msg["scale"] = weight * msg["scale"]
+
+
+def kept(weight):
+    """Where a KL weight keeps the term it weights: the rule that a weight of 0 drops the term.
+
+    False for the number 0 (the term is dropped, not multiplied: 0 * -inf would be NaN); for a
+    tensor weight the boolean tensor ``weight > 0`` (a mask, so the term becomes
+    where(weight > 0, weight * term, 0) without reading the tensor's value: it stays a graph input
+    under ``torch.jit`` and a CUDA graph); None (kept everywhere) for any other number or None.
+    ``ScaleLatents`` masks the latent sites by it, :func:`weighted` the terms computed directly.
+    """
+    if isinstance(weight, torch.Tensor):
+        return weight > 0
+    return False if weight is not None and weight == 0 else None
+
+
+def is_unit_weight(weight):
+    """Whether a KL weight leaves the ELBO as it is (None or the number 1); a tensor always counts
+    as a weight, since reading its value would synchronize with its device."""
+    return weight is None or (not torch.is_tensor(weight) and weight == 1)
+
+
+def weighted(weight, term):
+    """``weight * term`` for a KL weight (None or 1: ``term`` itself), under the rule of :func:`kept`:
+    zeros where the weight is 0, exactly (no 0 * -inf), and no host read of a tensor weight."""
+    keep = kept(weight)
+    if keep is False:
+        return torch.zeros_like(term)
+    if is_unit_weight(weight):
+        return term
+    return weight * term if keep is None else torch.where(keep, weight * term, torch.zeros_like(term))
 
 
 def _check_weight(weight):

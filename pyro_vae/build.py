@@ -17,7 +17,7 @@ from .hierarchical import LINK_HIDDEN, HierarchicalVAE, is_two_layer
 from .labels import MODEL_KINDS
 from .likelihoods import LIKELIHOODS
 from .model import VAE
-from .objectives import ESTIMATORS, LABEL_ESTIMATORS, Estimator, factors
+from .objectives import ESTIMATORS, Estimator, factors, label_estimators
 from .optimizers import LR_SCHEDULES, OPTIMIZERS
 from .penalties import build_kl_penalty
 from .registry import UserError
@@ -89,7 +89,7 @@ def check_labeled_setup(config, vae, data, estimator):
         return
     data.check_labels(f"model.kind = {kind!r}", vae.num_classes)
     if not estimator.supports_labels:
-        raise UserError(f"objective.estimator = {estimator.registered_name!r} with model.kind = {kind!r}: {LABEL_ESTIMATORS}")
+        raise UserError(f"objective.estimator = {estimator.registered_name!r} with model.kind = {kind!r}: {label_estimators()}")
     if config["objective"]["jit"]:
         raise UserError(f"objective.jit = true is not available for model.kind = {kind!r}; set objective.jit = false")
     if kind == "m2" and config["objective"]["reduction"] == "mean":
@@ -123,16 +123,16 @@ class Parts:
 
     vae: VAE
     estimator: Estimator
-    kl_schedule: object  # step -> KL weight (annealing.Schedule)
+    kl_schedule: object  # step -> beta, the config's objective.kl_weight (annealing.Schedule)
     penalty_schedule: object  # step -> the KL term's penalty (penalties.build_kl_penalty), or None
     features_per_term: int  # D under reduction = "mean" (an effective KL weight of D beta), else 1
     optimizer: object  # torch.optim.Optimizer over the VAE's and the estimator's parameters
     lr_schedule: object  # torch LRScheduler, stepped once per optimizer step
     steps_per_epoch: int
 
-    def kl_weight(self, step):
-        """The weight the KL term carries at ``step``: the schedule's beta, times D under
-        ``reduction = "mean"``, since -log p / D + beta KL = (1 / D) (-log p + D beta KL)."""
+    def effective_kl_weight(self, step):
+        """The weight the KL term carries at ``step`` (the estimator's ``kl_weight``): the schedule's
+        beta, times D under ``reduction = "mean"``, since -log p / D + beta KL = (1 / D) (-log p + D beta KL)."""
         return self.kl_schedule(step) * self.features_per_term
 
     def kl_penalty(self, step):

@@ -17,12 +17,11 @@ import math
 import pyro
 import torch
 from pyro import poutine
-from pyro.poutine.util import site_is_subsample
 from tqdm.auto import tqdm
 
 from .checks import integer
 from .data import HIDDEN, LabeledBatch
-from .objectives import direct_log_weights, elbo_terms, kl_per_dimension
+from .objectives import analytic_kl, direct_log_weights, factors, kl_term, log_weights, sample_sites
 from .registry import UserError
 
 ACTIVE_UNIT_THRESHOLD = 0.01
@@ -128,6 +127,49 @@ def evaluate_elbo(vae, batches, seed=EVALUATION_SEED, all_reduce=None):
     return result
 
 
+@torch.no_grad()
+def kl_per_dimension(vae, x, guide=None):
+    """KL(q(z_d | x) || p(z_d)) for each data point and latent dimension, shape (N, latent_dim),
+    where both the guide and the prior factorize over dimensions in closed form; else None.
+    ``guide`` is q(z | x) when the caller has it already (``vae.guide_dist(x)``)."""
+    if not vae.has_standard_programs or not vae.guide_family.factorizes:
+        return None
+    try:
+        q, p = factors(vae.guide_dist(x) if guide is None else guide, "guide"), factors(vae.prior_dist(), "prior")
+    except UserError:  # a prior that does not factorize over dimensions (a mixture, a flow)
+        return None
+    return analytic_kl(q, p.expand(q.batch_shape))
+
+
+@torch.no_grad()
+def elbo_terms(vae, x, guide_trace=None):
+    """The ELBO and its terms for each data point of ``x``, one sample of the latents each.
+
+    Returns a dict of tensors of shape ``(N,)``: ``reconstruction`` = log p(x | z),
+    ``kl`` = KL(q(z | x) || p(z)) (closed form where it exists, else the Monte Carlo
+    value log q(z | x) - log p(z) at the drawn z: ``objectives.kl_term``), and
+    ``elbo`` = reconstruction - kl.
+    With several latent sites (a two-layer model) ``kl`` is the sum over sites of each
+    site's term, KL(q(z_l | ...) || p(z_l | ...)) at the drawn values of the others, and
+    ``kl/<site>`` holds each. Log-densities are read from the sites' distributions
+    directly, so no handler's scale (KL weight, subsampling) leaks into them. ``guide_trace``
+    is a trace of ``vae.guide(x)`` when the caller has one (it also reads the guide's sites).
+    """
+    if guide_trace is None:
+        guide_trace = poutine.trace(vae.guide).get_trace(x)
+    model_trace = poutine.trace(poutine.replay(vae.model, trace=guide_trace)).get_trace(x)
+    reconstruction = model_trace.nodes["x"]["fn"].log_prob(x)
+    terms = {}
+    for site in sample_sites(guide_trace):
+        name = site["name"]
+        terms[f"kl/{name}"] = kl_term(site["fn"], model_trace.nodes[name]["fn"], site["value"], analytic=True)
+    kl = sum(terms.values())
+    result = {"elbo": reconstruction - kl, "reconstruction": reconstruction, "kl": kl}
+    if len(terms) > 1:
+        result.update(terms)
+    return result
+
+
 PRIOR_VARIANCE_SAMPLES = 4096
 
 
@@ -169,10 +211,6 @@ PARTICLES_PER_PASS = 100
 EVALUATION_BATCH_SIZE = 100
 
 
-def _sample_sites(trace):
-    return [site for site in trace.nodes.values() if site["type"] == "sample" and not site_is_subsample(site)]
-
-
 def log_importance_weights(vae, x, num_particles, y=None):
     """log w_k = log p(x, z_k) - log q(z_k | x) with z_k ~ q(z | x), shape ``(num_particles, N)``
     (given labels ``y``, for a conditional model: log p(x, z_k | y) - log q(z_k | x, y)).
@@ -197,38 +235,22 @@ def direct_log_importance_weights(vae, x, num_particles):
 
 def traced_log_importance_weights(vae, x, num_particles, y=None):
     """log w_k = log p(x, z_k) - log q(z_k | x) with z_k ~ q(z | x), shape ``(num_particles, N)``,
-    for any model and guide with sites "z" and "x" in a "data" plate.
+    for any model and guide whose sample sites hold one value per data point in a "data" plate:
+    ``objectives.log_weights``, the weights the particle estimators train on, with the guide run once
+    on ``x`` inside a ``"particles"`` plate (its encoder sees each data point once and draws
+    ``num_particles`` codes for it) and the model replayed on x repeated ``num_particles`` times.
 
-    The guide runs once on ``x`` inside a ``"particles"`` plate (dim -2, left of the
-    ``"data"`` plate), so its encoder sees each data point once and draws
-    ``num_particles`` codes for it. The model's networks take a single batch dimension,
-    so the model is replayed on ``x`` repeated ``num_particles`` times against those
-    codes, flattened particle-major (row ``k * N + n`` is particle k of data point n).
     Log-densities are read from each site's distribution, ``fn.log_prob(value)``,
     never from the trace's scaled ``log_prob``: a KL weight (``ScaleLatents``) or a
     subsampling scale around the model or guide cannot leak into the estimate (the
-    training bounds in ``objectives`` keep that scale on purpose: it is their KL weight).
+    training bounds keep that scale on purpose: it is their KL weight).
     Labels ``y`` (a conditional model's) are passed as the programs' second argument. A
     discrete latent the guide samples (M2's label, without enumeration here) is one more
     importance-sampled site: the estimate is of log p(x) with y and z both sampled.
     """
-    n = x.shape[0]
     labels = () if y is None else (y,)
-    with pyro.plate("particles", num_particles, dim=-2):
-        guide_trace = poutine.trace(vae.guide).get_trace(x, *labels)
-    flat = poutine.Trace()
-    for site in _sample_sites(guide_trace):
-        value = site["value"]
-        flat.add_node(site["name"], **{**site, "value": value.reshape(num_particles * n, *value.shape[2:])})
-    repeated = x.expand(num_particles, *x.shape).reshape(num_particles * n, *x.shape[1:])
-    labels = () if y is None else (y.repeat(num_particles),)
-    model_trace = poutine.trace(poutine.replay(vae.model, trace=flat)).get_trace(repeated, *labels)
-    log_weight = 0.0
-    for site in _sample_sites(model_trace):
-        log_weight = log_weight + site["fn"].log_prob(site["value"]).reshape(num_particles, n)
-    for site in _sample_sites(guide_trace):
-        log_weight = log_weight - site["fn"].log_prob(site["value"])
-    return log_weight
+    log_p, log_q, _ = log_weights(vae.model, vae.guide, x, num_particles, labels=labels, encode_once=True, scaled=False)
+    return log_p - log_q
 
 
 def _minibatches(data, batch_size):

@@ -53,6 +53,7 @@ from .guides import GUIDES
 from .likelihoods import LIKELIHOODS
 from .model import VAE
 from .nets import DECODERS, ENCODERS, mlp
+from .objectives import kl_term
 from .registry import Registry, UserError
 
 CLASSIFIERS = Registry("classifier")
@@ -241,16 +242,8 @@ class LabeledVAE(VAE):
         q = self.guide_dist(x, y)
         z = q.sample()
         reconstruction = self.likelihood_dist(z, y, x).log_prob(x)
-        kl = _kl(q, self.prior_dist(), z)
+        kl = kl_term(q, self.prior_dist(), z, analytic=True)
         return {"elbo": reconstruction - kl, "reconstruction": reconstruction, "kl": kl}
-
-
-def _kl(q, p, z):
-    """KL(q || p) per data point in closed form where it exists, else log q(z) - log p(z) at z."""
-    try:
-        return torch.distributions.kl_divergence(q, p.expand(q.batch_shape))
-    except NotImplementedError:
-        return q.log_prob(z) - p.log_prob(z)
 
 
 class CVAE(LabeledVAE):
@@ -347,7 +340,7 @@ class M2(LabeledVAE):
             q = self.guide_dist(x, y)
             z = q.sample()
             reconstruction = self.likelihood_dist(z, y, x).log_prob(x)
-            kl = _kl(q, self.prior_dist(), z) - self.label_prior_dist().log_prob(y)
+            kl = kl_term(q, self.prior_dist(), z, analytic=True) - self.label_prior_dist().log_prob(y)
             return {"elbo": reconstruction - kl, "reconstruction": reconstruction, "kl": kl}
         every = torch.arange(self.num_classes, device=x.device).unsqueeze(-1)  # (C, 1): y enumerated
         q_z = self.guide_dist(x, every)  # batch shape (C, N)
@@ -355,7 +348,7 @@ class M2(LabeledVAE):
         q_y = self.classifier_dist(x)
         probs = q_y.probs.T  # (C, N)
         reconstruction = (probs * self.likelihood_dist(z, every, x).log_prob(x)).sum(0)
-        kl_z = (probs * _kl(q_z, self.prior_dist(), z)).sum(0)
+        kl_z = (probs * kl_term(q_z, self.prior_dist(), z, analytic=True)).sum(0)
         kl_y = torch.distributions.kl_divergence(q_y, self.label_prior_dist().expand(q_y.batch_shape))
         kl = kl_z + kl_y
         return {"elbo": reconstruction - kl, "reconstruction": reconstruction, "kl": kl}

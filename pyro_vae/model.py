@@ -36,7 +36,7 @@ from .guides import GUIDES
 from .likelihoods import LIKELIHOODS
 from .nets import DECODERS, ENCODERS
 from .priors import PRIORS
-from .registry import UserError
+from .registry import UserError, listing
 
 
 class VAE(PyroModule):
@@ -189,5 +189,6 @@ def check_prior_fits_guide(prior, guide_family):
     if getattr(prior, "built_from_guide", False) and not guide_family.density_anywhere:
         raise UserError(
             f"prior {prior.registered_name!r} is a mixture of the guide's densities at pseudo-inputs, which "
-            f"the {guide_family.registered_name!r} guide cannot score cheaply; use guide normal, lowrank or full"
+            f"the {guide_family.registered_name!r} guide cannot score cheaply; use guide "
+            f"{listing(GUIDES.names(density_anywhere=True))}"
         )

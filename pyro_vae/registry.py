@@ -17,6 +17,14 @@ class UserError(ValueError):
     """
 
 
+def listing(names, quote=False):
+    """``names`` as a message lists them: "a, b or c" (each in double quotes with ``quote``)."""
+    names = [f'"{name}"' if quote else name for name in names]
+    if len(names) < 2:
+        return "".join(names) or "(none)"
+    return f"{', '.join(names[:-1])} or {names[-1]}"
+
+
 class Registry:
     """A named collection of classes that can be built from config specs.
 
@@ -51,8 +59,11 @@ class Registry:
     def __iter__(self):
         return iter(self._classes)
 
-    def names(self):
-        return list(self._classes)
+    def names(self, **attributes):
+        """The registered names, in registration order; with ``attributes``, those whose class has
+        these attribute values (``ESTIMATORS.names(supports_labels=True)``)."""
+        return [name for name, cls in self._classes.items()
+                if all(getattr(cls, key) == value for key, value in attributes.items())]
 
     def get(self, name, where=None):
         if not isinstance(name, str) or name not in self._classes:

@@ -37,7 +37,7 @@ RESUMABLE_KEYS = {
 RUN_OUTPUTS = (
     "config.toml", "checkpoint.pt", "best.pt", "metrics.csv", "reconstructions.png", "samples.png",
     "curves.png", "evaluation.json", "manifold.png", "latent_space.png", "traversals.png", "codes_pca.png",
-    "tensorboard",
+    "analogies.png", "tensorboard",
 )
 
 

@@ -283,7 +283,7 @@ class Trainer:
         self.kl_weight = self.kl_schedule(self.step)
         self.kl_penalty = self.parts.kl_penalty(self.step)
         try:
-            self.train_step_fn(x, self.parts.kl_weight(self.step), self.kl_penalty)
+            self.train_step_fn(x, self.parts.effective_kl_weight(self.step), self.kl_penalty)
         except CaptureFailed as error:  # train.cuda_graph = true: stop before any checkpoint of this step
             raise UserError(f"{error} at step {self.step + 1}; the last good checkpoint in {self.out} is intact; "
                             "resume with --set train.cuda_graph=false (or \"auto\") to train eagerly") from error

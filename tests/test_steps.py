@@ -10,13 +10,14 @@ import torch
 from pyro.infer import Trace_ELBO
 
 from pyro_vae import VAE, train
-from pyro_vae.objectives import ESTIMATORS, PathDerivative, RewrapLatents
+from pyro_vae.objectives import ESTIMATORS, Estimator, PathDerivative, RewrapLatents
 from pyro_vae.optimizers import OPTIMIZERS
 from pyro_vae.registry import UserError
 from pyro_vae.steps import Step
 from pyro_vae.training import NegativeELBO
 
 from conftest import tiny_config
+from estimator_cases import capturable_cases, spec_id
 
 SHAPE = (1, 4, 4)
 
@@ -52,19 +53,12 @@ def no_reads_from_tensors(monkeypatch):
         yield
 
 
-ESTIMATOR_SPECS = [
-    ("trace", {}), ("meanfield", {}), ("stl", {}),
-    ("score", {"baseline": "none"}), ("score", {"baseline": "decaying_average"}), ("score", {"baseline": "neural"}),
-    ("iwae", {}), ("renyi", {"alpha": 0.5}), ("dreg", {}), ("tail_adaptive", {}),
-]
-
-
-@pytest.mark.parametrize("name, options", ESTIMATOR_SPECS)
+@pytest.mark.parametrize("spec, particles", list(capturable_cases(3, SHAPE)), ids=spec_id)
 @pytest.mark.parametrize("prior", ["normal", {"name": "vamp", "components": 3}])
-def test_every_estimators_step_reads_nothing_from_the_device(monkeypatch, name, options, prior):
+def test_every_capturable_estimators_step_reads_nothing_from_the_device(monkeypatch, spec, particles, prior):
+    """Every estimator that declares ``capturable = True`` (read from the registry)."""
     vae = small_vae(prior)
-    particles = 1 if name in ("trace", "meanfield", "stl") else 3
-    estimator = ESTIMATORS.build({"name": name, **options}, num_particles=particles, data_shape=SHAPE)
+    estimator = ESTIMATORS.build(spec, num_particles=particles, data_shape=SHAPE)
     assert estimator.capture_obstacle(vae) is None
     step = make_step(vae, estimator, clip=5.0)
     x = binary(8)
@@ -74,6 +68,18 @@ def test_every_estimators_step_reads_nothing_from_the_device(monkeypatch, name, 
             step(x, weight)
     assert step.faults()[0] == 0 and step.step_number.item() == 2
     assert any(not torch.equal(a, b) for a, b in zip(before, vae.parameters()))  # it trained
+
+
+def test_capture_is_opt_in_for_a_new_estimator():
+    class Unsure(Estimator):
+        registered_name = "unsure"
+
+        def differentiable_loss(self, model, guide, x):
+            return model(x)
+
+    assert "does not declare its loss capturable" in Unsure().capture_obstacle(small_vae())
+    for name in ESTIMATORS.names(capturable=False):
+        assert "does not declare its loss capturable" in ESTIMATORS.build(name).capture_obstacle(small_vae())
 
 
 def test_pyro_trace_elbo_is_named_as_the_obstacle_to_capture_for_a_redefined_program():
@@ -148,6 +154,30 @@ def test_stl_own_elbo_equals_pyros_trace_elbo_on_the_path_derivative_guide():
             assert torch.allclose(a, b, rtol=1e-4, atol=1e-6)
 
 
+def test_stl_with_labels_equals_pyros_trace_elbo_on_the_path_derivative_guide():
+    """stl passes a conditional model's labels to its programs, as Pyro's ELBOs do."""
+    from pyro_vae.labels import CVAE
+
+    cvae = CVAE(SHAPE, latent_dim=3, num_classes=3, encoder={"name": "mlp", "hidden": [8]},
+                decoder={"name": "mlp", "hidden": [8]})
+    x, y = binary(6), torch.tensor([0, 1, 2, 2, 1, 0])
+
+    def loss_and_grads(compute):
+        model = copy.deepcopy(cvae)
+        pyro.set_rng_seed(9)
+        loss = compute(model)
+        return loss.detach(), torch.autograd.grad(loss, list(model.parameters()), allow_unused=True)
+
+    ours, our_grads = loss_and_grads(lambda m: ESTIMATORS.build("stl").loss(m.model, m.guide, x, kl_weight=0.5, y=y))
+    reference, reference_grads = loss_and_grads(lambda m: Trace_ELBO(max_plate_nesting=1).differentiable_loss(
+        pyro_vae_scaled(m.model, 0.5), pyro_vae_scaled(RewrapLatents(PathDerivative)(m.guide), 0.5), x, y))
+    assert torch.allclose(ours, reference, rtol=1e-5)
+    for a, b in zip(our_grads, reference_grads):
+        assert (a is None) == (b is None)
+        if a is not None:
+            assert torch.allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
 def pyro_vae_scaled(fn, weight):
     from pyro_vae import kl_scaled
 
@@ -166,7 +196,7 @@ def test_cuda_graph_true_without_a_gpu_is_a_one_line_error_and_auto_trains_eager
 
 
 @pytest.mark.parametrize("penalty", ["capacity", "free_bits"])
-@pytest.mark.parametrize("name", ["trace", "meanfield", "stl"])
+@pytest.mark.parametrize("name", ESTIMATORS.names(supports_kl_penalty=True, capturable=True))
 def test_a_penalized_step_reads_nothing_from_the_device_either(monkeypatch, penalty, name):
     from pyro_vae.penalties import Capacity, FreeBits
 
