@@ -177,6 +177,7 @@ SCHEMA = {
         "optimizer": ("adam", name_in(OPTIMIZERS)),
         "seed": (0, at_least(integer, 0)),
         "device": ("auto", device),
+        "threads": (0, at_least(integer, 0)),  # torch's intra-op threads; 0: torch's default (one per core)
         "progress": (True, boolean),
         "lr_schedule": ("constant", spec(LR_SCHEDULES)),
         "lr_warmup_steps": (0, at_least(integer, 0)),
