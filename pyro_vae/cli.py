@@ -140,7 +140,7 @@ def check_writable(path):
         with tempfile.TemporaryFile(dir=path.parent):
             pass
     except OSError as error:
-        raise UserError(f"cannot write to {path.parent}: {error.strerror or error}") from None
+        raise UserError(f"cannot write {path}: {path.parent} takes no new files ({error.strerror or error})") from None
 
 
 def write_text_atomically(path, text):
