@@ -45,6 +45,7 @@ def test_plateau_cuts_the_rate_after_patience_epochs_without_improvement_and_res
     state = lr_schedule.state_dict()
     fresh_optimizer, fresh = schedule({"name": "plateau", "patience": 2, "factor": 0.5})
     fresh.load_state_dict(state)
+    fresh_optimizer.step()  # as in training: the optimizer's step, then the schedule's
     fresh.step()
     assert fresh_optimizer.param_groups[0]["lr"] == pytest.approx(0.05)  # the cut survives a resume
     with pytest.raises(UserError, match="train.lr_schedule.factor must be < 1"):
