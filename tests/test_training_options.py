@@ -73,6 +73,7 @@ def test_tensorboard_logs_every_metric_the_step_loss_and_the_figures(tmp_path):
     rows = read_metrics(run / "metrics.csv")
     assert {f"epoch/{key}" for key in rows[0] if key != "epoch"} <= scalars
     assert [event.value for event in events.Scalars("epoch/val_elbo")] == pytest.approx([row["val_elbo"] for row in rows])
+    assert [event.value for event in events.Scalars("epoch/lr")] == pytest.approx([1e-3] * len(rows))
     assert len(events.Scalars("step/train_loss")) == rows[-1]["step"] // 5
     assert {"samples", "reconstructions", "curves"} <= set(events.Tags()["images"])
 
