@@ -1,7 +1,7 @@
 """The ``pyro-vae`` command line.
 
     pyro-vae train [CONFIG] [--set section.key=value ...] [--out DIR] [--force] [--resume RUN]
-    pyro-vae sample RUN [--n 64] [--out FILE.png] [--seed S] [--label Y]
+    pyro-vae sample RUN [--n 64] [--out FILE.png] [--force] [--seed S] [--label Y]
     pyro-vae evaluate RUN [--samples 5000] [--split test|valid] [--seed S] [--batch-size B] [--limit N [--subset-seed S]]
                       [--checkpoint best.pt]
     pyro-vae plot RUN [--split test|valid] [--out DIR] [--limit N] [--checkpoint best.pt]
@@ -15,6 +15,7 @@ Each command imports what it needs (torch, Pyro, matplotlib) when it runs, so
 """
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -41,44 +42,105 @@ def command_train(args):
             print(f"  {run / name}")
 
 
+# ``sample`` draws one grid into one PNG: its figure is at most 12 inches (1200 pixels) wide,
+# so 64 x 64 images leave each about 19 pixels; more would be unreadable (and, drawn at once,
+# could exhaust memory: 10^8 draws did). Draws are made SAMPLE_BATCH at a time.
+MAX_SAMPLES = 4096
+SAMPLE_BATCH = 512
+
+
+def default_sample_path(run, args):
+    """Where ``sample`` writes without ``--out``: RUN/sampled/, never over the run's own samples.png."""
+    label = "" if args.label is None else f"-label{args.label}"
+    checkpoint = "" if args.checkpoint == "checkpoint.pt" else f"-{Path(args.checkpoint).stem}"
+    return Path(run) / "sampled" / f"samples-n{args.n}-seed{args.seed}{label}{checkpoint}.png"
+
+
+def check_not_run_output(path, force):
+    """Refuse to replace a file a run wrote itself (samples.png, a checkpoint, ...) unless ``--force``."""
+    from .runs import RUN_OUTPUTS
+
+    path = Path(path)
+    if path.exists() and path.name in RUN_OUTPUTS and (path.parent / "config.toml").is_file() and not force:
+        raise UserError(f"--out {path} is a file the run wrote itself; replace it with --force, or choose another --out")
+
+
+def draw_in_batches(vae, n, **options):
+    """``n`` samples drawn ``SAMPLE_BATCH`` at a time (the networks' memory stays that of one batch)."""
+    import torch
+
+    return torch.cat([vae.sample(min(SAMPLE_BATCH, n - start), **options) for start in range(0, n, SAMPLE_BATCH)])
+
+
 def command_sample(args):
     if args.n < 1:
         raise UserError(f"--n must be an integer >= 1, got {args.n}")
+    if args.n > MAX_SAMPLES:
+        raise UserError(f"--n {args.n}: one grid holds at most {MAX_SAMPLES} samples (64 x 64); "
+                        f"draw more grids with different --seed values")
     import torch
 
-    from . import plots
     from .runs import load_run, save_class_samples
 
     vae = load_run(args.run, checkpoint=args.checkpoint)
-    torch.manual_seed(args.seed)
-    out = Path(args.out) if args.out else Path(args.run) / "samples.png"
-    check_writable(out)
     labeled = hasattr(vae, "num_classes")
     if args.label is not None and not labeled:
         raise UserError("--label needs a model with labels (model.kind = \"cvae\" or \"m2\")")
-    if labeled and args.label is None:
-        drawn = save_class_samples(vae, out, per_class=max(1, args.n // vae.num_classes))
-    elif labeled:
-        drawn = plots.save_grid(vae.sample(args.n, label=args.label), out, title=f"{args.n} samples of class {args.label}")
-    else:
-        drawn = plots.save_grid(vae.sample(args.n), out, title=f"{args.n} samples from the prior")
+    out = Path(args.out) if args.out else default_sample_path(args.run, args)
+    if not args.out:
+        make_directory(out.parent)
+    check_writable(out)
+    check_not_run_output(out, args.force)
+    torch.manual_seed(args.seed)
+    from . import plots
+
+    with writing(out):
+        if labeled and args.label is None:
+            drawn = save_class_samples(vae, out, per_class=max(1, args.n // vae.num_classes))
+        elif labeled:
+            drawn = plots.save_grid(draw_in_batches(vae, args.n, label=args.label), out,
+                                    title=f"{args.n} samples of class {args.label}")
+        else:
+            drawn = plots.save_grid(draw_in_batches(vae, args.n), out, title=f"{args.n} samples from the prior")
     if not drawn:
         raise UserError(f"the run's data shape {vae.data_shape} is not an image; nothing to draw")
     print(out)
 
 
+@contextlib.contextmanager
+def writing(path):
+    """A failure to write ``path`` (the disk full, the folder gone) as one line."""
+    try:
+        yield
+    except OSError as error:
+        raise UserError(f"cannot write {path}: {error.strerror or error}") from None
+
+
+def make_directory(path):
+    try:
+        Path(path).mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UserError(f"cannot create {path}: {error.strerror or error}") from None
+
+
 def check_writable(path):
-    """Fail now, in one line, if ``path`` cannot be written, before any work is done for it."""
+    """Fail now, in one line, if ``path`` cannot be written, before any work is done for it: a
+    directory, a parent that is missing or a file, a folder without permission (``os.access``:
+    root passes it), a file system that refuses files (/proc, read-only)."""
     path = Path(path)
     if path.is_dir():
         raise UserError(f"cannot write {path}: it is a directory")
+    parent = next((p for p in path.parents if p.exists()), None)
     if not path.parent.is_dir():
-        raise UserError(f"cannot write {path}: no directory {path.parent}")
+        what = f"{parent} is a file" if parent is not None and not parent.is_dir() else f"no directory {path.parent}"
+        raise UserError(f"cannot write {path}: {what}")
+    if not os.access(path.parent, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise UserError(f"cannot write {path}: permission denied")
     try:
         with tempfile.TemporaryFile(dir=path.parent):
             pass
     except OSError as error:
-        raise UserError(f"cannot write to {path.parent}: {error.strerror or error}") from None
+        raise UserError(f"cannot write {path}: {path.parent} takes no new files ({error.strerror or error})") from None
 
 
 def write_text_atomically(path, text):
@@ -171,10 +233,6 @@ def command_evaluate(args):
 
 
 def command_plot(args):
-    import torch
-
-    from . import plots
-
     vae, split = load_run_split(args.run, args.split, args.checkpoint)
     out = Path(args.out) if args.out else Path(args.run)
     try:
@@ -183,10 +241,20 @@ def command_plot(args):
         raise UserError(f"cannot create --out {out}: {error.strerror or error}") from None
     check_writable(out / "codes_pca.png")
     split, _ = limited(split, args)
+    if hasattr(vae, "num_classes") and split.labels is None:
+        raise UserError(f"the {args.split} split has no labels, which a {vae.kind} run needs to be plotted")
+    with writing(out):
+        plot_figures(vae, split, out)
+
+
+def plot_figures(vae, split, out):
+    """The latent-space figures of ``plot`` into the directory ``out``, each path printed."""
+    import torch
+
+    from . import plots
+
     x = split.x
     if hasattr(vae, "num_classes"):  # a model with labels: codes given the true labels, and analogies
-        if split.labels is None:
-            raise UserError(f"the {args.split} split has no labels, which a {vae.kind} run needs to be plotted")
         y = split.labels
         codes = torch.cat([vae.encode(x[i : i + 1000], y[i : i + 1000]) for i in range(0, len(x), 1000)])
         plots.save_analogies(vae, x[:10], y[:10], out / "analogies.png")
@@ -256,8 +324,10 @@ def parser():
 
     s = sub.add_parser("sample", help="draw samples from a trained run's prior into a PNG")
     s.add_argument("run", help="run directory")
-    s.add_argument("--n", type=int, default=64, help="number of samples")
-    s.add_argument("--out", help="PNG file (default: RUN/samples.png)")
+    s.add_argument("--n", type=int, default=64, help=f"number of samples (at most {MAX_SAMPLES})")
+    s.add_argument("--out", help="PNG file (default: RUN/sampled/samples-nN-seedS.png; the run's own samples.png "
+                   "is replaced only with --force)")
+    s.add_argument("--force", action="store_true", help="allow --out to replace a file the run wrote itself")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--checkpoint", default="checkpoint.pt", help="checkpoint.pt (last) or best.pt (best validation ELBO)")
     s.add_argument("--label", type=int, help="draw this class (cvae, m2); default: one row per class")

@@ -179,6 +179,7 @@ SCHEMA = {
         "optimizer": ("adam", name_in(OPTIMIZERS)),
         "seed": (0, at_least(integer, 0)),
         "device": ("auto", device),
+        "threads": (0, at_least(integer, 0)),  # torch's intra-op threads; 0: torch's default (one per core)
         "progress": (True, boolean),
         "lr_schedule": ("constant", spec(LR_SCHEDULES)),
         "lr_warmup_steps": (0, at_least(integer, 0)),
@@ -246,7 +247,9 @@ DESCRIPTIONS = {
         "optimizer": "A registered optimizer name (see the optimizers below).",
         "seed": "Seeds the initialization, the data order and every random draw of the run.",
         "device": "`auto` (CUDA when present), `cpu`, `cuda` or `cuda:N`.",
-        "progress": "Show a progress bar.",
+        "threads": "torch's intra-op threads while training (0: torch's default, one per core); 1 is often "
+                   "much faster on a small machine busy with other work.",
+        "progress": "Show a progress bar on a terminal (without one: one line per epoch).",
         "lr_schedule": "A learning-rate schedule name or a table with its options, e.g. "
         "`{ name = \"plateau\", patience = 5, factor = 0.5 }`.",
         "lr_warmup_steps": "Linear warm-up of the learning rate over the first N steps (0: none).",

@@ -142,7 +142,10 @@ class Data:
         """One line: sizes, shape, what the values are and how they were binarized."""
         x = self.train.x
         sizes = f"{len(self.train)} / {len(self.valid)} / {len(self.test)} examples (train / valid / test)"
-        labelled = ", labelled" if self.train.labels is not None else ""
+        labelled = ""
+        if self.train.labels is not None:  # data.labeled = N hides the rest: say how many are kept
+            kept = self.num_labeled()
+            labelled = ", labelled" if kept == len(self.train) else f", {kept} of {len(self.train)} labelled"
         span = f"[{x.min().item():.4g}, {x.max().item():.4g}]"
         if self.binarize == "static":
             values = "binary {0, 1}: one fixed Bernoulli draw of the grey levels (static binarization)"

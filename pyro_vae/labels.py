@@ -297,11 +297,16 @@ class M2(LabeledVAE):
 
     @pyro_method
     def model(self, x, y=None):
-        """p(y) p(z) p(x | y, z); y observed where given, else a latent (the guide enumerates it)."""
+        """p(y) p(z) p(x | y, z); y observed where given, else a latent (the guide enumerates it).
+
+        y's site is marked for enumeration here too: where y is observed Pyro enumerates nothing
+        (an observed site is never enumerated), but ``TraceEnum_ELBO`` then still finds a site
+        configured for enumeration and does not warn that it found none, so one ``SVI`` with
+        ``TraceEnum_ELBO`` trains both the labeled and the unlabeled steps silently."""
         x = self._check_batch(x)
         y = self._check_labels(y, x, required=False)
         with self.param_store(), pyro.plate("data", x.shape[0]):
-            y = pyro.sample("y", self.label_prior_dist(), obs=y)
+            y = pyro.sample("y", self.label_prior_dist(), obs=y, infer={"enumerate": "parallel"})
             z = pyro.sample("z", self.prior_dist())
             pyro.sample("x", self.likelihood_dist(z, y, x), obs=x)
 

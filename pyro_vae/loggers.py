@@ -6,17 +6,49 @@
   metrics column per epoch, the training loss every ``train.log_every`` steps, the run's
   figures as images and the config as text and hyperparameters. Needs the ``tensorboard``
   package (``pip install "pyro-vae[tensorboard]"``).
+- ``mlflow``: an MLflow run with the config as parameters (and ``config.toml`` as an
+  artifact), every metrics column per epoch (MLflow step = epoch), the training loss every
+  ``train.log_every`` steps and the figures as artifacts. The store is ``MLFLOW_TRACKING_URI``
+  if set, else a local SQLite database ``RUN/mlflow/mlflow.db`` with the artifacts under
+  ``RUN/mlflow/artifacts``. Needs ``pip install "pyro-vae[mlflow]"``.
+- ``wandb``: a Weights & Biases run with the same contents, **offline** unless ``WANDB_MODE``
+  says otherwise (``WANDB_MODE=online``, or ``wandb sync RUN/wandb/offline-run-*`` later), so
+  it never needs a network or an account. Needs ``pip install "pyro-vae[wandb]"``.
+
+Every metrics column includes ``lr``, the learning rate of the epoch's last step.
 
 A logger is built when training starts (nothing is written before the run's checks pass);
 ``check_available`` runs before that, so a missing package is a one-line error up front.
+Adding a tracker is one class and one ``@LOGGERS.register`` line.
 """
 
 import csv
 import os
+import time
+import uuid
 
 from .registry import Registry, UserError
 
 LOGGERS = Registry("logger")
+
+
+def require(module, logger, extra):
+    """Import ``module`` or raise the one-line error that names the extra to install."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise UserError(f'train.loggers = ["{logger}"] needs the {extra} package: pip install "pyro-vae[{extra}]"') from None
+
+
+def flat_config(config):
+    """{"section.key": value} with tables and lists as their text: the hyperparameters of a run."""
+    return {
+        f"{section}.{key}": value if isinstance(value, (int, float, str, bool)) else str(value)
+        for section, values in config.items()
+        for key, value in values.items()
+    }
 
 
 def write_metrics(rows, path):
@@ -77,12 +109,7 @@ class TensorBoardLogger(Logger):
 
     @classmethod
     def check_available(cls):
-        try:
-            from torch.utils.tensorboard import SummaryWriter  # noqa: F401
-        except ImportError:
-            raise UserError(
-                'train.loggers = ["tensorboard"] needs the tensorboard package: pip install "pyro-vae[tensorboard]"'
-            ) from None
+        require("torch.utils.tensorboard", "tensorboard", "tensorboard")
 
     def __init__(self, out, config):
         super().__init__(out, config)
@@ -114,11 +141,118 @@ class TensorBoardLogger(Logger):
             self.writer.add_image(path.stem, pixels[..., :3], dataformats="HWC")
 
     def close(self):
-        hparams = {
-            f"{section}.{key}": value if isinstance(value, (int, float, str, bool)) else str(value)
-            for section, values in self.config.items()
-            for key, value in values.items()
-        }
+        hparams = flat_config(self.config)
         if self.best is not None:
             self.writer.add_hparams(hparams, {"best_val_elbo": self.best}, run_name=".")
         self.writer.close()
+
+
+def _run_id(folder):
+    """The tracker's run id this run directory recorded (a resumed run continues that run), or None."""
+    path = folder / "run_id"
+    return path.read_text().strip() if path.is_file() else None
+
+
+@LOGGERS.register("mlflow")
+class MLflowLogger(Logger):
+    """An MLflow run: config as parameters and artifact, metrics per epoch and step, figures as artifacts."""
+
+    wants_steps = True
+
+    @classmethod
+    def check_available(cls):
+        require("mlflow", "mlflow", "mlflow")
+
+    def __init__(self, out, config):
+        super().__init__(out, config)
+        from mlflow.entities import Param
+        from mlflow.tracking import MlflowClient
+
+        folder = out / "mlflow"
+        folder.mkdir(parents=True, exist_ok=True)
+        uri = os.environ.get("MLFLOW_TRACKING_URI")
+        local = uri is None
+        if local:  # MLflow's file store is retired; a SQLite file is its local store
+            uri = f"sqlite:///{(folder / 'mlflow.db').resolve()}"
+        self.client = MlflowClient(tracking_uri=uri)
+        self.run_id = _run_id(folder)
+        if self.run_id is not None:
+            self.client.update_run(self.run_id, status="RUNNING")
+            return
+        name = os.environ.get("MLFLOW_EXPERIMENT_NAME", "pyro-vae")
+        experiment = self.client.get_experiment_by_name(name)
+        if experiment is not None:
+            experiment_id = experiment.experiment_id
+        else:
+            location = (folder / "artifacts").resolve().as_uri() if local else None
+            experiment_id = self.client.create_experiment(name, artifact_location=location)
+        self.run_id = self.client.create_run(experiment_id, run_name=out.name).info.run_id
+        (folder / "run_id").write_text(self.run_id + "\n")
+        params = [Param(key, str(value)[:6000]) for key, value in flat_config(config).items()]
+        for start in range(0, len(params), 100):  # MLflow takes at most 100 parameters a call
+            self.client.log_batch(self.run_id, params=params[start : start + 100])
+        if (out / "config.toml").is_file():
+            self.client.log_artifact(self.run_id, str(out / "config.toml"))
+
+    def epoch(self, rows):
+        from mlflow.entities import Metric
+
+        row, now = rows[-1], int(time.time() * 1000)
+        epoch = int(row["epoch"])
+        metrics = [Metric(key, float(value), now, epoch) for key, value in row.items() if key != "epoch" and value is not None]
+        self.client.log_batch(self.run_id, metrics=metrics)
+
+    def step(self, step, loss):
+        self.client.log_metric(self.run_id, "step_train_loss", loss, step=step)
+
+    def figures(self, paths):
+        for path in paths:
+            self.client.log_artifact(self.run_id, str(path), artifact_path="figures")
+
+    def close(self):
+        self.client.set_terminated(self.run_id)
+
+
+@LOGGERS.register("wandb")
+class WandbLogger(Logger):
+    """A Weights & Biases run (offline by default): config, metrics per epoch and step, figures as images."""
+
+    wants_steps = True
+
+    @classmethod
+    def check_available(cls):
+        require("wandb", "wandb", "wandb")
+
+    def __init__(self, out, config):
+        super().__init__(out, config)
+        import wandb
+
+        self.wandb = wandb
+        folder = out / "wandb"
+        folder.mkdir(parents=True, exist_ok=True)
+        run_id = _run_id(folder) or uuid.uuid4().hex[:8]  # os.urandom: no RNG of the run is touched
+        self.run = wandb.init(
+            project=os.environ.get("WANDB_PROJECT", "pyro-vae"), dir=str(out), name=out.name, id=run_id,
+            resume="allow", config=config, mode=os.environ.get("WANDB_MODE", "offline"), reinit="create_new",
+            # console="off": wandb leaves sys.stdout and sys.stderr as they are
+            settings=wandb.Settings(console="off", quiet=True, x_disable_stats=True, save_code=False),
+        )
+        (folder / "run_id").write_text(run_id + "\n")
+        self.run.define_metric("epoch")
+        self.run.define_metric("epoch/*", step_metric="epoch")
+        self.run.define_metric("step")
+        self.run.define_metric("step/*", step_metric="step")
+
+    def epoch(self, rows):
+        row = rows[-1]
+        self.run.log({"epoch": int(row["epoch"]),
+                      **{f"epoch/{key}": value for key, value in row.items() if key != "epoch" and value is not None}})
+
+    def step(self, step, loss):
+        self.run.log({"step": step, "step/train_loss": loss})
+
+    def figures(self, paths):
+        self.run.log({f"figures/{path.stem}": self.wandb.Image(str(path)) for path in paths})
+
+    def close(self):
+        self.run.finish()

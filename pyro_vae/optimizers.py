@@ -79,6 +79,16 @@ class LRSchedule(torch.optim.lr_scheduler.LambdaLR):
     def shape(self, step):
         return 1.0
 
+    def rate(self, step):
+        """The learning rate of optimizer step ``step`` (from 0): train.lr * factor(step), with the
+        schedule's present state (a ``plateau`` cut applies from the step after ``epoch_end``)."""
+        return float(self.base_lrs[0]) * self.factor(step)
+
+    def last_rate(self):
+        """The learning rate the last optimizer step used (``metrics.csv``'s ``lr``; before any
+        step, the first step's)."""
+        return self.rate(max(self.last_epoch - 1, 0))
+
     def epoch_end(self, val_elbo):
         pass
 

@@ -24,6 +24,7 @@ RESUMABLE_KEYS = {
     ("train", "epochs"),
     ("train", "progress"),
     ("train", "device"),
+    ("train", "threads"),
     ("train", "checkpoint_every"),
     ("train", "eval_batch_size"),
     ("train", "validate"),
@@ -37,7 +38,7 @@ RESUMABLE_KEYS = {
 RUN_OUTPUTS = (
     "config.toml", "checkpoint.pt", "best.pt", "metrics.csv", "reconstructions.png", "samples.png",
     "curves.png", "evaluation.json", "manifold.png", "latent_space.png", "traversals.png", "codes_pca.png",
-    "analogies.png", "tensorboard",
+    "analogies.png", "tensorboard", "mlflow", "wandb", "sampled",
 )
 
 

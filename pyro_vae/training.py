@@ -23,6 +23,7 @@ states. ``train(resume=RUN)`` continues a run exactly: on CPU, a run killed
 mid-epoch and resumed ends with bit-identical parameters.
 """
 
+import contextlib
 import math
 import os
 import signal
@@ -36,6 +37,7 @@ import torch.distributed as dist
 from torch import nn
 from tqdm.auto import tqdm
 
+from . import stopping
 from .annealing import Constant
 from .build import build, build_data, data_batches
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
@@ -198,15 +200,17 @@ class Trainer:
         bar = tqdm(
             total=tc["epochs"] * self.steps_per_epoch,
             initial=self.step,
-            disable=not (tc["progress"] and self.is_main),
+            # without a terminal (a pipe, a log file) the bar's \r updates would pile up: the
+            # epoch lines below are then the only progress, one line per epoch
+            disable=not (tc["progress"] and self.is_main and _is_terminal(sys.stderr)),
             unit="step",
             dynamic_ncols=True,
             desc=self.loss_name(),
         )
-        start = time.perf_counter() - (self.rows[-1]["seconds"] if self.rows else 0.0)
-        if self.is_main:
-            self.loggers = [logger_class(self.out, self.config) for logger_class in self.logger_classes]
         try:
+            for logger_class in self.logger_classes if self.is_main else ():
+                self.loggers.append(logger_class(self.out, self.config))  # each one built is closed below
+            start = time.perf_counter() - (self.rows[-1]["seconds"] if self.rows else 0.0)  # after the trackers' set-up
             with pyro.validation_enabled(tc["validate"]):
                 for epoch in range(self.epoch + 1, tc["epochs"] + 1):
                     if self.stopped_early(bar):
@@ -225,22 +229,18 @@ class Trainer:
                 logger.close()
 
     def stopped_early(self, bar):
-        """Whether ``train.early_stopping`` ends the run here: the validation ELBO has not improved
-        by ``min_delta`` for ``patience`` epochs (read from the metrics rows, so a resumed run
-        stops at the same place; ``best.pt`` holds the best state)."""
+        """Whether ``train.early_stopping`` ends the run here (``stopping``: ``min_delta`` governs
+        patience only; the line printed names the state ``best.pt`` holds). Read from the metrics
+        rows, so a resumed run stops at the same place."""
         rule = self.config["train"]["early_stopping"]
         if not rule or not self.rows:
             return False
         elbos = [row["val_elbo"] for row in self.rows]
-        best_epoch, best = 0, -math.inf
-        for epoch, elbo in enumerate(elbos):
-            if elbo > best + rule.get("min_delta", 0.0):
-                best_epoch, best = epoch, elbo
-        if len(elbos) - 1 - best_epoch < rule["patience"]:
+        patience, min_delta = rule["patience"], rule.get("min_delta", 0.0)
+        if not stopping.should_stop(elbos, patience, min_delta):
             return False
         if self.is_main:
-            bar.write(f"early stopping after epoch {len(elbos)}: no better validation ELBO for {rule['patience']} "
-                      f"epochs (best {best:.3f} at epoch {best_epoch + 1}, in best.pt)")
+            _say(bar, stopping.stop_message(elbos, patience, min_delta))
         return True
 
     def _train_epoch(self, epoch, bar):
@@ -285,8 +285,15 @@ class Trainer:
         try:
             self.train_step_fn(x, self.parts.effective_kl_weight(self.step), self.kl_penalty)
         except CaptureFailed as error:  # train.cuda_graph = true: stop before any checkpoint of this step
-            raise UserError(f"{error} at step {self.step + 1}; the last good checkpoint in {self.out} is intact; "
+            raise UserError(f"{error} at step {self.step + 1}; {self.checkpoint_kept()}; "
                             "resume with --set train.cuda_graph=false (or \"auto\") to train eagerly") from error
+
+    def checkpoint_kept(self):
+        """What a run stopped by a fault leaves to resume from, in words (checked before every save,
+        so an existing checkpoint is the last good one)."""
+        if (self.out / "checkpoint.pt").is_file():
+            return f"the last good checkpoint in {self.out} is intact"
+        return f"no checkpoint was written yet (the fault came before the first one), so {self.out} holds none to resume"
 
     def check_faults(self):
         """Stop with a one-line error if more steps were non-finite (and skipped) than
@@ -301,7 +308,7 @@ class Trainer:
             f"non-finite {what} ({loss}) at step {step_number + 1} (epoch {step_number // self.steps_per_epoch + 1}, "
             f"kl_weight {self.kl_schedule(step_number):.3g}); likely causes: train.lr = {tc['lr']:g} too high, "
             f"a likelihood scale collapsing (raise its min_scale), or extreme data; "
-            f"the last good checkpoint in {self.out} is intact"
+            f"{self.checkpoint_kept()}"
         )
 
     def _end_epoch(self, epoch, seconds, bar):
@@ -323,6 +330,7 @@ class Trainer:
             return evaluate_elbo(self.vae, batches, all_reduce=all_reduce)
 
         train, val = evaluate("train", tc["train_eval_examples"]), evaluate("valid")
+        lr = self.lr_schedule.last_rate()  # the epoch's last step's, before a plateau cut takes effect
         self.lr_schedule.epoch_end(val["elbo"])  # the same on every rank: the sums are all-reduced
         if self.is_main:
             loss_sum, count = epoch_loss
@@ -331,6 +339,7 @@ class Trainer:
                 "step": self.step,
                 "kl_weight": self.kl_weight,
                 "effective_kl_weight": self.kl_weight * self.features_per_term,
+                "lr": lr,
                 **({"capacity": self.kl_penalty.capacity} if hasattr(self.kl_penalty, "capacity") else {}),
                 "train_loss": loss_sum / max(count, 1),
                 "train_elbo": train["elbo"],
@@ -349,7 +358,8 @@ class Trainer:
             row.update({f"active_units_{site}": n for site, n in val.get("active_units_per_layer", {}).items()})
             self.rows.append(row)
             self.train_step_fn.set_epoch_loss([0.0, 0.0])
-            bar.write(
+            _say(
+                bar,
                 f"epoch {epoch}: training loss {row['train_loss']:.3f}, train ELBO {train['elbo']:.3f}, "
                 f"validation ELBO {val['elbo']:.3f} (KL {val['kl']:.2f}, {val['active_units']} active units)"
                 + (f", validation accuracy {val['accuracy']:.4f}" if "accuracy" in val else "")
@@ -389,6 +399,19 @@ class Trainer:
             f"continue with: pyro-vae train --resume {self.out}",
             128 + self.stop_signal,
         )
+
+
+def _say(bar, line):
+    """Print a line above the progress bar, at once (a piped log gets each epoch as it ends)."""
+    bar.write(line)
+    sys.stdout.flush()
+
+
+def _is_terminal(stream):
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):  # no isatty, or a closed stream
+        return False
 
 
 def capture_obstacle(config, vae, estimator, optimizer, device, world_size):
@@ -442,8 +465,13 @@ def train(config=None, out=None, force=False, overrides=(), resume=None, data=No
                   f"train it longer with --set train.epochs=N, N > {state['epoch']}", file=sys.stderr)
             return run
     else:
-        config = _as_config(config, overrides)
+        config, state = _as_config(config, overrides), None
         out = prepare_run_directory(out, force)
+    with torch_threads(config["train"]["threads"]):
+        return _train(config, out, force, resume, state, data)
+
+
+def _train(config, out, force, resume, state, data):
     device = resolve_device(config["train"]["device"])
     rank, world_size, device = distributed_context(device)
     pyro.set_rng_seed(config["train"]["seed"] + rank)
@@ -468,6 +496,22 @@ def train(config=None, out=None, force=False, overrides=(), resume=None, data=No
         save_config(config, out / "config.toml")
     trainer.fit()
     return out
+
+
+@contextlib.contextmanager
+def torch_threads(threads):
+    """torch's intra-op threads set to ``threads`` (``train.threads``) while the block runs, then
+    restored; 0 leaves torch's default (one per core). On a shared or busy machine one thread
+    can be several times faster than torch's default: threads that wait for a core stall
+    every operation that splits its work among them."""
+    previous = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        if threads:
+            torch.set_num_threads(previous)
 
 
 def _as_config(config, overrides):

@@ -6,8 +6,10 @@ from pathlib import Path
 import pyro_vae
 from pyro_vae.runs import RUN_OUTPUTS, clear_run_outputs
 
-# A file of a run directory is written as `<folder> / "name"` (out / "analogies.png", run / "config.toml").
-RUN_FILE = re.compile(r'\w\)? / "([\w.]+)"')
+# A file of a run directory is written as `<run directory> / "name"` (out / "analogies.png",
+# run / "config.toml", path.parent / "best.pt"). Files inside a tracker's own sub-folder
+# (`folder / "run_id"` in RUN/mlflow) go with that folder, which RUN_OUTPUTS lists.
+RUN_FILE = re.compile(r'\b(?:out|run|parent)\)? / "([\w.]+)"')
 
 
 def test_every_file_the_package_writes_into_a_run_is_in_run_outputs(tmp_path):

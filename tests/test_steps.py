@@ -329,5 +329,6 @@ def test_a_failed_capture_whose_state_cannot_be_restored_stops_with_one_line_eve
     assert str(stop.value) == (
         f'train.cuda_graph = "auto": the captured step failed at its capture (RuntimeError: CUDA error: {CAPTURE_ERROR}), '
         "and the state before it could not be restored (RuntimeError: CUDA error: an illegal memory access was "
-        f"encountered) at step 4; the last good checkpoint in {tmp_path / 'run'} is intact; "
+        f"encountered) at step 4; no checkpoint was written yet (the fault came before the first one), so "
+        f"{tmp_path / 'run'} holds none to resume; "
         'resume with --set train.cuda_graph=false (or "auto") to train eagerly')

@@ -45,6 +45,7 @@ def test_plateau_cuts_the_rate_after_patience_epochs_without_improvement_and_res
     state = lr_schedule.state_dict()
     fresh_optimizer, fresh = schedule({"name": "plateau", "patience": 2, "factor": 0.5})
     fresh.load_state_dict(state)
+    fresh_optimizer.step()  # as in training: the optimizer's step, then the schedule's
     fresh.step()
     assert fresh_optimizer.param_groups[0]["lr"] == pytest.approx(0.05)  # the cut survives a resume
     with pytest.raises(UserError, match="train.lr_schedule.factor must be < 1"):
@@ -72,13 +73,14 @@ def test_tensorboard_logs_every_metric_the_step_loss_and_the_figures(tmp_path):
     rows = read_metrics(run / "metrics.csv")
     assert {f"epoch/{key}" for key in rows[0] if key != "epoch"} <= scalars
     assert [event.value for event in events.Scalars("epoch/val_elbo")] == pytest.approx([row["val_elbo"] for row in rows])
+    assert [event.value for event in events.Scalars("epoch/lr")] == pytest.approx([1e-3] * len(rows))
     assert len(events.Scalars("step/train_loss")) == rows[-1]["step"] // 5
     assert {"samples", "reconstructions", "curves"} <= set(events.Tags()["images"])
 
 
 def test_an_unknown_logger_is_a_one_line_error(tmp_path):
-    with pytest.raises(UserError, match=r"train.loggers: unknown logger 'wandb'; choose one of: csv, tensorboard"):
-        train(tiny_config(train={"loggers": ["wandb"]}), out=tmp_path / "run")
+    with pytest.raises(UserError, match=r"train.loggers: unknown logger 'neptune'; choose one of: csv, tensorboard, mlflow, wandb"):
+        train(tiny_config(train={"loggers": ["neptune"]}), out=tmp_path / "run")
 
 
 def test_force_removes_what_an_earlier_run_wrote_and_keeps_other_files(tmp_path, capsys):
