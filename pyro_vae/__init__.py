@@ -7,8 +7,16 @@ The names are imported on first use (PEP 562), so that ``import pyro_vae`` (and
 """
 
 import importlib
+from typing import TYPE_CHECKING
 
 from .registry import UserError
+
+if TYPE_CHECKING:  # what the lazy names are, for type checkers; at run time they load on first use
+    from .annealing import kl_scaled
+    from .labels import CVAE, M2
+    from .model import VAE
+    from .runs import load_run
+    from .training import train
 
 _LAZY = {"VAE": ".model", "CVAE": ".labels", "M2": ".labels", "kl_scaled": ".annealing", "load_run": ".runs", "train": ".training"}
 
@@ -16,7 +24,7 @@ __all__ = ["VAE", "CVAE", "M2", "kl_scaled", "load_run", "train", "UserError"]
 __version__ = "0.1.0"
 
 
-def __getattr__(name):
+def __getattr__(name: str) -> object:
     if name in _LAZY:
         value = getattr(importlib.import_module(_LAZY[name], __name__), name)
         globals()[name] = value
@@ -24,5 +32,5 @@ def __getattr__(name):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def __dir__():
+def __dir__() -> list[str]:
     return sorted(set(globals()) | set(_LAZY))

@@ -30,7 +30,11 @@ registries shared one key.) Capacity annealing's target C(t) is one of these sch
 it and free bits change the KL term itself rather than its weight (``penalties``).
 """
 
+from __future__ import annotations
+
 import math
+from collections.abc import Callable, Iterable
+from typing import Any, TypeAlias
 
 import torch
 from pyro.poutine.messenger import Messenger
@@ -39,6 +43,8 @@ from .checks import integer as _integer, number as _number
 from .registry import Registry, UserError
 
 SCHEDULES = Registry("schedule", legacy_key="schedule")
+# A KL weight: a number >= 0, a 0-dim tensor, or a zero-argument callable read at every site.
+KLWeight: TypeAlias = "float | torch.Tensor | Callable[[], float | torch.Tensor]"
 UNITS = ("step", "epoch")
 SHAPES = ("linear", "sigmoid", "cosine")
 
@@ -127,7 +133,9 @@ def _check_weight(weight):
     return weight
 
 
-def kl_scaled(fn, weight, sites=None):
+def kl_scaled(
+    fn: Callable[..., Any], weight: KLWeight, sites: Iterable[str] | None = None
+) -> Callable[..., Any]:
     """``fn`` (a model or guide) with its latent sites' log-densities scaled by ``weight``
     (only the sites named in ``sites``, if given: M2 weights ``("z",)`` and not its label).
 

@@ -25,14 +25,19 @@ Binarization (``data.binarize``):
   across epochs.
 """
 
+from __future__ import annotations
+
 import gzip
+import os
 import shutil
 import struct
 import tempfile
 import urllib.request
 import zipfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -60,14 +65,14 @@ class Split:
     x: torch.Tensor
     labels: torch.Tensor | None = None  # long, HIDDEN where a label is hidden
 
-    def __len__(self):
+    def __len__(self) -> int:
         return len(self.x)
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         labelled = ", labelled" if self.labels is not None else ""
         return f"Split({len(self)} examples of shape {tuple(self.x.shape[1:])}{labelled})"
 
-    def random_subset(self, size, seed=SUBSET_SEED):
+    def random_subset(self, size: int | None, seed: int = SUBSET_SEED) -> Split:
         """``size`` examples drawn uniformly without replacement by a generator seeded with
         ``seed``, kept in their order in the split; the whole split when ``size`` is None or
         not smaller than it.
@@ -92,7 +97,7 @@ class LabeledBatch:
     x: torch.Tensor
     y: torch.Tensor
 
-    def __len__(self):
+    def __len__(self) -> int:
         return len(self.x)
 
 
@@ -106,7 +111,7 @@ class SemiSupervisedBatch:
     labeled: LabeledBatch
     labeled_scale: float = 1.0
 
-    def __len__(self):
+    def __len__(self) -> int:
         return len(self.unlabeled) + len(self.labeled)
 
 
@@ -128,17 +133,17 @@ class Data:
     source: str = ""
 
     @property
-    def dynamic_binarization(self):
+    def dynamic_binarization(self) -> bool:
         return self.binarize == "dynamic"
 
     @property
-    def shape(self):
+    def shape(self) -> tuple[int, ...]:
         return tuple(self.train.x.shape[1:])
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"Data({self.summary()})"
 
-    def summary(self):
+    def summary(self) -> str:
         """One line: sizes, shape, what the values are and how they were binarized."""
         x = self.train.x
         sizes = f"{len(self.train)} / {len(self.valid)} / {len(self.test)} examples (train / valid / test)"
@@ -162,12 +167,12 @@ class Data:
         source = f"{self.source}: " if self.source else ""
         return f"{source}{sizes} of shape {self.shape}{labelled}; {values}"
 
-    def split(self, name):
+    def split(self, name: str) -> Split:
         if name not in SPLITS:
             raise UserError(f"unknown split {name!r}; choose one of: train, valid, test")
         return getattr(self, name)
 
-    def to(self, device):
+    def to(self, device: str | torch.device) -> Data:
         """Keep every split on ``device``, so batches are taken by index with no copies."""
         for split in (self.train, self.valid, self.test):
             split.x = split.x.to(device)
@@ -177,7 +182,7 @@ class Data:
 
     # ---- labels ----
 
-    def check_labels(self, what, num_classes=None):
+    def check_labels(self, what: str, num_classes: int | None = None) -> None:
         """Refuse, in one line, data without the labels ``what`` (a model kind) needs, or with
         labels outside 0..num_classes-1."""
         for name in ("train", "valid", "test"):
@@ -196,11 +201,11 @@ class Data:
         if self.num_labeled() == 0:
             raise UserError(f"{what} needs labeled training examples, and data.labeled hides them all")
 
-    def labeled_index(self):
+    def labeled_index(self) -> torch.Tensor:
         """Positions of the training examples whose label is known."""
         return (self.train.labels != HIDDEN).nonzero().squeeze(1).cpu()
 
-    def num_labeled(self):
+    def num_labeled(self) -> int:
         return 0 if self.train.labels is None else len(self.labeled_index())
 
     def _binarized(self, x, noise):
@@ -210,7 +215,8 @@ class Data:
             x = (torch.rand(x.shape, generator=noise, device=noise.device).to(x.device) < x).to(x.dtype)
         return x
 
-    def labeled_batches(self, batch_size, epoch_seed, noise, device, rank=0, world_size=1, skip=0):
+    def labeled_batches(self, batch_size: int, epoch_seed: int, noise: torch.Generator | None, device: str | torch.device,
+                        rank: int = 0, world_size: int = 1, skip: int = 0) -> Iterator[LabeledBatch]:
         """One epoch of shuffled ``LabeledBatch`` minibatches of the labeled training examples
         (as ``train_batches``: the order a pure function of ``epoch_seed``)."""
         labeled = self.labeled_index()
@@ -220,11 +226,13 @@ class Data:
             x = self._binarized(self.train.x[index], noise)
             yield LabeledBatch(x.to(device, non_blocking=True), self.train.labels[index].to(device))
 
-    def semi_supervised_steps(self, batch_size):
+    def semi_supervised_steps(self, batch_size: int) -> int:
         """Steps per epoch of ``semi_supervised_batches``: one pass over the unlabeled examples."""
         return max(1, -(-(len(self.train) - self.num_labeled()) // batch_size))
 
-    def semi_supervised_batches(self, batch_size, epoch_seed, noise, device, rank=0, world_size=1, skip=0):
+    def semi_supervised_batches(self, batch_size: int, epoch_seed: int, noise: torch.Generator | None,
+                                device: str | torch.device, rank: int = 0, world_size: int = 1,
+                                skip: int = 0) -> Iterator[SemiSupervisedBatch]:
         """One epoch of ``SemiSupervisedBatch``: every step ``batch_size`` unlabeled examples and
         B_l = ceil(N_l / steps) labeled ones, so that both sets are seen once an epoch in the same
         number of steps: the proportion N_l : N_u of Kingma et al.'s (2014) minibatches. Where
@@ -248,7 +256,8 @@ class Data:
             x_l = self._binarized(self.train.x[l], noise).to(device, non_blocking=True)
             yield SemiSupervisedBatch(x_u, LabeledBatch(x_l, self.train.labels[l].to(device)), scale)
 
-    def train_batches(self, batch_size, epoch_seed, noise, device, rank=0, world_size=1, skip=0):
+    def train_batches(self, batch_size: int, epoch_seed: int, noise: torch.Generator | None, device: str | torch.device,
+                      rank: int = 0, world_size: int = 1, skip: int = 0) -> Iterator[torch.Tensor]:
         """One epoch of shuffled training minibatches on ``device``.
 
         The order is a pure function of ``epoch_seed``; dynamic binarization draws from
@@ -262,7 +271,8 @@ class Data:
             x = self._binarized(self.train.x[index.to(self.train.x.device)].to(device, non_blocking=True), noise)
             yield x
 
-    def batches(self, split, batch_size, device, limit=None, rank=0, world_size=1, labels=False):
+    def batches(self, split: str, batch_size: int, device: str | torch.device, limit: int | None = None, rank: int = 0,
+                world_size: int = 1, labels: bool = False) -> Iterator[torch.Tensor | LabeledBatch]:
         """The examples of a split (``limit`` of them drawn at random with a fixed seed, the
         same every epoch: a sorted split's first N would be biased), in order, in minibatches on
         ``device``; with ``world_size`` > 1, every ``world_size``-th example from the ``rank``-th.
@@ -289,8 +299,9 @@ class Data:
             yield batch if y is None else LabeledBatch(batch, y[start : start + batch_size].to(device))
 
 
-def load_data(name="digits", path="", binarize="none", download=False, likelihood=None, labeled="all",
-              labeled_seed=0, **options):
+def load_data(name: str = "digits", path: str | os.PathLike[str] = "", binarize: str = "none", download: bool = False,
+              likelihood: str | None = None, labeled: int | str = "all", labeled_seed: int = 0,
+              **options: Any) -> Data:
     """Load a named dataset, read its intensities, and binarize it as asked.
 
     ``likelihood`` (a likelihood's name) is what ``binarize = "auto"`` decides by. With
@@ -304,7 +315,8 @@ def load_data(name="digits", path="", binarize="none", download=False, likelihoo
     return data
 
 
-def as_data(data, binarize="none", likelihood=None, valid_fraction=0.1, test_fraction=0.1):
+def as_data(data: Data | torch.Tensor | np.ndarray | dict[str, Any], binarize: str = "none",
+            likelihood: str | None = None, valid_fraction: float = 0.1, test_fraction: float = 0.1) -> Data:
     """Your own arrays as :class:`Data`, read like a dataset's files.
 
     ``data`` is an array or tensor ``(N, ...)`` (cut into train / valid / test by a seeded

@@ -11,8 +11,12 @@
   the data are discrete.
 """
 
+from __future__ import annotations
+
 import contextlib
 import math
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
 
 import pyro
 import torch
@@ -23,6 +27,11 @@ from .checks import integer
 from .data import HIDDEN, LabeledBatch
 from .objectives import analytic_kl, direct_log_weights, factors, kl_term, log_weights, sample_sites
 from .registry import UserError
+
+if TYPE_CHECKING:
+    from .annealing import KLWeight
+    from .model import VAE
+    from .objectives import Estimator
 
 ACTIVE_UNIT_THRESHOLD = 0.01
 # Evaluation draws its noise from this fixed seed, so epochs (and runs) are compared
@@ -50,7 +59,8 @@ def eval_mode(module):
 
 
 @torch.no_grad()
-def evaluate_elbo(vae, batches, seed=EVALUATION_SEED, all_reduce=None):
+def evaluate_elbo(vae: VAE, batches: Iterable[torch.Tensor | LabeledBatch], seed: int = EVALUATION_SEED,
+                  all_reduce: Callable[[torch.Tensor], Any] | None = None) -> dict[str, Any]:
     """Means over data points of the ELBO and its terms, one z per data point, fixed noise.
 
     Returns ``elbo``, ``reconstruction`` (E_q log p(x|z)), ``kl``, ``kl_per_dimension``
@@ -263,15 +273,15 @@ def _minibatches(data, batch_size):
 
 @torch.no_grad()
 def log_likelihood(
-    vae,
-    data,
-    num_samples=5000,
-    chunk_size=PARTICLES_PER_PASS,
-    seed=EVALUATION_SEED,
-    batch_size=EVALUATION_BATCH_SIZE,
-    progress=False,
-    labels=None,
-):
+    vae: VAE,
+    data: torch.Tensor | Iterable[torch.Tensor],
+    num_samples: int = 5000,
+    chunk_size: int = PARTICLES_PER_PASS,
+    seed: int = EVALUATION_SEED,
+    batch_size: int = EVALUATION_BATCH_SIZE,
+    progress: bool = False,
+    labels: torch.Tensor | None = None,
+) -> torch.Tensor:
     """The importance-sampled estimate of log p(x) for each data point, shape ``(N,)``::
 
         log p(x) ~ logsumexp_k [log p(x, z_k) - log q(z_k | x)] - log K,   z_k ~ q(z | x), k = 1..K
@@ -335,8 +345,9 @@ def bits_per_dim(log_likelihood_nats, num_features):
 
 
 @torch.no_grad()
-def evaluate(vae, x, num_samples=5000, seed=EVALUATION_SEED, batch_size=EVALUATION_BATCH_SIZE,
-             chunk_size=PARTICLES_PER_PASS, progress=False, labels=None):
+def evaluate(vae: VAE, x: torch.Tensor, num_samples: int = 5000, seed: int = EVALUATION_SEED,
+             batch_size: int = EVALUATION_BATCH_SIZE, chunk_size: int = PARTICLES_PER_PASS, progress: bool = False,
+             labels: torch.Tensor | None = None) -> dict[str, Any]:
     """Every diagnostic on one data set ``x`` (a tensor ``(N, *data_shape)``).
 
     For a model with labels, ``labels`` are the data's (long, ``(N,)``): a conditional model's
@@ -372,7 +383,8 @@ def evaluate(vae, x, num_samples=5000, seed=EVALUATION_SEED, batch_size=EVALUATI
 GRADIENT_GROUPS = ("encoder", "decoder", "all")
 
 
-def gradient_variance(vae, estimator, x, num_draws=100, params="encoder", kl_weight=None, seed=EVALUATION_SEED):
+def gradient_variance(vae: VAE, estimator: Estimator, x: torch.Tensor, num_draws: int = 100, params: str = "encoder",
+                      kl_weight: KLWeight | None = None, seed: int = EVALUATION_SEED) -> dict[str, Any]:
     """How noisy an estimator's gradient is, for a fixed minibatch ``x`` and fixed parameters.
 
     Draws ``num_draws`` gradients g_1..g_n of the per data point loss

@@ -25,6 +25,11 @@ the direct importance weights never apply (``has_standard_programs`` is False): 
 path traces them.
 """
 
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
 import pyro
 import pyro.distributions as dist
 import torch
@@ -38,6 +43,11 @@ from .model import VAE
 from .nets import DECODERS, ENCODERS, mlp
 from .priors import PRIORS
 from .registry import UserError
+
+if TYPE_CHECKING:
+    from pyro.distributions import TorchDistribution
+
+    from .registry import Spec
 
 LINK_ACTIVATION = "elu"
 # The hidden widths of the two z2 -> z1 links (config: model.link_hidden).
@@ -59,16 +69,16 @@ class HierarchicalVAE(VAE):
 
     def __init__(
         self,
-        data_shape,
-        latent_dim=(32, 32),
-        encoder="mlp",
-        decoder="mlp",
-        likelihood="bernoulli",
-        prior="normal",
-        guide="normal",
-        link_hidden=tuple(LINK_HIDDEN),
-        data_levels=None,
-    ):
+        data_shape: int | Sequence[int],
+        latent_dim: Sequence[int] = (32, 32),
+        encoder: Spec = "mlp",
+        decoder: Spec = "mlp",
+        likelihood: Spec = "bernoulli",
+        prior: Spec = "normal",
+        guide: Spec = "normal",
+        link_hidden: Sequence[int] = tuple(LINK_HIDDEN),
+        data_levels: int | None = None,
+    ) -> None:
         PyroModule.__init__(self, name="vae")
         data_shape = (data_shape,) if isinstance(data_shape, int) else tuple(data_shape)
         self.data_shape = data_shape
@@ -98,20 +108,20 @@ class HierarchicalVAE(VAE):
 
     # ---- the densities, written once ----
 
-    def prior_dist(self):
+    def prior_dist(self) -> TorchDistribution:
         """p(z2), event shape ``(z2,)`` (a VampPrior is built from ``guide_dist``, q(z2 | x))."""
         return self.prior(self.guide_dist)
 
-    def conditional_prior_dist(self, z2):
+    def conditional_prior_dist(self, z2: torch.Tensor) -> TorchDistribution:
         """p(z1 | z2) = N(mu(z2), diag s(z2)^2)."""
         loc, scale = gaussian_parameters(self.prior_link(z2))
         return dist.Normal(loc, scale).to_event(1)
 
-    def guide_dist(self, x):
+    def guide_dist(self, x: torch.Tensor) -> TorchDistribution:
         """q(z2 | x), the top layer's guide."""
         return self.guide_family(self.encoder(x))
 
-    def bottom_guide_dist(self, x, z2):
+    def bottom_guide_dist(self, x: torch.Tensor, z2: torch.Tensor) -> TorchDistribution:
         """q(z1 | x, z2) = N(loc, diag scale^2) from encoder_bottom(x) + guide_link(z2)."""
         loc, scale = gaussian_parameters(self.encoder_bottom(x) + self.guide_link(z2))
         return dist.Normal(loc, scale).to_event(1)
@@ -119,7 +129,7 @@ class HierarchicalVAE(VAE):
     # ---- the programs ----
 
     @pyro_method
-    def model(self, x):
+    def model(self, x: torch.Tensor) -> None:
         """p(z2) p(z1 | z2) p(x | z1) for a minibatch ``x`` of shape ``(N, *data_shape)``."""
         x = self._check_batch(x)
         with self.param_store(), pyro.plate("data", x.shape[0]):
@@ -128,7 +138,7 @@ class HierarchicalVAE(VAE):
             pyro.sample("x", self.likelihood_dist(z1, x), obs=x)
 
     @pyro_method
-    def guide(self, x):
+    def guide(self, x: torch.Tensor) -> None:
         """q(z2 | x) q(z1 | x, z2), reparameterized."""
         x = self._check_batch(x)
         with self.param_store(), pyro.plate("data", x.shape[0]):
@@ -138,17 +148,17 @@ class HierarchicalVAE(VAE):
     # ---- uses of a trained model ----
 
     @torch.no_grad()
-    def sample(self, num_samples):
+    def sample(self, num_samples: int) -> torch.Tensor:
         """``num_samples`` draws z2 ~ p(z2), z1 ~ p(z1 | z2), shown as E[x | z1]."""
         return self.likelihood.mean(self.decoder(self.sample_latents(num_samples)["z1"]))
 
     @torch.no_grad()
-    def prior_variances(self, num_samples):
+    def prior_variances(self, num_samples: int) -> dict[str, torch.Tensor]:
         """{site: Var_p per dimension}, from ``num_samples`` ancestral draws (z1's marginal has no closed form)."""
         return {site: z.var(0) for site, z in self.sample_latents(num_samples).items()}
 
     @torch.no_grad()
-    def sample_latents(self, num_samples):
+    def sample_latents(self, num_samples: int) -> dict[str, torch.Tensor]:
         """{"z1": ..., "z2": ...}: ancestral draws z2 ~ p(z2), z1 ~ p(z1 | z2)."""
         z2 = self.prior_dist().sample((num_samples,))
         return {"z1": self.conditional_prior_dist(z2).sample(), "z2": z2}
@@ -158,18 +168,18 @@ class HierarchicalVAE(VAE):
     code_samples = 64
 
     @torch.no_grad()
-    def encode_layers(self, x):
+    def encode_layers(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """{"z1": E_q[z1 | x], "z2": E_q[z2 | x]}, E_q[z1 | x] averaged over draws of z2."""
         q2 = self.guide_dist(x)
         z2 = q2.sample((self.code_samples,))
         return {"z1": self.bottom_guide_dist(x, z2).mean.mean(0), "z2": q2.mean}
 
     @torch.no_grad()
-    def encode(self, x):
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
         """E_q[z1 | x], the code the decoder reads."""
         return self.encode_layers(x)["z1"]
 
 
-def is_two_layer(latent_dim):
+def is_two_layer(latent_dim: object) -> bool:
     return isinstance(latent_dim, (list, tuple))
 

@@ -39,7 +39,11 @@ direct fast path). Their densities are still methods, written once: ``prior_dist
 ``guide_dist(x, y)``.
 """
 
+from __future__ import annotations
+
 import math
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import pyro
 import pyro.distributions as dist
@@ -55,6 +59,11 @@ from .model import VAE
 from .nets import DECODERS, ENCODERS, mlp
 from .objectives import kl_term
 from .registry import Registry, UserError
+
+if TYPE_CHECKING:
+    from pyro.distributions import TorchDistribution
+
+    from .registry import Spec
 
 CLASSIFIERS = Registry("classifier")
 
@@ -148,8 +157,9 @@ class LabeledVAE(VAE):
     data_batches = "labeled"  # what the trainer feeds it: (x, y) pairs
     conditional = True  # whether its ELBO is conditional on y (a CVAE's is; M2's U(x) is not)
 
-    def __init__(self, data_shape, latent_dim=16, encoder="mlp", decoder="mlp", likelihood="bernoulli",
-                 prior="normal", num_classes=10, data_levels=None):
+    def __init__(self, data_shape: int | Sequence[int], latent_dim: int = 16, encoder: Spec = "mlp",
+                 decoder: Spec = "mlp", likelihood: Spec = "bernoulli", prior: Spec = "normal",
+                 num_classes: int = 10, data_levels: int | None = None) -> None:
         data_shape = (data_shape,) if isinstance(data_shape, int) else tuple(data_shape)
         latent_dim = integer(latent_dim, "model.latent_dim", minimum=1)
         num_classes = integer(num_classes, "model.num_classes", minimum=2)
@@ -173,15 +183,15 @@ class LabeledVAE(VAE):
 
     # ---- the densities, written once ----
 
-    def prior_dist(self):
+    def prior_dist(self) -> TorchDistribution:
         """p(z), event shape ``(latent_dim,)``."""
         return self.prior(None)
 
-    def likelihood_dist(self, z, y, x=None):
+    def likelihood_dist(self, z: torch.Tensor, y: torch.Tensor, x: torch.Tensor | None = None) -> TorchDistribution:
         """p(x | z, y); z ``(..., latent_dim)`` and labels y broadcast against each other."""
         return self.likelihood(self.decoder(z, y), x)
 
-    def guide_dist(self, x, y):
+    def guide_dist(self, x: torch.Tensor, y: torch.Tensor) -> TorchDistribution:
         """q(z | x, y) = N(loc(x, y), diag scale(x, y)^2)."""
         return self.guide_family(self.encoder(x, y))
 
@@ -203,7 +213,7 @@ class LabeledVAE(VAE):
 
     # ---- uses of a trained model ----
 
-    def sample_labels(self, num_samples, label=None):
+    def sample_labels(self, num_samples: int, label: int | None = None) -> torch.Tensor:
         """``label`` repeated, or (None) every class in turn, sorted: with ``num_samples / C``
         columns a grid shows one row per class."""
         if label is None:
@@ -213,7 +223,7 @@ class LabeledVAE(VAE):
         return torch.full((num_samples,), label, dtype=torch.long)
 
     @torch.no_grad()
-    def sample(self, num_samples, label=None):
+    def sample(self, num_samples: int, label: int | None = None) -> torch.Tensor:
         """``num_samples`` draws z ~ p(z) shown as E[x | z, y]: y = ``label``, or every class in turn."""
         device = next(self.parameters()).device
         y = self.sample_labels(num_samples, label).to(device)
@@ -221,21 +231,21 @@ class LabeledVAE(VAE):
         return self.likelihood.mean(self.decoder(z, y))
 
     @torch.no_grad()
-    def reconstruct(self, x, y=None):
+    def reconstruct(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """E[x | z, y] at the guide's mean code."""
         y = self.labels_for(x, y)
         return self.likelihood.mean(self.decoder(self.encode(x, y), y))
 
     @torch.no_grad()
-    def encode(self, x, y=None):
+    def encode(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """The guide's mean code E_q[z | x, y]."""
         return self.guide_dist(x, self.labels_for(x, y)).mean
 
-    def labels_for(self, x, y):
+    def labels_for(self, x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
         return self._check_labels(y, x)
 
     @torch.no_grad()
-    def elbo_terms(self, x, y=None):
+    def elbo_terms(self, x: torch.Tensor, y: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """The conditional ELBO log p(x | y) >= E_q[log p(x | z, y)] - KL(q(z | x, y) || p(z)) per data
         point, one z each: ``elbo``, ``reconstruction``, ``kl`` (closed form where it exists)."""
         y = self._check_labels(y, x)
@@ -252,7 +262,7 @@ class CVAE(LabeledVAE):
     kind = "cvae"
 
     @pyro_method
-    def model(self, x, y=None):
+    def model(self, x: torch.Tensor, y: torch.Tensor | None = None) -> None:
         """p(z) p(x | z, y) for a minibatch x ``(N, *data_shape)`` and its labels y ``(N,)``."""
         x = self._check_batch(x)
         y = self._check_labels(y, x)
@@ -261,7 +271,7 @@ class CVAE(LabeledVAE):
             pyro.sample("x", self.likelihood_dist(z, y, x), obs=x)
 
     @pyro_method
-    def guide(self, x, y=None):
+    def guide(self, x: torch.Tensor, y: torch.Tensor | None = None) -> None:
         """q(z | x, y), reparameterized."""
         x = self._check_batch(x)
         y = self._check_labels(y, x)
@@ -276,8 +286,9 @@ class M2(LabeledVAE):
     data_batches = "semi_supervised"  # unlabeled and labeled minibatches together
     conditional = False
 
-    def __init__(self, data_shape, latent_dim=16, encoder="mlp", decoder="mlp", likelihood="bernoulli",
-                 prior="normal", num_classes=10, classifier="mlp", data_levels=None):
+    def __init__(self, data_shape: int | Sequence[int], latent_dim: int = 16, encoder: Spec = "mlp",
+                 decoder: Spec = "mlp", likelihood: Spec = "bernoulli", prior: Spec = "normal",
+                 num_classes: int = 10, classifier: Spec = "mlp", data_levels: int | None = None) -> None:
         super().__init__(data_shape, latent_dim, encoder, decoder, likelihood, prior, num_classes, data_levels)
         self.classifier = CLASSIFIERS.build(
             classifier, "model.classifier", data_shape=self.data_shape, num_classes=num_classes
@@ -285,18 +296,18 @@ class M2(LabeledVAE):
 
     # ---- the densities ----
 
-    def label_prior_dist(self):
+    def label_prior_dist(self) -> TorchDistribution:
         """p(y), uniform over the C classes."""
         return dist.Categorical(logits=torch.zeros(self.num_classes, device=next(self.parameters()).device))
 
-    def classifier_dist(self, x):
+    def classifier_dist(self, x: torch.Tensor) -> TorchDistribution:
         """q(y | x) = Categorical(softmax(classifier(x)))."""
         return dist.Categorical(logits=self.classifier(x))
 
     # ---- the programs ----
 
     @pyro_method
-    def model(self, x, y=None):
+    def model(self, x: torch.Tensor, y: torch.Tensor | None = None) -> None:
         """p(y) p(z) p(x | y, z); y observed where given, else a latent (the guide enumerates it).
 
         y's site is marked for enumeration here too: where y is observed Pyro enumerates nothing
@@ -311,7 +322,7 @@ class M2(LabeledVAE):
             pyro.sample("x", self.likelihood_dist(z, y, x), obs=x)
 
     @pyro_method
-    def guide(self, x, y=None):
+    def guide(self, x: torch.Tensor, y: torch.Tensor | None = None) -> None:
         """q(y | x) (enumerated in parallel under ``TraceEnum_ELBO``) where y is not given, then q(z | x, y)."""
         x = self._check_batch(x)
         y = self._check_labels(y, x, required=False)
@@ -323,16 +334,16 @@ class M2(LabeledVAE):
     # ---- uses ----
 
     @torch.no_grad()
-    def classify(self, x):
+    def classify(self, x: torch.Tensor) -> torch.Tensor:
         """The most probable class under q(y | x)."""
         return self.classifier(x).argmax(-1)
 
-    def labels_for(self, x, y):
+    def labels_for(self, x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
         """y where given, else the classifier's guess."""
         return self.classify(x) if y is None else self._check_labels(y, x)
 
     @torch.no_grad()
-    def elbo_terms(self, x, y=None):
+    def elbo_terms(self, x: torch.Tensor, y: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Per data point, one z per (x, y) pair: with y given the labeled bound L(x, y) on log p(x, y);
         without, the unlabeled bound on log p(x) with y summed out exactly,
 
@@ -423,7 +434,8 @@ def training_loss(vae, estimator, normalizer, objective, data):
 # ---- the supervised baseline ----
 
 
-def fit_classifier(classifier, x, y, steps=1000, batch_size=100, lr=1e-3, seed=0):
+def fit_classifier(classifier: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int = 1000, batch_size: int = 100,
+                   lr: float = 1e-3, seed: int = 0) -> nn.Module:
     """Fit a classifier network to the labeled pairs (x, y) alone: Adam on the mean cross-entropy,
     ``steps`` minibatches of ``batch_size`` drawn from a seeded shuffle. The baseline M2 is measured
     against (the same network as its q(y | x), without the unlabeled data). Returns ``classifier``."""

@@ -24,7 +24,12 @@ importance weights use too): a subclass that changes a density changes every pat
 one that redefines ``model`` or ``guide`` themselves is traced (``has_standard_programs``).
 """
 
+from __future__ import annotations
+
 import math
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
+from typing import TYPE_CHECKING
 
 import pyro
 import torch
@@ -37,6 +42,13 @@ from .likelihoods import LIKELIHOODS
 from .nets import DECODERS, ENCODERS
 from .priors import PRIORS
 from .registry import UserError, listing
+
+if TYPE_CHECKING:
+    from pyro.distributions import TorchDistribution
+    from torch import nn
+
+    from .guides import GuideFamily
+    from .registry import Spec
 
 
 class VAE(PyroModule):
@@ -59,15 +71,15 @@ class VAE(PyroModule):
 
     def __init__(
         self,
-        data_shape,
-        latent_dim=16,
-        encoder="mlp",
-        decoder="mlp",
-        likelihood="bernoulli",
-        prior="normal",
-        data_levels=None,
-        guide="normal",
-    ):
+        data_shape: int | Sequence[int],
+        latent_dim: int = 16,
+        encoder: Spec = "mlp",
+        decoder: Spec = "mlp",
+        likelihood: Spec = "bernoulli",
+        prior: Spec = "normal",
+        data_levels: int | None = None,
+        guide: Spec = "normal",
+    ) -> None:
         super().__init__(name="vae")
         data_shape = (data_shape,) if isinstance(data_shape, int) else tuple(data_shape)
         self.data_shape = data_shape
@@ -93,39 +105,39 @@ class VAE(PyroModule):
         self._param_state = new_param_store_state()  # this VAE's param store
 
     @property
-    def has_standard_programs(self):
+    def has_standard_programs(self) -> bool:
         """Whether ``model`` and ``guide`` are this class's own (a subclass may redefine them);
         only then may their loss be computed from the densities without tracing them."""
         return type(self).model is VAE.model and type(self).guide is VAE.guide
 
     @property
-    def num_features(self):
+    def num_features(self) -> int:
         """D, the number of numbers in one data point."""
         return math.prod(self.data_shape)
 
-    def param_store(self):
+    def param_store(self) -> AbstractContextManager[None]:
         """A context in which Pyro's global param store holds this VAE's parameters (and only them)."""
         return own_param_store(self._param_state)
 
     # ---- the densities, written once ----
 
-    def prior_dist(self):
+    def prior_dist(self) -> TorchDistribution:
         """p(z), event shape ``(latent_dim,)`` (a VampPrior is built from the guide, ``guide_dist``)."""
         return self.prior(self.guide_dist)
 
-    def likelihood_dist(self, z, x=None):
+    def likelihood_dist(self, z: torch.Tensor, x: torch.Tensor | None = None) -> TorchDistribution:
         """p(x | z) for codes ``z`` of shape ``(..., latent_dim)``; ``x`` is the observation, if any
         (the ``optimal`` Gaussian scale is fitted to it)."""
         return self.likelihood(self.decoder(z), x)
 
-    def guide_dist(self, x):
+    def guide_dist(self, x: torch.Tensor) -> TorchDistribution:
         """q(z | x), the guide family's distribution at the encoder's output; event shape ``(latent_dim,)``."""
         return self.guide_family(self.encoder(x))
 
     # ---- the programs ----
 
     @pyro_method
-    def model(self, x):
+    def model(self, x: torch.Tensor) -> None:
         """p(z) p(x | z) for a minibatch ``x`` of shape ``(N, *data_shape)``."""
         x = self._check_batch(x)
         with self.param_store(), pyro.plate("data", x.shape[0]):
@@ -133,13 +145,13 @@ class VAE(PyroModule):
             pyro.sample("x", self.likelihood_dist(z, x), obs=x)
 
     @pyro_method
-    def guide(self, x):
+    def guide(self, x: torch.Tensor) -> None:
         """q(z | x) (``guide_dist``), reparameterized."""
         x = self._check_batch(x)
         with self.param_store(), pyro.plate("data", x.shape[0]):
             pyro.sample("z", self.guide_dist(x))
 
-    def _check_batch(self, x):
+    def _check_batch(self, x: object) -> torch.Tensor:
         if not torch.is_tensor(x):
             raise UserError(
                 f"the model and guide take a minibatch tensor of shape (N, {', '.join(map(str, self.data_shape))}), "
@@ -150,12 +162,12 @@ class VAE(PyroModule):
     # ---- uses of a trained model ----
 
     @torch.no_grad()
-    def sample(self, num_samples):
+    def sample(self, num_samples: int) -> torch.Tensor:
         """``num_samples`` draws z ~ p(z), shown as E[x | z] (the likelihood's mean)."""
         return self.likelihood.mean(self.decoder(self.sample_latents(num_samples)["z"]))
 
     @torch.no_grad()
-    def prior_variances(self, num_samples):
+    def prior_variances(self, num_samples: int) -> dict[str, torch.Tensor]:
         """{site: Var_p(z_d) per dimension}: in closed form where the prior has one, else from
         ``num_samples`` draws (a flow)."""
         try:
@@ -164,27 +176,27 @@ class VAE(PyroModule):
             return {site: z.var(0) for site, z in self.sample_latents(num_samples).items()}
 
     @torch.no_grad()
-    def sample_latents(self, num_samples):
+    def sample_latents(self, num_samples: int) -> dict[str, torch.Tensor]:
         """{site: draws from the prior}, ``num_samples`` of each latent site ("z" here)."""
         return {"z": self.prior_dist().sample((num_samples,))}
 
     @torch.no_grad()
-    def reconstruct(self, x):
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
         """E[x | z] at the guide's mean code z = E_q[z | x]."""
         return self.likelihood.mean(self.decoder(self.encode(x)))
 
     @torch.no_grad()
-    def encode(self, x):
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
         """The guide's mean code E_q[z | x] (a Monte Carlo average for a flow guide)."""
         return self.guide_family.mean(self.guide_dist(x))
 
     @torch.no_grad()
-    def encode_layers(self, x):
+    def encode_layers(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """{site: E_q[code | x]} for every latent site (one, "z", here)."""
         return {"z": self.encode(x)}
 
 
-def check_prior_fits_guide(prior, guide_family):
+def check_prior_fits_guide(prior: nn.Module, guide_family: GuideFamily) -> None:
     """A prior built from the guide's density (the VampPrior) needs that density cheap at any point."""
     if getattr(prior, "built_from_guide", False) and not guide_family.density_anywhere:
         raise UserError(

@@ -54,7 +54,8 @@ def rmsprop(parameters, lr):
 
 
 for _optimizer in (adam, adamw, sgd, rmsprop):
-    _optimizer.context_arguments = ("parameters", "lr")  # the library passes both: no config options
+    # the library passes both: no config options (an attribute on a function: mypy needs the ignore)
+    _optimizer.context_arguments = ("parameters", "lr")  # type: ignore[attr-defined]
 
 
 class LRSchedule(torch.optim.lr_scheduler.LambdaLR):

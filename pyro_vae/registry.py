@@ -6,7 +6,20 @@ first line is its one-line description in ``pyro-vae list``; its keyword
 arguments are the options a config table may set, and nothing else.
 """
 
+from __future__ import annotations
+
 import inspect
+from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
+
+if TYPE_CHECKING:
+    from torch import nn
+
+T = TypeVar("T", bound=Callable[..., Any])  # a class, or a function (optimizers)
+
+# What a config gives for a component: a registered name, a table {"name": ..., options}, or a
+# module built already (returned as it is).
+Spec: TypeAlias = "str | dict[str, Any] | nn.Module"
 
 
 class UserError(ValueError):
@@ -17,7 +30,7 @@ class UserError(ValueError):
     """
 
 
-def listing(names, quote=False):
+def listing(names: Iterable[str], quote: bool = False) -> str:
     """``names`` as a message lists them: "a, b or c" (each in double quotes with ``quote``)."""
     names = [f'"{name}"' if quote else name for name in names]
     if len(names) < 2:
@@ -38,13 +51,13 @@ class Registry:
     exactly those. Every other keyword argument is an option a config table may set.
     """
 
-    def __init__(self, kind, legacy_key=None):
+    def __init__(self, kind: str, legacy_key: str | None = None) -> None:
         self.kind = kind
         self.legacy_key = legacy_key  # an older spelling of "name" in tables ("type", "schedule")
-        self._classes = {}
+        self._classes: dict[str, Callable[..., Any]] = {}
 
-    def register(self, name):
-        def decorator(cls):
+    def register(self, name: str) -> Callable[[T], T]:
+        def decorator(cls: Any) -> Any:
             if name in self._classes:
                 raise KeyError(f"{self.kind} {name!r} is registered twice")
             self._classes[name] = cls
@@ -53,19 +66,19 @@ class Registry:
 
         return decorator
 
-    def __contains__(self, name):
+    def __contains__(self, name: object) -> bool:
         return name in self._classes
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[str]:
         return iter(self._classes)
 
-    def names(self, **attributes):
+    def names(self, **attributes: Any) -> list[str]:
         """The registered names, in registration order; with ``attributes``, those whose class has
         these attribute values (``ESTIMATORS.names(supports_labels=True)``)."""
         return [name for name, cls in self._classes.items()
                 if all(getattr(cls, key) == value for key, value in attributes.items())]
 
-    def get(self, name, where=None):
+    def get(self, name: str, where: str | None = None) -> Callable[..., Any]:
         if not isinstance(name, str) or name not in self._classes:
             where = f"{where}: " if where else ""
             raise UserError(
@@ -73,7 +86,7 @@ class Registry:
             )
         return self._classes[name]
 
-    def describe(self):
+    def describe(self) -> list[tuple[str, str]]:
         """(name, one-line description) for every registered class."""
         rows = []
         for name, cls in self._classes.items():
@@ -81,7 +94,7 @@ class Registry:
             rows.append((name, doc.splitlines()[0] if doc else ""))
         return rows
 
-    def options(self, name):
+    def options(self, name: str) -> list[str]:
         """The keyword options a config table may give for ``name``."""
         cls = self.get(name)
         context = getattr(cls, "context_arguments", ())
@@ -91,13 +104,13 @@ class Registry:
             if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and option not in context
         ]
 
-    def name_key(self, table):
+    def name_key(self, table: dict[str, Any]) -> str:
         """The key of ``table`` that holds the name: ``name``, or the legacy key where only it is there."""
         if "name" not in table and self.legacy_key is not None and self.legacy_key in table:
             return self.legacy_key
         return "name"
 
-    def split_spec(self, spec, where=None):
+    def split_spec(self, spec: object, where: str | None = None) -> tuple[str, dict[str, Any]]:
         """Return ``(name, options)`` for a name or a table, validating the options."""
         where = where or self.kind
         if isinstance(spec, str):
@@ -120,7 +133,7 @@ class Registry:
             )
         return name, options
 
-    def build(self, spec, where=None, **context):
+    def build(self, spec: Spec, where: str | None = None, **context: Any) -> Any:
         """Build an object from a spec; ``context`` holds the arguments the library supplies
         (those the class lists in ``context_arguments`` are passed, the rest ignored).
 

@@ -5,10 +5,13 @@ last state), ``best.pt`` (the best validation ELBO), ``metrics.csv`` (one row pe
 epoch) and the figures ``reconstructions.png``, ``samples.png``, ``curves.png``.
 """
 
+from __future__ import annotations
+
 import os
 import shutil
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -18,6 +21,9 @@ from .checkpoint import load_checkpoint
 from .config import default_config, load_config
 from .loggers import read_metrics  # noqa: F401 (runs.read_metrics: where a run's metrics are read)
 from .registry import UserError
+
+if TYPE_CHECKING:
+    from .model import VAE
 
 # Keys that may change when a run is resumed; any other difference is refused.
 RESUMABLE_KEYS = {
@@ -125,7 +131,9 @@ def save_class_samples(vae, path, per_class=8):
     )
 
 
-def load_run(run, device="cpu", checkpoint="checkpoint.pt"):
+def load_run(
+    run: str | os.PathLike[str], device: str | torch.device = "cpu", checkpoint: str = "checkpoint.pt"
+) -> VAE:
     """The trained VAE of a run directory, in eval mode, ready for ``model`` / ``guide``.
 
     ``checkpoint="best.pt"`` loads the state with the best validation ELBO instead of the last.

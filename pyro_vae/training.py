@@ -23,13 +23,17 @@ states. ``train(resume=RUN)`` continues a run exactly: on CPU, a run killed
 mid-epoch and resumed ends with bit-identical parameters.
 """
 
+from __future__ import annotations
+
 import contextlib
 import math
 import os
 import signal
 import sys
 import time
+from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pyro
 import torch
@@ -48,6 +52,11 @@ from .registry import UserError
 from .loggers import LOGGERS
 from .runs import check_resumable, check_writable, clear_run_outputs, prepare_run_directory, save_figures
 from .steps import CapturedStep, CaptureFailed, Step
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from .data import Data
 
 
 class TrainingStopped(Exception):
@@ -442,7 +451,14 @@ def distributed_context(device):
     return dist.get_rank(), world_size, device
 
 
-def train(config=None, out=None, force=False, overrides=(), resume=None, data=None):
+def train(
+    config: dict[str, Any] | str | os.PathLike[str] | None = None,
+    out: str | os.PathLike[str] | None = None,
+    force: bool = False,
+    overrides: Iterable[str] = (),
+    resume: str | os.PathLike[str] | None = None,
+    data: Data | torch.Tensor | np.ndarray | dict[str, Any] | None = None,
+) -> Path:
     """Train a VAE from a config (a dict, a TOML path, or None for the defaults).
 
     ``resume=RUN`` continues the run in directory RUN from its last checkpoint (the

@@ -133,6 +133,7 @@ def test_a_vae_owns_its_parameters_nothing_stays_in_the_global_store():
     assert list(pyro.get_param_store().keys()) == ["users_own"]
     assert torch.equal(pyro.param("users_own"), user_param)
     assert all(reference() is None for reference in references)  # every VAE (and its weights) is gone
+    pyro.get_param_store().clear()  # leave the global store empty, as the next test may check it is
 
 
 def test_conv_networks_on_images():

@@ -8,12 +8,24 @@ Adding one is one class and one ``@ESTIMATORS.register`` line: the messages belo
 parametrizations read the registry and the class attributes.
 """
 
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
+
+import torch
 from torch import nn
 
 from ..annealing import is_unit_weight, kl_scaled
 from ..registry import Registry, UserError, listing
 from .log_weights import standard_vae
 from .terms import penalized_loss
+
+if TYPE_CHECKING:
+    from ..annealing import KLWeight
+    from ..guides import GuideFamily
+    from ..model import VAE
+    from ..penalties import Capacity, FreeBits
 
 ESTIMATORS = Registry("estimator")
 
@@ -41,7 +53,13 @@ class Estimator(nn.Module):
     # CUDA graph can capture the step; every estimator declaring it is tested sync-free and captured.
     capturable = False
 
-    def __init__(self, num_particles=1, vectorize_particles=False, jit=False, data_shape=None):
+    def __init__(
+        self,
+        num_particles: int = 1,
+        vectorize_particles: bool = False,
+        jit: bool = False,
+        data_shape: tuple[int, ...] | None = None,
+    ) -> None:
         super().__init__()
         if num_particles < self.minimum_particles:
             raise UserError(
@@ -59,7 +77,16 @@ class Estimator(nn.Module):
         self.jit = jit
         self.data_shape = data_shape
 
-    def loss(self, model, guide, x, kl_weight=None, kl_penalty=None, y=None, sites=None):
+    def loss(
+        self,
+        model: Callable[..., Any],
+        guide: Callable[..., Any],
+        x: torch.Tensor,
+        kl_weight: KLWeight | None = None,
+        kl_penalty: Capacity | FreeBits | None = None,
+        y: torch.Tensor | None = None,
+        sites: Iterable[str] | None = None,
+    ) -> torch.Tensor:
         """The loss of ``model``/``guide`` on ``x`` with the latent sites' log-densities scaled by
         ``kl_weight`` (None or 1: unweighted; a number, 0-dim tensor, or a callable read once);
         with a ``kl_penalty``, -(reconstruction - kl_weight * kl_penalty(KL)) instead.
@@ -82,7 +109,7 @@ class Estimator(nn.Module):
             loss = self.direct_loss(vae, x, kl_weight)
             if loss is not None:
                 return loss
-        if not is_unit_weight(kl_weight):
+        if kl_weight is not None and not is_unit_weight(kl_weight):  # None is a unit weight, spelled out for mypy
             model, guide = kl_scaled(model, kl_weight, sites), kl_scaled(guide, kl_weight, sites)
         if y is None:
             return self.differentiable_loss(model, guide, x)
@@ -94,10 +121,12 @@ class Estimator(nn.Module):
     analytic_kl = False  # whether the KL term is taken in closed form where it has one
     guide_wrapper = None  # a _Rewrapped class applied to the guide's latent sites
 
-    def differentiable_loss(self, model, guide, x):
+    def differentiable_loss(
+        self, model: Callable[..., Any], guide: Callable[..., Any], x: torch.Tensor, *labels: torch.Tensor
+    ) -> torch.Tensor:
         raise NotImplementedError
 
-    def capture_obstacle(self, vae):
+    def capture_obstacle(self, vae: VAE) -> str | None:
         """Why a CUDA graph cannot capture this estimator's step for ``vae``, or None if it can:
         the loss must never read a value from the device (``.item()``, a Python branch on a
         tensor). Capture is opt-in: an estimator declares ``capturable = True`` (the particle
@@ -111,7 +140,7 @@ class Estimator(nn.Module):
 
     detaches_guide_parameters = False  # scores z under log q at detached parameters (PathDerivative)
 
-    def check_guide(self, guide_family):
+    def check_guide(self, guide_family: GuideFamily) -> None:
         """Refuse a guide family this estimator cannot use (one that cannot be scored at detached parameters)."""
         if self.detaches_guide_parameters and not getattr(guide_family, "detachable", True):
             raise UserError(
@@ -120,7 +149,7 @@ class Estimator(nn.Module):
                 f"{listing(ESTIMATORS.names(detaches_guide_parameters=False))}"
             )
 
-    def check_kl_weight(self, constant=None):
+    def check_kl_weight(self, constant: float | None = None) -> None:
         """Refuse a KL weight this estimator cannot honour (``constant`` None: a schedule)."""
         if not self.supports_kl_weight and constant != 1.0:
             raise UserError(
@@ -128,7 +157,7 @@ class Estimator(nn.Module):
                 "weight a scale reweights the particles instead; use objective.kl_weight = 1"
             )
 
-    def check_kl_penalty(self, what="capacity"):
+    def check_kl_penalty(self, what: str = "capacity") -> None:
         """Refuse a KL penalty (``what``: "capacity" or "free bits") this estimator cannot honour."""
         if not self.supports_kl_penalty:
             able = ", ".join(ESTIMATORS.names(supports_kl_penalty=True))
@@ -140,6 +169,6 @@ class Estimator(nn.Module):
             raise UserError(f"objective.{what.replace(' ', '_')} is not available with objective.jit = true")
 
 
-def label_estimators():
+def label_estimators() -> str:
     """Which estimators a model with labels trains with, as advice for a message."""
     return f"models with labels train with objective.estimator = {listing(ESTIMATORS.names(supports_labels=True), quote=True)}"
