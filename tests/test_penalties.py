@@ -27,6 +27,11 @@ D, LATENT, N, SIGMA = 6, 4, 10, 0.5
 SEED = 11
 
 
+def metrics_rows(run):
+    with open(run / "metrics.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
 def linear_vae():
     vae = VAE((D,), LATENT, encoder={"name": "mlp", "hidden": []}, decoder={"name": "mlp", "hidden": []},
               likelihood={"name": "gaussian", "scale": SIGMA})
@@ -134,7 +139,7 @@ def test_particles_average_the_terms_per_data_point():
 def test_metrics_log_c_of_t_and_the_true_elbo(tmp_path):
     capacity = {"start": 0.0, "end": 6.0, "epochs": 2, "gamma": 50.0}
     run = train(tiny_config(objective={"capacity": capacity}, train={"epochs": 3}), out=tmp_path / "run")
-    rows = list(csv.DictReader(open(run / "metrics.csv")))
+    rows = metrics_rows(run)
     steps_per_epoch = int(rows[0]["step"])
     for row in rows:  # C in force at the epoch's last step: 6 * min(step / (2 * steps per epoch), 1)
         last_step = int(row["step"]) - 1
@@ -148,8 +153,7 @@ def test_resumed_run_resumes_c_of_t(tmp_path):
     straight = train(config, out=tmp_path / "straight")
     halfway = train(config, out=tmp_path / "resumed", overrides=["train.epochs=1"])
     train(resume=halfway, overrides=["train.epochs=3"])
-    read = lambda run: list(csv.DictReader(open(run / "metrics.csv")))
-    for a, b in zip(read(straight), read(halfway)):
+        for a, b in zip(metrics_rows(straight), metrics_rows(halfway)):
         for key in ("capacity", "train_loss", "val_elbo"):
             assert float(a[key]) == pytest.approx(float(b[key]), rel=1e-5), key
 
@@ -205,4 +209,4 @@ def test_a_run_written_before_these_keys_existed_still_resumes(tmp_path):
     save_checkpoint(state, run / "checkpoint.pt")
     save_config(state["config"], run / "config.toml")
     train(resume=run, overrides=["train.epochs=2"])
-    assert len(list(csv.DictReader(open(run / "metrics.csv")))) == 2
+    assert len(metrics_rows(run)) == 2
