@@ -545,7 +545,7 @@ def given_splits(arrays, fractions, where):
         missing = [0.0 if name in arrays else fraction for name, fraction in zip(("valid", "test"), fractions)]
         check_factors("train", arrays["train"], factors[0])  # before cutting both by one shuffle
         cut, cut_labels, cut_factors = _split_off(arrays["train"], arrays.get("train_labels"), missing,
-                                                  factors=arrays.get("train_factors"))
+                                                  factors=factors[0] if factors[0] is not None else arrays["train"])
         cut_factors = cut_factors if factors[0] is not None else [None] * 3
         for i, name in enumerate(SPLITS):
             if name == "train" or name not in arrays:
