@@ -520,15 +520,15 @@ def _raw_splits(train, valid, test, labels=(None, None, None), factors=(None, No
     return {name: Split(x, as_long(y), f) for name, x, y, f in zip(SPLITS, (train, valid, test), labels, factors)}
 
 
-def _split_off(x, labels, fractions, seed=0, factors=None):
-    """A fixed, seeded shuffle of (x, labels) cut into train / valid / test (and of ``factors``,
-    returned third, where given)."""
+def _split_off(x, labels, fractions, seed=0):
+    """A fixed, seeded shuffle of (x, labels) cut into train / valid / test (x may be None).
+    The shuffle depends on len(x) and the seed alone, so arrays of one length are cut alike."""
+    if x is None:
+        return [None] * 3, [None] * 3
     order = np.random.RandomState(seed).permutation(len(x))
     n_valid, n_test = (int(round(f * len(x))) for f in fractions)
     parts = np.split(order, [len(x) - n_valid - n_test, len(x) - n_test])
     pick = lambda a: [None if a is None else a[torch.as_tensor(p) if torch.is_tensor(a) else p] for p in parts]
-    if factors is not None:
-        return pick(x), pick(labels), pick(factors)
     return pick(x), pick(labels)
 
 
@@ -544,9 +544,8 @@ def given_splits(arrays, fractions, where):
     if "valid" not in arrays or "test" not in arrays:
         missing = [0.0 if name in arrays else fraction for name, fraction in zip(("valid", "test"), fractions)]
         check_factors("train", arrays["train"], factors[0])  # before cutting both by one shuffle
-        cut, cut_labels, cut_factors = _split_off(arrays["train"], arrays.get("train_labels"), missing,
-                                                  factors=factors[0] if factors[0] is not None else arrays["train"])
-        cut_factors = cut_factors if factors[0] is not None else [None] * 3
+        cut, cut_labels = _split_off(arrays["train"], arrays.get("train_labels"), missing)
+        cut_factors, _ = _split_off(factors[0], None, missing)  # the same shuffle: it depends on N alone
         for i, name in enumerate(SPLITS):
             if name == "train" or name not in arrays:
                 parts[i], labels[i], factors[i] = cut[i], cut_labels[i], cut_factors[i]
@@ -841,8 +840,7 @@ class DSprites(Source):
 
     def load(self):
         factors = grid_factors(self.grid)
-        (train, valid, test), _, factor_splits = _split_off(
-            self.images(), None, self.fractions, seed=self.split_seed, factors=factors)
+        (train, valid, test), factor_splits = _split_off(self.images(), factors, self.fractions, seed=self.split_seed)
         return _raw_splits(train, valid, test, factors=factor_splits)
 
     def renderer(self):
