@@ -850,3 +850,6 @@ def elbo_terms(vae, x, guide_trace=None):
     if len(terms) > 1:
         result.update(terms)
     return result
+
+
+from . import total_correlation  # noqa: E402, F401  (registers "tcvae" and "factorvae"; imports this module)
