@@ -274,7 +274,7 @@ def gaussian_total_correlation(codes):
 
 
 @torch.no_grad()
-def total_correlation(loc, scale, num_samples=2000, seed=0):
+def total_correlation(loc, scale, num_samples=1000, seed=0):
     """The total correlation of the aggregate posterior q(z) = (1/N) sum_n N(z; loc_n, diag scale_n^2)
     (the codes of N examples under a diagonal Gaussian encoder), Monte Carlo over z only:
 
@@ -290,9 +290,73 @@ def total_correlation(loc, scale, num_samples=2000, seed=0):
     rows = torch.randint(n, (num_samples,), generator=generator)
     z = loc[rows] + scale[rows] * torch.randn(num_samples, loc.shape[1], generator=generator, dtype=torch.float64)
     total_joint, total_marginal = 0.0, 0.0
-    for start in range(0, num_samples, 256):
-        zs = z[start : start + 256, None, :]
+    chunk = max(1, 2_000_000 // max(n * loc.shape[1], 1))  # (chunk, N, D) float64: about 16 MB
+    for start in range(0, num_samples, chunk):
+        zs = z[start : start + chunk, None, :]
         log_q = torch.distributions.Normal(loc[None], scale[None]).log_prob(zs)  # (S, N, D)
         total_joint += (torch.logsumexp(log_q.sum(2), 1) - math.log(n)).sum().item()
         total_marginal += (torch.logsumexp(log_q, 1) - math.log(n)).sum().item()
     return (total_joint - total_marginal) / num_samples
+
+
+def _encode(vae, x, batch_size=1000):
+    """The means of q(z | x) (``vae.encode``) for a tensor of examples, in batches, on the VAE's device."""
+    parameter = next(vae.parameters(), None)
+    device = parameter.device if parameter is not None else torch.device("cpu")
+    return torch.cat([vae.encode(x[i : i + batch_size].to(device)).cpu() for i in range(0, len(x), batch_size)])
+
+
+@torch.no_grad()
+def evaluate_disentanglement(vae, data, splits=("train", "valid", "test"), limit=None, seed=0,
+                             dci_regressor="lasso", factor_vae_votes=(500, 300)):
+    """Every metric of this module for a trained VAE on data with factors (``data.has_factors``).
+
+    The codes are the means of q(z | x) on the examples of ``splits`` together (by default the
+    whole data set: on dSprites the whole grid; ``limit`` draws that many at random with
+    ``seed``). Returns a dict: ``mig`` (and ``mig_per_factor`` by name), ``dci`` (disentanglement,
+    completeness, informativeness), ``factor_vae_score`` (its held-out accuracy; the examples are
+    drawn with ``data.render`` where the data can draw them, else among these examples),
+    ``gaussian_total_correlation`` of the codes, ``total_correlation`` of the aggregate
+    posterior (diagonal Gaussian guides), ``num_examples`` and ``factor_names``.
+    """
+    from .data import Split
+
+    if not data.has_factors:
+        raise UserError("the disentanglement metrics need data whose splits carry factors (dsprites, or "
+                        "an .npz with '<split>_factors')")
+    parts = [data.split(name) for name in splits]
+    pool = Split(torch.cat([p.x for p in parts]).cpu(), None, torch.cat([p.factors for p in parts]).cpu())
+    pool = pool.random_subset(limit, seed)
+    was_training = vae.training
+    vae.eval()
+    try:
+        codes = _encode(vae, pool.x)
+        factors = pool.factors.numpy()
+        mig_value, gaps = mig(codes, factors, per_factor=True)
+        informative = [name for name, column in zip(data.factor_names, factors.T) if len(np.unique(column)) > 1]
+        dci_result = dci(codes, factors, regressor=dci_regressor, seed=seed)
+        dci_result.pop("importance")
+        score = factor_vae_score(lambda images: _encode(vae, images), factors, pool.x, data.render,
+                                 num_train=factor_vae_votes[0], num_eval=factor_vae_votes[1], seed=seed)
+        result = {
+            "mig": mig_value,
+            "mig_per_factor": dict(zip(informative, map(float, gaps))),
+            "dci": dci_result,
+            "factor_vae_score": score["eval_accuracy"],
+            "factor_vae_active_dims": score["active_dims"],
+            "gaussian_total_correlation": gaussian_total_correlation(codes),
+            "num_examples": len(pool),
+            "factor_names": list(data.factor_names),
+        }
+        guide = vae.guide_dist(pool.x[:1].to(next(vae.parameters()).device))
+        base = getattr(guide, "base_dist", None)
+        if isinstance(base, torch.distributions.Normal):
+            locs, scales = [], []
+            for i in range(0, len(pool), 1000):
+                q = vae.guide_dist(pool.x[i : i + 1000].to(base.loc.device)).base_dist
+                locs.append(q.loc.cpu())
+                scales.append(q.scale.cpu())
+            result["total_correlation"] = total_correlation(torch.cat(locs), torch.cat(scales), seed=seed)
+        return result
+    finally:
+        vae.train(was_training)
