@@ -252,3 +252,41 @@ def test_factorvae_discriminator_is_not_in_the_vaes_optimizer(tmp_path):
     parts = build(config, load_data("digits", binarize="static"), "cpu")
     ids = {id(p) for p in parts.parameters()}
     assert not any(id(p) in ids for p in parts.estimator.discriminator.parameters())
+
+
+# ---- through the command line ----
+
+
+def test_cli_trains_tcvae_on_dsprites_and_evaluates_and_plots_the_factors(tmp_path, monkeypatch):
+    import json
+
+    from pyro_vae.cli import main
+
+    monkeypatch.setenv("PYRO_VAE_CACHE", str(tmp_path / "cache"))
+    run = tmp_path / "run"
+    overrides = ["data.name=dsprites", "data.grid=[3, 2, 4, 4, 4]", "data.image_size=12", "model.latent_dim=3",
+                 "model.encoder.hidden=[16]", "model.decoder.hidden=[16]", "objective.estimator.name=tcvae",
+                 "objective.estimator.beta=4.0", "objective.estimator.sampling=mss", "train.epochs=1",
+                 "train.batch_size=64", "train.progress=false", "train.device=cpu"]
+    args = ["train", "--out", str(run)]
+    for override in overrides:
+        args += ["--set", override]
+    assert main(args) == 0
+    assert main(["evaluate", str(run), "--samples", "2"]) == 0
+    result = json.loads((run / "evaluation.json").read_text())["disentanglement"]
+    assert result["factor_names"] == ["shape", "scale", "orientation", "x", "y"]
+    assert result["num_examples"] == round(0.1 * 3 * 2 * 4 * 4 * 4)  # the test split
+    assert 0 <= result["mig"] <= 1 and 0 <= result["factor_vae_score"] <= 1
+    assert set(result["dci"]) == {"disentanglement", "completeness", "informativeness"}
+    assert main(["plot", str(run)]) == 0
+    assert (run / "factor_traversals.png").is_file()
+
+
+def test_evaluate_without_factors_writes_no_disentanglement(tmp_path):
+    import json
+
+    from pyro_vae.cli import main
+
+    run = train(tiny_config(train={"epochs": 1}), out=tmp_path / "run")
+    assert main(["evaluate", str(run), "--samples", "2", "--limit", "20"]) == 0
+    assert "disentanglement" not in json.loads((run / "evaluation.json").read_text())
