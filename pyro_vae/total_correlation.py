@@ -53,6 +53,11 @@ def log_density_matrix(guide_dist, z):
             "tcvae and factorvae need a guide that factorizes over latent dimensions (model.guide = \"normal\"); "
             f"this guide is a {type(guide_dist).__name__}"
         )
+    if type(base) is torch.distributions.Normal:
+        # The same numbers in three passes over the (N, M, D) array instead of Normal.log_prob's
+        # five: a = (z_n - mu_m) / s_m, then -a^2 / 2 - log s_m - log(2 pi) / 2 in one addcmul.
+        a = (z.unsqueeze(1) - base.loc) / base.scale
+        return torch.addcmul(-base.scale.log() - 0.5 * math.log(2 * math.pi), a, a, value=-0.5)
     return base.log_prob(z.unsqueeze(1))
 
 
@@ -75,25 +80,88 @@ def minibatch_log_densities(log_q, dataset_size, sampling="mws"):
     The same weights estimate each marginal q(z_nj) from log q(z_nj | x_m).
     """
     m = log_q.shape[1]
-    if sampling == "mws" or m == 1:
-        log_w = torch.full((m, m), -math.log(m), dtype=log_q.dtype, device=log_q.device)
-    elif sampling == "mss":
-        n = max(dataset_size, m)
-        log_w = torch.full((m, m), math.log(n - 1) - math.log(n * (m - 1)), dtype=log_q.dtype, device=log_q.device)
-        log_w.fill_diagonal_(-math.log(n))
-    else:
+    if sampling not in SAMPLINGS:
         raise UserError(f"unknown sampling {sampling!r}; choose one of: {', '.join(SAMPLINGS)}")
-    log_qz = torch.logsumexp(log_q.sum(2) + log_w, 1)
-    log_prod_qzj = torch.logsumexp(log_q + log_w.unsqueeze(2), 1).sum(1)
-    return log_qz, log_prod_qzj
+    joint = torch.logsumexp(log_q.sum(2), 1) - math.log(m)  # uniform weights 1/M
+    marginals = torch.logsumexp(log_q, 1) - math.log(m)
+    if sampling == "mss" and m > 1:
+        own = torch.diagonal(log_q, dim1=0, dim2=1).T  # log q(z_nj | x_n), (M, D)
+        joint, marginals = _stratified(joint, own.sum(1), m, dataset_size), _stratified(marginals, own, m, dataset_size)
+    return joint, marginals.sum(1)
+
+
+HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
+
+
+class GaussianAggregate(torch.autograd.Function):
+    """For diagonal Gaussians q(z | x_m) = N(loc_m, diag scale_m^2) and codes z_n:
+    ``logsumexp_m sum_j log q(z_nj | x_m)`` (N,) and ``logsumexp_m log q(z_nj | x_m)`` (N, D), the uniform
+    minibatch sums of :func:`minibatch_log_densities` before their -log M, with a hand-written
+    backward pass. Autograd's version makes about 25 passes over the (N, M, D) array; this makes
+    about 16 (with t = log q(z_nj | x_m), a = (z_nj - loc_mj) / scale_mj, dt/da = -a,
+    dt/dscale = (a^2 - 1) / scale): the difference that keeps a beta-TCVAE step near a VAE step.
+    Tested against autograd (``torch.autograd.gradcheck``).
+    """
+
+    @staticmethod
+    def forward(ctx, z, loc, scale):
+        inv = scale.reciprocal()
+        a = (z.unsqueeze(1) - loc) * inv
+        t = torch.addcmul(-scale.log() - HALF_LOG_2PI, a, a, value=-0.5)
+        joint_t = t.sum(2)
+        joint = torch.logsumexp(joint_t, 1)
+        # logsumexp over m by hand, keeping exp(t - max) for the backward pass (no second exp)
+        peak = t.amax(1, keepdim=True)
+        e = t.sub_(peak).exp_()  # t is not needed again: reuse its memory
+        total = e.sum(1)
+        marginals = total.log() + peak.squeeze(1)
+        ctx.save_for_backward(a, e, total, joint_t, joint, inv)
+        return joint, marginals
+
+    @staticmethod
+    def backward(ctx, grad_joint, grad_marginals):
+        a, e, total, joint_t, joint, inv = ctx.saved_tensors
+        gt = e * (grad_marginals / total).unsqueeze(1)  # the softmax over m, times the incoming gradient
+        gt += (torch.exp(joint_t - joint.unsqueeze(1)) * grad_joint.unsqueeze(1)).unsqueeze(2)
+        u = gt * a  # -dL/da
+        grad_z = -torch.einsum("nmd,md->nd", u, inv)
+        grad_loc = u.sum(0) * inv
+        grad_scale = (torch.einsum("nmd,nmd->md", u, a) - gt.sum(0)) * inv
+        return grad_z, grad_loc, grad_scale
+
+
+def gaussian_minibatch_log_densities(loc, scale, z, dataset_size, sampling="mws"):
+    """:func:`minibatch_log_densities` for diagonal Gaussian posteriors, through :class:`GaussianAggregate`."""
+    m = len(loc)
+    joint, marginals = GaussianAggregate.apply(z, loc, scale)
+    joint, marginals = joint - math.log(m), marginals - math.log(m)
+    if sampling == "mss" and m > 1:
+        own = torch.distributions.Normal(loc, scale).log_prob(z)  # log q(z_nj | x_n), (M, D)
+        joint, marginals = _stratified(joint, own.sum(1), m, dataset_size), _stratified(marginals, own, m, dataset_size)
+    return joint, marginals.sum(1)
+
+
+def _stratified(log_uniform, log_own, m, dataset_size):
+    """From the uniform minibatch estimate (weights 1/M) and the own term log q(z_n | x_n), the
+    stratified one: sum_m w_nm q_nm = w_off sum_m q_nm - (w_off - w_own) q_nn, without a weighted
+    copy of the (M, M, D) array. With w_own < w_off (M < N) the argument of log1p stays above -1,
+    since w_off sum_m q_nm >= w_off q_nn."""
+    n = max(dataset_size, m)
+    log_off = math.log(n - 1) - math.log(n * (m - 1))
+    shrink = 1.0 - (m - 1) / (n - 1)  # (w_off - w_own) / w_off
+    log_sum = log_uniform + math.log(m)
+    return log_off + log_sum + torch.log1p(-shrink * torch.exp(log_own - log_sum))
 
 
 def kl_decomposition(guide_dist, prior_dist, z, dataset_size, sampling="mws"):
     """The three terms of the KL per data point (Chen et al. 2018), each shape (M,):
     ``(mi, tc, dimension_wise)``, with log q(z) and log q(z_j) from :func:`minibatch_log_densities`;
     they add up to log q(z_n | x_n) - log p(z_n) exactly."""
-    log_q = log_density_matrix(guide_dist, z)
-    log_qz, log_prod_qzj = minibatch_log_densities(log_q, dataset_size, sampling)
+    base = getattr(guide_dist, "base_dist", None)
+    if type(base) is torch.distributions.Normal and getattr(guide_dist, "reinterpreted_batch_ndims", 0) == 1:
+        log_qz, log_prod_qzj = gaussian_minibatch_log_densities(base.loc, base.scale, z, dataset_size, sampling)
+    else:
+        log_qz, log_prod_qzj = minibatch_log_densities(log_density_matrix(guide_dist, z), dataset_size, sampling)
     log_qz_given_x = guide_dist.log_prob(z)
     log_pz = prior_dist.log_prob(z)
     return log_qz_given_x - log_qz, log_qz - log_prod_qzj, log_prod_qzj - log_pz

@@ -290,3 +290,17 @@ def test_evaluate_without_factors_writes_no_disentanglement(tmp_path):
     run = train(tiny_config(train={"epochs": 1}), out=tmp_path / "run")
     assert main(["evaluate", str(run), "--samples", "2", "--limit", "20"]) == 0
     assert "disentanglement" not in json.loads((run / "evaluation.json").read_text())
+
+
+def test_the_hand_written_backward_pass_is_autograds():
+    from pyro_vae.total_correlation import GaussianAggregate
+
+    g = torch.Generator().manual_seed(0)
+    loc = torch.randn(6, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    scale = (torch.rand(6, 3, generator=g, dtype=torch.float64) + 0.3).requires_grad_()
+    z = torch.randn(6, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(GaussianAggregate.apply, (z, loc, scale))
+    q = torch.distributions.Independent(torch.distributions.Normal(loc, scale), 1)
+    log_q = log_density_matrix(q, z)
+    joint, marginals = GaussianAggregate.apply(z, loc, scale)
+    assert torch.allclose(joint, torch.logsumexp(log_q.sum(2), 1)) and torch.allclose(marginals, torch.logsumexp(log_q, 1))
