@@ -87,7 +87,7 @@ class Split:
             raise UserError(f"a subset needs at least one example, got size {size}")
         generator = torch.Generator().manual_seed(seed)
         index = torch.randperm(len(self), generator=generator)[:size].sort().values
-        pick = lambda a: None if a is None else a[index.to(a.device)]  # noqa: E731
+        pick = lambda a: None if a is None else a[index.to(a.device)]
         return Split(self.x[index], pick(self.labels), pick(self.factors))
 
 

@@ -138,7 +138,7 @@ def dci(codes, factors, regressor="lasso", train_fraction=0.8, alpha=0.02, seed=
     """
     codes, factors = _pair(codes, factors)
     order = np.random.RandomState(seed).permutation(len(codes))
-    cut = max(1, min(int(round(train_fraction * len(codes))), len(codes) - 1))
+    cut = max(1, min(round(train_fraction * len(codes)), len(codes) - 1))
     train, test = order[:cut], order[cut:]
     if max_train is not None:
         train = train[:max_train]
@@ -254,7 +254,7 @@ def factor_vae_score(encode, factors, x=None, render=None, batch_size=64, num_tr
 
     train, held_out = votes(num_train), votes(num_eval)
     classifier = train.argmax(1)  # each dimension's factor; ties to the first
-    accuracy = lambda table: float(table[np.arange(len(table)), classifier].sum() / max(table.sum(), 1))  # noqa: E731
+    accuracy = lambda table: float(table[np.arange(len(table)), classifier].sum() / max(table.sum(), 1))
     return {"train_accuracy": accuracy(train), "eval_accuracy": accuracy(held_out), "active_dims": int(active.sum())}
 
 

@@ -6,17 +6,28 @@ import numpy as np
 import pyro
 import pytest
 import torch
-
 from conftest import tiny_config
+
 from pyro_vae import train
 from pyro_vae.build import build_estimator, build_model
 from pyro_vae.config import check_config
-from pyro_vae.disentanglement import (dci, dci_from_importance, factor_vae_score, gaussian_total_correlation, mig,
-                                      total_correlation)
+from pyro_vae.disentanglement import (
+    dci,
+    dci_from_importance,
+    factor_vae_score,
+    gaussian_total_correlation,
+    mig,
+    total_correlation,
+)
 from pyro_vae.dsprites import grid_factors
 from pyro_vae.registry import UserError
-from pyro_vae.total_correlation import (Discriminator, discriminator_loss, kl_decomposition, log_density_matrix,
-                                        minibatch_log_densities)
+from pyro_vae.total_correlation import (
+    Discriminator,
+    discriminator_loss,
+    kl_decomposition,
+    log_density_matrix,
+    minibatch_log_densities,
+)
 
 GRID = grid_factors((3, 6, 10, 8, 8))  # every combination once: the factors are independent
 
@@ -68,13 +79,13 @@ def test_dci_of_an_importance_matrix_follows_the_definition():
 def test_factor_vae_score_finds_the_fixed_factor_of_disentangled_codes_only():
     x = torch.as_tensor(GRID)  # the "images" are the factors themselves
     mean, std = x.mean(0), x.std(0)
-    identity = lambda images: (images - mean) / std  # noqa: E731  unit variance, as a VAE's codes
+    identity = lambda images: (images - mean) / std
     assert factor_vae_score(identity, GRID, x, num_train=100, num_eval=100)["eval_accuracy"] == 1.0
     # Codes without x: a batch with x fixed varies in every code alike, so its votes go astray and
     # the majority vote gives x no dimension; 1/5 of the votes are lost. (A rotation of all five
     # codes is no test: each fixed factor still leaves its most aligned code least varied, and
     # the score stays high, which is why MIG is the headline metric.)
-    without_x = lambda images: identity(images)[:, [0, 1, 2, 4]]  # noqa: E731
+    without_x = lambda images: identity(images)[:, [0, 1, 2, 4]]
     assert factor_vae_score(without_x, GRID, x, num_train=300, num_eval=300)["eval_accuracy"] < 0.86
 
 
@@ -111,7 +122,7 @@ def correlated_gaussian_codes(n, rho=0.8, posterior_scale=0.3, seed=12345):
 
 
 def test_gaussian_total_correlation_is_the_closed_form():
-    loc, _, closed = correlated_gaussian_codes(200000)
+    loc, _, _ = correlated_gaussian_codes(200000)
     sigma = np.cov(loc.numpy(), rowvar=False)
     expected = 0.5 * (np.log(np.diag(sigma)).sum() - np.linalg.slogdet(sigma)[1])
     assert gaussian_total_correlation(loc) == pytest.approx(expected, rel=1e-9)
@@ -147,7 +158,7 @@ def test_discriminator_density_ratio_estimates_the_total_correlation():
     torch.manual_seed(0)
     rho = 0.8
     closed = -0.5 * math.log(1 - rho ** 2)
-    sample = lambda n: torch.randn(n, 2) @ torch.linalg.cholesky(torch.tensor([[1.0, rho], [rho, 1.0]])).T  # noqa: E731
+    sample = lambda n: torch.randn(n, 2) @ torch.linalg.cholesky(torch.tensor([[1.0, rho], [rho, 1.0]])).T
     discriminator = Discriminator(2, hidden=(32, 32))
     optimizer = torch.optim.Adam(discriminator.parameters(), lr=3e-3)
     for _ in range(300):
