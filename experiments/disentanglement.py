@@ -117,6 +117,23 @@ def summarize(rows):
     return summary
 
 
+def markdown_table(summary, path):
+    """summary.csv as a Markdown table (mean +- sd over seeds), for the write-up."""
+    def cell(row, c, digits):
+        mean = f"{row[f'{c}_mean']:.{digits}f}"
+        return mean if row["seeds"] < 2 else f"{mean} +- {row[f'{c}_std']:.{digits}f}"
+    lines = ["| method | weight | seeds | MIG | FactorVAE score | DCI disentanglement | DCI completeness | "
+             "TC of q(z) (nats) | test ELBO | test reconstruction | test KL |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for row in sorted(summary, key=lambda r: (r["method"], r["value"])):
+        lines.append(f"| {row['method']} | {row['weight']} = {row['value']:g} | {row['seeds']} | {cell(row, 'mig', 3)} | "
+                     f"{cell(row, 'factor_vae_score', 3)} | {cell(row, 'dci_disentanglement', 3)} | "
+                     f"{cell(row, 'dci_completeness', 3)} | {cell(row, 'aggregate_tc', 2)} | {cell(row, 'test_elbo', 2)} | "
+                     f"{cell(row, 'test_reconstruction', 2)} | {cell(row, 'test_kl', 2)} |")
+    path.write_text("\n".join(lines) + "\n")
+    print(f"wrote {path}")
+
+
 def plot_mig(rows, path, title):
     import matplotlib
 
@@ -226,7 +243,9 @@ def main(argv=None):
         return
     rows = [flat_row(r) for r in finished]
     write_csv(rows, results / "results.csv")
-    write_csv(summarize(rows), results / "summary.csv")
+    summary = summarize(rows)
+    write_csv(summary, results / "summary.csv")
+    markdown_table(summary, results / "summary.md")
     title = (f"dSprites {'16x16 small grid' if args.quick else '32x32, grid 3x6x10x8x8'}; "
              f"{len(rows)} runs, up to {max(r['seed'] for r in rows) + 1} seeds; points: seeds, bars: mean +- sd")
     plot_mig(rows, results / "mig_vs_beta.png", title)
