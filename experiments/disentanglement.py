@@ -122,8 +122,8 @@ def markdown_table(summary, path):
     def cell(row, c, digits):
         mean = f"{row[f'{c}_mean']:.{digits}f}"
         return mean if row["seeds"] < 2 else f"{mean} +- {row[f'{c}_std']:.{digits}f}"
-    lines = ["| method | weight | seeds | MIG | FactorVAE score | DCI disentanglement | DCI completeness | "
-             "TC of q(z) (nats) | test ELBO | test reconstruction | test KL |",
+    lines = [("| method | weight | seeds | MIG | FactorVAE score | DCI disentanglement | DCI completeness | "
+              "TC of q(z) (nats) | test ELBO | test reconstruction | test KL |"),
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in sorted(summary, key=lambda r: (r["method"], r["value"])):
         lines.append(f"| {row['method']} | {row['weight']} = {row['value']:g} | {row['seeds']} | {cell(row, 'mig', 3)} | "
@@ -159,10 +159,11 @@ def plot_mig(rows, path, title):
                 base = 40 if method == "FactorVAE" else 80
                 x = np.array([base * (1.25 ** i) for i in range(len(values))])
                 seeds = [np.full(len(p), xv) for p, xv in zip(per, x)]
-                for xv, v in zip(x, values):
-                    ax.annotate(f"{'gamma' if method == 'FactorVAE' else 'C'}={v:g}", (xv, 0.0), fontsize=7,
-                                rotation=90, va="bottom", ha="center")
             means = np.array([p.mean() for p in per])
+            if method in ("FactorVAE", "capacity"):
+                for xv, v, mean in zip(x, values, means):
+                    ax.annotate(f"{'gamma' if method == 'FactorVAE' else 'C'}={v:g}", (xv, mean), fontsize=7,
+                                xytext=(4, 4), textcoords="offset points")
             spread = np.array([p.std(ddof=1) if len(p) > 1 else 0.0 for p in per])
             ax.errorbar(x, means, yerr=spread, color=colour, marker=marker, capsize=3, label=method,
                         linestyle="-" if method in ("beta-VAE", "beta-TCVAE") else "none")
