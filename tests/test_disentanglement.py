@@ -315,3 +315,13 @@ def test_the_hand_written_backward_pass_is_autograds():
     log_q = log_density_matrix(q, z)
     joint, marginals = GaussianAggregate.apply(z, loc, scale)
     assert torch.allclose(joint, torch.logsumexp(log_q.sum(2), 1)) and torch.allclose(marginals, torch.logsumexp(log_q, 1))
+
+
+@pytest.mark.parametrize("name", ["tcvae", "factorvae"])
+def test_two_latent_layers_are_refused_in_one_line(name):
+    from pyro_vae.hierarchical import HierarchicalVAE
+    from pyro_vae.objectives import ESTIMATORS
+
+    vae = HierarchicalVAE((6,), [3, 2], encoder={"name": "mlp", "hidden": [8]}, decoder={"name": "mlp", "hidden": [8]})
+    with pytest.raises(UserError, match="one latent layer"):
+        ESTIMATORS.build(name).loss(vae.model, vae.guide, torch.rand(4, 6).round())
