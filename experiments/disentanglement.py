@@ -13,7 +13,7 @@ On the library's own dSprites (``data.name = "dsprites"``, default grid 3 x 6 x 
 each with several seeds, and every run is scored on the whole grid (the means of q(z | x) of all
 11,520 images) by MIG, the FactorVAE score, DCI (lasso) and the total correlation of the codes,
 and on the test split by the true ELBO and its reconstruction term. Writes, under
-``experiments/results/disentanglement/``: one JSON per run (``runs/``), ``results.csv`` (every
+``experiments/results/disentanglement/``: one JSON per run (``per_run/``), ``results.csv`` (every
 run), ``summary.csv`` (mean and standard deviation over seeds), ``mig_vs_beta.png`` and
 ``traversals.png``.
 
@@ -220,12 +220,12 @@ def main(argv=None):
     epochs = args.epochs or (3 if args.quick else 25)
     kind = "quick" if args.quick else "full"
     results = RESULTS / ("quick" if args.quick else "")
-    (results / "runs").mkdir(parents=True, exist_ok=True)
+    (results / "per_run").mkdir(parents=True, exist_ok=True)
     configurations = methods(args.quick, epochs)
     for seed in range(seeds):  # seed-major: a run cut short still has every method at the first seeds
         for method, weight, value, objective in configurations:
             name = run_name(method, weight, value, seed)
-            record = results / "runs" / f"{name}.json"
+            record = results / "per_run" / f"{name}.json"
             if args.report or record.is_file():
                 continue
             config = config_for(args.quick, objective, seed, epochs)
@@ -238,7 +238,7 @@ def main(argv=None):
             print(f"  MIG {result['mig']:.3f}  FactorVAE {result['factor_vae_score']:.3f}  "
                   f"DCI-D {result['dci']['disentanglement']:.3f}  test ELBO {result['test_elbo']:.2f}  "
                   f"({result['train_seconds']:.0f} s + {result['score_seconds']:.0f} s)", flush=True)
-    finished = [json.loads(p.read_text()) for p in sorted((results / "runs").glob("*.json"))]
+    finished = [json.loads(p.read_text()) for p in sorted((results / "per_run").glob("*.json"))]
     if not finished:
         print("no finished runs yet")
         return
