@@ -19,6 +19,7 @@ run), ``summary.csv`` (mean and standard deviation over seeds), ``mig_vs_beta.pn
 
     python experiments/disentanglement.py --quick     # a small grid, one seed: a minute or two
     python experiments/disentanglement.py             # the write-up's numbers (resumable)
+    # a run whose per_run/ record exists is not trained again: delete the record to retrain it
     python experiments/disentanglement.py --report    # tables and figures from the runs so far
 """
 
