@@ -180,7 +180,7 @@ def on_config(config):
 
 
 def on_files(files, config):
-    from mkdocs.structure.files import File, Files
+    from mkdocs.structure.files import File, Files, InclusionLevel
 
     docs_dir = os.path.abspath(config["docs_dir"])
     rooted = []
@@ -193,6 +193,9 @@ def on_files(files, config):
         else:  # the theme's own assets
             rooted.append(file)
     for path in mirrored_files():
-        rooted.append(File(path, ROOT, config["site_dir"], config["use_directory_urls"]))
+        file = File(path, ROOT, config["site_dir"], config["use_directory_urls"])
+        if path.startswith("experiments/results/") and path.endswith(".md"):
+            file.inclusion = InclusionLevel.NOT_IN_NAV  # an experiment's generated table, linked from its write-up
+        rooted.append(file)
     rooted.append(File.generated(config, GENERATED, content=config_reference()))
     return Files(rooted)

@@ -19,6 +19,8 @@ against a hand-written loop. On CPU the captured variants are left out.
     python experiments/speed.py                    # CPU: writes experiments/results/speed/speed.json
     python experiments/speed.py --device cuda      # GPU: writes experiments/results/speed/speed_cuda.json
     python experiments/speed.py --quick            # a few seconds, writes nothing
+    python experiments/speed.py --total-correlation  # only: beta-TCVAE and FactorVAE steps against the
+                                                     # plain VAE step at batch 128 -> total_correlation.json
 """
 
 import argparse
@@ -268,6 +270,29 @@ def compare_epoch(x, device, batch_size=128, epochs=3, cuda_graphs=("auto",)):
     return row
 
 
+TOTAL_CORRELATION = {
+    "tcvae_mws": "{name='tcvae', beta=6.0}",
+    "tcvae_mss": "{name='tcvae', beta=6.0, sampling='mss'}",
+    "factorvae": "{name='factorvae', gamma=10.0}",
+}
+
+
+def compare_total_correlation(x, rounds, steps, batch_size=128, device="cpu"):
+    """ms per training step of the total-correlation objectives (an (M, M, D) log-density array per
+    step for beta-TCVAE, a discriminator step for FactorVAE) against the plain VAE's (``trace``), timed
+    interleaved through the same Trainer, and their ratios to it."""
+    variants = {"trace": library_trainer(x, "trace", batch_size, device).train_step}
+    for name, estimator in TOTAL_CORRELATION.items():
+        variants[name] = library_trainer(x, estimator, batch_size, device).train_step
+    images = x.view(-1, 1, 28, 28).to(device)
+    batches = [images[i : i + batch_size] for i in range(0, steps * batch_size, batch_size)]
+    with pyro.validation_enabled(False):
+        ms = interleaved(variants, batches, rounds, device)
+    row = {"batch_size": batch_size, **{f"{name}_ms": value for name, value in ms.items()}}
+    row.update({f"{name}_ratio": ms[name] / ms["trace"] for name in TOTAL_CORRELATION})
+    return row
+
+
 def show(row):
     figures = ", ".join(f"{key} {value:.3f}" for key, value in row.items() if isinstance(value, float))
     print(f"{row['estimator']:>13} K={row['particles']:<2} batch {row['batch_size']:>4}: {figures}", flush=True)
@@ -278,9 +303,22 @@ def main():
     parser.add_argument("--quick", action="store_true", help="few rounds and steps (seconds); writes nothing")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--total-correlation", action="store_true",
+                        help="only the beta-TCVAE and FactorVAE steps against the plain VAE's, batch 128")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
+    if args.total_correlation:
+        rounds, steps = (3, 10) if args.quick else (7, 40)
+        row = compare_total_correlation(mnist_like(10000), rounds, steps, device=args.device)
+        print(", ".join(f"{k} {v:.3f}" for k, v in row.items() if isinstance(v, float)))
+        if not args.quick:
+            row["machine"] = {"machine": platform.machine(), "threads": args.threads, "torch": torch.__version__,
+                              "device": args.device, "data": "binarized MNIST" if MNIST.is_file() else "random binary"}
+            OUT.mkdir(parents=True, exist_ok=True)
+            (OUT / "total_correlation.json").write_text(json.dumps(row, indent=2))
+            print(f"wrote {OUT / 'total_correlation.json'}")
+        return
     cuda = torch.device(args.device).type == "cuda"
     rounds, steps = (3, 20) if args.quick else (7, 60)
     sizes = ((32, 128, 1024, 8192) if cuda else (32, 128, 512)) if not args.quick else (32, 128)

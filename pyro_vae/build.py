@@ -104,9 +104,11 @@ def check_labeled_setup(config, vae, data, estimator):
         )
 
 
-def build_estimator(config, data_shape=None):
-    """The estimator a checked config describes; ``data_shape`` sizes a neural baseline."""
+def build_estimator(config, data_shape=None, dataset_size=None):
+    """The estimator a checked config describes; ``data_shape`` sizes a neural baseline,
+    ``dataset_size`` (the training split's) is the N of total-correlation estimates."""
     objective = config["objective"]
+    latent_dim = config["model"]["latent_dim"]
     return ESTIMATORS.build(
         objective["estimator"],
         "objective.estimator",
@@ -114,6 +116,8 @@ def build_estimator(config, data_shape=None):
         vectorize_particles=objective["vectorize_particles"],
         jit=objective["jit"],
         data_shape=data_shape,
+        dataset_size=dataset_size,
+        latent_dim=latent_dim if isinstance(latent_dim, int) else None,
     )
 
 
@@ -160,7 +164,7 @@ def build(config, data, device, batch_size=None):
     warning = vae.likelihood.warning(data.train.x)
     if warning is not None:
         print(f"warning: {warning}", file=sys.stderr)
-    estimator = build_estimator(config, data.shape).to(device)
+    estimator = build_estimator(config, data.shape, len(data.train)).to(device)
     check_labeled_setup(config, vae, data, estimator)
     steps_per_epoch = training_steps(vae, data, batch_size or tc["batch_size"])
     kl_schedule = build_schedule(objective["kl_weight"], steps_per_epoch)

@@ -156,16 +156,32 @@ def write_text_atomically(path, text):
         raise
 
 
-def load_run_split(run, split, checkpoint="checkpoint.pt"):
-    """The trained VAE of a run and one split of the data it was trained on (from RUN/config.toml)."""
+def load_run_data(run, checkpoint="checkpoint.pt"):
+    """The trained VAE of a run and the data it was trained on (from RUN/config.toml)."""
     from .build import build_data
     from .config import load_config
     from .runs import load_run
 
     vae = load_run(run, checkpoint=checkpoint)
     config = load_config(Path(run) / "config.toml")
-    data = build_data(config)
+    return vae, build_data(config)
+
+
+def load_run_split(run, split, checkpoint="checkpoint.pt"):
+    """The trained VAE of a run and one split of the data it was trained on (from RUN/config.toml)."""
+    vae, data = load_run_data(run, checkpoint)
     return vae, data.split(split)
+
+
+def split_with_factors(data, split, args):
+    """Data holding only the (``--limit``-ed) split, where the data carry factors of variation: what
+    the disentanglement metrics and figures read; else None."""
+    if not data.has_factors:
+        return None
+    from .data import Data
+
+    part, _ = limited(data.split(split), args)
+    return Data(part, part, part, factor_names=data.factor_names, render=data.render)
 
 
 def limited(split, args):
@@ -192,8 +208,8 @@ def command_evaluate(args):
     if Path(args.run).is_dir():
         check_writable(out)  # before the computation, not after it
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    vae, split = load_run_split(args.run, args.split, args.checkpoint)
-    vae = vae.to(device)
+    vae, data = load_run_data(args.run, args.checkpoint)
+    vae, split = vae.to(device), data.split(args.split)
     split_size = len(split)
     split, subset_seed = limited(split, args)
     x = split.x
@@ -223,6 +239,19 @@ def command_evaluate(args):
         rows.append(("bits per dimension", f"{result['bits_per_dim']:.4f}"))
     if "accuracy" in result:
         rows.append(("accuracy of q(y | x)", f"{result['accuracy']:.4f}"))
+    factored = split_with_factors(data, args.split, args)
+    if factored is not None and not hasattr(vae, "num_classes"):
+        from .disentanglement import evaluate_disentanglement
+
+        scores = evaluate_disentanglement(vae, factored, splits=("test",), seed=seed)
+        result["disentanglement"] = scores
+        rows += [
+            ("MIG (Chen et al. 2018)", f"{scores['mig']:.4f}"),
+            ("FactorVAE score", f"{scores['factor_vae_score']:.4f}"),
+            ("DCI disentanglement", f"{scores['dci']['disentanglement']:.4f}"),
+            ("DCI completeness", f"{scores['dci']['completeness']:.4f}"),
+            ("total correlation of q(z), nats", f"{scores.get('total_correlation', float('nan')):.4f}"),
+        ]
     for name, value in rows:
         print(f"  {name:<32} {value}", flush=True)
     try:  # the result is printed above whatever happens here
@@ -233,7 +262,8 @@ def command_evaluate(args):
 
 
 def command_plot(args):
-    vae, split = load_run_split(args.run, args.split, args.checkpoint)
+    vae, data = load_run_data(args.run, args.checkpoint)
+    split = data.split(args.split)
     out = Path(args.out) if args.out else Path(args.run)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -244,11 +274,12 @@ def command_plot(args):
     if hasattr(vae, "num_classes") and split.labels is None:
         raise UserError(f"the {args.split} split has no labels, which a {vae.kind} run needs to be plotted")
     with writing(out):
-        plot_figures(vae, split, out)
+        plot_figures(vae, split, out, data.factor_names)
 
 
-def plot_figures(vae, split, out):
-    """The latent-space figures of ``plot`` into the directory ``out``, each path printed."""
+def plot_figures(vae, split, out, factor_names=None):
+    """The latent-space figures of ``plot`` into the directory ``out``, each path printed (with the
+    factor traversals where the split carries factors of variation, named ``factor_names``)."""
     import torch
 
     from . import plots
@@ -275,6 +306,9 @@ def plot_figures(vae, split, out):
             written.append(out / "traversals.png")
         plots.save_projection(codes, labels, out / "codes_pca.png")
         written.append(out / "codes_pca.png")
+    if split.factors is not None:  # each dimension's traversal and the factor it is most informative about
+        plots.save_factor_traversals(vae, codes, split.factors.numpy(), factor_names, out / "factor_traversals.png")
+        written.append(out / "factor_traversals.png")
     for path in written:
         print(path)
 

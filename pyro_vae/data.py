@@ -27,6 +27,7 @@ Binarization (``data.binarize``):
 
 from __future__ import annotations
 
+import functools
 import gzip
 import os
 import shutil
@@ -42,6 +43,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from .dsprites import DEFAULT_GRID, DEFAULT_SIZE, FACTOR_NAMES, PUBLISHED_GRID, PUBLISHED_SIZE, grid_factors
+from .dsprites import render as render_sprites
 from .registry import Registry, UserError
 
 DATASETS = Registry("dataset")
@@ -64,13 +67,15 @@ HIDDEN = -1
 class Split:
     x: torch.Tensor
     labels: torch.Tensor | None = None  # long, HIDDEN where a label is hidden
+    factors: torch.Tensor | None = None  # float64 (N, K): the known factors of variation (Data.factor_names)
 
     def __len__(self) -> int:
         return len(self.x)
 
     def __repr__(self) -> str:
         labelled = ", labelled" if self.labels is not None else ""
-        return f"Split({len(self)} examples of shape {tuple(self.x.shape[1:])}{labelled})"
+        factors = f", {self.factors.shape[1]} factors" if self.factors is not None else ""
+        return f"Split({len(self)} examples of shape {tuple(self.x.shape[1:])}{labelled}{factors})"
 
     def random_subset(self, size: int | None, seed: int = SUBSET_SEED) -> Split:
         """``size`` examples drawn uniformly without replacement by a generator seeded with
@@ -87,7 +92,8 @@ class Split:
             raise UserError(f"a subset needs at least one example, got size {size}")
         generator = torch.Generator().manual_seed(seed)
         index = torch.randperm(len(self), generator=generator)[:size].sort().values
-        return Split(self.x[index], None if self.labels is None else self.labels[index])
+        pick = lambda a: None if a is None else a[index.to(a.device)]
+        return Split(self.x[index], pick(self.labels), pick(self.factors))
 
 
 @dataclass
@@ -131,6 +137,15 @@ class Data:
     binarize: str = "none"
     levels: int | None = None
     source: str = ""
+    factor_names: tuple | None = None
+    # factor values (N, K) -> images as the splits hold them (float32 (N, *shape)), where the
+    # dataset is a generative process that can draw any factor values (dsprites); else None
+    render: object = None
+
+    @property
+    def has_factors(self):
+        """Whether every split carries its factors of variation (``split.factors``)."""
+        return self.factor_names is not None and all(self.split(s).factors is not None for s in SPLITS)
 
     @property
     def dynamic_binarization(self) -> bool:
@@ -151,6 +166,8 @@ class Data:
         if self.train.labels is not None:  # data.labeled = N hides the rest: say how many are kept
             kept = self.num_labeled()
             labelled = ", labelled" if kept == len(self.train) else f", {kept} of {len(self.train)} labelled"
+        if self.factor_names is not None:
+            labelled += f", factors {', '.join(self.factor_names)}"
         span = f"[{x.min().item():.4g}, {x.max().item():.4g}]"
         if self.binarize == "static":
             values = "binary {0, 1}: one fixed Bernoulli draw of the grey levels (static binarization)"
@@ -309,7 +326,12 @@ def load_data(name: str = "digits", path: str | os.PathLike[str] = "", binarize:
     """
     check_binarize(binarize)
     source = DATASETS.build({"name": name, **options}, "data", path=path, download=download)
-    data = make_data(source.load(), binarize, likelihood, levels=source.levels, source=f"{name} {path}".strip())
+    splits = source.load()
+    data = make_data(splits, binarize, likelihood, levels=source.levels, source=f"{name} {path}".strip(),
+                     factor_names=source.factor_names)
+    draw = source.renderer()
+    if draw is not None:
+        data.render = lambda factors: image_layout(as_intensities([draw(np.asarray(factors))])[0][0])
     if labeled != "all":
         data.train.labels = keep_labels(data.train.labels, labeled, labeled_seed)
     return data
@@ -335,7 +357,8 @@ def as_data(data: Data | torch.Tensor | np.ndarray | dict[str, Any], binarize: s
             f"data must be an array or tensor (N, ...), a dict of them with 'train' (and 'valid', 'test', "
             f"'<split>_labels'), or a Data; got {type(data).__name__}"
         )
-    return make_data(given_splits(data, fractions, "the data dict"), binarize, likelihood, source="arrays given in Python")
+    splits = given_splits(data, fractions, "the data dict")
+    return make_data(splits, binarize, likelihood, source="arrays given in Python", factor_names=factor_names_of(data, splits))
 
 
 def check_binarize(binarize):
@@ -343,9 +366,10 @@ def check_binarize(binarize):
         raise UserError(f"data.binarize: unknown value {binarize!r}; choose one of: {', '.join(BINARIZATIONS)}")
 
 
-def make_data(splits, binarize="none", likelihood=None, levels=None, source=""):
+def make_data(splits, binarize="none", likelihood=None, levels=None, source="", factor_names=None):
     """:class:`Data` from ``{"train": Split, "valid": Split, "test": Split}`` whose ``x`` are
-    arrays or tensors of any numeric dtype.
+    arrays or tensors of any numeric dtype (and whose ``factors``, where given, are named by
+    ``factor_names``).
 
     The values are read by :func:`as_intensities` (``levels``, where given, is the number of
     integer levels of float data that a source knows of, e.g. 17 for the digits' k / 16),
@@ -357,7 +381,7 @@ def make_data(splits, binarize="none", likelihood=None, levels=None, source=""):
     for name, x in zip(SPLITS, xs):
         x = image_layout(x)
         check_split(name, x, splits[name].labels)
-        splits[name] = Split(x, splits[name].labels)
+        splits[name] = Split(x, splits[name].labels, check_factors(name, x, splits[name].factors, factor_names))
     shapes = {name: tuple(splits[name].x.shape[1:]) for name in SPLITS}
     for name in ("valid", "test"):
         if shapes[name] != shapes["train"]:
@@ -376,7 +400,11 @@ def make_data(splits, binarize="none", likelihood=None, levels=None, source=""):
             if binarize == "static" or name != "train":
                 splits[name].x = torch.bernoulli(splits[name].x, generator=generator)
         levels = 2
-    return Data(**splits, binarize=binarize, levels=levels, source=source)
+    if factor_names is not None and any(splits[name].factors is None for name in SPLITS):
+        missing = next(name for name in SPLITS if splits[name].factors is None)
+        raise UserError(f"the {missing} split has no factors, but the others have; give '<split>_factors' for every split")
+    names = None if factor_names is None else tuple(factor_names)
+    return Data(**splits, binarize=binarize, levels=levels, source=source, factor_names=names)
 
 
 def is_binary(x):
@@ -464,6 +492,34 @@ def check_split(name, x, labels=None):
         raise UserError(f"the {name} split has {len(x)} examples but {len(labels)} labels")
 
 
+def check_factors(name, x, factors, factor_names=None):
+    """A split's factors of variation as a float64 tensor (N, K), refused in one line where they
+    do not match its examples (one row each) or their names (one column each); None stays None."""
+    if factors is None:
+        return None
+    factors = _as_tensor(factors).double()
+    if factors.dim() == 1:
+        factors = factors[:, None]
+    if factors.dim() != 2 or len(factors) != len(x) or (factor_names is not None and factors.shape[1] != len(factor_names)):
+        names = "" if factor_names is None else f" and {len(factor_names)} factor names"
+        raise UserError(f"the {name} split has {len(x)} examples{names} but factors of shape {tuple(factors.shape)}")
+    if not torch.all(torch.isfinite(factors)):
+        raise UserError(f"the {name} split's factors have NaN or inf values")
+    return factors
+
+
+def factor_names_of(arrays, splits):
+    """The factor names an .npz (or a dict like it) gives as ``factor_names``, else factor0, factor1, ...
+    where its splits carry factors; None where they carry none."""
+    given = next((s.factors for s in splits.values() if s.factors is not None), None)
+    if given is None:
+        return None
+    if "factor_names" in arrays:
+        return tuple(str(n) for n in np.asarray(arrays["factor_names"]).reshape(-1))
+    width = 1 if np.ndim(given) == 1 else np.shape(given)[1]
+    return tuple(f"factor{i}" for i in range(width))
+
+
 def check_fractions(valid_fraction, test_fraction):
     for name, value in (("valid_fraction", valid_fraction), ("test_fraction", test_fraction)):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
@@ -473,14 +529,17 @@ def check_fractions(valid_fraction, test_fraction):
     return valid_fraction, test_fraction
 
 
-def _raw_splits(train, valid, test, labels=(None, None, None)):
+def _raw_splits(train, valid, test, labels=(None, None, None), factors=(None, None, None)):
     """Splits of the arrays as they are (:func:`make_data` reads them), labels as integers."""
     as_long = lambda a: None if a is None else torch.as_tensor(np.asarray(a), dtype=torch.long)
-    return {name: Split(x, as_long(y)) for name, x, y in zip(SPLITS, (train, valid, test), labels)}
+    return {name: Split(x, as_long(y), f) for name, x, y, f in zip(SPLITS, (train, valid, test), labels, factors)}
 
 
 def _split_off(x, labels, fractions, seed=0):
-    """A fixed, seeded shuffle of (x, labels) cut into train / valid / test."""
+    """A fixed, seeded shuffle of (x, labels) cut into train / valid / test (x may be None).
+    The shuffle depends on len(x) and the seed alone, so arrays of one length are cut alike."""
+    if x is None:
+        return [None] * 3, [None] * 3
     order = np.random.RandomState(seed).permutation(len(x))
     n_valid, n_test = (int(round(f * len(x))) for f in fractions)
     parts = np.split(order, [len(x) - n_valid - n_test, len(x) - n_test])
@@ -496,13 +555,16 @@ def given_splits(arrays, fractions, where):
         raise UserError(f"{where} has no array 'train' (it has: {', '.join(arrays) or 'none'})")
     parts = [arrays.get(name) for name in SPLITS]
     labels = [arrays.get(f"{name}_labels") for name in SPLITS]
+    factors = [arrays.get(f"{name}_factors") for name in SPLITS]
     if "valid" not in arrays or "test" not in arrays:
         missing = [0.0 if name in arrays else fraction for name, fraction in zip(("valid", "test"), fractions)]
+        check_factors("train", arrays["train"], factors[0])  # before cutting both by one shuffle
         cut, cut_labels = _split_off(arrays["train"], arrays.get("train_labels"), missing)
+        cut_factors, _ = _split_off(factors[0], None, missing)  # the same shuffle: it depends on N alone
         for i, name in enumerate(SPLITS):
             if name == "train" or name not in arrays:
-                parts[i], labels[i] = cut[i], cut_labels[i]
-    return _raw_splits(*parts, labels)
+                parts[i], labels[i], factors[i] = cut[i], cut_labels[i], cut_factors[i]
+    return _raw_splits(*parts, labels, factors)
 
 
 class Source:
@@ -511,6 +573,7 @@ class Source:
 
     context_arguments = ("path", "download")
     levels = None  # the integer levels of float data, where the source knows them
+    factor_names = None  # the names of the splits' factors of variation, where it has them (set by load)
 
     def __init__(self, path="", download=False):
         self.path = Path(path) if path else None
@@ -518,6 +581,11 @@ class Source:
 
     def load(self):
         raise NotImplementedError
+
+    def renderer(self):
+        """A function from factor values (N, K) to images (N, ...) as stored, where the source
+        can draw any factor values (a generative process, not a file); else None."""
+        return None
 
 
 @DATASETS.register("digits")
@@ -675,7 +743,10 @@ class BinarizedMNIST(Source):
 
 @DATASETS.register("npz")
 class NPZ(Source):
-    """Your own arrays: an .npz with 'train' (and optionally 'valid', 'test', '<split>_labels').
+    """Your own arrays: an .npz with 'train' (and optionally 'valid', 'test', '<split>_labels', '<split>_factors').
+
+    ``<split>_factors`` (N, K) are known factors of variation (named by an array
+    ``factor_names``, else factor0, factor1, ...): the disentanglement metrics read them.
 
     A split not given is cut from a seeded shuffle of train by its fraction.
     """
@@ -687,7 +758,10 @@ class NPZ(Source):
     def load(self):
         if self.path is None:
             raise UserError("data.path must name the .npz file for data.name = \"npz\"")
-        return given_splits(_read_npz(self.path, ("train",)), self.fractions, str(self.path))
+        arrays = _read_npz(self.path, ("train",))
+        splits = given_splits(arrays, self.fractions, str(self.path))
+        self.factor_names = factor_names_of(arrays, splits)
+        return splits
 
 
 @DATASETS.register("arrays")
@@ -703,6 +777,89 @@ class Arrays(Source):
             'data.name = "arrays": this run was trained on arrays given in Python, which a config cannot '
             "load; pass them again: train(config, data=...) or train(resume=RUN, data=...)"
         )
+
+
+# The version of the dSprites drawing (pyro_vae.dsprites): part of the cache file's name, so a
+# changed drawing is never read from an old cache.
+DSPRITES_VERSION = 1
+
+
+def cache_directory(cache_dir=""):
+    """Where generated datasets are cached: ``cache_dir``, else $PYRO_VAE_CACHE, else ~/.cache/pyro_vae."""
+    import os
+
+    return Path(cache_dir or os.environ.get("PYRO_VAE_CACHE") or Path.home() / ".cache" / "pyro_vae")
+
+
+@DATASETS.register("dsprites")
+class DSprites(Source):
+    """dSprites (Matthey et al. 2017) rendered here: binary sprites from 5 known factors (shape, scale, orientation, x, y).
+
+    ``grid``: how many values each factor takes, [shapes, scales, orientations, x, y];
+    default [3, 6, 10, 8, 8] (11,520 images) at ``image_size`` = 32; ``grid = "published"``
+    is the published 3 x 6 x 40 x 32 x 32 = 737,280 images, at 64 x 64 unless ``image_size``
+    says otherwise. Every combination is one image (``pyro_vae.dsprites``); the grid is cut
+    into train / valid / test by a shuffle seeded with ``split_seed``, and every split carries
+    its factor values. The images are generated once and cached in ``cache_dir`` (default
+    $PYRO_VAE_CACHE or ~/.cache/pyro_vae); ``Data.render`` draws any other factor values.
+    """
+
+    levels = 2
+    factor_names = FACTOR_NAMES
+
+    def __init__(self, path="", download=False, grid=DEFAULT_GRID, image_size=None, valid_fraction=0.1,
+                 test_fraction=0.1, split_seed=0, cache_dir=""):
+        super().__init__(path, download)
+        published = grid == "published"
+        grid = PUBLISHED_GRID if published else grid
+        if not (isinstance(grid, (list, tuple)) and len(grid) == 5
+                and all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in grid) and grid[0] <= 3):
+            raise UserError(f'data.grid must be "published" or 5 integers >= 1 [shapes <= 3, scales, orientations, x, y], got {grid!r}')
+        size = (PUBLISHED_SIZE if published else DEFAULT_SIZE) if image_size is None else image_size
+        if isinstance(size, bool) or not isinstance(size, int) or size < 4:
+            raise UserError(f"data.image_size must be an integer >= 4 (pixels per side), got {size!r}")
+        if isinstance(split_seed, bool) or not isinstance(split_seed, int) or split_seed < 0:
+            raise UserError(f"data.split_seed must be an integer >= 0, got {split_seed!r}")
+        self.grid, self.image_size, self.split_seed = tuple(grid), size, split_seed
+        self.fractions = check_fractions(valid_fraction, test_fraction)
+        self.cache_dir = cache_directory(cache_dir)
+
+    @property
+    def cache_file(self):
+        grid = "x".join(map(str, self.grid))
+        return self.cache_dir / f"dsprites-v{DSPRITES_VERSION}-{self.image_size}px-{grid}.npz"
+
+    def images(self):
+        """Every image of the grid, uint8 (N, size, size) in {0, 1}, in ``grid_factors`` order:
+        read from the cache, else rendered and cached (written atomically)."""
+        n = int(np.prod(self.grid))
+        shape = (n, self.image_size, self.image_size)
+        try:
+            with np.load(self.cache_file, allow_pickle=False) as f:
+                packed = f["packed"]
+            images = np.unpackbits(packed)[: int(np.prod(shape))].reshape(shape)
+            return images
+        except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile):
+            pass  # not cached yet (or unreadable): render
+        images = render_sprites(grid_factors(self.grid), self.image_size)
+        try:
+            self.cache_dir.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=self.cache_dir, suffix=".npz", delete=False) as tmp:
+                np.savez_compressed(tmp, packed=np.packbits(images))
+            Path(tmp.name).replace(self.cache_file)
+        except OSError as error:  # a read-only home: the data are still there, only not cached
+            import warnings
+
+            warnings.warn(f"could not cache dSprites in {self.cache_dir}: {error}", stacklevel=2)
+        return images
+
+    def load(self):
+        factors = grid_factors(self.grid)
+        (train, valid, test), factor_splits = _split_off(self.images(), factors, self.fractions, seed=self.split_seed)
+        return _raw_splits(train, valid, test, factors=factor_splits)
+
+    def renderer(self):
+        return functools.partial(render_sprites, size=self.image_size)
 
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")

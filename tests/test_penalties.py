@@ -153,7 +153,7 @@ def test_resumed_run_resumes_c_of_t(tmp_path):
     straight = train(config, out=tmp_path / "straight")
     halfway = train(config, out=tmp_path / "resumed", overrides=["train.epochs=1"])
     train(resume=halfway, overrides=["train.epochs=3"])
-        for a, b in zip(metrics_rows(straight), metrics_rows(halfway)):
+    for a, b in zip(metrics_rows(straight), metrics_rows(halfway)):
         for key in ("capacity", "train_loss", "val_elbo"):
             assert float(a[key]) == pytest.approx(float(b[key]), rel=1e-5), key
 

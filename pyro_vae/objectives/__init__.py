@@ -44,10 +44,11 @@ The package, one module per concern:
   the direct ELBO loss, ``elbo_parts`` and ``penalized_loss``;
 - ``estimators``: the base class ``Estimator`` and the registry ``ESTIMATORS``; the registered
   estimators by family: ``elbos`` (trace, meanfield, enum, stl) and ``particles``
-  (score, renyi, iwae, dreg, tail_adaptive).
+  (score, renyi, iwae, dreg, tail_adaptive); ``total_correlation`` (tcvae, factorvae: the KL
+  term split into index-code mutual information, total correlation and dimension-wise KL).
 """
 
-from . import elbos, particles  # noqa: F401  registers the estimators (in this order: the listing's)
+from . import elbos, particles, total_correlation  # noqa: F401  registers the estimators (in this order: the listing's)
 from .elbos import Enumerated, MeanFieldEstimator, PyroELBO, StickingTheLanding, TraceEstimator
 from .estimators import ESTIMATORS, Estimator, label_estimators
 from .log_weights import (
