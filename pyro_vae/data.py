@@ -340,7 +340,7 @@ def make_data(splits, binarize="none", likelihood=None, levels=None, source=""):
     xs, found_levels = as_intensities([splits[name].x for name in SPLITS])
     levels = found_levels or levels
     for name, x in zip(SPLITS, xs):
-        x = image_layout(x)
+        x = image_layout(x, name)
         check_split(name, x, splits[name].labels)
         splits[name] = Split(x, splits[name].labels)
     shapes = {name: tuple(splits[name].x.shape[1:]) for name in SPLITS}
@@ -404,15 +404,47 @@ def as_intensities(arrays):
     return scaled, 256 if dtypes == {torch.uint8} else None
 
 
-def image_layout(x):
-    """Examples as images ``(N, channels, height, width)`` where their shape says they are:
-    ``(N, H, W)`` is one grey channel; ``(N, H, W, C)`` with C = 1 or 3 (and not ``(N, C, H, W)``)
-    is channels-last, as numpy and PIL store images. Other shapes are left as they are."""
+IMAGE_CHANNELS = (1, 3)  # grey and RGB: the channel counts a channels-last array is recognized by
+
+
+def image_layout(x, name="train"):
+    """Examples as images ``(N, channels, height, width)`` where their shape says they are, and a
+    one-line error where it cannot say. The accepted layouts of an array of N examples:
+
+    - ``(N, D)``: flat vectors of D features, taken as they are;
+    - ``(N, H, W)``: one-channel (grey) images;
+    - ``(N, C, H, W)`` with C = 1 or 3, or with C smaller than both H and W (any number of
+      channels, channels first, as torch stores images): taken as they are;
+    - ``(N, H, W, C)`` with C = 1 or 3 (and not a channels-first array): channels last, as
+      numpy and PIL store images, made ``(N, C, H, W)``.
+
+    Anything else is refused, naming the array and its shape: ``(N,)`` (give ``(N, 1)``),
+    five or more dimensions, and a four-dimensional array whose channel axis cannot be told
+    (``(N, 28, 28, 5)``: 28 channels of 28 x 5 images, or 28 x 28 images of 5 channels?);
+    such data are reshaped to ``(N, C, H, W)`` or flattened to ``(N, D)`` by the user, who knows.
+    """
+    shape = tuple(x.shape)
+    if x.dim() == 2:
+        return x
     if x.dim() == 3:
         return x.unsqueeze(1)
-    if x.dim() == 4 and x.shape[-1] in (1, 3) and x.shape[1] not in (1, 3):
-        return x.permute(0, 3, 1, 2).contiguous()
-    return x
+    if x.dim() == 4:
+        _, first, height, last = shape
+        if first in IMAGE_CHANNELS or first < min(height, last):
+            return x
+        if last in IMAGE_CHANNELS:
+            return x.permute(0, 3, 1, 2).contiguous()
+        raise UserError(
+            f"the {name} examples have shape {shape[1:]}, which is neither (C, H, W) with C = 1, 3 or fewer channels "
+            f"than rows and columns, nor (H, W, C) with C = 1 or 3; if the last axis holds {last} channels, "
+            f"move it first (np.moveaxis(x, -1, 1)), or flatten non-image data to (N, D)"
+        )
+    if x.dim() == 1:
+        raise UserError(f"the {name} array has shape {shape}: one number per example; give it as (N, 1)")
+    raise UserError(
+        f"the {name} examples have shape {shape[1:]}, {x.dim() - 1} dimensions; give images as (N, C, H, W) or "
+        "(N, H, W), or flatten the examples to (N, D)"
+    )
 
 
 def keep_labels(labels, number, seed=0):
@@ -445,8 +477,57 @@ def check_split(name, x, labels=None):
         raise UserError(f"the {name} split is empty; every split needs at least one example")
     if not torch.all(torch.isfinite(x)):
         raise UserError(f"the {name} split has NaN or inf values; clean the data before training")
-    if labels is not None and len(labels) != len(x):
-        raise UserError(f"the {name} split has {len(x)} examples but {len(labels)} labels")
+    if labels is not None:
+        check_per_example(f"{name}_labels", labels, len(x), images=name, low=0)
+
+
+def num_examples(array, name):
+    """The number of examples in ``array`` (its first axis); a one-line error for a scalar."""
+    shape = tuple(array.shape) if hasattr(array, "shape") else np.shape(array)
+    if not shape:
+        raise UserError(f"the {name} array must hold examples along its first axis, but it is a single number")
+    return shape[0]
+
+
+def check_per_example(name, array, num_images, integer=True, low=None, high=None, ndim=1, images="the images"):
+    """One value (or, with ``ndim`` = 2, one row of values) per image: labels, a dataset's factor
+    values. Returns the array as a CPU tensor, long where ``integer``, else float32; raises a
+    one-line :class:`UserError` naming the arrays where
+
+    - it is not numeric, or has not ``ndim`` dimensions (None: any number >= 1);
+    - its length differs from ``num_images``, the number of examples in ``images`` (a label
+      per image, in the same order: 150 labels for 200 images cannot be lined up, and 250
+      labels for 200 images would be lined up wrongly);
+    - it holds NaN or inf, or (``integer``) a value that is not a whole number (3.5 is no
+      label; 3.0 is taken as 3), or a value outside ``low``..``high`` (inclusive; None: no bound).
+    """
+    if torch.is_tensor(array):
+        array = array.detach().cpu()
+        array = (array.float() if array.is_floating_point() else array).numpy()
+    array = np.asarray(array)
+    if array.dtype.kind not in "biuf":
+        raise UserError(f"{name} must hold numbers, but it has dtype {array.dtype}")
+    if array.ndim == 0 or (ndim is not None and array.ndim != ndim):
+        wanted = "(N,)" if ndim == 1 else f"{ndim} dimensions (N, ...)" if ndim else "(N, ...)"
+        raise UserError(f"{name} has shape {array.shape}, but it must be {wanted}, one entry per example of {images}")
+    if len(array) != num_images:
+        raise UserError(
+            f"{name} has {len(array)} entries but {images} has {num_images} examples; "
+            f"they must match one to one, in the same order"
+        )
+    if array.dtype.kind == "f" and not np.isfinite(array).all():
+        raise UserError(f"{name} has NaN or inf values")
+    if integer and array.dtype.kind == "f" and array.size and not (array == np.round(array)).all():
+        bad = array[array != np.round(array)].flat[0]
+        raise UserError(f"{name} must hold integers, but it has {bad:g}; whole numbers stored as floats (3.0) are fine")
+    if array.size:
+        smallest, largest = array.min(), array.max()
+        if (low is not None and smallest < low) or (high is not None and largest > high):
+            allowed = f">= {low}" if high is None else f"<= {high}" if low is None else f"in {low}..{high}"
+            raise UserError(f"{name} has values {smallest:g}..{largest:g}, but they must be {allowed}")
+    if integer:
+        return torch.from_numpy(array.astype(np.int64))
+    return torch.from_numpy(array.astype(np.float32))
 
 
 def check_fractions(valid_fraction, test_fraction):
@@ -459,9 +540,12 @@ def check_fractions(valid_fraction, test_fraction):
 
 
 def _raw_splits(train, valid, test, labels=(None, None, None)):
-    """Splits of the arrays as they are (:func:`make_data` reads them), labels as integers."""
-    as_long = lambda a: None if a is None else torch.as_tensor(np.asarray(a), dtype=torch.long)
-    return {name: Split(x, as_long(y)) for name, x, y in zip(SPLITS, (train, valid, test), labels)}
+    """Splits of the arrays as they are (:func:`make_data` reads them), labels checked
+    (:func:`check_per_example`) and made integers."""
+    def as_long(name, x, y):
+        return None if y is None else check_per_example(f"{name}_labels", y, num_examples(x, name), images=name, low=0)
+
+    return {name: Split(x, as_long(name, x, y)) for name, x, y in zip(SPLITS, (train, valid, test), labels)}
 
 
 def _split_off(x, labels, fractions, seed=0):
@@ -479,6 +563,14 @@ def given_splits(arrays, fractions, where):
     train by its fraction (``fractions`` = valid, test)."""
     if "train" not in arrays:
         raise UserError(f"{where} has no array 'train' (it has: {', '.join(arrays) or 'none'})")
+    for name in SPLITS:  # labels line up with their images before any split is cut
+        if name in arrays:
+            num_examples(arrays[name], name)
+        if f"{name}_labels" in arrays:
+            if name not in arrays:
+                raise UserError(f"{where} has {name}_labels but no {name} array for them to label")
+            arrays = {**arrays, f"{name}_labels": check_per_example(
+                f"{name}_labels", arrays[f"{name}_labels"], num_examples(arrays[name], name), images=name, low=0)}
     parts = [arrays.get(name) for name in SPLITS]
     labels = [arrays.get(f"{name}_labels") for name in SPLITS]
     if "valid" not in arrays or "test" not in arrays:
