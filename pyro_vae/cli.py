@@ -94,15 +94,19 @@ def write_text_atomically(path, text):
         raise
 
 
-def load_run_split(run, split, checkpoint="checkpoint.pt"):
-    """The trained VAE of a run and one split of the data it was trained on (from RUN/config.toml)."""
+def load_run_data(run, checkpoint="checkpoint.pt"):
+    """The trained VAE of a run and the data it was trained on (from RUN/config.toml)."""
     from .build import build_data
     from .config import load_config
     from .runs import load_run
 
     vae = load_run(run, checkpoint=checkpoint)
-    config = load_config(Path(run) / "config.toml")
-    data = build_data(config)
+    return vae, build_data(load_config(Path(run) / "config.toml"))
+
+
+def load_run_split(run, split, checkpoint="checkpoint.pt"):
+    """The trained VAE of a run and one split of the data it was trained on (from RUN/config.toml)."""
+    vae, data = load_run_data(run, checkpoint)
     return vae, data.split(split)
 
 
@@ -130,7 +134,8 @@ def command_evaluate(args):
     if Path(args.run).is_dir():
         check_writable(out)  # before the computation, not after it
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    vae, split = load_run_split(args.run, args.split, args.checkpoint)
+    vae, data = load_run_data(args.run, args.checkpoint)
+    split, dequantization_levels = data.split(args.split), data.dequantization_levels
     vae = vae.to(device)
     split_size = len(split)
     split, subset_seed = limited(split, args)
@@ -143,20 +148,24 @@ def command_evaluate(args):
     vae.likelihood.check_support(x)
     start = time.perf_counter()
     result = evaluate(vae, x, num_samples=args.samples, seed=seed, batch_size=args.batch_size, progress=True,
-                      labels=labels)
+                      labels=labels, dequantization_levels=dequantization_levels)
     result.update(split=args.split, split_size=split_size, subset_seed=subset_seed,  # None: the whole split
                   seed=seed, checkpoint=args.checkpoint, seconds=time.perf_counter() - start)
     subset = "" if subset_seed is None else f" (a random subset, seed {subset_seed}, of {split_size})"
     print(f"{args.run}: {args.split} split, {result['num_examples']} data points{subset}, K = {args.samples}")
+    discrete = "" if dequantization_levels is None else f" of the {dequantization_levels}-level data"
     rows = [
-        ("log-likelihood log p(x), nats", f"{result['log_likelihood']:.3f} +- {result['log_likelihood_standard_error']:.3f}"),
-        ("ELBO, nats", f"{result['elbo']:.3f}"),
+        (f"log-likelihood log p(x){discrete}, nats", f"{result['log_likelihood']:.3f} +- {result['log_likelihood_standard_error']:.3f}"),
+        (f"ELBO{discrete}, nats", f"{result['elbo']:.3f}"),
         ("reconstruction E_q log p(x|z)", f"{result['reconstruction']:.3f}"),
         ("KL(q(z|x) || p(z))", f"{result['kl']:.3f}"),
         ("active units", f"{result['active_units']} of {vae.latent_dim}"),
     ]
     for site, kl in result.get("kl_per_layer", {}).items():
         rows.append((f"  KL, layer {site}", f"{kl:.3f} ({result['active_units_per_layer'][site]} active units)"))
+    if dequantization_levels is not None:
+        rows.append(("  dequantized density's log p", f"{result['log_likelihood_density']:.3f} "
+                     f"(minus D log {dequantization_levels} = {result['dequantization_offset']:.3f})"))
     if result["bits_per_dim"] is not None:
         rows.append(("bits per dimension", f"{result['bits_per_dim']:.4f}"))
     if "accuracy" in result:

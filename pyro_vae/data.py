@@ -23,6 +23,20 @@ Binarization (``data.binarize``):
 - ``dynamic``: a fresh Bernoulli draw of every training image at every epoch;
   valid and test are binarized once, statically, so their scores are comparable
   across epochs.
+
+Dequantization (``data.dequantize = true``; Theis et al. 2016, "A note on the evaluation of
+generative models"): data of L integer levels k = 0..L-1 (stored as k / (L - 1)) are modelled
+by a continuous density as y = (k + u) / L, u ~ U[0, 1) per value, in [0, 1). The training
+split is redrawn every epoch (like dynamic binarization); valid and test are dequantized once,
+with a fixed seed. A density on [0, 1)^D integrated over the cube of side 1 / L that maps to
+k gives the probability of k, and by Jensen's inequality
+
+    log P(k) >= E_u[log p((k + u) / L)] - D log L,
+
+so a continuous likelihood's bound on y, minus D log L, is a bound on the log-likelihood of
+the discrete data, in the units of a discretized likelihood's (``evaluation.evaluate``).
+Without it, a continuous density on data that sit on L values can concentrate on them and
+grow without bound.
 """
 
 import gzip
@@ -126,10 +140,22 @@ class Data:
     binarize: str = "none"
     levels: int | None = None
     source: str = ""
+    dequantize: bool = False  # training x redrawn as (k + u) / levels each epoch; valid, test: one fixed draw
 
     @property
     def dynamic_binarization(self):
         return self.binarize == "dynamic"
+
+    @property
+    def redrawn(self):
+        """Whether the training split is shown through fresh noise each epoch (dynamic binarization
+        or dequantization): its stored values are then not what the model sees."""
+        return self.dynamic_binarization or self.dequantize
+
+    @property
+    def dequantization_levels(self):
+        """L where the data are dequantized ((k + u) / L), else None."""
+        return self.levels if self.dequantize else None
 
     @property
     def shape(self):
@@ -148,6 +174,9 @@ class Data:
             values = "binary {0, 1}: one fixed Bernoulli draw of the grey levels (static binarization)"
         elif self.binarize == "dynamic":
             values = f"grey levels in {span}, binarized by a fresh Bernoulli draw each epoch (valid, test: one fixed draw)"
+        elif self.dequantize:
+            values = (f"integers 0..{self.levels - 1} dequantized as (k + u) / {self.levels}, u ~ U[0, 1), in [0, 1), "
+                      "redrawn each epoch (valid, test: one fixed draw)")
         elif self.levels == 256:
             values = "8-bit intensities 0..255 read as x / 255, in [0, 1]"
         elif self.levels == 2:
@@ -201,10 +230,12 @@ class Data:
         return 0 if self.train.labels is None else len(self.labeled_index())
 
     def _binarized(self, x, noise):
-        """Under dynamic binarization, a fresh Bernoulli draw of ``x``; the noise is drawn where the
-        generator ``noise`` lives (the training device)."""
+        """Under dynamic binarization, a fresh Bernoulli draw of ``x``; under dequantization, a fresh
+        (k + u) / L; the noise is drawn where the generator ``noise`` lives (the training device)."""
         if self.dynamic_binarization:
             x = (torch.rand(x.shape, generator=noise, device=noise.device).to(x.device) < x).to(x.dtype)
+        elif self.dequantize:
+            x = dequantized(x, self.levels, torch.rand(x.shape, generator=noise, device=noise.device).to(x.device))
         return x
 
     def labeled_batches(self, batch_size, epoch_seed, noise, device, rank=0, world_size=1, skip=0):
@@ -265,8 +296,8 @@ class Data:
         ``device``; with ``world_size`` > 1, every ``world_size``-th example from the ``rank``-th.
         With ``labels``, ``LabeledBatch`` minibatches (a hidden label is ``HIDDEN``).
 
-        Under dynamic binarization the training split is shown through one fixed
-        Bernoulli draw, so that its scores are comparable across epochs.
+        Under dynamic binarization (dequantization) the training split is shown through one fixed
+        Bernoulli draw (one fixed u), so that its scores are comparable across epochs.
         """
         part = self.split(split).random_subset(limit)
         x = part.x
@@ -276,32 +307,34 @@ class Data:
         x = x[rank::world_size]
         y = None if y is None else y[rank::world_size]
         generator = None
-        if split == "train" and self.dynamic_binarization:
+        if split == "train" and self.redrawn:
             generator = torch.Generator().manual_seed(STATIC_BINARIZATION_SEED + rank)
         for start in range(0, len(x), batch_size):
             batch = x[start : start + batch_size]
             if generator is not None:
-                batch = (torch.rand(batch.shape, generator=generator).to(batch.device) < batch).to(batch.dtype)
+                u = torch.rand(batch.shape, generator=generator).to(batch.device)
+                batch = dequantized(batch, self.levels, u) if self.dequantize else (u < batch).to(batch.dtype)
             batch = batch.to(device, non_blocking=True)
             yield batch if y is None else LabeledBatch(batch, y[start : start + batch_size].to(device))
 
 
 def load_data(name="digits", path="", binarize="none", download=False, likelihood=None, labeled="all",
-              labeled_seed=0, **options):
-    """Load a named dataset, read its intensities, and binarize it as asked.
+              labeled_seed=0, dequantize=False, **options):
+    """Load a named dataset, read its intensities, and binarize or dequantize it as asked.
 
     ``likelihood`` (a likelihood's name) is what ``binarize = "auto"`` decides by. With
     ``labeled = N``, N labels of the training split are kept (``keep_labels``) and the rest hidden.
     """
     check_binarize(binarize)
     source = DATASETS.build({"name": name, **options}, "data", path=path, download=download)
-    data = make_data(source.load(), binarize, likelihood, levels=source.levels, source=f"{name} {path}".strip())
+    data = make_data(source.load(), binarize, likelihood, levels=source.levels, source=f"{name} {path}".strip(),
+                     dequantize=dequantize)
     if labeled != "all":
         data.train.labels = keep_labels(data.train.labels, labeled, labeled_seed)
     return data
 
 
-def as_data(data, binarize="none", likelihood=None, valid_fraction=0.1, test_fraction=0.1):
+def as_data(data, binarize="none", likelihood=None, valid_fraction=0.1, test_fraction=0.1, dequantize=False):
     """Your own arrays as :class:`Data`, read like a dataset's files.
 
     ``data`` is an array or tensor ``(N, ...)`` (cut into train / valid / test by a seeded
@@ -320,7 +353,8 @@ def as_data(data, binarize="none", likelihood=None, valid_fraction=0.1, test_fra
             f"data must be an array or tensor (N, ...), a dict of them with 'train' (and 'valid', 'test', "
             f"'<split>_labels'), or a Data; got {type(data).__name__}"
         )
-    return make_data(given_splits(data, fractions, "the data dict"), binarize, likelihood, source="arrays given in Python")
+    return make_data(given_splits(data, fractions, "the data dict"), binarize, likelihood, source="arrays given in Python",
+                     dequantize=dequantize)
 
 
 def check_binarize(binarize):
@@ -328,17 +362,29 @@ def check_binarize(binarize):
         raise UserError(f"data.binarize: unknown value {binarize!r}; choose one of: {', '.join(BINARIZATIONS)}")
 
 
-def make_data(splits, binarize="none", likelihood=None, levels=None, source=""):
+def make_data(splits, binarize="none", likelihood=None, levels=None, source="", dequantize=False):
     """:class:`Data` from ``{"train": Split, "valid": Split, "test": Split}`` whose ``x`` are
     arrays or tensors of any numeric dtype.
 
     The values are read by :func:`as_intensities` (``levels``, where given, is the number of
     integer levels of float data that a source knows of, e.g. 17 for the digits' k / 16),
-    shaped by :func:`image_layout`, checked, and binarized as :func:`choose_binarization` says.
+    shaped by :func:`image_layout`, checked, and binarized as :func:`choose_binarization` says,
+    or (``dequantize``) dequantized: valid and test once here, train at every epoch.
     """
     check_binarize(binarize)
+    if dequantize and binarize in ("static", "dynamic"):
+        raise UserError(
+            f"data.dequantize = true and data.binarize = {binarize!r} contradict each other: binarization "
+            "makes the data {0, 1} for a Bernoulli likelihood, dequantization spreads them over [0, 1) for a "
+            "continuous one; choose one"
+        )
     xs, found_levels = as_intensities([splits[name].x for name in SPLITS])
     levels = found_levels or levels
+    if dequantize and levels is None:
+        raise UserError(
+            "data.dequantize = true needs integer-valued data (uint8 images, or a dataset of known levels), "
+            "but these are float values of unknown levels; store them as uint8 or set data.dequantize = false"
+        )
     for name, x in zip(SPLITS, xs):
         x = image_layout(x, name)
         check_split(name, x, splits[name].labels)
@@ -347,7 +393,12 @@ def make_data(splits, binarize="none", likelihood=None, levels=None, source=""):
     for name in ("valid", "test"):
         if shapes[name] != shapes["train"]:
             raise UserError(f"the {name} examples have shape {shapes[name]} but the train examples {shapes['train']}")
-    binarize = choose_binarization(binarize, likelihood, [splits[name].x for name in SPLITS])
+    binarize = "none" if dequantize else choose_binarization(binarize, likelihood, [splits[name].x for name in SPLITS])
+    if dequantize:
+        generator = torch.Generator().manual_seed(STATIC_BINARIZATION_SEED)
+        for name in ("valid", "test"):
+            x = splits[name].x
+            splits[name].x = dequantized(x, levels, torch.rand(x.shape, generator=generator))
     if binarize != "none":
         for name in SPLITS:
             x = splits[name].x
@@ -361,7 +412,14 @@ def make_data(splits, binarize="none", likelihood=None, levels=None, source=""):
             if binarize == "static" or name != "train":
                 splits[name].x = torch.bernoulli(splits[name].x, generator=generator)
         levels = 2
-    return Data(**splits, binarize=binarize, levels=levels, source=source)
+    return Data(**splits, binarize=binarize, levels=levels, source=source, dequantize=bool(dequantize))
+
+
+def dequantized(x, levels, u):
+    """(k + u) / L for data x = k / (L - 1) on L levels and noise u in [0, 1) of x's shape: in
+    [0, 1), each level k spread uniformly over [k / L, (k + 1) / L)."""
+    k = (x * (levels - 1)).round()
+    return (k + u) / levels
 
 
 def is_binary(x):
