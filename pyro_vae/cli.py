@@ -22,6 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from . import checks
 from .registry import UserError
 
 
@@ -44,6 +45,7 @@ def command_train(args):
 def command_sample(args):
     if args.n < 1:
         raise UserError(f"--n must be an integer >= 1, got {args.n}")
+    checks.seed(args.seed, "--seed")
     import torch
 
     from . import plots
@@ -119,7 +121,7 @@ def limited(split, args):
 
     if args.limit is not None and args.limit < 1:
         raise UserError(f"--limit must be >= 1, got {args.limit}")
-    seed = SUBSET_SEED if args.subset_seed is None else args.subset_seed
+    seed = SUBSET_SEED if args.subset_seed is None else checks.seed(args.subset_seed, "--subset-seed")
     subset = split.random_subset(args.limit, seed=seed)
     return subset, (seed if len(subset) < len(split) else None)
 
@@ -129,7 +131,7 @@ def command_evaluate(args):
 
     from .evaluation import EVALUATION_SEED, evaluate
 
-    seed = EVALUATION_SEED if args.seed is None else args.seed
+    seed = EVALUATION_SEED if args.seed is None else checks.seed(args.seed, "--seed")
     out = Path(args.run) / "evaluation.json"
     if Path(args.run).is_dir():
         check_writable(out)  # before the computation, not after it

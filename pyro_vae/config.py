@@ -145,7 +145,7 @@ SCHEMA = {
         "download": (False, boolean),
         "on_device": (False, boolean),
         "labeled": ("all", labeled),  # or N: keep N training labels (balanced across classes), hide the rest
-        "labeled_seed": (0, at_least(integer, 0)),  # which N labels are kept
+        "labeled_seed": (0, checks.seed),  # which N labels are kept
     },
     "model": {
         "kind": ("vae", one_of(*MODEL_KINDS)),
@@ -178,7 +178,7 @@ SCHEMA = {
         "eval_batch_size": (1000, at_least(integer, 1)),
         "lr": (1e-3, at_least(number, 0, exclusive=True)),
         "optimizer": ("adam", name_in(OPTIMIZERS)),
-        "seed": (0, at_least(integer, 0)),
+        "seed": (0, checks.seed),
         "device": ("auto", device),
         "progress": (True, boolean),
         "lr_schedule": ("constant", spec(LR_SCHEDULES)),
