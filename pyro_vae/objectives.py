@@ -741,8 +741,8 @@ def kl_term(guide_dist, prior_dist, z, analytic=False, per_dimension=False):
 def factors(distribution, what="prior"):
     """The per-dimension factors of a distribution over vectors that factorizes (an Independent
     over the last dimension), whose log_prob gives one value per dimension; else a UserError."""
-    base = getattr(distribution, "base_dist", None)
-    if base is None or distribution.reinterpreted_batch_ndims != 1 or base.event_shape != ():
+    base = getattr(distribution, "base_dist", None)  # a TransformedDistribution (a flow prior) has one too
+    if base is None or getattr(distribution, "reinterpreted_batch_ndims", None) != 1 or base.event_shape != ():
         raise UserError(
             f"free bits need the KL per latent dimension, so a {what} that factorizes over dimensions "
             f"(e.g. model.prior = \"normal\" or \"learned_normal\"); this {what} is a {type(distribution).__name__}"

@@ -48,6 +48,10 @@ from .runs import check_resumable, check_writable, clear_run_outputs, prepare_ru
 from .steps import CapturedStep, Step
 
 
+# What torch's distributions say of NaN or infinite parameters (a model that diverged).
+DIVERGED = ("found invalid values", "expects all elements of std >= 0")
+
+
 class TrainingStopped(Exception):
     """Training stopped on SIGINT or SIGTERM after writing a checkpoint."""
 
@@ -300,9 +304,27 @@ class Trainer:
             f"the last good checkpoint in {self.out} is intact"
         )
 
+    def check_finite(self, what=None):
+        """Stop with a one-line error if a step left a parameter non-finite, or (``what``: the name of
+        a non-finite figure) the epoch's evaluation came out NaN or infinite: a finite gradient times
+        a huge learning rate passes the step's own checks, and the evaluation or the figures would
+        then fail inside a distribution's argument checks. One read from the device per epoch."""
+        if what is None:
+            if torch.stack([p.detach().isfinite().all() for p in self.parameters]).all():
+                return
+            what = "parameters"
+        tc = self.config["train"]
+        kept = (f"the last good checkpoint in {self.out} is intact" if (self.out / "checkpoint.pt").is_file()
+                else "no checkpoint was written")
+        raise UserError(
+            f"non-finite {what} after step {self.step} (epoch {self.epoch}); likely causes: "
+            f"train.lr = {tc['lr']:g} too high (set train.clip_grad_norm, or a lower rate), or extreme data; {kept}"
+        )
+
     def _end_epoch(self, epoch, seconds, bar):
         tc = self.config["train"]
         self.check_faults()
+        self.check_finite()
         self.vae.eval()
         all_reduce = None
         epoch_loss = self.train_step_fn.epoch_loss()
@@ -318,7 +340,17 @@ class Trainer:
             batches = self.data.batches(split, tc["eval_batch_size"], self.device, limit, self.rank, self.world_size, labels)
             return evaluate_elbo(self.vae, batches, all_reduce=all_reduce)
 
-        train, val = evaluate("train", tc["train_eval_examples"]), evaluate("valid")
+        try:
+            train, val = evaluate("train", tc["train_eval_examples"]), evaluate("valid")
+        except (ValueError, RuntimeError) as error:
+            # Finite parameters can still overflow to NaN outputs (after a step at a huge learning
+            # rate), which torch's distributions refuse with these words; checked data cannot cause them.
+            if not any(words in str(error) for words in DIVERGED):
+                raise
+            self.check_finite(f"network outputs ({' '.join(str(error).split()[:6])} ...)")
+        for name, result in (("training ELBO", train), ("validation ELBO", val)):
+            if not math.isfinite(result["elbo"]):
+                self.check_finite(f"{name} ({result['elbo']})")
         self.lr_schedule.epoch_end(val["elbo"])  # the same on every rank: the sums are all-reduced
         if self.is_main:
             loss_sum, count = epoch_loss
