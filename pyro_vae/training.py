@@ -48,8 +48,9 @@ from .runs import check_resumable, check_writable, clear_run_outputs, prepare_ru
 from .steps import CapturedStep, Step
 
 
-# What torch's distributions say of NaN or infinite parameters (a model that diverged).
-DIVERGED = ("found invalid values", "expects all elements of std >= 0")
+# What torch says of NaN or infinite distribution parameters (a model that diverged); a guide's
+# covariance that overflowed is a LinAlgError ("not positive-definite").
+DIVERGED = ("found invalid values", "expects all elements of std >= 0", "not positive-definite")
 
 
 class TrainingStopped(Exception):
@@ -345,7 +346,7 @@ class Trainer:
         except (ValueError, RuntimeError) as error:
             # Finite parameters can still overflow to NaN outputs (after a step at a huge learning
             # rate), which torch's distributions refuse with these words; checked data cannot cause them.
-            if not any(words in str(error) for words in DIVERGED):
+            if not isinstance(error, torch.linalg.LinAlgError) and not any(words in str(error) for words in DIVERGED):
                 raise
             self.check_finite(f"network outputs ({' '.join(str(error).split()[:6])} ...)")
         for name, result in (("training ELBO", train), ("validation ELBO", val)):
