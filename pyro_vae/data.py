@@ -415,11 +415,17 @@ def make_data(splits, binarize="none", likelihood=None, levels=None, source="", 
     return Data(**splits, binarize=binarize, levels=levels, source=source, dequantize=bool(dequantize))
 
 
+# Dequantized values are kept this far inside (0, 1): in float32, (255 + u) / 256 rounds to
+# exactly 1 for u > 1 - 2^-16, and u = 0 gives exactly 0, where a Beta density is 0 or infinite.
+DEQUANTIZATION_MARGIN = 2.0**-24
+
+
 def dequantized(x, levels, u):
-    """(k + u) / L for data x = k / (L - 1) on L levels and noise u in [0, 1) of x's shape: in
-    [0, 1), each level k spread uniformly over [k / L, (k + 1) / L)."""
+    """(k + u) / L for data x = k / (L - 1) on L levels and noise u in [0, 1) of x's shape:
+    each level k spread uniformly over [k / L, (k + 1) / L), kept inside (0, 1) by
+    ``DEQUANTIZATION_MARGIN`` (which moves a value within its own bin, for any L < 2^23)."""
     k = (x * (levels - 1)).round()
-    return (k + u) / levels
+    return ((k + u) / levels).clamp(DEQUANTIZATION_MARGIN, 1 - DEQUANTIZATION_MARGIN)
 
 
 def is_binary(x):

@@ -14,7 +14,7 @@ from pyro_vae import train
 from pyro_vae.build import build, build_data
 from pyro_vae.cli import main
 from pyro_vae.config import check_config, load_config
-from pyro_vae.data import as_data
+from pyro_vae.data import as_data, dequantized
 from pyro_vae.evaluation import evaluate
 from pyro_vae.likelihoods import LIKELIHOODS
 from pyro_vae.registry import UserError
@@ -44,6 +44,16 @@ def test_valid_and_test_are_one_fixed_draw_of_k_plus_u_over_256():
         assert abs(u.mean().item() - 0.5) < 0.02 and u.std().item() == pytest.approx(1 / math.sqrt(12), abs=0.01)
     again = as_data({"train": x[:100], "valid": x[100:150], "test": x[150:]}, dequantize=True)
     assert torch.equal(again.test.x, data.test.x)  # a fixed seed: comparable across epochs and runs
+
+
+def test_the_extreme_draws_stay_inside_the_unit_interval_and_their_bins():
+    """In float32 (255 + u) / 256 is exactly 1 for u > 1 - 2^-16, and (0 + 0) / 256 exactly 0, where
+    a Beta density is infinite: the values are kept inside (0, 1), in their own bins."""
+    x = torch.tensor([0.0, 1.0, 1.0])
+    u = torch.tensor([0.0, 1 - 2.0**-24, 1 - 2.0**-17])
+    y = dequantized(x, 256, u)
+    assert (y > 0).all() and (y < 1).all()
+    assert levels_of(y).tolist() == [0, 255, 255]
 
 
 def test_training_batches_are_redrawn_each_epoch_from_the_noise_generator():
