@@ -23,6 +23,7 @@ states. ``train(resume=RUN)`` continues a run exactly: on CPU, a run killed
 mid-epoch and resumed ends with bit-identical parameters.
 """
 
+import contextlib
 import math
 import os
 import signal
@@ -261,7 +262,8 @@ class Trainer:
         )
         self.vae.train()
         for x in batches:
-            self.train_step(x)
+            with self.stopped_if_diverged(epoch):
+                self.train_step(x)
             self.step += 1  # a skipped (non-finite) batch still counts: it was drawn
             self.batch_in_epoch += 1
             bar.update()
@@ -305,7 +307,7 @@ class Trainer:
             f"the last good checkpoint in {self.out} is intact"
         )
 
-    def check_finite(self, what=None):
+    def check_finite(self, epoch, what=None):
         """Stop with a one-line error if a step left a parameter non-finite, or (``what``: the name of
         a non-finite figure) the epoch's evaluation came out NaN or infinite: a finite gradient times
         a huge learning rate passes the step's own checks, and the evaluation or the figures would
@@ -318,14 +320,26 @@ class Trainer:
         kept = (f"the last good checkpoint in {self.out} is intact" if (self.out / "checkpoint.pt").is_file()
                 else "no checkpoint was written")
         raise UserError(
-            f"non-finite {what} after step {self.step} (epoch {self.epoch}); likely causes: "
+            f"non-finite {what} in epoch {epoch} (after {self.step} steps); likely causes: "
             f"train.lr = {tc['lr']:g} too high (set train.clip_grad_norm, or a lower rate), or extreme data; {kept}"
         )
+
+    @contextlib.contextmanager
+    def stopped_if_diverged(self, epoch):
+        """Turn torch's refusal of NaN or infinite distribution parameters into the one-line error
+        of ``check_finite``: finite parameters can still overflow to NaN outputs (after a step at a
+        huge learning rate), and checked data cannot cause these errors. Any other error is raised."""
+        try:
+            yield
+        except (ValueError, RuntimeError) as error:
+            if not isinstance(error, torch.linalg.LinAlgError) and not any(words in str(error) for words in DIVERGED):
+                raise
+            self.check_finite(epoch, f"network outputs ({' '.join(str(error).split()[:6])} ...)")
 
     def _end_epoch(self, epoch, seconds, bar):
         tc = self.config["train"]
         self.check_faults()
-        self.check_finite()
+        self.check_finite(epoch)
         self.vae.eval()
         all_reduce = None
         epoch_loss = self.train_step_fn.epoch_loss()
@@ -341,17 +355,11 @@ class Trainer:
             batches = self.data.batches(split, tc["eval_batch_size"], self.device, limit, self.rank, self.world_size, labels)
             return evaluate_elbo(self.vae, batches, all_reduce=all_reduce)
 
-        try:
+        with self.stopped_if_diverged(epoch):
             train, val = evaluate("train", tc["train_eval_examples"]), evaluate("valid")
-        except (ValueError, RuntimeError) as error:
-            # Finite parameters can still overflow to NaN outputs (after a step at a huge learning
-            # rate), which torch's distributions refuse with these words; checked data cannot cause them.
-            if not isinstance(error, torch.linalg.LinAlgError) and not any(words in str(error) for words in DIVERGED):
-                raise
-            self.check_finite(f"network outputs ({' '.join(str(error).split()[:6])} ...)")
         for name, result in (("training ELBO", train), ("validation ELBO", val)):
             if not math.isfinite(result["elbo"]):
-                self.check_finite(f"{name} ({result['elbo']})")
+                self.check_finite(epoch, f"{name} ({result['elbo']})")
         self.lr_schedule.epoch_end(val["elbo"])  # the same on every rank: the sums are all-reduced
         if self.is_main:
             loss_sum, count = epoch_loss

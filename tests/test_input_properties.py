@@ -321,6 +321,8 @@ FOUND = {
                              "non-finite network outputs"),
     "diverged, score estimator": (["--set", "train.lr=1e30", "--set", "objective.estimator=score"], "non-finite"),
     "diverged, low-rank guide": (["--set", "train.lr=1e30", "--set", "model.guide=lowrank"], "non-finite network outputs"),
+    "diverged mid-epoch, low-rank guide": (["--set", "train.lr=1e30", "--set", "model.guide=lowrank", "--set", "train.batch_size=1"],
+                                           "non-finite network outputs"),
     # free bits with a flow prior: AttributeError in objectives.factors
     "free bits, flow prior": (["--set", "objective.free_bits=0.5", "--set", "model.prior=flow", "--set", "model.latent_dim=1"],
                               "free bits need the KL per latent dimension"),
