@@ -139,9 +139,7 @@ SCHEMA = {
         "name": ("digits", name_in(DATASETS)),
         "path": ("", string),
         "binarize": ("auto", one_of(*BINARIZATIONS)),
-        # true: integer data (k of L levels) become (k + u) / L, u ~ U[0, 1), redrawn each epoch, for a
-        # continuous likelihood; evaluate then reports log p of the discrete data (bound - D log L) and bits/dim
-        "dequantize": (False, boolean),
+        "dequantize": (False, boolean),  # true: integer data k of L levels as (k + u) / L, u ~ U[0, 1) redrawn each epoch, for a continuous likelihood; evaluate reports log p of the discrete data (bound - D log L) and bits/dim
         "download": (False, boolean),
         "on_device": (False, boolean),
         "labeled": ("all", labeled),  # or N: keep N training labels (balanced across classes), hide the rest
