@@ -29,7 +29,8 @@ def build_data(config, data=None):
     options = {k: v for k, v in config["data"].items() if k != "on_device"}
     likelihood = LIKELIHOODS.split_spec(config["model"]["likelihood"])[0]
     if data is not None:
-        return as_data(data, options["binarize"], likelihood, **{k: v for k, v in options.items() if k not in SCHEMA["data"]})
+        return as_data(data, options["binarize"], likelihood, dequantize=options["dequantize"],
+                       **{k: v for k, v in options.items() if k not in SCHEMA["data"]})
     return load_data(**options, likelihood=likelihood)
 
 
@@ -104,6 +105,30 @@ def check_labeled_setup(config, vae, data, estimator):
         )
 
 
+def check_density(likelihood, data):
+    """Refuse dequantized data under a likelihood that is a mass function: (k + u) / L lies between
+    its grid points (a continuous likelihood says so by ``continuous = True``)."""
+    if data.dequantize and not likelihood.continuous:
+        raise UserError(
+            f"data.dequantize = true spreads the data over [0, 1) for a continuous likelihood, but "
+            f"{likelihood.registered_name!r} is a mass function on discrete values; use a continuous likelihood "
+            "(continuous_bernoulli, gaussian, laplace, beta) or set data.dequantize = false"
+        )
+
+
+def discrete_data_warning(likelihood, data):
+    """The warning for integer-valued data (L levels) under a continuous likelihood without
+    dequantization: a density can concentrate on the L values and grow without bound there, so its
+    ELBO is no log-likelihood of the data. None where that is not the case."""
+    if not likelihood.continuous or data.levels is None or data.dequantize:
+        return None
+    return (
+        f"the data take only {data.levels} values, but the {likelihood.registered_name} likelihood is a density, "
+        "unbounded on such values (its ELBO can grow without limit and is no log-likelihood of them); "
+        'set data.dequantize = true, or use likelihood = "discretized_logistic" (or "bernoulli" for binary data)'
+    )
+
+
 def build_estimator(config, data_shape=None, dataset_size=None):
     """The estimator a checked config describes; ``data_shape`` sizes a neural baseline,
     ``dataset_size`` (the training split's) is the N of total-correlation estimates."""
@@ -158,12 +183,13 @@ def build(config, data, device, batch_size=None):
     """
     tc, objective = config["train"], config["objective"]
     vae = build_model(config, data.shape, data.levels).to(device)
+    check_density(vae.likelihood, data)
     for split in ("train", "valid", "test"):
-        if split != "train" or not data.dynamic_binarization:
+        if split != "train" or not data.redrawn:
             vae.likelihood.check_support(data.split(split).x)
-    warning = vae.likelihood.warning(data.train.x)
-    if warning is not None:
-        print(f"warning: {warning}", file=sys.stderr)
+    for warning in (vae.likelihood.warning(data.train.x), discrete_data_warning(vae.likelihood, data)):
+        if warning is not None:
+            print(f"warning: {warning}", file=sys.stderr)
     estimator = build_estimator(config, data.shape, len(data.train)).to(device)
     check_labeled_setup(config, vae, data, estimator)
     steps_per_epoch = training_steps(vae, data, batch_size or tc["batch_size"])

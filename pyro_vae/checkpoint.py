@@ -12,6 +12,7 @@ number generator a run draws from, so a resumed run continues the same streams.
 import os
 import pickle
 import random
+import struct
 import tempfile
 from pathlib import Path
 
@@ -52,7 +53,9 @@ def load_checkpoint(path, map_location="cpu"):
             f"refusing to load {path}: it holds objects other than tensors and plain data "
             f"({first_line[:160]}); only checkpoints written by pyro-vae are loaded"
         ) from None
-    except (RuntimeError, EOFError, OSError) as error:
+    except (RuntimeError, EOFError, OSError, IndexError, KeyError, ValueError, struct.error, UnicodeDecodeError) as error:
+        # torch.load reads a file that is no zip archive with its legacy unpickler, whose errors on
+        # arbitrary bytes (a CSV given as --checkpoint: IndexError) say nothing but "not a checkpoint"
         raise UserError(f"cannot read checkpoint {path}: it is truncated or corrupt{_detail(error)}; {_fallback(path)}") from None
 
 

@@ -27,6 +27,19 @@ def integer(value, key, minimum=None):
     return value
 
 
+# Seeds are 0..2^32 - 1: what numpy's RandomState takes, and far enough below torch's 2^64 that
+# the seeds derived from them (seed * 100003 + epoch) stay in range.
+SEED_LIMIT = 2**32
+
+
+def seed(value, key):
+    """A seed: an integer in 0..2^32 - 1."""
+    integer(value, key, minimum=0)
+    if value >= SEED_LIMIT:
+        raise UserError(f"{key} must be a seed in 0..{SEED_LIMIT - 1}, got {value}")
+    return value
+
+
 def number(value, key, minimum=None, exclusive=False):
     """A finite int or float (not a bool), returned as a float; at least (or above) ``minimum``."""
     if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):

@@ -23,6 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from . import checks
 from .registry import UserError
 
 
@@ -78,6 +79,7 @@ def command_sample(args):
     if args.n > MAX_SAMPLES:
         raise UserError(f"--n {args.n}: one grid holds at most {MAX_SAMPLES} samples (64 x 64); "
                         f"draw more grids with different --seed values")
+    checks.seed(args.seed, "--seed")
     import torch
 
     from .runs import load_run, save_class_samples
@@ -193,7 +195,7 @@ def limited(split, args):
 
     if args.limit is not None and args.limit < 1:
         raise UserError(f"--limit must be >= 1, got {args.limit}")
-    seed = SUBSET_SEED if args.subset_seed is None else args.subset_seed
+    seed = SUBSET_SEED if args.subset_seed is None else checks.seed(args.subset_seed, "--subset-seed")
     subset = split.random_subset(args.limit, seed=seed)
     return subset, (seed if len(subset) < len(split) else None)
 
@@ -203,13 +205,14 @@ def command_evaluate(args):
 
     from .evaluation import EVALUATION_SEED, evaluate
 
-    seed = EVALUATION_SEED if args.seed is None else args.seed
+    seed = EVALUATION_SEED if args.seed is None else checks.seed(args.seed, "--seed")
     out = Path(args.run) / "evaluation.json"
     if Path(args.run).is_dir():
         check_writable(out)  # before the computation, not after it
     device = "cuda" if torch.cuda.is_available() else "cpu"
     vae, data = load_run_data(args.run, args.checkpoint)
-    vae, split = vae.to(device), data.split(args.split)
+    split, dequantization_levels = data.split(args.split), data.dequantization_levels
+    vae = vae.to(device)
     split_size = len(split)
     split, subset_seed = limited(split, args)
     x = split.x
@@ -221,20 +224,24 @@ def command_evaluate(args):
     vae.likelihood.check_support(x)
     start = time.perf_counter()
     result = evaluate(vae, x, num_samples=args.samples, seed=seed, batch_size=args.batch_size, progress=True,
-                      labels=labels)
+                      labels=labels, dequantization_levels=dequantization_levels)
     result.update(split=args.split, split_size=split_size, subset_seed=subset_seed,  # None: the whole split
                   seed=seed, checkpoint=args.checkpoint, seconds=time.perf_counter() - start)
     subset = "" if subset_seed is None else f" (a random subset, seed {subset_seed}, of {split_size})"
     print(f"{args.run}: {args.split} split, {result['num_examples']} data points{subset}, K = {args.samples}")
+    discrete = "" if dequantization_levels is None else f" of the {dequantization_levels}-level data"
     rows = [
-        ("log-likelihood log p(x), nats", f"{result['log_likelihood']:.3f} +- {result['log_likelihood_standard_error']:.3f}"),
-        ("ELBO, nats", f"{result['elbo']:.3f}"),
+        (f"log-likelihood log p(x){discrete}, nats", f"{result['log_likelihood']:.3f} +- {result['log_likelihood_standard_error']:.3f}"),
+        (f"ELBO{discrete}, nats", f"{result['elbo']:.3f}"),
         ("reconstruction E_q log p(x|z)", f"{result['reconstruction']:.3f}"),
         ("KL(q(z|x) || p(z))", f"{result['kl']:.3f}"),
         ("active units", f"{result['active_units']} of {vae.latent_dim}"),
     ]
     for site, kl in result.get("kl_per_layer", {}).items():
         rows.append((f"  KL, layer {site}", f"{kl:.3f} ({result['active_units_per_layer'][site]} active units)"))
+    if dequantization_levels is not None:
+        rows.append(("  dequantized density's log p", f"{result['log_likelihood_density']:.3f} "
+                     f"(minus D log {dequantization_levels} = {result['dequantization_offset']:.3f})"))
     if result["bits_per_dim"] is not None:
         rows.append(("bits per dimension", f"{result['bits_per_dim']:.4f}"))
     if "accuracy" in result:

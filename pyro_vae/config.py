@@ -141,10 +141,11 @@ SCHEMA = {
         "name": ("digits", name_in(DATASETS)),
         "path": ("", string),
         "binarize": ("auto", one_of(*BINARIZATIONS)),
+        "dequantize": (False, boolean),  # (k + u) / L for a continuous likelihood (Theis et al. 2016)
         "download": (False, boolean),
         "on_device": (False, boolean),
         "labeled": ("all", labeled),  # or N: keep N training labels (balanced across classes), hide the rest
-        "labeled_seed": (0, at_least(integer, 0)),  # which N labels are kept
+        "labeled_seed": (0, checks.seed),  # which N labels are kept
     },
     "model": {
         "kind": ("vae", one_of(*MODEL_KINDS)),
@@ -177,7 +178,7 @@ SCHEMA = {
         "eval_batch_size": (1000, at_least(integer, 1)),
         "lr": (1e-3, at_least(number, 0, exclusive=True)),
         "optimizer": ("adam", name_in(OPTIMIZERS)),
-        "seed": (0, at_least(integer, 0)),
+        "seed": (0, checks.seed),
         "device": ("auto", device),
         "threads": (0, at_least(integer, 0)),  # torch's intra-op threads; 0: torch's default (one per core)
         "progress": (True, boolean),
@@ -209,6 +210,9 @@ DESCRIPTIONS = {
         "download": "`mnist`, `fashion-mnist`, `binarized-mnist`: fetch missing files into `path`.",
         "on_device": "Keep the whole data set on the training device and batch by index.",
         "labeled": "`\"all\"`, or N: keep N training labels (balanced across classes) and hide the rest.",
+        "dequantize": "Integer data k of L levels as (k + u) / L, u ~ U[0, 1) redrawn every epoch (valid and test: "
+                      "one fixed draw), for a continuous likelihood; `evaluate` then reports log p of the discrete "
+                      "data (the bound minus D log L) and bits/dim (Theis et al. 2016).",
         "labeled_seed": "Which N labels are kept (and how the remainder is spread over classes).",
     },
     "model": {

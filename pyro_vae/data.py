@@ -23,6 +23,20 @@ Binarization (``data.binarize``):
 - ``dynamic``: a fresh Bernoulli draw of every training image at every epoch;
   valid and test are binarized once, statically, so their scores are comparable
   across epochs.
+
+Dequantization (``data.dequantize = true``; Theis et al. 2016, "A note on the evaluation of
+generative models"): data of L integer levels k = 0..L-1 (stored as k / (L - 1)) are modelled
+by a continuous density as y = (k + u) / L, u ~ U[0, 1) per value, in [0, 1). The training
+split is redrawn every epoch (like dynamic binarization); valid and test are dequantized once,
+with a fixed seed. A density on [0, 1)^D integrated over the cube of side 1 / L that maps to
+k gives the probability of k, and by Jensen's inequality
+
+    log P(k) >= E_u[log p((k + u) / L)] - D log L,
+
+so a continuous likelihood's bound on y, minus D log L, is a bound on the log-likelihood of
+the discrete data, in the units of a discretized likelihood's (``evaluation.evaluate``).
+Without it, a continuous density on data that sit on L values can concentrate on them and
+grow without bound.
 """
 
 from __future__ import annotations
@@ -141,6 +155,7 @@ class Data:
     # factor values (N, K) -> images as the splits hold them (float32 (N, *shape)), where the
     # dataset is a generative process that can draw any factor values (dsprites); else None
     render: object = None
+    dequantize: bool = False  # training x redrawn as (k + u) / levels each epoch; valid, test: one fixed draw
 
     @property
     def has_factors(self):
@@ -150,6 +165,17 @@ class Data:
     @property
     def dynamic_binarization(self) -> bool:
         return self.binarize == "dynamic"
+
+    @property
+    def redrawn(self) -> bool:
+        """Whether the training split is shown through fresh noise each epoch (dynamic binarization
+        or dequantization): its stored values are then not what the model sees."""
+        return self.dynamic_binarization or self.dequantize
+
+    @property
+    def dequantization_levels(self) -> int | None:
+        """L where the data are dequantized ((k + u) / L), else None."""
+        return self.levels if self.dequantize else None
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -173,6 +199,9 @@ class Data:
             values = "binary {0, 1}: one fixed Bernoulli draw of the grey levels (static binarization)"
         elif self.binarize == "dynamic":
             values = f"grey levels in {span}, binarized by a fresh Bernoulli draw each epoch (valid, test: one fixed draw)"
+        elif self.dequantize:
+            values = (f"integers 0..{self.levels - 1} dequantized as (k + u) / {self.levels}, u ~ U[0, 1), in [0, 1), "
+                      "redrawn each epoch (valid, test: one fixed draw)")
         elif self.levels == 256:
             values = "8-bit intensities 0..255 read as x / 255, in [0, 1]"
         elif self.levels == 2:
@@ -226,10 +255,12 @@ class Data:
         return 0 if self.train.labels is None else len(self.labeled_index())
 
     def _binarized(self, x, noise):
-        """Under dynamic binarization, a fresh Bernoulli draw of ``x``; the noise is drawn where the
-        generator ``noise`` lives (the training device)."""
+        """Under dynamic binarization, a fresh Bernoulli draw of ``x``; under dequantization, a fresh
+        (k + u) / L; the noise is drawn where the generator ``noise`` lives (the training device)."""
         if self.dynamic_binarization:
             x = (torch.rand(x.shape, generator=noise, device=noise.device).to(x.device) < x).to(x.dtype)
+        elif self.dequantize:
+            x = dequantized(x, self.levels, torch.rand(x.shape, generator=noise, device=noise.device).to(x.device))
         return x
 
     def labeled_batches(self, batch_size: int, epoch_seed: int, noise: torch.Generator | None, device: str | torch.device,
@@ -295,8 +326,8 @@ class Data:
         ``device``; with ``world_size`` > 1, every ``world_size``-th example from the ``rank``-th.
         With ``labels``, ``LabeledBatch`` minibatches (a hidden label is ``HIDDEN``).
 
-        Under dynamic binarization the training split is shown through one fixed
-        Bernoulli draw, so that its scores are comparable across epochs.
+        Under dynamic binarization (dequantization) the training split is shown through one fixed
+        Bernoulli draw (one fixed u), so that its scores are comparable across epochs.
         """
         part = self.split(split).random_subset(limit)
         x = part.x
@@ -306,20 +337,22 @@ class Data:
         x = x[rank::world_size]
         y = None if y is None else y[rank::world_size]
         generator = None
-        if split == "train" and self.dynamic_binarization:
+        if split == "train" and self.redrawn:
             generator = torch.Generator().manual_seed(STATIC_BINARIZATION_SEED + rank)
         for start in range(0, len(x), batch_size):
             batch = x[start : start + batch_size]
             if generator is not None:
-                batch = (torch.rand(batch.shape, generator=generator).to(batch.device) < batch).to(batch.dtype)
+                u = torch.rand(batch.shape, generator=generator).to(batch.device)
+                batch = dequantized(batch, self.levels, u) if self.dequantize else (u < batch).to(batch.dtype)
             batch = batch.to(device, non_blocking=True)
             yield batch if y is None else LabeledBatch(batch, y[start : start + batch_size].to(device))
 
 
 def load_data(name: str = "digits", path: str | os.PathLike[str] = "", binarize: str = "none", download: bool = False,
               likelihood: str | None = None, labeled: int | str = "all", labeled_seed: int = 0,
+              dequantize: bool = False,
               **options: Any) -> Data:
-    """Load a named dataset, read its intensities, and binarize it as asked.
+    """Load a named dataset, read its intensities, and binarize or dequantize it as asked.
 
     ``likelihood`` (a likelihood's name) is what ``binarize = "auto"`` decides by. With
     ``labeled = N``, N labels of the training split are kept (``keep_labels``) and the rest hidden.
@@ -328,7 +361,7 @@ def load_data(name: str = "digits", path: str | os.PathLike[str] = "", binarize:
     source = DATASETS.build({"name": name, **options}, "data", path=path, download=download)
     splits = source.load()
     data = make_data(splits, binarize, likelihood, levels=source.levels, source=f"{name} {path}".strip(),
-                     factor_names=source.factor_names)
+                     factor_names=source.factor_names, dequantize=dequantize)
     draw = source.renderer()
     if draw is not None:
         data.render = lambda factors: image_layout(as_intensities([draw(np.asarray(factors))])[0][0])
@@ -338,7 +371,8 @@ def load_data(name: str = "digits", path: str | os.PathLike[str] = "", binarize:
 
 
 def as_data(data: Data | torch.Tensor | np.ndarray | dict[str, Any], binarize: str = "none",
-            likelihood: str | None = None, valid_fraction: float = 0.1, test_fraction: float = 0.1) -> Data:
+            likelihood: str | None = None, valid_fraction: float = 0.1, test_fraction: float = 0.1,
+            dequantize: bool = False) -> Data:
     """Your own arrays as :class:`Data`, read like a dataset's files.
 
     ``data`` is an array or tensor ``(N, ...)`` (cut into train / valid / test by a seeded
@@ -358,7 +392,8 @@ def as_data(data: Data | torch.Tensor | np.ndarray | dict[str, Any], binarize: s
             f"'<split>_labels'), or a Data; got {type(data).__name__}"
         )
     splits = given_splits(data, fractions, "the data dict")
-    return make_data(splits, binarize, likelihood, source="arrays given in Python", factor_names=factor_names_of(data, splits))
+    return make_data(splits, binarize, likelihood, source="arrays given in Python", factor_names=factor_names_of(data, splits),
+                     dequantize=dequantize)
 
 
 def check_binarize(binarize):
@@ -366,27 +401,44 @@ def check_binarize(binarize):
         raise UserError(f"data.binarize: unknown value {binarize!r}; choose one of: {', '.join(BINARIZATIONS)}")
 
 
-def make_data(splits, binarize="none", likelihood=None, levels=None, source="", factor_names=None):
+def make_data(splits, binarize="none", likelihood=None, levels=None, source="", factor_names=None, dequantize=False):
     """:class:`Data` from ``{"train": Split, "valid": Split, "test": Split}`` whose ``x`` are
     arrays or tensors of any numeric dtype (and whose ``factors``, where given, are named by
     ``factor_names``).
 
     The values are read by :func:`as_intensities` (``levels``, where given, is the number of
     integer levels of float data that a source knows of, e.g. 17 for the digits' k / 16),
-    shaped by :func:`image_layout`, checked, and binarized as :func:`choose_binarization` says.
+    shaped by :func:`image_layout`, checked, and binarized as :func:`choose_binarization` says,
+    or (``dequantize``) dequantized: valid and test once here, train at every epoch.
     """
     check_binarize(binarize)
+    if dequantize and binarize in ("static", "dynamic"):
+        raise UserError(
+            f"data.dequantize = true and data.binarize = {binarize!r} contradict each other: binarization "
+            "makes the data {0, 1} for a Bernoulli likelihood, dequantization spreads them over [0, 1) for a "
+            "continuous one; choose one"
+        )
     xs, found_levels = as_intensities([splits[name].x for name in SPLITS])
     levels = found_levels or levels
+    if dequantize and levels is None:
+        raise UserError(
+            "data.dequantize = true needs integer-valued data (uint8 images, or a dataset of known levels), "
+            "but these are float values of unknown levels; store them as uint8 or set data.dequantize = false"
+        )
     for name, x in zip(SPLITS, xs):
-        x = image_layout(x)
+        x = image_layout(x, name)
         check_split(name, x, splits[name].labels)
         splits[name] = Split(x, splits[name].labels, check_factors(name, x, splits[name].factors, factor_names))
     shapes = {name: tuple(splits[name].x.shape[1:]) for name in SPLITS}
     for name in ("valid", "test"):
         if shapes[name] != shapes["train"]:
             raise UserError(f"the {name} examples have shape {shapes[name]} but the train examples {shapes['train']}")
-    binarize = choose_binarization(binarize, likelihood, [splits[name].x for name in SPLITS])
+    binarize = "none" if dequantize else choose_binarization(binarize, likelihood, [splits[name].x for name in SPLITS])
+    if dequantize:
+        generator = torch.Generator().manual_seed(STATIC_BINARIZATION_SEED)
+        for name in ("valid", "test"):
+            x = splits[name].x
+            splits[name].x = dequantized(x, levels, torch.rand(x.shape, generator=generator))
     if binarize != "none":
         for name in SPLITS:
             x = splits[name].x
@@ -404,7 +456,21 @@ def make_data(splits, binarize="none", likelihood=None, levels=None, source="", 
         missing = next(name for name in SPLITS if splits[name].factors is None)
         raise UserError(f"the {missing} split has no factors, but the others have; give '<split>_factors' for every split")
     names = None if factor_names is None else tuple(factor_names)
-    return Data(**splits, binarize=binarize, levels=levels, source=source, factor_names=names)
+    return Data(**splits, binarize=binarize, levels=levels, source=source, factor_names=names,
+                dequantize=bool(dequantize))
+
+
+# Dequantized values are kept this far inside (0, 1): in float32, (255 + u) / 256 rounds to
+# exactly 1 for u > 1 - 2^-16, and u = 0 gives exactly 0, where a Beta density is 0 or infinite.
+DEQUANTIZATION_MARGIN = 2.0**-24
+
+
+def dequantized(x, levels, u):
+    """(k + u) / L for data x = k / (L - 1) on L levels and noise u in [0, 1) of x's shape:
+    each level k spread uniformly over [k / L, (k + 1) / L), kept inside (0, 1) by
+    ``DEQUANTIZATION_MARGIN`` (which moves a value within its own bin, for any L < 2^23)."""
+    k = (x * (levels - 1)).round()
+    return ((k + u) / levels).clamp(DEQUANTIZATION_MARGIN, 1 - DEQUANTIZATION_MARGIN)
 
 
 def is_binary(x):
@@ -447,15 +513,47 @@ def as_intensities(arrays):
     return scaled, 256 if dtypes == {torch.uint8} else None
 
 
-def image_layout(x):
-    """Examples as images ``(N, channels, height, width)`` where their shape says they are:
-    ``(N, H, W)`` is one grey channel; ``(N, H, W, C)`` with C = 1 or 3 (and not ``(N, C, H, W)``)
-    is channels-last, as numpy and PIL store images. Other shapes are left as they are."""
+IMAGE_CHANNELS = (1, 3)  # grey and RGB: the channel counts a channels-last array is recognized by
+
+
+def image_layout(x, name="train"):
+    """Examples as images ``(N, channels, height, width)`` where their shape says they are, and a
+    one-line error where it cannot say. The accepted layouts of an array of N examples:
+
+    - ``(N, D)``: flat vectors of D features, taken as they are;
+    - ``(N, H, W)``: one-channel (grey) images;
+    - ``(N, C, H, W)`` with C = 1 or 3, or with C smaller than both H and W (any number of
+      channels, channels first, as torch stores images): taken as they are;
+    - ``(N, H, W, C)`` with C = 1 or 3 (and not a channels-first array): channels last, as
+      numpy and PIL store images, made ``(N, C, H, W)``.
+
+    Anything else is refused, naming the array and its shape: ``(N,)`` (give ``(N, 1)``),
+    five or more dimensions, and a four-dimensional array whose channel axis cannot be told
+    (``(N, 28, 28, 5)``: 28 channels of 28 x 5 images, or 28 x 28 images of 5 channels?);
+    such data are reshaped to ``(N, C, H, W)`` or flattened to ``(N, D)`` by the user, who knows.
+    """
+    shape = tuple(x.shape)
+    if x.dim() == 2:
+        return x
     if x.dim() == 3:
         return x.unsqueeze(1)
-    if x.dim() == 4 and x.shape[-1] in (1, 3) and x.shape[1] not in (1, 3):
-        return x.permute(0, 3, 1, 2).contiguous()
-    return x
+    if x.dim() == 4:
+        _, first, height, last = shape
+        if first in IMAGE_CHANNELS or first < min(height, last):
+            return x
+        if last in IMAGE_CHANNELS:
+            return x.permute(0, 3, 1, 2).contiguous()
+        raise UserError(
+            f"the {name} examples have shape {shape[1:]}, which is neither (C, H, W) with C = 1, 3 or fewer channels "
+            f"than rows and columns, nor (H, W, C) with C = 1 or 3; if the last axis holds {last} channels, "
+            f"move it first (np.moveaxis(x, -1, 1)), or flatten non-image data to (N, D)"
+        )
+    if x.dim() == 1:
+        raise UserError(f"the {name} array has shape {shape}: one number per example; give it as (N, 1)")
+    raise UserError(
+        f"the {name} examples have shape {shape[1:]}, {x.dim() - 1} dimensions; give images as (N, C, H, W) or "
+        "(N, H, W), or flatten the examples to (N, D)"
+    )
 
 
 def keep_labels(labels, number, seed=0):
@@ -488,23 +586,71 @@ def check_split(name, x, labels=None):
         raise UserError(f"the {name} split is empty; every split needs at least one example")
     if not torch.all(torch.isfinite(x)):
         raise UserError(f"the {name} split has NaN or inf values; clean the data before training")
-    if labels is not None and len(labels) != len(x):
-        raise UserError(f"the {name} split has {len(x)} examples but {len(labels)} labels")
+    if labels is not None:
+        check_per_example(f"{name}_labels", labels, len(x), images=name, low=0)
+
+
+def num_examples(array, name):
+    """The number of examples in ``array`` (its first axis); a one-line error for a scalar."""
+    shape = tuple(array.shape) if hasattr(array, "shape") else np.shape(array)
+    if not shape:
+        raise UserError(f"the {name} array must hold examples along its first axis, but it is a single number")
+    return shape[0]
+
+
+def check_per_example(name, array, num_images, integer=True, low=None, high=None, ndim=1, images="the images"):
+    """One value (or, with ``ndim`` = 2, one row of values) per image: labels, a dataset's factor
+    values. Returns the array as a CPU tensor, long where ``integer``, else float64; raises a
+    one-line :class:`UserError` naming the arrays where
+
+    - it is not numeric, or has not ``ndim`` dimensions (None: any number >= 1);
+    - its length differs from ``num_images``, the number of examples in ``images`` (a label
+      per image, in the same order: 150 labels for 200 images cannot be lined up, and 250
+      labels for 200 images would be lined up wrongly);
+    - it holds NaN or inf, or (``integer``) a value that is not a whole number (3.5 is no
+      label; 3.0 is taken as 3), or a value outside ``low``..``high`` (inclusive; None: no bound).
+    """
+    if torch.is_tensor(array):
+        array = array.detach().cpu()
+        array = (array.float() if array.is_floating_point() else array).numpy()
+    array = np.asarray(array)
+    if array.dtype.kind not in "biuf":
+        raise UserError(f"{name} must hold numbers, but it has dtype {array.dtype}")
+    if array.ndim == 0 or (ndim is not None and array.ndim != ndim):
+        wanted = "(N,)" if ndim == 1 else f"{ndim} dimensions (N, ...)" if ndim else "(N, ...)"
+        raise UserError(f"{name} has shape {array.shape}, but it must be {wanted}, one entry per example of {images}")
+    if len(array) != num_images:
+        raise UserError(
+            f"{name} has {len(array)} entries but {images} has {num_images} examples; "
+            f"they must match one to one, in the same order"
+        )
+    if array.dtype.kind == "f" and not np.isfinite(array).all():
+        raise UserError(f"{name} has NaN or inf values")
+    if integer and array.dtype.kind == "f" and array.size and not (array == np.round(array)).all():
+        bad = array[array != np.round(array)].flat[0]
+        raise UserError(f"{name} must hold integers, but it has {bad:g}; whole numbers stored as floats (3.0) are fine")
+    if array.size:
+        smallest, largest = array.min(), array.max()
+        if (low is not None and smallest < low) or (high is not None and largest > high):
+            allowed = f">= {low}" if high is None else f"<= {high}" if low is None else f"in {low}..{high}"
+            raise UserError(f"{name} has values {smallest:g}..{largest:g}, but they must be {allowed}")
+    if integer:
+        return torch.from_numpy(array.astype(np.int64))
+    return torch.from_numpy(array.astype(np.float64))
 
 
 def check_factors(name, x, factors, factor_names=None):
-    """A split's factors of variation as a float64 tensor (N, K), refused in one line where they
-    do not match its examples (one row each) or their names (one column each); None stays None."""
+    """A split's factors of variation as a float64 tensor (N, K): one row per example
+    (:func:`check_per_example`, the one validator of per-example arrays) and one column per
+    factor name; a 1-D array is one factor. None stays None."""
     if factors is None:
         return None
-    factors = _as_tensor(factors).double()
+    factors = check_per_example(f"{name}_factors", factors, len(x), integer=False, ndim=None, images=name)
     if factors.dim() == 1:
         factors = factors[:, None]
-    if factors.dim() != 2 or len(factors) != len(x) or (factor_names is not None and factors.shape[1] != len(factor_names)):
-        names = "" if factor_names is None else f" and {len(factor_names)} factor names"
-        raise UserError(f"the {name} split has {len(x)} examples{names} but factors of shape {tuple(factors.shape)}")
-    if not torch.all(torch.isfinite(factors)):
-        raise UserError(f"the {name} split's factors have NaN or inf values")
+    if factors.dim() != 2 or (factor_names is not None and factors.shape[1] != len(factor_names)):
+        names = "" if factor_names is None else f" for {len(factor_names)} factor names"
+        raise UserError(f"{name}_factors has shape {tuple(factors.shape)}, but it must be (N, K){names}, one row per example")
     return factors
 
 
@@ -530,9 +676,12 @@ def check_fractions(valid_fraction, test_fraction):
 
 
 def _raw_splits(train, valid, test, labels=(None, None, None), factors=(None, None, None)):
-    """Splits of the arrays as they are (:func:`make_data` reads them), labels as integers."""
-    as_long = lambda a: None if a is None else torch.as_tensor(np.asarray(a), dtype=torch.long)
-    return {name: Split(x, as_long(y), f) for name, x, y, f in zip(SPLITS, (train, valid, test), labels, factors)}
+    """Splits of the arrays as they are (:func:`make_data` reads them), labels checked
+    (:func:`check_per_example`) and made integers."""
+    def as_long(name, x, y):
+        return None if y is None else check_per_example(f"{name}_labels", y, num_examples(x, name), images=name, low=0)
+
+    return {name: Split(x, as_long(name, x, y), f) for name, x, y, f in zip(SPLITS, (train, valid, test), labels, factors)}
 
 
 def _split_off(x, labels, fractions, seed=0):
@@ -553,6 +702,14 @@ def given_splits(arrays, fractions, where):
     train by its fraction (``fractions`` = valid, test)."""
     if "train" not in arrays:
         raise UserError(f"{where} has no array 'train' (it has: {', '.join(arrays) or 'none'})")
+    for name in SPLITS:  # labels line up with their images before any split is cut
+        if name in arrays:
+            num_examples(arrays[name], name)
+        if f"{name}_labels" in arrays:
+            if name not in arrays:
+                raise UserError(f"{where} has {name}_labels but no {name} array for them to label")
+            arrays = {**arrays, f"{name}_labels": check_per_example(
+                f"{name}_labels", arrays[f"{name}_labels"], num_examples(arrays[name], name), images=name, low=0)}
     parts = [arrays.get(name) for name in SPLITS]
     labels = [arrays.get(f"{name}_labels") for name in SPLITS]
     factors = [arrays.get(f"{name}_factors") for name in SPLITS]

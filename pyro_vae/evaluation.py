@@ -8,7 +8,8 @@
 - ``log_likelihood``: the importance-sampled estimate of log p(x) for each data
   point (Burda et al. 2015), the figure VAEs are compared by (K = 5000 on the test set).
 - ``evaluate``: all of the above for one data set, with bits per dimension where
-  the data are discrete.
+  the data are discrete: under a mass function, or under a density on dequantized data,
+  whose figures are turned into those of the discrete data (``dequantization_offset``).
 """
 
 from __future__ import annotations
@@ -344,11 +345,32 @@ def bits_per_dim(log_likelihood_nats, num_features):
     return -log_likelihood_nats / (num_features * math.log(2))
 
 
+def dequantization_offset(num_features, levels):
+    """D log L: what turns a density's log p on data dequantized as y = (k + u) / L into a bound on
+    the log-probability of the discrete data k (Theis et al. 2016).
+
+    The L^D cubes [k / L, (k + 1) / L)^D tile [0, 1)^D, each of volume L^-D, so
+    P(k) = integral over the cube of p(y) dy = L^-D E_u[p((k + u) / L)] >= L^-D exp E_u[log p((k + u) / L)]
+    (Jensen), i.e. log P(k) >= E_u[log p((k + u) / L)] - D log L. It is the same units as a
+    discretized likelihood's log-mass of k / (L - 1): nats per image of L-level values, and
+    -(log p - D log L) / (D ln 2) is bits per dimension in the usual 8-bit sense (L = 256).
+    """
+    return num_features * math.log(levels)
+
+
 @torch.no_grad()
 def evaluate(vae: VAE, x: torch.Tensor, num_samples: int = 5000, seed: int = EVALUATION_SEED,
              batch_size: int = EVALUATION_BATCH_SIZE, chunk_size: int = PARTICLES_PER_PASS, progress: bool = False,
-             labels: torch.Tensor | None = None) -> dict[str, Any]:
+             labels: torch.Tensor | None = None, dequantization_levels: int | None = None) -> dict[str, Any]:
     """Every diagnostic on one data set ``x`` (a tensor ``(N, *data_shape)``).
+
+    ``dequantization_levels`` = L says that ``x`` are integer data dequantized as (k + u) / L
+    (``data.dequantize``) and the likelihood is a density on them: ``log_likelihood``, ``elbo``
+    and ``reconstruction`` are then those of the discrete data, the density's figures minus
+    D log L (:func:`dequantization_offset`; a bound on log P(k), in expectation over u), and
+    ``bits_per_dim`` is -log P(k) / (D ln 2), comparable with a discretized likelihood's on the
+    same images; the density's own figures are kept as ``log_likelihood_density`` and
+    ``elbo_density``, and the offset as ``dequantization_offset``.
 
     For a model with labels, ``labels`` are the data's (long, ``(N,)``): a conditional model's
     ELBO and log-likelihood are of p(x | y), and a model with a classifier (M2) adds
@@ -371,11 +393,20 @@ def evaluate(vae: VAE, x: torch.Tensor, num_samples: int = 5000, seed: int = EVA
                             progress=progress, labels=labels)
     result["log_likelihood"] = log_px.mean().item()
     result["log_likelihood_standard_error"] = (log_px.std() / math.sqrt(len(log_px))).item() if len(log_px) > 1 else 0.0
-    result["bits_per_dim"] = (
-        bits_per_dim(result["log_likelihood"], vae.num_features)
-        if has_discrete_data(vae, x[:1].to(device), None if not getattr(vae, "conditional", False) else labels[:1].to(device))
-        else None
-    )
+    if dequantization_levels is not None:
+        integer(dequantization_levels, "dequantization_levels", minimum=2)
+        offset = dequantization_offset(vae.num_features, dequantization_levels)
+        result.update(log_likelihood_density=result["log_likelihood"], elbo_density=result["elbo"],
+                      dequantization_levels=dequantization_levels, dequantization_offset=offset)
+        for name in ("log_likelihood", "elbo", "reconstruction"):
+            result[name] -= offset
+        result["bits_per_dim"] = bits_per_dim(result["log_likelihood"], vae.num_features)
+    else:
+        result["bits_per_dim"] = (
+            bits_per_dim(result["log_likelihood"], vae.num_features)
+            if has_discrete_data(vae, x[:1].to(device), None if not getattr(vae, "conditional", False) else labels[:1].to(device))
+            else None
+        )
     result["num_samples"] = num_samples
     return result
 

@@ -38,6 +38,9 @@ class Likelihood(nn.Module):
 
     num_params = 1
     context_arguments = ("data_shape",)
+    # Whether p(x | z) is a density over continuous values (True) or a mass function (False): a
+    # density needs dequantized data where the data are integer-valued (``data.dequantize``).
+    continuous = False
 
     def __init__(self, data_shape):
         super().__init__()
@@ -170,6 +173,8 @@ class ContinuousBernoulli(Likelihood):
     Note E[x] != lambda (the mean is what figures show).
     """
 
+    continuous = True
+
     def forward(self, params, x=None):
         return StableContinuousBernoulli(logits=self.parameter(params, 0)).to_event(self.event_dim)
 
@@ -208,6 +213,7 @@ class LocationScale(Likelihood):
     """
 
     distribution = None  # a Pyro location-scale distribution class
+    continuous = True
 
     def __init__(self, data_shape, scale=1.0, min_scale=1e-3):
         super().__init__(data_shape)
@@ -343,6 +349,7 @@ class Beta(Likelihood):
     """
 
     num_params = 2
+    continuous = True
 
     def __init__(self, data_shape, squeeze=0.0):
         super().__init__(data_shape)

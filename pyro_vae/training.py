@@ -59,6 +59,11 @@ if TYPE_CHECKING:
     from .data import Data
 
 
+# What torch says of NaN or infinite distribution parameters (a model that diverged); a guide's
+# covariance that overflowed is a LinAlgError ("not positive-definite").
+DIVERGED = ("found invalid values", "expects all elements of std >= 0", "not positive-definite")
+
+
 class TrainingStopped(Exception):
     """Training stopped on SIGINT or SIGTERM after writing a checkpoint."""
 
@@ -265,7 +270,8 @@ class Trainer:
         )
         self.vae.train()
         for x in batches:
-            self.train_step(x)
+            with self.stopped_if_diverged(epoch):
+                self.train_step(x)
             self.step += 1  # a skipped (non-finite) batch still counts: it was drawn
             self.batch_in_epoch += 1
             bar.update()
@@ -320,9 +326,38 @@ class Trainer:
             f"{self.checkpoint_kept()}"
         )
 
+    def check_finite(self, epoch, what=None):
+        """Stop with a one-line error if a step left a parameter non-finite, or (``what``: the name of
+        a non-finite figure) the epoch's evaluation came out NaN or infinite: a finite gradient times
+        a huge learning rate passes the step's own checks, and the evaluation or the figures would
+        then fail inside a distribution's argument checks. One read from the device per epoch."""
+        if what is None:
+            if torch.stack([p.detach().isfinite().all() for p in self.parameters]).all():
+                return
+            what = "parameters"
+        tc = self.config["train"]
+        raise UserError(
+            f"non-finite {what} in epoch {epoch} (after {self.step} steps); likely causes: "
+            f"train.lr = {tc['lr']:g} too high (set train.clip_grad_norm, or a lower rate), or extreme data; "
+            f"{self.checkpoint_kept()}"
+        )
+
+    @contextlib.contextmanager
+    def stopped_if_diverged(self, epoch):
+        """Turn torch's refusal of NaN or infinite distribution parameters into the one-line error
+        of ``check_finite``: finite parameters can still overflow to NaN outputs (after a step at a
+        huge learning rate), and checked data cannot cause these errors. Any other error is raised."""
+        try:
+            yield
+        except (ValueError, RuntimeError) as error:
+            if not isinstance(error, torch.linalg.LinAlgError) and not any(words in str(error) for words in DIVERGED):
+                raise
+            self.check_finite(epoch, f"network outputs ({' '.join(str(error).split()[:6])} ...)")
+
     def _end_epoch(self, epoch, seconds, bar):
         tc = self.config["train"]
         self.check_faults()
+        self.check_finite(epoch)
         self.vae.eval()
         all_reduce = None
         epoch_loss = self.train_step_fn.epoch_loss()
@@ -338,7 +373,11 @@ class Trainer:
             batches = self.data.batches(split, tc["eval_batch_size"], self.device, limit, self.rank, self.world_size, labels)
             return evaluate_elbo(self.vae, batches, all_reduce=all_reduce)
 
-        train, val = evaluate("train", tc["train_eval_examples"]), evaluate("valid")
+        with self.stopped_if_diverged(epoch):
+            train, val = evaluate("train", tc["train_eval_examples"]), evaluate("valid")
+        for name, result in (("training ELBO", train), ("validation ELBO", val)):
+            if not math.isfinite(result["elbo"]):
+                self.check_finite(epoch, f"{name} ({result['elbo']})")
         lr = self.lr_schedule.last_rate()  # the epoch's last step's, before a plateau cut takes effect
         self.lr_schedule.epoch_end(val["elbo"])  # the same on every rank: the sums are all-reduced
         if self.is_main:

@@ -20,6 +20,11 @@ def files(tmp_path_factory):
     np.savez(root / "grey.npz", train=rng.rand(50, 16))
     np.savez(root / "empty.npz", train=np.zeros((0, 4)), valid=np.zeros((3, 4)), test=np.zeros((3, 4)))
     (root / "corrupt.npz").write_bytes(b"PK\x03\x04 this is no zip")
+    images = rng.randint(0, 256, (200, 4, 4)).astype(np.uint8)
+    np.savez(root / "short_labels.npz", train=images, train_labels=np.arange(150) % 10)
+    np.savez(root / "long_labels.npz", train=images, train_labels=np.arange(250) % 10)
+    np.savez(root / "float_labels.npz", train=images, train_labels=np.arange(200) % 10 + 0.5)
+    np.savez(root / "five_channels.npz", train=rng.randint(0, 256, (20, 28, 28, 5)).astype(np.uint8))
     return root
 
 
@@ -32,6 +37,20 @@ CASES = {
     "empty split": (["--set", "data.name=npz", "--set", "data.path={root}/empty.npz"], "train split is empty"),
     "missing data file": (["--set", "data.name=npz", "--set", "data.path={root}/nowhere.npz"], "no such file"),
     "corrupt data file": (["--set", "data.name=npz", "--set", "data.path={root}/corrupt.npz"], "cannot read"),
+    # issue 23: labels that do not line up with their images never train
+    "fewer labels than images": (["--set", "data.name=npz", "--set", "data.path={root}/short_labels.npz"],
+                                 "train_labels has 150 entries but train has 200 examples"),
+    "more labels than images": (["--set", "data.name=npz", "--set", "data.path={root}/long_labels.npz"],
+                                "train_labels has 250 entries but train has 200 examples"),
+    "fractional labels": (["--set", "data.name=npz", "--set", "data.path={root}/float_labels.npz"],
+                          "train_labels must hold integers, but it has 0.5"),
+    "ambiguous channels": (["--set", "data.name=npz", "--set", "data.path={root}/five_channels.npz"],
+                           "the train examples have shape (28, 28, 5)"),
+    "dequantize with binarize": (["--set", "data.dequantize=true", "--set", "data.binarize=static"], "contradict"),
+    "dequantize float data": (["--set", "data.name=npz", "--set", "data.path={root}/grey.npz", "--set", "data.dequantize=true",
+                               "--set", "model.likelihood=gaussian"], "data.dequantize = true needs integer-valued data"),
+    "dequantize a mass function": (["--set", "data.dequantize=true", "--set", "model.likelihood=discretized_logistic"],
+                                   "is a mass function"),
     "missing mnist": (["--set", "data.name=mnist", "--set", "data.path={root}"], "set data.download = true"),
     "unknown likelihood": (["--set", "model.likelihood=gausian"], "unknown likelihood 'gausian'"),
     "unknown estimator": (["--set", "objective.estimator=magic"], "unknown estimator 'magic'"),
