@@ -91,6 +91,7 @@ def command_sample(args):
     out = Path(args.out) if args.out else default_sample_path(args.run, args)
     if not args.out:
         make_directory(out.parent)
+    check_image_format(out)
     check_writable(out)
     check_not_run_output(out, args.force)
     torch.manual_seed(args.seed)
@@ -107,6 +108,15 @@ def command_sample(args):
     if not drawn:
         raise UserError(f"the run's data shape {vae.data_shape} is not an image; nothing to draw")
     print(out)
+
+
+def check_image_format(path):
+    """Refuse, in one line, an image path whose suffix matplotlib cannot write (or that has none)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    formats = FigureCanvasAgg.get_supported_filetypes()
+    if Path(path).suffix.lower().lstrip(".") not in formats:
+        raise UserError(f"--out {path}: name an image file ending in one of: {', '.join('.' + f for f in sorted(formats))}")
 
 
 @contextlib.contextmanager

@@ -214,6 +214,13 @@ def test_samples_are_drawn_a_batch_at_a_time(monkeypatch):
     assert vae.sizes == [3, 3, 1]
 
 
+@pytest.mark.parametrize("name", ["grid.txt", "grid"])
+def test_sample_refuses_an_out_that_names_no_image_format(run, tmp_path, capsys, name):
+    assert main(["sample", str(run), "--n", "4", "--out", str(tmp_path / name)]) == 2
+    assert "name an image file ending in one of" in one_line_error(capsys)
+    assert not (tmp_path / name).exists()
+
+
 def unwritable(tmp_path, monkeypatch):
     """Paths no output can go to: under /proc, under a file, in a folder without permission (faked
     with os.access: root may write anywhere)."""
