@@ -25,6 +25,7 @@ the seconds it took on this machine; the summary holds mean and standard deviati
 
 import argparse
 import csv
+import json
 import statistics
 import time
 from pathlib import Path
@@ -36,12 +37,14 @@ from sklearn.linear_model import LogisticRegression
 from common import write_csv
 from pyro_vae import train
 from pyro_vae.build import build_data
+from pyro_vae.config import check_config
 from pyro_vae.data import HIDDEN, load_data
 from pyro_vae.labels import CLASSIFIERS, fit_classifier
-from pyro_vae.runs import load_run
+from pyro_vae.runs import load_run, read_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "experiments" / "results" / "semisupervised"
+DEFAULT_EPOCHS, QUICK_EPOCHS = 10, 30
 
 
 def fashion_mnist_npz():
@@ -72,10 +75,9 @@ def setup(quick, epochs):
     config = {
         "data": data,
         "model": {"latent_dim": m2_latent, "encoder": net, "decoder": net, "classifier": net},
-        # alpha = N, not Kingma's 0.1 N: at 0.1 N the classifier barely moves in the few epochs run here
-        "objective": {"estimator": "enum", "classification_weight": 1.0},
+        "objective": {"estimator": "enum"},
         "train": {"epochs": epochs, "batch_size": batch_size, "progress": False, "device": "cpu",
-                  "train_eval_examples": 1000, "eval_batch_size": 500},
+                  "train_eval_examples": 1000, "eval_batch_size": 500, "loggers": ["csv"]},
     }
     return config, labels, m1_latent
 
@@ -87,23 +89,56 @@ def with_updates(config, **sections):
     return config
 
 
+def labeled_data(config, labels, seed):
+    """The data with ``labels`` training labels kept (``data.labeled_seed = seed``)."""
+    return build_data(check_config(with_updates(config, data={"labeled": labels, "labeled_seed": seed})))
+
+
+class Cache:
+    """Each finished run's row as JSON under ``runs``: an interrupted experiment resumes where it stopped."""
+
+    def __init__(self, runs):
+        self.runs = Path(runs)
+
+    def __call__(self, key, compute):
+        path = self.runs / "rows" / f"{key}.json"
+        if path.is_file():
+            return json.loads(path.read_text())
+        row = compute()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(row))
+        tmp.replace(path)
+        return row
+
+
 def test_error(predicted, labels):
     return (predicted != labels).float().mean().item()
 
 
-def run_m2(config, labels, seed, runs):
+def curve(run):
+    """The validation accuracy after each epoch, as "a;b;c" (``metrics.csv``'s ``val_accuracy``)."""
+    return ";".join(f"{float(row['val_accuracy']):.4f}" for row in read_metrics(run / "metrics.csv"))
+
+
+def run_m2(config, labels, seed, out):
+    """M2 (or, with ``model.features``, M1+M2) trained with ``labels`` labels: its classifier's test error."""
     config = with_updates(config, data={"labeled": labels, "labeled_seed": seed},
                           model={"kind": "m2"}, train={"seed": seed})
     start = time.perf_counter()
-    run = train(config, out=runs / f"m2-{labels}-{seed}", force=True)
+    run = train(config, out=out, force=True)
+    seconds = time.perf_counter() - start
     vae = load_run(run)
-    test = build_data(config).test
-    return test_error(vae.classify(test.x), test.labels), time.perf_counter() - start
+    test = build_data(check_config(config)).test
+    with torch.no_grad():
+        error = test_error(vae.classify(test.x), test.labels)
+    return {"test_error": error, "seconds": seconds, "val_accuracy": curve(run)}
 
 
-def run_classifier_alone(config, data, labels, seed):
+def run_classifier_alone(config, labels, seed):
     """The M2 classifier network, trained on the labeled images only (as many steps as ten
     passes over a 1000-label set, whatever N: enough to fit any of them)."""
+    data = labeled_data(config, labels, seed)
     start = time.perf_counter()
     known = data.train.labels != HIDDEN
     torch.manual_seed(seed)
@@ -112,18 +147,24 @@ def run_classifier_alone(config, data, labels, seed):
     fit_classifier(classifier, data.train.x[known], data.train.labels[known], steps=1000, seed=seed)
     with torch.no_grad():
         predicted = classifier(data.test.x).argmax(-1)
-    return test_error(predicted, data.test.labels), time.perf_counter() - start
+    return {"test_error": test_error(predicted, data.test.labels), "seconds": time.perf_counter() - start}
 
 
-def train_m1(config, latent_dim, seed, runs):
+def train_m1(config, latent_dim, seed, out):
+    """M1: a VAE trained on every training image, without labels."""
     config = with_updates(config, model={"kind": "vae", "latent_dim": latent_dim}, objective={"estimator": "trace"},
                           train={"seed": seed})
     start = time.perf_counter()
-    run = train(config, out=runs / f"m1-{seed}", force=True)
-    return load_run(run), time.perf_counter() - start
+    if not (out / "done").is_file():
+        train(config, out=out, force=True)
+        (out / "done").write_text(f"{time.perf_counter() - start:.1f}\n")
+    return float((out / "done").read_text())
 
 
-def run_m1_logistic(vae, data):
+def run_m1_logistic(m1_run, m1_seconds, config, labels, seed):
+    """Logistic regression on M1's mean codes E_q[z | x] of the labeled images."""
+    vae = load_run(m1_run)
+    data = labeled_data(config, labels, seed)
     start = time.perf_counter()
     known = data.train.labels != HIDDEN
     with torch.no_grad():
@@ -131,41 +172,66 @@ def run_m1_logistic(vae, data):
         test_codes = vae.encode(data.test.x).numpy()
     regression = LogisticRegression(max_iter=2000).fit(codes, data.train.labels[known].numpy())
     predicted = torch.as_tensor(regression.predict(test_codes))
-    return test_error(predicted, data.test.labels), time.perf_counter() - start
+    return {"test_error": test_error(predicted, data.test.labels), "seconds": time.perf_counter() - start + m1_seconds}
+
+
+def m1m2_config(config, m1_run, m1m2):
+    """M2 on the codes of the frozen M1 of ``m1_run``: a Gaussian p(z1 | y, z2), codes drawn from q(z1 | x)."""
+    net = {"name": "mlp", "hidden": m1m2["hidden"], "activation": "elu"}
+    return with_updates(config, model={"features": {"run": str(m1_run), "codes": "sample"}, "likelihood": "gaussian",
+                                       "latent_dim": m1m2["latent_dim"], "encoder": net, "decoder": net,
+                                       "classifier": net},
+                        train={"epochs": m1m2["epochs"]})
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="digits, 50 labels: seconds")
-    parser.add_argument("--epochs", type=int, default=None, help="training epochs of M2 and M1 (default 4; quick 30)")
+    parser.add_argument("--quick", action="store_true", help="digits, 50 labels: a minute or two")
+    parser.add_argument("--epochs", type=int, default=None, help="training epochs of M2 (default %d; quick %d)"
+                        % (DEFAULT_EPOCHS, QUICK_EPOCHS))
+    parser.add_argument("--m1-epochs", type=int, default=None, help="training epochs of M1 (default: --epochs)")
+    parser.add_argument("--m1m2-epochs", type=int, default=None, help="training epochs of M1+M2's M2 (default: --epochs)")
     parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--summary-only", action="store_true", help="rewrite the summary from the existing rows")
+    parser.add_argument("--labels", type=int, nargs="*", default=None, help="label counts (default 100 600 1000; quick 50)")
+    parser.add_argument("--summary-only", action="store_true", help="rewrite the summary and figure from the existing rows")
     args = parser.parse_args()
     suffix = "_quick" if args.quick else ""
     if args.summary_only:
         return write_summary(OUT / f"semisupervised{suffix}.csv", OUT / f"summary{suffix}.csv")
     torch.set_num_threads(1)  # small networks on a shared 2-core machine
-    epochs = args.epochs or (30 if args.quick else 4)
+    epochs = args.epochs or (QUICK_EPOCHS if args.quick else DEFAULT_EPOCHS)
+    m1_epochs, m1m2_epochs = args.m1_epochs or epochs, args.m1m2_epochs or epochs
     config, label_counts, m1_latent = setup(args.quick, epochs)
+    label_counts = args.labels or label_counts
+    m1m2 = {"latent_dim": 2 if args.quick else 4, "hidden": [64] if args.quick else [128], "epochs": m1m2_epochs}
     runs = ROOT / "runs" / ("semisupervised_quick" if args.quick else "semisupervised")
+    cache = Cache(runs)
     rows = []
 
-    def record(method, labels, seed, error, seconds):
-        rows.append({"method": method, "labels": labels, "seed": seed,
-                     "epochs": epochs if method != "classifier alone" else "",  # it takes 1000 steps instead
-                     "test_error": error, "seconds": seconds})
-        print(f"{method:<22} labels {labels:>5} seed {seed}: test error {error:.4f} ({seconds:.0f} s)", flush=True)
+    def record(method, labels, seed, method_epochs, row):
+        rows.append({"method": method, "labels": labels, "seed": seed, "epochs": method_epochs,
+                     "test_error": row["test_error"], "seconds": row["seconds"],
+                     "val_accuracy": row.get("val_accuracy", "")})
+        print(f"{method:<22} labels {labels:>5} seed {seed}: test error {row['test_error']:.4f} "
+              f"({row['seconds']:.0f} s)", flush=True)
 
     for seed in range(args.seeds):
-        m1, m1_seconds = train_m1(config, m1_latent, seed, runs)
+        m1_run = runs / f"m1-{seed}"
+        m1_seconds = train_m1(with_updates(config, train={"epochs": m1_epochs}), m1_latent, seed, m1_run)
         for labels in label_counts:
-            data = build_data(with_updates(config, data={"labeled": labels, "labeled_seed": seed}))
-            record("classifier alone", labels, seed, *run_classifier_alone(config, data, labels, seed))
-            error, seconds = run_m1_logistic(m1, data)
-            record("M1 + logistic", labels, seed, error, seconds + m1_seconds)  # the VAE's time counted in each
-            record("M2", labels, seed, *run_m2(config, labels, seed, runs))
-    OUT.mkdir(parents=True, exist_ok=True)
-    write_csv(rows, OUT / f"semisupervised{suffix}.csv")
+            record("classifier alone", labels, seed, "",  # it takes 1000 steps instead
+                   cache(f"classifier-{labels}-{seed}", lambda: run_classifier_alone(config, labels, seed)))
+            record("M1 + logistic", labels, seed, m1_epochs,  # the VAE's time counted in each
+                   cache(f"m1-logistic-{labels}-{seed}",
+                         lambda: run_m1_logistic(m1_run, m1_seconds, config, labels, seed)))
+            record("M2", labels, seed, epochs,
+                   cache(f"m2-{labels}-{seed}", lambda: run_m2(config, labels, seed, runs / f"m2-{labels}-{seed}")))
+            row = cache(f"m1m2-{labels}-{seed}", lambda: run_m2(m1m2_config(config, m1_run, m1m2), labels, seed,
+                                                                 runs / f"m1m2-{labels}-{seed}"))
+            row["seconds"] += m1_seconds  # the M1 VAE's time counted in each
+            record("M1+M2", labels, seed, m1m2_epochs, row)
+        OUT.mkdir(parents=True, exist_ok=True)
+        write_csv(rows, OUT / f"semisupervised{suffix}.csv")  # after each seed: partial results survive
     write_summary(OUT / f"semisupervised{suffix}.csv", OUT / f"summary{suffix}.csv")
 
 

@@ -303,3 +303,55 @@ def test_a_run_from_before_the_label_keys_resumes(tmp_path):
     assert read_metrics(run / "metrics.csv")[-1]["epoch"] == 2
     with pytest.raises(UserError, match="different model.kind"):
         train(None, resume=run, overrides=["train.epochs=3", "model.kind=cvae"])
+
+
+# ---- J_alpha: the semi-supervised loss against its hand-written value ----
+
+
+def hand_written_labeled_elbo(m2, x, y, kl_weight):
+    """sum_n L_w(x_n, y_n), L_w(x, y) = log p(x | y, z) + log p(y) - w (log q(z | x, y) - log p(z)),
+    z = loc(x, y) + scale(x, y) * eps: the guide's one draw of shape (N, latent_dim)."""
+    q = m2.guide_dist(x, y).base_dist
+    z = q.loc + q.scale * torch.randn_like(q.loc)
+    kl_z = (torch.distributions.Normal(q.loc, q.scale).log_prob(z) - torch.distributions.Normal(0.0, 1.0).log_prob(z)).sum(-1)
+    logits = m2.decoder(z, y)[:, 0]  # (N, 1, 8, 8): one parameter, the Bernoulli logit
+    log_px = torch.distributions.Bernoulli(logits=logits).log_prob(x).flatten(1).sum(-1)
+    return (log_px - np.log(m2.num_classes) - kl_weight * kl_z).sum()
+
+
+def hand_written_j_alpha_loss(m2, batch, classification_weight, num_train, num_labeled, kl_weight, normalizer):
+    """-[ sum_u U_w(x) + s sum_l (L_w(x, y) + alpha / N_l log q(y | x)) ] / ((B_u + B_l) normalizer),
+    alpha = classification_weight * N, s = the batch's labeled_scale; the draws in the loss's order
+    (the unlabeled batch's, then the labeled batch's)."""
+    loss = hand_written_unlabeled_loss(m2, batch.unlabeled, kl_weight)  # -sum_u U_w(x)
+    x, y = batch.labeled.x, batch.labeled.y
+    if len(x):
+        alpha = classification_weight * num_train
+        log_q_y = torch.log_softmax(m2.classifier(x), -1).gather(1, y[:, None]).squeeze(1)
+        labeled = hand_written_labeled_elbo(m2, x, y, kl_weight) + alpha / num_labeled * log_q_y.sum()
+        loss = loss - batch.labeled_scale * labeled
+    return loss / ((len(batch.unlabeled) + len(x)) * normalizer)
+
+
+@pytest.mark.parametrize("mixed", [True, False], ids=["mixed", "unlabeled only"])
+def test_semi_supervised_loss_is_the_hand_written_j_alpha(digits, mixed):
+    """Value and gradients with the same noise: alpha = 0.3 N scaled by N / N_l per labeled point,
+    the batch's labeled_scale, the KL weight on z only (q(y | x) far from uniform, so a weight on
+    KL(q(y | x) || p(y)) would show), and the normalizer."""
+    from pyro_vae.data import LabeledBatch, SemiSupervisedBatch
+
+    m2 = M2(digits.shape, 3, encoder=SMALL, decoder=SMALL, classifier=SMALL)
+    with torch.no_grad():
+        m2.classifier.net[-1].bias.copy_(torch.arange(10.0) / 2)
+    n_l = 3 if mixed else 0
+    batch = SemiSupervisedBatch(digits.train.x[:5], LabeledBatch(digits.train.x[5 : 5 + n_l], digits.train.labels[5 : 5 + n_l]),
+                                labeled_scale=0.4)
+    options = {"classification_weight": 0.3, "num_train": 40, "num_labeled": 6}  # alpha / N_l = 2 per labeled point
+    loss_module = SemiSupervisedLoss(m2, ESTIMATORS.build("enum"), normalizer=2.0, **options)
+    pyro.set_rng_seed(5)
+    loss = loss_module(batch, kl_weight=0.25)
+    loss_grads = grads(m2, loss)
+    pyro.set_rng_seed(5)
+    by_hand = hand_written_j_alpha_loss(m2, batch, kl_weight=0.25, normalizer=2.0, **options)
+    torch.testing.assert_close(loss, by_hand, rtol=1e-5, atol=1e-5)
+    assert_same_grads(loss_grads, grads(m2, by_hand))
