@@ -155,6 +155,8 @@ SCHEMA = {
         "link_hidden": (LINK_HIDDEN, checks.sizes),  # two layers: hidden widths of the z2 -> z1 links ([]: linear)
         "num_classes": (10, at_least(integer, 2)),  # cvae, m2: labels 0..num_classes-1
         "classifier": ({"name": "mlp", "hidden": [256, 256], "activation": "elu"}, spec(CLASSIFIERS)),  # m2: q(y | x)
+        # m2: "" (M2 on the data), or a trained VAE run whose frozen codes M2 models (M1+M2)
+        "features": ("", string),
     },
     "objective": {
         # a name, or a table with the estimator's own options: { name = "renyi", alpha = 0.5 }

@@ -355,3 +355,67 @@ def test_semi_supervised_loss_is_the_hand_written_j_alpha(digits, mixed):
     by_hand = hand_written_j_alpha_loss(m2, batch, kl_weight=0.25, normalizer=2.0, **options)
     torch.testing.assert_close(loss, by_hand, rtol=1e-5, atol=1e-5)
     assert_same_grads(loss_grads, grads(m2, by_hand))
+
+
+# ---- M1+M2: M2 on the codes of a trained, frozen VAE ----
+
+
+CODE_LIKELIHOOD = {"name": "gaussian", "scale": "learned_per_feature"}
+
+
+@pytest.fixture(scope="module")
+def m1_run(tmp_path_factory):
+    return train(tiny_config(train={"epochs": 1}), out=tmp_path_factory.mktemp("m1") / "m1")
+
+
+def m1m2_config(m1_run, **train_options):
+    return tiny_config(model={"kind": "m2", "classifier": SMALL, "features": str(m1_run), "likelihood": CODE_LIKELIHOOD,
+                              "latent_dim": 2},
+                       objective={"estimator": "enum"}, data={"labeled": 50}, train=train_options)
+
+
+def test_m1_m2_trains_m2_on_codes_drawn_from_the_frozen_m1(tmp_path, m1_run, capsys):
+    """The stacked loss is M2's loss on z1 ~ q(z1 | x) (same draw) minus M1's log p(x | z1) - log q(z1 | x),
+    and has M2's gradients; training leaves M1 as it was; classify, sample, evaluate and plot take images."""
+    from functools import partial
+
+    run = train(m1m2_config(m1_run, epochs=2), out=tmp_path / "m1m2")
+    stacked, m1 = load_run(run), load_run(m1_run)
+    assert all(torch.equal(value, m1.state_dict()[key]) for key, value in stacked.features.state_dict().items())
+    x = load_data("digits", binarize="static").train.x[:12]
+    enum = TraceEnum_ELBO(max_plate_nesting=1)
+    pyro.set_rng_seed(4)
+    loss = enum.differentiable_loss(stacked.model, stacked.guide, x)
+    stacked_grads = grads(stacked, loss)
+    pyro.set_rng_seed(4)
+    q_z1 = m1.guide_dist(x)
+    z1 = q_z1.sample()
+    on_codes = enum.differentiable_loss(partial(M2.model, stacked), partial(M2.guide, stacked), z1)
+    frozen = (m1.likelihood_dist(z1, x).log_prob(x) - q_z1.log_prob(z1)).sum()
+    torch.testing.assert_close(loss, on_codes - frozen, rtol=1e-5, atol=1e-3)
+    assert_same_grads(stacked_grads, grads(stacked, on_codes))
+    # images in, images out: the classifier sees M1's mean code; samples go through both decoders
+    with torch.no_grad():
+        assert torch.equal(stacked.classify(x), stacked.classifier(m1.encode(x)).argmax(-1))
+        torch.manual_seed(0)
+        samples = stacked.sample(10, label=3)
+        torch.manual_seed(0)
+        z = torch.randn(10, 2)
+        z1_mean = stacked.code_likelihood.mean(stacked.decoder(z, torch.full((10,), 3)))
+        torch.testing.assert_close(samples, m1.likelihood.mean(m1.decoder(z1_mean)))
+    assert samples.shape == (10, 1, 8, 8)
+    assert main(["evaluate", str(run), "--samples", "5", "--limit", "50"]) == 0
+    result = json.loads((run / "evaluation.json").read_text())
+    test = load_data("digits", binarize="static").test.random_subset(50)
+    assert result["accuracy"] == pytest.approx((stacked.classify(test.x) == test.labels).float().mean().item())
+    assert result["log_likelihood"] >= result["elbo"] - 1.0
+    assert main(["sample", str(run), "--label", "3", "--out", str(tmp_path / "three.png")]) == 0
+    assert main(["plot", str(run), "--limit", "100"]) == 0
+    capsys.readouterr()
+
+
+def test_m1_m2_refuses_what_it_cannot_stack(tmp_path, m1_run):
+    with pytest.raises(UserError, match="not a run directory"):
+        train(m1m2_config(tmp_path / "nowhere"), out=tmp_path / "a")
+    with pytest.raises(UserError, match="is for model.kind"):
+        train(tiny_config(model={"features": str(m1_run)}), out=tmp_path / "b")
