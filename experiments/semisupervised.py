@@ -45,6 +45,7 @@ from pyro_vae.runs import load_run, read_metrics
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "experiments" / "results" / "semisupervised"
 DEFAULT_EPOCHS, QUICK_EPOCHS = 10, 30
+CODE_LIKELIHOOD = {"name": "gaussian", "scale": "learned_per_feature"}  # M1+M2's p(z1 | z2, y)
 
 
 def fashion_mnist_npz():
@@ -178,7 +179,7 @@ def run_m1_logistic(m1_run, m1_seconds, config, labels, seed):
 def m1m2_config(config, m1_run, m1m2):
     """M2 on the codes of the frozen M1 of ``m1_run``: a Gaussian p(z1 | y, z2), codes drawn from q(z1 | x)."""
     net = {"name": "mlp", "hidden": m1m2["hidden"], "activation": "elu"}
-    return with_updates(config, model={"features": {"run": str(m1_run), "codes": "sample"}, "likelihood": "gaussian",
+    return with_updates(config, model={"features": str(m1_run), "likelihood": CODE_LIKELIHOOD,
                                        "latent_dim": m1m2["latent_dim"], "encoder": net, "decoder": net,
                                        "classifier": net},
                         train={"epochs": m1m2["epochs"]})

@@ -28,14 +28,14 @@ WEIGHTS = (0.1, 1.0, 10.0, 100.0)
 LABELED_BATCH_SIZES = (0, 16, 64)
 
 
-def sweep(name, quick, labels, seeds, epochs, cache, labeled_batch_sizes):
+def sweep(name, quick, labels, seeds, epochs, cache, labeled_batch_sizes, weights=WEIGHTS):
     config, _, _ = setup(quick, epochs)
     rows = []
     for seed in seeds:
         row = cache(f"{name}-classifier-{labels}-{seed}", lambda: run_classifier_alone(config, labels, seed))
         rows.append({"data": name, "labels": labels, "seed": seed, "method": "classifier alone",
                      "classification_weight": "", "labeled_batch_size": "", "epochs": "", **row})
-        for weight, per_step in itertools.product(WEIGHTS, labeled_batch_sizes):
+        for weight, per_step in itertools.product(weights, labeled_batch_sizes):
             run_config = with_updates(config, objective={"classification_weight": weight},
                                       train={"labeled_batch_size": per_step})
             key = f"{name}-m2-{labels}-{seed}-w{weight:g}-b{per_step}"
@@ -49,7 +49,7 @@ def sweep(name, quick, labels, seeds, epochs, cache, labeled_batch_sizes):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", choices=("digits", "fashion"), default=None)
-    parser.add_argument("--fashion-epochs", type=int, default=3)
+    parser.add_argument("--fashion-epochs", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(1)
     cache = Cache(ROOT / "runs" / "semisupervised_sweep")
@@ -57,7 +57,7 @@ def main():
     if args.only in (None, "digits"):
         rows += sweep("digits", True, 50, (0, 1), 30, cache, LABELED_BATCH_SIZES)
     if args.only in (None, "fashion"):
-        rows += sweep("fashion-mnist", False, 100, (0,), args.fashion_epochs, cache, (0, 10, 100))
+        rows += sweep("fashion-mnist", False, 100, (0,), args.fashion_epochs, cache, (0, 64), weights=(1.0, 10.0, 100.0))
     OUT.mkdir(parents=True, exist_ok=True)
     suffix = "" if args.only is None else f"_{args.only}"
     write_csv(rows, OUT / f"sweep{suffix}.csv")

@@ -168,14 +168,14 @@ SCHEMA = {
         "capacity": (False, capacity),  # { start, end, epochs, gamma }: -gamma |KL - C(t)| (penalties)
         "free_bits": (0.0, check_free_bits),  # lambda nats per latent dimension; 0: off
         "reduction": ("sum", one_of("sum", "mean")),
-        "classification_weight": (0.1, at_least(number, 0)),  # m2: alpha = this * N (Kingma et al.: 0.1)
+        "classification_weight": (10.0, at_least(number, 0)),  # m2: alpha = this * N (Kingma et al.: 0.1; see docs)
         "kl_weight_labels": (False, boolean),  # m2: whether kl_weight also scales the label's KL term
     },
     "train": {
         "epochs": (50, at_least(integer, 1)),
         "batch_size": (64, at_least(integer, 1)),
         # m2: labeled pairs per step beside batch_size unlabeled points; 0: ceil(N_l / steps), each set once an epoch
-        "labeled_batch_size": (0, at_least(integer, 0)),
+        "labeled_batch_size": (64, at_least(integer, 0)),
         "eval_batch_size": (1000, at_least(integer, 1)),
         "lr": (1e-3, at_least(number, 0, exclusive=True)),
         "optimizer": ("adam", name_in(OPTIMIZERS)),

@@ -279,6 +279,19 @@ def test_semi_supervised_batches_draw_both_sets_in_proportion():
     assert len(torch.unique(seen, dim=0)) == len(torch.unique(data.train.x[data.train.labels != HIDDEN].flatten(1), dim=0))
 
 
+def test_labeled_batch_size_revisits_the_labeled_set_with_the_weight_kept_exact():
+    """train.labeled_batch_size = 16: 20 steps draw 320 labeled pairs, every one of the 50 at least
+    6 times (whole permutations, concatenated), each weighted 50 / 320."""
+    data = load_data("digits", binarize="static", labeled=50)
+    batches = list(data.semi_supervised_batches(64, 0, None, "cpu", labeled_batch_size=16))
+    assert len(batches) == 20 and all(len(b.labeled) == 16 for b in batches)
+    assert all(b.labeled_scale == pytest.approx(50 / 320) for b in batches)
+    drawn = torch.cat([b.labeled.x for b in batches]).flatten(1)
+    labeled = sorted(map(tuple, data.train.x[data.train.labels != HIDDEN].flatten(1).tolist()))
+    for k in range(6):  # six whole permutations of the labeled set, then 20 of a seventh
+        assert sorted(map(tuple, drawn[50 * k : 50 * (k + 1)].tolist())) == labeled
+
+
 def test_m2_resumed_run_ends_bit_identical(tmp_path):
     """The labeled and unlabeled order of an epoch is a function of the seed and the epoch: one
     epoch, then ``--resume`` to two, ends with the parameters of two epochs straight."""
