@@ -57,7 +57,7 @@ def main():
     if args.only in (None, "digits"):
         rows += sweep("digits", True, 50, (0, 1), 30, cache, LABELED_BATCH_SIZES)
     if args.only in (None, "fashion"):
-        rows += sweep("fashion-mnist", False, 100, (0,), args.fashion_epochs, cache, (0, 64), weights=(1.0, 10.0, 100.0))
+        rows += sweep("fashion-mnist", False, 100, (0,), args.fashion_epochs, cache, (0, 64), weights=(100.0, 10.0, 1.0))
     OUT.mkdir(parents=True, exist_ok=True)
     suffix = "" if args.only is None else f"_{args.only}"
     write_csv(rows, OUT / f"sweep{suffix}.csv")

@@ -168,7 +168,7 @@ SCHEMA = {
         "capacity": (False, capacity),  # { start, end, epochs, gamma }: -gamma |KL - C(t)| (penalties)
         "free_bits": (0.0, check_free_bits),  # lambda nats per latent dimension; 0: off
         "reduction": ("sum", one_of("sum", "mean")),
-        "classification_weight": (10.0, at_least(number, 0)),  # m2: alpha = this * N (Kingma et al.: 0.1; see docs)
+        "classification_weight": (100.0, at_least(number, 0)),  # m2: alpha = this * N (Kingma et al.: 0.1; see docs)
         "kl_weight_labels": (False, boolean),  # m2: whether kl_weight also scales the label's KL term
     },
     "train": {

@@ -26,9 +26,13 @@ on an unlabeled x, ``TraceEnum_ELBO`` sums y out exactly instead of sampling it:
 Kingma's objective adds the classifier's log-likelihood on the labeled data, which U(x) alone
 would train only indirectly:
 
-    J_alpha = sum_labeled L(x, y) + sum_unlabeled U(x) + alpha * E_labeled[log q(y | x)],  alpha = 0.1 N
+    J_alpha = sum_labeled L(x, y) + sum_unlabeled U(x) + alpha * E_labeled[log q(y | x)],  alpha = c N
 
-(``SemiSupervisedLoss``; N is the number of training points, labeled or not). ``model`` and
+(``SemiSupervisedLoss``; N is the number of training points, labeled or not; c =
+``objective.classification_weight``, 10 by default, 0.1 in the paper: docs/semi-supervised.md).
+
+**M1+M2** (``StackedM2``, ``model.features``): M2 on the codes z1 ~ q(z1 | x) of a trained,
+frozen VAE, as one stacked Pyro program. ``model`` and
 ``guide`` stay Pyro programs: ``SVI(m2.model, m2.guide, optim, TraceEnum_ELBO(max_plate_nesting=1))``
 trains M2 on ``svi.step(x)`` and ``svi.step(x, y)`` (without the classification term unless
 added by hand).
