@@ -6,8 +6,9 @@ Fashion-MNIST (50k train / 10k valid / 10k test, Debian's ``dataset-fashion-mnis
 
 - **M2** (Kingma et al. 2014): ``model.kind = "m2"``, ``objective.estimator = "enum"``, a small z
   (4 dimensions; 2 on digits) so that the label carries the class, and the library's defaults
-  alpha = 10 N (``objective.classification_weight = 10``) and 64 labeled images a step
-  (``train.labeled_batch_size``); the test error of its classifier q(y | x);
+  alpha = 100 N (``objective.classification_weight = 100``) and ceil(N_l / steps) labeled images
+  a step (``train.labeled_batch_size = 0``, the paper's proportion); the test error of its
+  classifier q(y | x);
 - **M1+M2**: the same M2 (z2 of 4 dimensions; 2 on digits) on the codes z1 of M1 below
   (``model.features``), p(z1 | y, z2) Gaussian with a learned scale per dimension, z1 drawn
   from q(z1 | x) afresh every step; the test error of q(y | E[z1 | x]);
@@ -103,19 +104,29 @@ def labeled_data(config, labels, seed):
 class Cache:
     """Each finished run's row as JSON under ``runs``: an interrupted experiment resumes where it stopped."""
 
-    def __init__(self, runs):
-        self.runs = Path(runs)
+    def __init__(self, runs, cached_only=False):
+        self.runs, self.cached_only = Path(runs), cached_only
 
     def __call__(self, key, compute):
+        """The row of ``key``: cached, else computed and cached (``cached_only``: else None)."""
         path = self.runs / "rows" / f"{key}.json"
         if path.is_file():
             return json.loads(path.read_text())
+        if self.cached_only:
+            return None
         row = compute()
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(row))
         tmp.replace(path)
         return row
+
+
+def settings(config):
+    """What a cached M2 row depends on beyond labels and seed: epochs, alpha / N, labeled pairs per step."""
+    checked = check_config(config)
+    return (f"e{checked['train']['epochs']}-w{checked['objective']['classification_weight']:g}"
+            f"-b{checked['train']['labeled_batch_size']}")
 
 
 def test_error(predicted, labels):
@@ -231,9 +242,11 @@ def main():
                    cache(f"m1-logistic-{labels}-{seed}",
                          lambda: run_m1_logistic(m1_run, m1_seconds, config, labels, seed)))
             record("M2", labels, seed, epochs,
-                   cache(f"m2-{labels}-{seed}", lambda: run_m2(config, labels, seed, runs / f"m2-{labels}-{seed}")))
-            row = cache(f"m1m2-{labels}-{seed}", lambda: run_m2(m1m2_config(config, m1_run, m1m2), labels, seed,
-                                                                 runs / f"m1m2-{labels}-{seed}"))
+                   cache(f"m2-{labels}-{seed}-{settings(config)}",
+                         lambda: run_m2(config, labels, seed, runs / f"m2-{labels}-{seed}")))
+            stacked = m1m2_config(config, m1_run, m1m2)
+            row = cache(f"m1m2-{labels}-{seed}-{settings(stacked)}",
+                        lambda: run_m2(stacked, labels, seed, runs / f"m1m2-{labels}-{seed}"))
             row["seconds"] += m1_seconds  # the M1 VAE's time counted in each
             record("M1+M2", labels, seed, m1m2_epochs, row)
         OUT.mkdir(parents=True, exist_ok=True)

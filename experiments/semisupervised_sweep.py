@@ -34,12 +34,14 @@ def sweep(name, quick, labels, seeds, epochs, cache, labeled_batch_sizes, weight
     for seed in seeds:
         row = cache(f"{name}-classifier-{labels}-{seed}", lambda: run_classifier_alone(config, labels, seed))
         rows.append({"data": name, "labels": labels, "seed": seed, "method": "classifier alone",
-                     "classification_weight": "", "labeled_batch_size": "", "epochs": "", **row})
+                     "classification_weight": "", "labeled_batch_size": "", "epochs": "", "val_accuracy": "", **row})
         for weight, per_step in itertools.product(weights, labeled_batch_sizes):
             run_config = with_updates(config, objective={"classification_weight": weight},
                                       train={"labeled_batch_size": per_step})
             key = f"{name}-m2-{labels}-{seed}-w{weight:g}-b{per_step}"
             row = cache(key, lambda: run_m2(run_config, labels, seed, cache.runs / key))
+            if row is None:  # --cached-only: not run
+                continue
             rows.append({"data": name, "labels": labels, "seed": seed, "method": "M2",
                          "classification_weight": weight, "labeled_batch_size": per_step, "epochs": epochs, **row})
             print(f"{key}: test error {row['test_error']:.4f}", flush=True)
@@ -50,9 +52,10 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", choices=("digits", "fashion"), default=None)
     parser.add_argument("--fashion-epochs", type=int, default=2)
+    parser.add_argument("--cached-only", action="store_true", help="write the table from the runs done so far")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    cache = Cache(ROOT / "runs" / "semisupervised_sweep")
+    cache = Cache(ROOT / "runs" / "semisupervised_sweep", cached_only=args.cached_only)
     rows = []
     if args.only in (None, "digits"):
         rows += sweep("digits", True, 50, (0, 1), 30, cache, LABELED_BATCH_SIZES)

@@ -175,7 +175,7 @@ SCHEMA = {
         "epochs": (50, at_least(integer, 1)),
         "batch_size": (64, at_least(integer, 1)),
         # m2: labeled pairs per step beside batch_size unlabeled points; 0: ceil(N_l / steps), each set once an epoch
-        "labeled_batch_size": (64, at_least(integer, 0)),
+        "labeled_batch_size": (0, at_least(integer, 0)),
         "eval_batch_size": (1000, at_least(integer, 1)),
         "lr": (1e-3, at_least(number, 0, exclusive=True)),
         "optimizer": ("adam", name_in(OPTIMIZERS)),

@@ -29,7 +29,7 @@ would train only indirectly:
     J_alpha = sum_labeled L(x, y) + sum_unlabeled U(x) + alpha * E_labeled[log q(y | x)],  alpha = c N
 
 (``SemiSupervisedLoss``; N is the number of training points, labeled or not; c =
-``objective.classification_weight``, 10 by default, 0.1 in the paper: docs/semi-supervised.md).
+``objective.classification_weight``, 100 by default, 0.1 in the paper: docs/semi-supervised.md).
 
 **M1+M2** (``StackedM2``, ``model.features``): M2 on the codes z1 ~ q(z1 | x) of a trained,
 frozen VAE, as one stacked Pyro program. ``model`` and
