@@ -26,7 +26,7 @@ error, the seconds it took on this machine and, for M2 and M1+M2, the validation
 each epoch; the summary holds mean and standard deviation over seeds; the figure the curves.
 
     python experiments/semisupervised.py --quick
-    nice python experiments/semisupervised.py --seeds 1 --epochs 4   # what was run: see semisupervised.md
+    nice python experiments/semisupervised.py   # 3 seeds, M2 and M1+M2 2 epochs, M1 4 (what was run: semisupervised.md)
 """
 
 import argparse
@@ -50,7 +50,8 @@ from pyro_vae.runs import load_run, read_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "experiments" / "results" / "semisupervised"
-DEFAULT_EPOCHS, QUICK_EPOCHS = 10, 30
+# the committed run's budget on the shared 2-core machine (M2 not converged: semisupervised.md)
+DEFAULT_EPOCHS, DEFAULT_M1_EPOCHS, QUICK_EPOCHS = 2, 4, 30
 CODE_LIKELIHOOD = {"name": "gaussian", "scale": "learned_per_feature"}  # M1+M2's p(z1 | z2, y)
 
 
@@ -107,14 +108,14 @@ class Cache:
     def __init__(self, runs, cached_only=False):
         self.runs, self.cached_only = Path(runs), cached_only
 
-    def __call__(self, key, compute):
-        """The row of ``key``: cached, else computed and cached (``cached_only``: else None)."""
+    def __call__(self, key, compute, *args):
+        """The row of ``key``: cached, else ``compute(*args)``, cached (``cached_only``: else None)."""
         path = self.runs / "rows" / f"{key}.json"
         if path.is_file():
             return json.loads(path.read_text())
         if self.cached_only:
             return None
-        row = compute()
+        row = compute(*args)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(row))
@@ -204,11 +205,13 @@ def m1m2_config(config, m1_run, m1m2):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="digits, 50 labels: a minute or two")
-    parser.add_argument("--epochs", type=int, default=None, help="training epochs of M2 (default %d; quick %d)"
-                        % (DEFAULT_EPOCHS, QUICK_EPOCHS))
-    parser.add_argument("--m1-epochs", type=int, default=None, help="training epochs of M1 (default: --epochs)")
+    parser.add_argument("--epochs", type=int, default=None,
+                        help=f"training epochs of M2 (default {DEFAULT_EPOCHS}; quick {QUICK_EPOCHS})")
+    parser.add_argument("--m1-epochs", type=int, default=None,
+                        help=f"training epochs of M1 (default {DEFAULT_M1_EPOCHS}; quick: --epochs)")
     parser.add_argument("--m1m2-epochs", type=int, default=None, help="training epochs of M1+M2's M2 (default: --epochs)")
     parser.add_argument("--seeds", type=int, default=None, help="seeds 0..S-1 (default 3; quick 1)")
+    parser.add_argument("--first-seed", type=int, default=0, help="start at this seed (another process runs the others)")
     parser.add_argument("--labels", type=int, nargs="*", default=None, help="label counts (default 100 600 1000; quick 50)")
     parser.add_argument("--summary-only", action="store_true", help="rewrite the summary and figure from the existing rows")
     args = parser.parse_args()
@@ -217,7 +220,8 @@ def main():
         return write_summary(OUT / f"semisupervised{suffix}.csv", OUT / f"summary{suffix}.csv")
     torch.set_num_threads(1)  # small networks on a shared 2-core machine
     epochs = args.epochs or (QUICK_EPOCHS if args.quick else DEFAULT_EPOCHS)
-    m1_epochs, m1m2_epochs = args.m1_epochs or epochs, args.m1m2_epochs or epochs
+    m1_epochs = args.m1_epochs or (epochs if args.quick else DEFAULT_M1_EPOCHS)
+    m1m2_epochs = args.m1m2_epochs or epochs
     config, label_counts, m1_latent = setup(args.quick, epochs)
     label_counts = args.labels or label_counts
     m1m2 = {"latent_dim": 2 if args.quick else 4, "hidden": [64] if args.quick else [128], "epochs": m1m2_epochs}
@@ -232,21 +236,19 @@ def main():
         print(f"{method:<22} labels {labels:>5} seed {seed}: test error {row['test_error']:.4f} "
               f"({row['seconds']:.0f} s)", flush=True)
 
-    for seed in range(args.seeds or (1 if args.quick else 3)):
+    for seed in range(args.first_seed, args.seeds or (1 if args.quick else 3)):
         m1_run = runs / f"m1-{seed}"
         m1_seconds = train_m1(with_updates(config, train={"epochs": m1_epochs}), m1_latent, seed, m1_run)
         for labels in label_counts:
             record("classifier alone", labels, seed, "",  # it takes 1000 steps instead
-                   cache(f"classifier-{labels}-{seed}", lambda: run_classifier_alone(config, labels, seed)))
+                   cache(f"classifier-{labels}-{seed}", run_classifier_alone, config, labels, seed))
             record("M1 + logistic", labels, seed, m1_epochs,  # the VAE's time counted in each
-                   cache(f"m1-logistic-{labels}-{seed}",
-                         lambda: run_m1_logistic(m1_run, m1_seconds, config, labels, seed)))
+                   cache(f"m1-logistic-{labels}-{seed}", run_m1_logistic, m1_run, m1_seconds, config, labels, seed))
             record("M2", labels, seed, epochs,
-                   cache(f"m2-{labels}-{seed}-{settings(config)}",
-                         lambda: run_m2(config, labels, seed, runs / f"m2-{labels}-{seed}")))
+                   cache(f"m2-{labels}-{seed}-{settings(config)}", run_m2, config, labels, seed, runs / f"m2-{labels}-{seed}"))
             stacked = m1m2_config(config, m1_run, m1m2)
-            row = cache(f"m1m2-{labels}-{seed}-{settings(stacked)}",
-                        lambda: run_m2(stacked, labels, seed, runs / f"m1m2-{labels}-{seed}"))
+            row = cache(f"m1m2-{labels}-{seed}-{settings(stacked)}", run_m2, stacked, labels, seed,
+                        runs / f"m1m2-{labels}-{seed}")
             row["seconds"] += m1_seconds  # the M1 VAE's time counted in each
             record("M1+M2", labels, seed, m1m2_epochs, row)
         OUT.mkdir(parents=True, exist_ok=True)

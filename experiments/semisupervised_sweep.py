@@ -32,14 +32,14 @@ def sweep(name, quick, labels, seeds, epochs, cache, labeled_batch_sizes, weight
     config, _, _ = setup(quick, epochs)
     rows = []
     for seed in seeds:
-        row = cache(f"{name}-classifier-{labels}-{seed}", lambda: run_classifier_alone(config, labels, seed))
+        row = cache(f"{name}-classifier-{labels}-{seed}", run_classifier_alone, config, labels, seed)
         rows.append({"data": name, "labels": labels, "seed": seed, "method": "classifier alone",
                      "classification_weight": "", "labeled_batch_size": "", "epochs": "", "val_accuracy": "", **row})
         for weight, per_step in itertools.product(weights, labeled_batch_sizes):
             run_config = with_updates(config, objective={"classification_weight": weight},
                                       train={"labeled_batch_size": per_step})
             key = f"{name}-m2-{labels}-{seed}-w{weight:g}-b{per_step}"
-            row = cache(key, lambda: run_m2(run_config, labels, seed, cache.runs / key))
+            row = cache(key, run_m2, run_config, labels, seed, cache.runs / key)
             if row is None:  # --cached-only: not run
                 continue
             rows.append({"data": name, "labels": labels, "seed": seed, "method": "M2",
