@@ -214,6 +214,8 @@ def main():
     parser.add_argument("--first-seed", type=int, default=0, help="start at this seed (another process runs the others)")
     parser.add_argument("--labels", type=int, nargs="*", default=None, help="label counts (default 100 600 1000; quick 50)")
     parser.add_argument("--summary-only", action="store_true", help="rewrite the summary and figure from the existing rows")
+    parser.add_argument("--cached-only", action="store_true",
+                        help="write the tables from the runs finished so far (by any process), training nothing")
     args = parser.parse_args()
     suffix = "_quick" if args.quick else ""
     if args.summary_only:
@@ -226,10 +228,12 @@ def main():
     label_counts = args.labels or label_counts
     m1m2 = {"latent_dim": 2 if args.quick else 4, "hidden": [64] if args.quick else [128], "epochs": m1m2_epochs}
     runs = ROOT / "runs" / ("semisupervised_quick" if args.quick else "semisupervised")
-    cache = Cache(runs)
+    cache = Cache(runs, cached_only=args.cached_only)
     rows = []
 
     def record(method, labels, seed, method_epochs, row):
+        if row is None:  # --cached-only: not run (yet)
+            return
         rows.append({"method": method, "labels": labels, "seed": seed, "epochs": method_epochs,
                      "test_error": row["test_error"], "seconds": row["seconds"],
                      "val_accuracy": row.get("val_accuracy", "")})
@@ -238,6 +242,8 @@ def main():
 
     for seed in range(args.first_seed, args.seeds or (1 if args.quick else 3)):
         m1_run = runs / f"m1-{seed}"
+        if args.cached_only and not (m1_run / "done").is_file():
+            continue
         m1_seconds = train_m1(with_updates(config, train={"epochs": m1_epochs}), m1_latent, seed, m1_run)
         for labels in label_counts:
             record("classifier alone", labels, seed, "",  # it takes 1000 steps instead
@@ -249,7 +255,8 @@ def main():
             stacked = m1m2_config(config, m1_run, m1m2)
             row = cache(f"m1m2-{labels}-{seed}-{settings(stacked)}", run_m2, stacked, labels, seed,
                         runs / f"m1m2-{labels}-{seed}")
-            row["seconds"] += m1_seconds  # the M1 VAE's time counted in each
+            if row is not None:
+                row["seconds"] += m1_seconds  # the M1 VAE's time counted in each
             record("M1+M2", labels, seed, m1m2_epochs, row)
         OUT.mkdir(parents=True, exist_ok=True)
         write_csv(rows, OUT / f"semisupervised{suffix}.csv")  # after each seed: partial results survive
