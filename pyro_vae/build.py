@@ -124,6 +124,9 @@ def check_labeled_setup(config, vae, data, estimator):
             "objective.reduction = \"mean\" is not available for model.kind = \"m2\": per feature, the label's "
             "terms would need a weight of their own; use reduction = \"sum\" (and kl_weight for beta)"
         )
+    if config["model"]["features"] and config["objective"]["kl_weight_labels"]:
+        raise UserError("objective.kl_weight_labels = true would also weight M1+M2's site z1 (M2's likelihood "
+                        "of the codes); use it without model.features")
     if kind == "m2" and estimator.registered_name != "enum":
         raise UserError(
             "model.kind = \"m2\" sums its label out exactly with objective.estimator = \"enum\" "

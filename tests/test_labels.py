@@ -432,3 +432,7 @@ def test_m1_m2_refuses_what_it_cannot_stack(tmp_path, m1_run):
         train(m1m2_config(tmp_path / "nowhere"), out=tmp_path / "a")
     with pytest.raises(UserError, match="is for model.kind"):
         train(tiny_config(model={"features": str(m1_run)}), out=tmp_path / "b")
+    config = m1m2_config(m1_run)
+    config["objective"]["kl_weight_labels"] = True
+    with pytest.raises(UserError, match="kl_weight_labels"):
+        train(config, out=tmp_path / "c")
