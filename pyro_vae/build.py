@@ -8,13 +8,15 @@
 import dataclasses
 import math
 import sys
+from pathlib import Path
 
 from .annealing import Constant, build_schedule
-from .config import SCHEMA
+from .checkpoint import load_checkpoint
+from .config import SCHEMA, load_config
 from .data import as_data, load_data
 from .guides import GUIDES
 from .hierarchical import LINK_HIDDEN, HierarchicalVAE, is_two_layer
-from .labels import MODEL_KINDS
+from .labels import MODEL_KINDS, StackedM2
 from .likelihoods import LIKELIHOODS
 from .model import VAE
 from .objectives import ESTIMATORS, Estimator, factors, label_estimators
@@ -55,6 +57,12 @@ def build_model(config, data_shape, data_levels=None):
                         "it needs model.latent_dim = [z1, z2] (and model.kind = \"vae\")")
     if kind == "m2":
         options["classifier"] = model["classifier"]
+    if model["features"]:
+        if kind != "m2":
+            raise UserError(f"model.features (M1+M2: M2 on a trained VAE's codes) is for model.kind = \"m2\", not {kind!r}")
+        features = load_features(model["features"], data_shape)
+        return StackedM2(features, latent_dim=model["latent_dim"], encoder=model["encoder"], decoder=model["decoder"],
+                         likelihood=model["likelihood"], prior=model["prior"], **options)
     model_class = HierarchicalVAE if kind == "vae" and is_two_layer(model["latent_dim"]) else MODEL_KINDS[kind]
     return model_class(
         data_shape,
@@ -66,6 +74,25 @@ def build_model(config, data_shape, data_levels=None):
         data_levels=data_levels,
         **options,
     )
+
+
+def load_features(run, data_shape):
+    """M1 of M1+M2: the trained VAE of the run directory ``run`` (``model.features``), frozen
+    by ``StackedM2``; a one-line error unless it is a one-layer VAE of data of ``data_shape``."""
+    path = Path(run)
+    if not (path / "config.toml").is_file() or not (path / "checkpoint.pt").is_file():
+        raise UserError(f"model.features = {run!r}: not a run directory with config.toml and checkpoint.pt "
+                        "(train the VAE, M1, first)")
+    config = load_config(path / "config.toml")
+    if config["model"]["kind"] != "vae" or is_two_layer(config["model"]["latent_dim"]):
+        raise UserError(f"model.features = {run!r}: M1 must be a run of model.kind = \"vae\" with one latent layer")
+    state = load_checkpoint(path / "checkpoint.pt")
+    if tuple(state["data_shape"]) != tuple(data_shape):
+        raise UserError(f"model.features = {run!r} was trained on data of shape {tuple(state['data_shape'])}, "
+                        f"these have shape {tuple(data_shape)}")
+    features = build_model(config, state["data_shape"], state.get("data_levels"))
+    features.load_state_dict(state["model"])
+    return features
 
 
 def data_batches(vae):
@@ -98,6 +125,9 @@ def check_labeled_setup(config, vae, data, estimator):
             "objective.reduction = \"mean\" is not available for model.kind = \"m2\": per feature, the label's "
             "terms would need a weight of their own; use reduction = \"sum\" (and kl_weight for beta)"
         )
+    if config["model"]["features"] and config["objective"]["kl_weight_labels"]:
+        raise UserError("objective.kl_weight_labels = true would also weight M1+M2's site z1 (M2's likelihood "
+                        "of the codes); use it without model.features")
     if kind == "m2" and estimator.registered_name != "enum":
         raise UserError(
             "model.kind = \"m2\" sums its label out exactly with objective.estimator = \"enum\" "

@@ -158,6 +158,8 @@ SCHEMA = {
         "link_hidden": (LINK_HIDDEN, checks.sizes),  # two layers: hidden widths of the z2 -> z1 links ([]: linear)
         "num_classes": (10, at_least(integer, 2)),  # cvae, m2: labels 0..num_classes-1
         "classifier": ({"name": "mlp", "hidden": [256, 256], "activation": "elu"}, spec(CLASSIFIERS)),  # m2: q(y | x)
+        # m2: "" (M2 on the data), or a trained VAE run whose frozen codes M2 models (M1+M2)
+        "features": ("", string),
     },
     "objective": {
         # a name, or a table with the estimator's own options: { name = "renyi", alpha = 0.5 }
@@ -169,12 +171,14 @@ SCHEMA = {
         "capacity": (False, capacity),  # { start, end, epochs, gamma }: -gamma |KL - C(t)| (penalties)
         "free_bits": (0.0, check_free_bits),  # lambda nats per latent dimension; 0: off
         "reduction": ("sum", one_of("sum", "mean")),
-        "classification_weight": (0.1, at_least(number, 0)),  # m2: alpha = this * N (Kingma et al.: 0.1)
+        "classification_weight": (100.0, at_least(number, 0)),  # m2: alpha = this * N (Kingma et al.: 0.1; see docs)
         "kl_weight_labels": (False, boolean),  # m2: whether kl_weight also scales the label's KL term
     },
     "train": {
         "epochs": (50, at_least(integer, 1)),
         "batch_size": (64, at_least(integer, 1)),
+        # m2: labeled pairs per step beside batch_size unlabeled points; 0: ceil(N_l / steps), each set once an epoch
+        "labeled_batch_size": (0, at_least(integer, 0)),
         "eval_batch_size": (1000, at_least(integer, 1)),
         "lr": (1e-3, at_least(number, 0, exclusive=True)),
         "optimizer": ("adam", name_in(OPTIMIZERS)),
@@ -226,6 +230,8 @@ DESCRIPTIONS = {
         "link_hidden": "Two layers: hidden widths of the z2 -> z1 links (`[]`: linear).",
         "num_classes": "`cvae`, `m2`: labels are 0..num_classes-1.",
         "classifier": "`m2`: the network of q(y | x), a classifier name or a table with its options.",
+        "features": "`m2`: a trained VAE run (its folder); M2 is then trained on that frozen VAE's codes "
+                    "z1 ~ q(z1 | x) (M1+M2, Kingma et al. 2014). Empty: on the data.",
     },
     "objective": {
         "estimator": "How the gradient is estimated: an estimator name or a table with its options, "
@@ -240,12 +246,15 @@ DESCRIPTIONS = {
         "free_bits": "lambda nats per latent dimension: the KL term becomes sum_j max(lambda, KL_j) "
         "(Kingma et al. 2016); 0: off.",
         "reduction": "`sum` uses log p(x | z) summed over features; `mean` averages it, a KL weight of D made explicit.",
-        "classification_weight": "`m2`: alpha = classification_weight * N, the weight of the classification term.",
+        "classification_weight": "`m2`: alpha = classification_weight * N, the weight of the classification term "
+                                 "(default 100, from a measured sweep; Kingma et al. 2014 used 0.1).",
         "kl_weight_labels": "`m2`: whether `kl_weight` also scales KL(q(y | x) || p(y)).",
     },
     "train": {
         "epochs": "Passes over the training split.",
         "batch_size": "The global batch (split across processes under torchrun).",
+        "labeled_batch_size": "`m2`: labeled pairs per step; 0: the paper's proportion, ceil(N_l / steps), "
+                              "every label seen once an epoch.",
         "eval_batch_size": "Batch size of the per-epoch evaluation.",
         "lr": "The learning rate.",
         "optimizer": "A registered optimizer name (see the optimizers below).",

@@ -158,7 +158,7 @@ class Data:
     dequantize: bool = False  # training x redrawn as (k + u) / levels each epoch; valid, test: one fixed draw
 
     @property
-    def has_factors(self):
+    def has_factors(self) -> bool:
         """Whether every split carries its factors of variation (``split.factors``)."""
         return self.factor_names is not None and all(self.split(s).factors is not None for s in SPLITS)
 
@@ -280,18 +280,20 @@ class Data:
 
     def semi_supervised_batches(self, batch_size: int, epoch_seed: int, noise: torch.Generator | None,
                                 device: str | torch.device, rank: int = 0, world_size: int = 1,
-                                skip: int = 0) -> Iterator[SemiSupervisedBatch]:
+                                skip: int = 0, labeled_batch_size: int = 0) -> Iterator[SemiSupervisedBatch]:
         """One epoch of ``SemiSupervisedBatch``: every step ``batch_size`` unlabeled examples and
-        B_l = ceil(N_l / steps) labeled ones, so that both sets are seen once an epoch in the same
-        number of steps: the proportion N_l : N_u of Kingma et al.'s (2014) minibatches. Where
-        steps * B_l exceeds N_l the labeled permutations are concatenated (a point may be drawn
-        twice), and ``labeled_scale`` = N_l / (steps * B_l) keeps the labeled terms' weight exact.
+        B_l labeled ones. B_l = ``labeled_batch_size``, or (0) ceil(N_l / steps), so that both sets
+        are seen once an epoch in the same number of steps: the proportion N_l : N_u of Kingma et
+        al.'s (2014) minibatches. Where steps * B_l exceeds N_l the labeled set is revisited:
+        its seeded permutations are concatenated, and ``labeled_scale`` = N_l / (steps * B_l)
+        keeps the labeled terms' weight in the epoch's loss exact (the expected gradient does not
+        depend on B_l; its variance does).
         """
         generator = torch.Generator().manual_seed(epoch_seed)
         labeled = self.labeled_index()
         unlabeled = (self.train.labels == HIDDEN).nonzero().squeeze(1).cpu()
         steps = self.semi_supervised_steps(batch_size)
-        per_step = -(-len(labeled) // steps)
+        per_step = labeled_batch_size or -(-len(labeled) // steps)
         order = unlabeled[torch.randperm(len(unlabeled), generator=generator)]
         repeats = -(-steps * per_step // max(len(labeled), 1))
         labeled_order = torch.cat([labeled[torch.randperm(len(labeled), generator=generator)] for _ in range(repeats)])

@@ -293,7 +293,7 @@ def save_analogies(vae, x, y, path):
     z = vae.encode(x, y)
     classes = vae.num_classes
     labels = torch.arange(classes, device=z.device).repeat(len(z))
-    decoded = vae.likelihood.mean(vae.decoder(z.repeat_interleave(classes, 0), labels))
+    decoded = vae.decode(z.repeat_interleave(classes, 0), labels)
     decoded = decoded.view(len(z), classes, *decoded.shape[1:])
     rows = torch.cat([x.unsqueeze(1).to(decoded.dtype), decoded], 1).flatten(0, 1)
     return save_grid(rows, path, columns=classes + 1, title="analogies: data point, then its z decoded with y = 0, 1, ...")

@@ -264,9 +264,10 @@ class Trainer:
             "labeled": self.data.labeled_batches,
             "semi_supervised": self.data.semi_supervised_batches,
         }[data_batches(self.vae)]
+        options = {"labeled_batch_size": tc["labeled_batch_size"]} if data_batches(self.vae) == "semi_supervised" else {}
         batches = epoch_batches(
             tc["batch_size"], tc["seed"] * 100003 + epoch, self.noise, self.device,
-            self.rank, self.world_size, skip=self.batch_in_epoch,
+            self.rank, self.world_size, skip=self.batch_in_epoch, **options,
         )
         self.vae.train()
         for x in batches:

@@ -279,6 +279,19 @@ def test_semi_supervised_batches_draw_both_sets_in_proportion():
     assert len(torch.unique(seen, dim=0)) == len(torch.unique(data.train.x[data.train.labels != HIDDEN].flatten(1), dim=0))
 
 
+def test_labeled_batch_size_revisits_the_labeled_set_with_the_weight_kept_exact():
+    """train.labeled_batch_size = 16: 20 steps draw 320 labeled pairs, every one of the 50 at least
+    6 times (whole permutations, concatenated), each weighted 50 / 320."""
+    data = load_data("digits", binarize="static", labeled=50)
+    batches = list(data.semi_supervised_batches(64, 0, None, "cpu", labeled_batch_size=16))
+    assert len(batches) == 20 and all(len(b.labeled) == 16 for b in batches)
+    assert all(b.labeled_scale == pytest.approx(50 / 320) for b in batches)
+    drawn = torch.cat([b.labeled.x for b in batches]).flatten(1)
+    labeled = sorted(map(tuple, data.train.x[data.train.labels != HIDDEN].flatten(1).tolist()))
+    for k in range(6):  # six whole permutations of the labeled set, then 20 of a seventh
+        assert sorted(map(tuple, drawn[50 * k : 50 * (k + 1)].tolist())) == labeled
+
+
 def test_m2_resumed_run_ends_bit_identical(tmp_path):
     """The labeled and unlabeled order of an epoch is a function of the seed and the epoch: one
     epoch, then ``--resume`` to two, ends with the parameters of two epochs straight."""
@@ -303,3 +316,123 @@ def test_a_run_from_before_the_label_keys_resumes(tmp_path):
     assert read_metrics(run / "metrics.csv")[-1]["epoch"] == 2
     with pytest.raises(UserError, match="different model.kind"):
         train(None, resume=run, overrides=["train.epochs=3", "model.kind=cvae"])
+
+
+# ---- J_alpha: the semi-supervised loss against its hand-written value ----
+
+
+def hand_written_labeled_elbo(m2, x, y, kl_weight):
+    """sum_n L_w(x_n, y_n), L_w(x, y) = log p(x | y, z) + log p(y) - w (log q(z | x, y) - log p(z)),
+    z = loc(x, y) + scale(x, y) * eps: the guide's one draw of shape (N, latent_dim)."""
+    q = m2.guide_dist(x, y).base_dist
+    z = q.loc + q.scale * torch.randn_like(q.loc)
+    kl_z = (torch.distributions.Normal(q.loc, q.scale).log_prob(z) - torch.distributions.Normal(0.0, 1.0).log_prob(z)).sum(-1)
+    logits = m2.decoder(z, y)[:, 0]  # (N, 1, 8, 8): one parameter, the Bernoulli logit
+    log_px = torch.distributions.Bernoulli(logits=logits).log_prob(x).flatten(1).sum(-1)
+    return (log_px - np.log(m2.num_classes) - kl_weight * kl_z).sum()
+
+
+def hand_written_j_alpha_loss(m2, batch, classification_weight, num_train, num_labeled, kl_weight, normalizer):
+    """-[ sum_u U_w(x) + s sum_l (L_w(x, y) + alpha / N_l log q(y | x)) ] / ((B_u + B_l) normalizer),
+    alpha = classification_weight * N, s = the batch's labeled_scale; the draws in the loss's order
+    (the unlabeled batch's, then the labeled batch's)."""
+    loss = hand_written_unlabeled_loss(m2, batch.unlabeled, kl_weight)  # -sum_u U_w(x)
+    x, y = batch.labeled.x, batch.labeled.y
+    if len(x):
+        alpha = classification_weight * num_train
+        log_q_y = torch.log_softmax(m2.classifier(x), -1).gather(1, y[:, None]).squeeze(1)
+        labeled = hand_written_labeled_elbo(m2, x, y, kl_weight) + alpha / num_labeled * log_q_y.sum()
+        loss = loss - batch.labeled_scale * labeled
+    return loss / ((len(batch.unlabeled) + len(x)) * normalizer)
+
+
+@pytest.mark.parametrize("mixed", [True, False], ids=["mixed", "unlabeled only"])
+def test_semi_supervised_loss_is_the_hand_written_j_alpha(digits, mixed):
+    """Value and gradients with the same noise: alpha = 0.3 N scaled by N / N_l per labeled point,
+    the batch's labeled_scale, the KL weight on z only (q(y | x) far from uniform, so a weight on
+    KL(q(y | x) || p(y)) would show), and the normalizer."""
+    from pyro_vae.data import LabeledBatch, SemiSupervisedBatch
+
+    m2 = M2(digits.shape, 3, encoder=SMALL, decoder=SMALL, classifier=SMALL)
+    with torch.no_grad():
+        m2.classifier.net[-1].bias.copy_(torch.arange(10.0) / 2)
+    n_l = 3 if mixed else 0
+    batch = SemiSupervisedBatch(digits.train.x[:5], LabeledBatch(digits.train.x[5 : 5 + n_l], digits.train.labels[5 : 5 + n_l]),
+                                labeled_scale=0.4)
+    options = {"classification_weight": 0.3, "num_train": 40, "num_labeled": 6}  # alpha / N_l = 2 per labeled point
+    loss_module = SemiSupervisedLoss(m2, ESTIMATORS.build("enum"), normalizer=2.0, **options)
+    pyro.set_rng_seed(5)
+    loss = loss_module(batch, kl_weight=0.25)
+    loss_grads = grads(m2, loss)
+    pyro.set_rng_seed(5)
+    by_hand = hand_written_j_alpha_loss(m2, batch, kl_weight=0.25, normalizer=2.0, **options)
+    torch.testing.assert_close(loss, by_hand, rtol=1e-5, atol=1e-5)
+    assert_same_grads(loss_grads, grads(m2, by_hand))
+
+
+# ---- M1+M2: M2 on the codes of a trained, frozen VAE ----
+
+
+CODE_LIKELIHOOD = {"name": "gaussian", "scale": "learned_per_feature"}
+
+
+@pytest.fixture(scope="module")
+def m1_run(tmp_path_factory):
+    return train(tiny_config(train={"epochs": 1}), out=tmp_path_factory.mktemp("m1") / "m1")
+
+
+def m1m2_config(m1_run, **train_options):
+    return tiny_config(model={"kind": "m2", "classifier": SMALL, "features": str(m1_run), "likelihood": CODE_LIKELIHOOD,
+                              "latent_dim": 2},
+                       objective={"estimator": "enum"}, data={"labeled": 50}, train=train_options)
+
+
+def test_m1_m2_trains_m2_on_codes_drawn_from_the_frozen_m1(tmp_path, m1_run, capsys):
+    """The stacked loss is M2's loss on z1 ~ q(z1 | x) (same draw) minus M1's log p(x | z1) - log q(z1 | x),
+    and has M2's gradients; training leaves M1 as it was; classify, sample, evaluate and plot take images."""
+    from functools import partial
+
+    run = train(m1m2_config(m1_run, epochs=2), out=tmp_path / "m1m2")
+    stacked, m1 = load_run(run), load_run(m1_run)
+    assert all(torch.equal(value, m1.state_dict()[key]) for key, value in stacked.features.state_dict().items())
+    x = load_data("digits", binarize="static").train.x[:12]
+    enum = TraceEnum_ELBO(max_plate_nesting=1)
+    pyro.set_rng_seed(4)
+    loss = enum.differentiable_loss(stacked.model, stacked.guide, x)
+    stacked_grads = grads(stacked, loss)
+    pyro.set_rng_seed(4)
+    q_z1 = m1.guide_dist(x)
+    z1 = q_z1.sample()
+    on_codes = enum.differentiable_loss(partial(M2.model, stacked), partial(M2.guide, stacked), z1)
+    frozen = (m1.likelihood_dist(z1, x).log_prob(x) - q_z1.log_prob(z1)).sum()
+    torch.testing.assert_close(loss, on_codes - frozen, rtol=1e-5, atol=1e-3)
+    assert_same_grads(stacked_grads, grads(stacked, on_codes))
+    # images in, images out: the classifier sees M1's mean code; samples go through both decoders
+    with torch.no_grad():
+        assert torch.equal(stacked.classify(x), stacked.classifier(m1.encode(x)).argmax(-1))
+        torch.manual_seed(0)
+        samples = stacked.sample(10, label=3)
+        torch.manual_seed(0)
+        z = torch.randn(10, 2)
+        z1_mean = stacked.code_likelihood.mean(stacked.decoder(z, torch.full((10,), 3)))
+        torch.testing.assert_close(samples, m1.likelihood.mean(m1.decoder(z1_mean)))
+    assert samples.shape == (10, 1, 8, 8)
+    assert main(["evaluate", str(run), "--samples", "5", "--limit", "50"]) == 0
+    result = json.loads((run / "evaluation.json").read_text())
+    test = load_data("digits", binarize="static").test.random_subset(50)
+    assert result["accuracy"] == pytest.approx((stacked.classify(test.x) == test.labels).float().mean().item())
+    assert result["log_likelihood"] >= result["elbo"] - 1.0
+    assert main(["sample", str(run), "--label", "3", "--out", str(tmp_path / "three.png")]) == 0
+    assert main(["plot", str(run), "--limit", "100"]) == 0
+    capsys.readouterr()
+
+
+def test_m1_m2_refuses_what_it_cannot_stack(tmp_path, m1_run):
+    with pytest.raises(UserError, match="not a run directory"):
+        train(m1m2_config(tmp_path / "nowhere"), out=tmp_path / "a")
+    with pytest.raises(UserError, match="is for model.kind"):
+        train(tiny_config(model={"features": str(m1_run)}), out=tmp_path / "b")
+    config = m1m2_config(m1_run)
+    config["objective"]["kl_weight_labels"] = True
+    with pytest.raises(UserError, match="kl_weight_labels"):
+        train(config, out=tmp_path / "c")
