@@ -31,9 +31,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
 from beta_sweep import ROOT, single_thread
 from common import write_csv
+
 from pyro_vae import train
 from pyro_vae.build import build_data
 from pyro_vae.data import load_data

@@ -24,8 +24,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
 from common import write_csv
+
 from pyro_vae import train
 from pyro_vae.build import build_data
 from pyro_vae.evaluation import evaluate_elbo

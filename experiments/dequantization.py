@@ -27,10 +27,9 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 from beta_sweep import ROOT, single_thread
-
 from common import write_csv
+
 from pyro_vae.cli import main
 from pyro_vae.data import read_idx
 from pyro_vae.training import train

@@ -51,9 +51,9 @@ from pathlib import Path
 
 import numpy as np
 import pyro
+import speed
 import torch
 
-import speed
 from pyro_vae.build import build_data
 from pyro_vae.config import load_config
 from pyro_vae.steps import one_line

@@ -84,7 +84,7 @@ def summarize(rows):
         group = [r for r in rows if r["latent_dim"] == d]
         n = len(group)
 
-        def mean_and_error(key):
+        def mean_and_error(key, group=group, n=n):
             values = [float(r[key]) for r in group]
             mean = sum(values) / n
             spread = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0

@@ -40,10 +40,9 @@ from pathlib import Path
 
 import numpy as np
 import pyro.distributions as dist
-
 from beta_sweep import ROOT, single_thread
-
 from common import write_csv
+
 from pyro_vae import plots
 from pyro_vae.data import SUBSET_SEED, load_data
 from pyro_vae.evaluation import evaluate_elbo, log_likelihood
@@ -212,7 +211,7 @@ def markdown_table(rows, levels):
     ]
     for r in rows:
         data = f"k / {levels - 1}" if r["data"] == "discrete" else f"(k + u) / {levels}"
-        bits = lambda v: "n/a" if not r["comparable"] else f"{v:.3f}"
+        bits = lambda v, r=r: "n/a" if not r["comparable"] else f"{v:.3f}"
         lines.append(
             f"| {r['likelihood']} | {data} | {r['test_elbo']:.1f} | {r['test_log_likelihood']:.1f} ± "
             f"{r['log_likelihood_standard_error']:.1f} | {bits(r['elbo_bits_per_dim'])} | "

@@ -38,9 +38,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from common import write_csv
 from sklearn.linear_model import LogisticRegression
 
-from common import write_csv
 from pyro_vae import train
 from pyro_vae.build import build_data
 from pyro_vae.config import check_config

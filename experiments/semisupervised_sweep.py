@@ -20,7 +20,6 @@ import argparse
 import itertools
 
 import torch
-
 from common import write_csv
 from semisupervised import OUT, ROOT, Cache, run_classifier_alone, run_m2, setup, with_updates
 

@@ -39,7 +39,8 @@ from typing import Any, TypeAlias
 import torch
 from pyro.poutine.messenger import Messenger
 
-from .checks import integer as _integer, number as _number
+from .checks import integer as _integer
+from .checks import number as _number
 from .registry import Registry, UserError
 
 SCHEDULES = Registry("schedule", legacy_key="schedule")

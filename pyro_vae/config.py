@@ -29,11 +29,10 @@ from .likelihoods import LIKELIHOODS
 from .loggers import LOGGERS
 from .nets import DECODERS, ENCODERS
 from .objectives import ESTIMATORS
-from .penalties import capacity_schedule, check_free_bits
 from .optimizers import LR_SCHEDULES, OPTIMIZERS
+from .penalties import capacity_schedule, check_free_bits
 from .priors import PRIORS
 from .registry import UserError
-
 
 # ---- the checks of SCHEMA: each is called as check(value, key) ----
 

@@ -300,11 +300,11 @@ class Data:
         scale = len(labeled) / (steps * per_step) if per_step else 1.0
         device_of = self.train.x.device
         for step in range(skip, steps):
-            u = order[step * batch_size : (step + 1) * batch_size][rank::world_size].to(device_of)
-            l = labeled_order[step * per_step : (step + 1) * per_step][rank::world_size].to(device_of)
-            x_u = self._binarized(self.train.x[u], noise).to(device, non_blocking=True)
-            x_l = self._binarized(self.train.x[l], noise).to(device, non_blocking=True)
-            yield SemiSupervisedBatch(x_u, LabeledBatch(x_l, self.train.labels[l].to(device)), scale)
+            unlabeled = order[step * batch_size : (step + 1) * batch_size][rank::world_size].to(device_of)
+            labeled_step = labeled_order[step * per_step : (step + 1) * per_step][rank::world_size].to(device_of)
+            x_u = self._binarized(self.train.x[unlabeled], noise).to(device, non_blocking=True)
+            x_l = self._binarized(self.train.x[labeled_step], noise).to(device, non_blocking=True)
+            yield SemiSupervisedBatch(x_u, LabeledBatch(x_l, self.train.labels[labeled_step].to(device)), scale)
 
     def train_batches(self, batch_size: int, epoch_seed: int, noise: torch.Generator | None, device: str | torch.device,
                       rank: int = 0, world_size: int = 1, skip: int = 0) -> Iterator[torch.Tensor]:

@@ -113,9 +113,8 @@ class TensorBoardLogger(Logger):
 
     def __init__(self, out, config):
         super().__init__(out, config)
-        from torch.utils.tensorboard import SummaryWriter
-
         import tomli_w
+        from torch.utils.tensorboard import SummaryWriter
 
         self.writer = SummaryWriter(log_dir=str(out / "tensorboard"))
         self.writer.add_text("config", "    " + tomli_w.dumps(config).replace("\n", "\n    "))

@@ -48,8 +48,8 @@ from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_sta
 from .config import apply_overrides, check_config, load_config, save_config
 from .evaluation import evaluate_elbo
 from .labels import training_loss
-from .registry import UserError
 from .loggers import LOGGERS
+from .registry import UserError
 from .runs import check_resumable, check_writable, clear_run_outputs, prepare_run_directory, save_figures
 from .steps import CapturedStep, CaptureFailed, Step
 

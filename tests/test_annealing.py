@@ -7,10 +7,11 @@ import pyro.distributions as dist
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import tiny_config
 from pyro import poutine
 from pyro.infer import SVI, Trace_ELBO, TraceMeanField_ELBO
+from test_model import hand_terms, small_vae
 
-from conftest import tiny_config
 from pyro_vae import train
 from pyro_vae.annealing import SCHEDULES, ScaleLatents, build_schedule, kl_scaled, sigmoid_rise
 from pyro_vae.config import check_config
@@ -18,7 +19,6 @@ from pyro_vae.model import VAE
 from pyro_vae.objectives import ESTIMATORS
 from pyro_vae.registry import UserError
 from pyro_vae.runs import read_metrics
-from test_model import hand_terms, small_vae
 
 BETAS = [0.0, 0.25, 1.0, 4.0]
 
@@ -315,7 +315,7 @@ def test_svi_script_with_a_schedule_from_zero_trains():
 
     before = [p.detach().clone() for p in vae.parameters()]
     losses = []
-    for step in range(60):
+    for _ in range(60):
         losses.append(svi.step(x))
     assert all(math.isfinite(v) for v in losses)
     assert all(not torch.equal(b, p) for b, p in zip(before, vae.parameters()))

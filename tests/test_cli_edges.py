@@ -7,8 +7,8 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import tiny_config
+
 from pyro_vae import train
 from pyro_vae.cli import main
 

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import tiny_config
+
 from pyro_vae import cli, stopping, train
 from pyro_vae.checkpoint import load_checkpoint
 from pyro_vae.cli import main

@@ -2,9 +2,9 @@
 
 import pytest
 import torch
-
 from conftest import tiny_config
 from estimator_cases import capturable_cases, spec_id
+
 from pyro_vae import load_run, train
 from pyro_vae.data import load_data
 from pyro_vae.evaluation import evaluate_elbo, log_likelihood

@@ -8,8 +8,8 @@ import math
 import numpy as np
 import pytest
 import torch
-
 from conftest import tiny_config
+
 from pyro_vae import train
 from pyro_vae.build import build, build_data
 from pyro_vae.cli import main

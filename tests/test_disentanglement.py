@@ -20,7 +20,6 @@ from pyro_vae.disentanglement import (
     total_correlation,
 )
 from pyro_vae.dsprites import grid_factors
-from pyro_vae.registry import UserError
 from pyro_vae.objectives.total_correlation import (
     Discriminator,
     discriminator_loss,
@@ -28,6 +27,7 @@ from pyro_vae.objectives.total_correlation import (
     log_density_matrix,
     minibatch_log_densities,
 )
+from pyro_vae.registry import UserError
 
 GRID = grid_factors((3, 6, 10, 8, 8))  # every combination once: the factors are independent
 

@@ -12,8 +12,8 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-
 from conftest import tiny_config
+
 from pyro_vae import train
 from pyro_vae.config import check_config, save_config
 from pyro_vae.data import load_data

@@ -8,6 +8,7 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
+from estimator_cases import particles, spec_id, specs
 
 from pyro_vae.build import build_estimator
 from pyro_vae.config import load_config
@@ -16,9 +17,6 @@ from pyro_vae.evaluation import evaluate_elbo, gradient_variance
 from pyro_vae.model import VAE
 from pyro_vae.objectives import ESTIMATORS, importance_weighted_bound, log_weights, tail_fraction
 from pyro_vae.registry import UserError
-
-from estimator_cases import particles, spec_id, specs
-
 
 
 @pytest.fixture(scope="module")

@@ -12,6 +12,7 @@ import math
 import pyro
 import pytest
 import torch
+from conftest import tiny_config
 from pyro import poutine
 from pyro.infer import RenyiELBO
 from torch.distributions import MultivariateNormal, Normal, kl_divergence
@@ -26,12 +27,10 @@ from pyro_vae.evaluation import (
     log_likelihood,
     traced_log_importance_weights,
 )
-from pyro_vae.model import VAE
 from pyro_vae.guides import MIN_SCALE
+from pyro_vae.model import VAE
 from pyro_vae.registry import UserError
 from pyro_vae.training import train
-
-from conftest import tiny_config
 
 D, LATENT, SIGMA = 5, 2, 0.5
 

@@ -5,16 +5,15 @@ import copy
 from unittest import mock
 
 import pyro
+import pyro.distributions as dist
 import pytest
 import torch
+from estimator_cases import direct_cases, spec_id
 from pyro import poutine
-import pyro.distributions as dist
 from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
 
 from pyro_vae import VAE, kl_scaled
 from pyro_vae.objectives import ESTIMATORS, standard_vae
-
-from estimator_cases import direct_cases, spec_id
 
 CASES = [
     ("bernoulli", "normal", "normal"),

@@ -6,9 +6,9 @@ import numpy as np
 import pyro
 import pytest
 import torch
+from conftest import tiny_config
 from pyro.infer import SVI, Trace_ELBO, TraceEnum_ELBO
 
-from conftest import tiny_config
 from pyro_vae import UserError, train
 from pyro_vae.cli import main
 from pyro_vae.data import HIDDEN, keep_labels, load_data

@@ -314,7 +314,7 @@ def test_linear_gaussian_vae_reaches_the_ppca_optimum():
     elbo = TraceMeanField_ELBO(max_plate_nesting=1)  # closed-form KL: less noise per full-batch step
     optimizer = torch.optim.Adam(vae.parameters(), lr=0.03)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0 if step < 900 else 0.1)
-    for step in range(1200):  # ~6 s: full-batch Adam, then a tenth of the rate to settle
+    for _ in range(1200):  # ~6 s: full-batch Adam, then a tenth of the rate to settle
         loss = elbo.differentiable_loss(vae.model, vae.guide, x) / n
         optimizer.zero_grad()
         loss.backward()

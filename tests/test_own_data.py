@@ -7,8 +7,8 @@ import sys
 import numpy as np
 import pytest
 import torch
-
 from conftest import tiny_config
+
 from pyro_vae import load_run, train
 from pyro_vae.build import build_data, build_model
 from pyro_vae.cli import main

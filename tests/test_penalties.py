@@ -12,6 +12,7 @@ import math
 
 import pytest
 import torch
+from conftest import tiny_config
 
 from pyro_vae.build import build_estimator
 from pyro_vae.config import check_config, load_config
@@ -20,8 +21,6 @@ from pyro_vae.objectives import ESTIMATORS
 from pyro_vae.penalties import Capacity, FreeBits
 from pyro_vae.registry import UserError
 from pyro_vae.training import train
-
-from conftest import tiny_config
 
 D, LATENT, N, SIGMA = 6, 4, 10, 0.5
 SEED = 11

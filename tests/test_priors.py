@@ -13,9 +13,9 @@ from pyro.infer import SVI, Trace_ELBO, TraceMeanField_ELBO
 
 from pyro_vae import VAE
 from pyro_vae.cli import main
+from pyro_vae.guides import gaussian_parameters
 from pyro_vae.objectives import ESTIMATORS, analytic_kl
 from pyro_vae.registry import UserError
-from pyro_vae.guides import gaussian_parameters
 
 PRIOR_SPECS = [
     "normal",

@@ -7,8 +7,8 @@ import time
 
 import pytest
 import torch
-
 from conftest import tiny_config
+
 from pyro_vae import load_run, train
 from pyro_vae.checkpoint import load_checkpoint, save_checkpoint
 from pyro_vae.config import save_config

@@ -7,6 +7,8 @@ import copy
 import pyro
 import pytest
 import torch
+from conftest import tiny_config
+from estimator_cases import capturable_cases, spec_id
 from pyro.infer import Trace_ELBO
 
 from pyro_vae import VAE, train
@@ -15,9 +17,6 @@ from pyro_vae.optimizers import OPTIMIZERS
 from pyro_vae.registry import UserError
 from pyro_vae.steps import Step
 from pyro_vae.training import NegativeELBO
-
-from conftest import tiny_config
-from estimator_cases import capturable_cases, spec_id
 
 SHAPE = (1, 4, 4)
 

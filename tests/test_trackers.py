@@ -6,8 +6,8 @@ import json
 import struct
 
 import pytest
-
 from conftest import tiny_config
+
 from pyro_vae import train
 from pyro_vae.registry import UserError
 from pyro_vae.runs import read_metrics

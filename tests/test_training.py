@@ -5,9 +5,9 @@ import sys
 
 import pyro
 import torch
+from conftest import tiny_config
 from pyro import poutine
 
-from conftest import tiny_config
 from pyro_vae import load_run, train
 from pyro_vae.config import check_config
 from pyro_vae.data import load_data

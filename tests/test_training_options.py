@@ -6,8 +6,8 @@ import os
 
 import pytest
 import torch
-
 from conftest import tiny_config
+
 from pyro_vae import train
 from pyro_vae.optimizers import LR_SCHEDULES
 from pyro_vae.registry import UserError

@@ -59,7 +59,7 @@ from .log_weights import (
     sample_sites,
     standard_vae,
 )
-from .particles import DReG, IWAE, ParticleEstimator, Renyi, ScoreFunction, TailAdaptive, tail_fraction
+from .particles import IWAE, DReG, ParticleEstimator, Renyi, ScoreFunction, TailAdaptive, tail_fraction
 from .rewrap import PathDerivative, RewrapLatents, ScoreFunctionOnly, detach_parameters
 from .terms import analytic_kl, elbo_parts, factors, kl_term, penalized_loss, reparameterized_loss
 
