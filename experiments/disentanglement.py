@@ -20,6 +20,7 @@ run), ``summary.csv`` (mean and standard deviation over seeds), ``mig_vs_beta.pn
     python experiments/disentanglement.py --quick     # a small grid, one seed: a minute or two
     python experiments/disentanglement.py             # the write-up's numbers (resumable)
     # a run whose per_run/ record exists is not trained again: delete the record to retrain it
+    # (--quick keeps its records in runs/, so a clean checkout trains the quick grid afresh)
     python experiments/disentanglement.py --report    # tables and figures from the runs so far
 """
 
@@ -221,12 +222,15 @@ def main(argv=None):
     epochs = args.epochs or (3 if args.quick else 25)
     kind = "quick" if args.quick else "full"
     results = RESULTS / ("quick" if args.quick else "")
-    (results / "per_run").mkdir(parents=True, exist_ok=True)
+    # the quick runs' records stay in the git-ignored runs/, so a clean checkout trains them again;
+    # the full runs' records are committed (the write-up's numbers trace to them)
+    records = ROOT / "runs" / "disentanglement" / "quick" / "per_run" if args.quick else results / "per_run"
+    records.mkdir(parents=True, exist_ok=True)
     configurations = methods(args.quick, epochs)
     for seed in range(seeds):  # seed-major: a run cut short still has every method at the first seeds
         for method, weight, value, objective in configurations:
             name = run_name(method, weight, value, seed)
-            record = results / "per_run" / f"{name}.json"
+            record = records / f"{name}.json"
             if args.report or record.is_file():
                 continue
             config = config_for(args.quick, objective, seed, epochs)
@@ -239,7 +243,7 @@ def main(argv=None):
             print(f"  MIG {result['mig']:.3f}  FactorVAE {result['factor_vae_score']:.3f}  "
                   f"DCI-D {result['dci']['disentanglement']:.3f}  test ELBO {result['test_elbo']:.2f}  "
                   f"({result['train_seconds']:.0f} s + {result['score_seconds']:.0f} s)", flush=True)
-    finished = [json.loads(p.read_text()) for p in sorted((results / "per_run").glob("*.json"))]
+    finished = [json.loads(p.read_text()) for p in sorted(records.glob("*.json"))]
     if not finished:
         print("no finished runs yet")
         return
