@@ -148,7 +148,8 @@ def config_reference():
         "",
     ]
     for registry in registries():
-        lines += [f"### {registry.kind} {{ #{slug(registry.kind)} }}", "", "| name | what it is | options (default) |", "|---|---|---|"]
+        lines += [f"### {registry.kind} {{ #{slug(registry.kind)} }}", "", "| name | what it is | options (default) |",
+                  "|---|---|---|"]
         descriptions = dict(registry.describe())
         for name in registry.names():
             cls = registry.get(name)

@@ -120,7 +120,8 @@ def main_experiment():
     write_npz(npz, args.quick, args.train_examples, args.test_examples)
     rows = []
     for name, (likelihood, dequantize) in SETTINGS.items():
-        rows.append(run(name, likelihood, dequantize, npz, runs / f"{likelihood}{'_dequantized' if dequantize else ''}{suffix}", args))
+        rows.append(run(name, likelihood, dequantize, npz, runs / f"{likelihood}{'_dequantized' if dequantize else ''}{suffix}",
+                        args))
         print(rows[-1], file=sys.stderr, flush=True)
     write_csv(rows, results / f"dequantization{suffix}.csv")
 

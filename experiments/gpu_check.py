@@ -335,10 +335,14 @@ class Context:
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("out", type=Path, help="folder for check.json and check.log (created)")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cuda (default where there is one) or cpu")
-    parser.add_argument("--dry-run", "--quick", dest="dry_run", action="store_true", help="tiny sizes: every part's code path in about a minute")
-    parser.add_argument("--budget", type=float, default=450.0, help="seconds for all parts together (default 450: 8 minutes with margin)")
-    parser.add_argument("--parts", default=",".join(name for name, _ in PARTS), help="which parts, comma-separated (default: all)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                        help="cuda (default where there is one) or cpu")
+    parser.add_argument("--dry-run", "--quick", dest="dry_run", action="store_true",
+                        help="tiny sizes: every part's code path in about a minute")
+    parser.add_argument("--budget", type=float, default=450.0,
+                        help="seconds for all parts together (default 450: 8 minutes with margin)")
+    parser.add_argument("--parts", default=",".join(name for name, _ in PARTS),
+                        help="which parts, comma-separated (default: all)")
     parser.add_argument("--mnist", help="binarized_mnist.npz (default: the first of speed.MNIST_PLACES; 'none': random stand-in)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own on cuda, 1 on cpu)")
     args = parser.parse_args(argv)

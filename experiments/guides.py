@@ -57,7 +57,8 @@ MODELS = {
 
 FIELDS = [
     "model", "guide", "latent_dim", "epochs", "best_epoch", "train_seconds", "test_images", "num_samples", "nll",
-    "nll_standard_error", "nll_minus_normal", "nll_minus_normal_standard_error", "elbo", "kl", "kl_z1", "kl_z2", "active_units", "active_units_z1", "active_units_z2",
+    "nll_standard_error", "nll_minus_normal", "nll_minus_normal_standard_error", "elbo", "kl", "kl_z1", "kl_z2", "active_units",
+    "active_units_z1", "active_units_z2",
     "eval_seconds", "status", "command",
 ]
 
@@ -138,7 +139,8 @@ def main():
     p.add_argument("--epochs", type=int, default=None, help="epochs per model (default 8; 3 with --quick)")
     p.add_argument("--warmup", type=int, default=None, help="KL warm-up epochs (default epochs // 3, at least 1)")
     p.add_argument("--samples", type=int, default=None, help="importance samples K (default 1000; 100 with --quick)")
-    p.add_argument("--test-images", type=int, default=None, help="a seeded random test subset of this size (default: the whole test split)")
+    p.add_argument("--test-images", type=int, default=None,
+                   help="a seeded random test subset of this size (default: the whole test split)")
     p.add_argument("--data", default=str(MNIST), help="the binarized MNIST .npz")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     p.add_argument("--skip-training", action="store_true", help="evaluate the runs already in runs/guides/")

@@ -25,7 +25,8 @@ say nothing.) Dequantized data lie strictly inside (0, 1), so the Beta needs no 
 
 Reported per likelihood on the test set: the ELBO and the importance-sampled
 log-likelihood (``pyro_vae.evaluation.log_likelihood``, K samples per image, on a
-seeded random subset of the test images) in nats per image, both converted to bits/dim, and a reconstructions figure (E[x | z] at z = E_q[z | x]).
+seeded random subset of the test images) in nats per image, both converted to bits/dim, and a reconstructions figure \
+(E[x | z] at z = E_q[z | x]).
 Writes ``experiments/results/likelihoods/{likelihoods[_quick].csv, reconstructions_<name>[_quick].png}``.
 
     python experiments/likelihoods.py --quick   # digits, about a minute
@@ -133,7 +134,8 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true", help="digits, CI-sized")
     parser.add_argument("--epochs", type=int, help="epochs per run (default 30 quick, 10 full)")
     parser.add_argument("--train-examples", type=int, default=20000, help="Fashion-MNIST training subset size")
-    parser.add_argument("--ll-examples", type=int, help="test images for the log-likelihood, a seeded random subset (default 250 quick, 1000 full)")
+    parser.add_argument("--ll-examples", type=int,
+                        help="test images for the log-likelihood, a seeded random subset (default 250 quick, 1000 full)")
     parser.add_argument("--samples", type=int, help="importance samples K per image (default 200 quick, 1000 full)")
     parser.add_argument("--only", help="comma-separated names: run only these settings")
     parser.add_argument("--results", default=str(ROOT / "experiments" / "results" / "likelihoods"))

@@ -1,4 +1,5 @@
-"""Semi-supervised classification with few labels: M2 and M1+M2 against the same classifier on the labels alone and M1 + logistic regression.
+"""Semi-supervised classification with few labels: M2 and M1+M2 against the same classifier on the labels alone \
+and M1 + logistic regression.
 
 For each number of labels N in {100, 600, 1000} and each seed s (which also picks the N
 labels, ``data.labeled_seed = s``, balanced across classes), on statically binarized

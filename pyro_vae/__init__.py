@@ -18,7 +18,8 @@ if TYPE_CHECKING:  # what the lazy names are, for type checkers; at run time the
     from .runs import load_run
     from .training import train
 
-_LAZY = {"VAE": ".model", "CVAE": ".labels", "M2": ".labels", "kl_scaled": ".annealing", "load_run": ".runs", "train": ".training"}
+_LAZY = {"VAE": ".model", "CVAE": ".labels", "M2": ".labels", "kl_scaled": ".annealing", "load_run": ".runs",
+         "train": ".training"}
 
 __all__ = ["VAE", "CVAE", "M2", "kl_scaled", "load_run", "train", "UserError"]
 __version__ = "0.1.0"

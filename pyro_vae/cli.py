@@ -241,7 +241,8 @@ def command_evaluate(args):
     print(f"{args.run}: {args.split} split, {result['num_examples']} data points{subset}, K = {args.samples}")
     discrete = "" if dequantization_levels is None else f" of the {dequantization_levels}-level data"
     rows = [
-        (f"log-likelihood log p(x){discrete}, nats", f"{result['log_likelihood']:.3f} +- {result['log_likelihood_standard_error']:.3f}"),
+        (f"log-likelihood log p(x){discrete}, nats",
+         f"{result['log_likelihood']:.3f} +- {result['log_likelihood_standard_error']:.3f}"),
         (f"ELBO{discrete}, nats", f"{result['elbo']:.3f}"),
         ("reconstruction E_q log p(x|z)", f"{result['reconstruction']:.3f}"),
         ("KL(q(z|x) || p(z))", f"{result['kl']:.3f}"),

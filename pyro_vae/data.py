@@ -973,7 +973,8 @@ class DSprites(Source):
         grid = PUBLISHED_GRID if published else grid
         if not (isinstance(grid, (list, tuple)) and len(grid) == 5
                 and all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in grid) and grid[0] <= 3):
-            raise UserError(f'data.grid must be "published" or 5 integers >= 1 [shapes <= 3, scales, orientations, x, y], got {grid!r}')
+            raise UserError(f'data.grid must be "published" or 5 integers >= 1 [shapes <= 3, scales, orientations, x, y], '
+                            f'got {grid!r}')
         size = (PUBLISHED_SIZE if published else DEFAULT_SIZE) if image_size is None else image_size
         if isinstance(size, bool) or not isinstance(size, int) or size < 4:
             raise UserError(f"data.image_size must be an integer >= 4 (pixels per side), got {size!r}")
@@ -1028,7 +1029,8 @@ def _pillow():
     try:
         from PIL import Image
     except ImportError:
-        raise UserError('data.name = "folder" reads images with Pillow, which is not installed: pip install "pyro-vae[images]"') from None
+        raise UserError('data.name = "folder" reads images with Pillow, which is not installed: '
+                        'pip install "pyro-vae[images]"') from None
     return Image
 
 
@@ -1118,7 +1120,8 @@ class Folder(Source):
                     image = image.resize((self.size[1], self.size[0]), Image.BILINEAR)
                 array = np.asarray(image)
         except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
-            raise UserError(f"cannot read image {path}: {str(error).splitlines()[0] if str(error) else type(error).__name__}") from None
+            raise UserError(f"cannot read image {path}: "
+                            f"{str(error).splitlines()[0] if str(error) else type(error).__name__}") from None
         if not first:
             first.append((path, array.shape[:2]))
         elif array.shape[:2] != first[0][1]:

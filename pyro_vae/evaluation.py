@@ -67,7 +67,8 @@ def evaluate_elbo(vae: VAE, batches: Iterable[torch.Tensor | LabeledBatch], seed
     Returns ``elbo``, ``reconstruction`` (E_q log p(x|z)), ``kl``, ``kl_per_dimension``
     (a list, where the KL factorizes over dimensions in closed form, else None),
     ``active_units`` (summed over latent layers) and ``num_examples``; a model with
-    several latent layers adds ``kl_per_layer`` and ``active_units_per_layer`` (by site). Everything is accumulated as sums, so that
+    several latent layers adds ``kl_per_layer`` and ``active_units_per_layer`` (by site). \
+Everything is accumulated as sums, so that
     under data-parallel training each process evaluates its shard and ``all_reduce``
     (e.g. ``torch.distributed.all_reduce``) combines the sums before the means are taken.
 
@@ -387,7 +388,8 @@ def evaluate(vae: VAE, x: torch.Tensor, num_samples: int = 5000, seed: int = EVA
     device = parameter.device if parameter is not None else torch.device("cpu")
     batches = (x[start : start + batch_size].to(device) for start in range(0, len(x), batch_size))
     if labels is not None:
-        batches = (LabeledBatch(batch, labels[i * batch_size : (i + 1) * batch_size].to(device)) for i, batch in enumerate(batches))
+        batches = (LabeledBatch(batch, labels[i * batch_size : (i + 1) * batch_size].to(device))
+                   for i, batch in enumerate(batches))
     result = evaluate_elbo(vae, batches, seed=seed)  # each function runs the model in eval mode
     log_px = log_likelihood(vae, x, num_samples, chunk_size=chunk_size, seed=seed, batch_size=batch_size,
                             progress=progress, labels=labels)

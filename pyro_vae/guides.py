@@ -159,7 +159,8 @@ class InverseAutoregressiveFlow(GuideFamily):
         integer(flows, "model.guide.flows", minimum=1)
         hidden = [max(3 * latent_dim + 1, 16)] if hidden is None else sizes(hidden, "model.guide.hidden")
         if not hidden or min(hidden) < latent_dim:
-            raise UserError(f"model.guide.hidden must be a non-empty list of integers >= latent_dim ({latent_dim}), got {hidden!r}")
+            raise UserError(f"model.guide.hidden must be a non-empty list of integers >= latent_dim ({latent_dim}), "
+                            f"got {hidden!r}")
         self.context = latent_dim if context is None else integer(context, "model.guide.context", minimum=1)
         self.flows = nn.ModuleList(
             transforms.conditional_affine_autoregressive(latent_dim, self.context, hidden_dims=list(hidden), stable=True)

@@ -87,7 +87,8 @@ class HierarchicalVAE(VAE):
             raise UserError(f"a two-layer model needs model.latent_dim = [z1, z2], got {latent_dim!r}")
         bottom, top = self.latent_dim
         if GUIDES.split_spec(guide, "model.guide")[0] != "normal":
-            raise UserError("a two-layer model (model.latent_dim = [z1, z2]) has diagonal Gaussian guides; use guide = \"normal\"")
+            raise UserError("a two-layer model (model.latent_dim = [z1, z2]) has diagonal Gaussian guides; "
+                            "use guide = \"normal\"")
         link_hidden = sizes(link_hidden, "link_hidden")
         self.likelihood = LIKELIHOODS.build(likelihood, "model.likelihood", data_shape=data_shape, data_levels=data_levels)
         self.prior = PRIORS.build(prior, "model.prior", latent_dim=top, data_shape=data_shape)

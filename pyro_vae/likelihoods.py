@@ -361,7 +361,8 @@ class Beta(Likelihood):
         self.to_data = dist.transforms.AffineTransform(-self.squeeze / width, 1.0 / width)
 
     def concentrations(self, params):
-        return F.softplus(self.parameter(params, 0)) + MIN_CONCENTRATION, F.softplus(self.parameter(params, 1)) + MIN_CONCENTRATION
+        return (F.softplus(self.parameter(params, 0)) + MIN_CONCENTRATION,
+                F.softplus(self.parameter(params, 1)) + MIN_CONCENTRATION)
 
     def forward(self, params, x=None):
         base = dist.Beta(*self.concentrations(params))

@@ -114,12 +114,14 @@ class Trainer:
         if data_batches(self.vae) == "all":
             self.loss = NegativeELBO(self.vae, parts.estimator, self.features_per_term)
         elif world_size > 1:
-            raise UserError(f"model.kind = {self.vae.kind!r} trains in one process; data-parallel training (torchrun) is for model.kind = \"vae\"")
+            raise UserError(f"model.kind = {self.vae.kind!r} trains in one process; "
+                            "data-parallel training (torchrun) is for model.kind = \"vae\"")
         else:  # (x, y) pairs, or unlabeled x with labeled pairs (M2's J_alpha)
             self.loss = training_loss(self.vae, parts.estimator, self.features_per_term, config["objective"], data)
         self.parameters = parts.parameters()  # the VAE's and the estimator's
         if world_size > 1:
-            self.loss = nn.parallel.DistributedDataParallel(self.loss, device_ids=[device.index] if device.type == "cuda" else None)
+            self.loss = nn.parallel.DistributedDataParallel(self.loss,
+                                                            device_ids=[device.index] if device.type == "cuda" else None)
         obstacle = capture_obstacle(config, self.vae, parts.estimator, self.optimizer, device, world_size)
         if obstacle is None and config["objective"]["capacity"]:
             obstacle = "objective.capacity: C(t) enters the loss as a Python number, which a graph would freeze"

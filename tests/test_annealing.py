@@ -265,7 +265,8 @@ def test_schedules_are_pure_functions_of_the_step():
     [
         ({"schedule": "linear"}, r"objective\.kl_weight: give the schedule's length as exactly one of"),
         ({"schedule": "linear", "epochs": 2, "steps": 3}, "exactly one of"),
-        ({"schedule": "linaer", "epochs": 2}, r"objective\.kl_weight: unknown schedule 'linaer'; choose one of: constant, linear"),
+        ({"schedule": "linaer", "epochs": 2},
+         r"objective\.kl_weight: unknown schedule 'linaer'; choose one of: constant, linear"),
         ({"epochs": 2}, r"objective\.kl_weight: a table needs a 'name' key"),
         ({"schedule": "linear", "epochs": 0}, r"objective\.kl_weight\.epochs must be >= 1"),
         ({"schedule": "linear", "epochs": 2.5}, r"objective\.kl_weight\.epochs must be an integer"),

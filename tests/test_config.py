@@ -11,7 +11,8 @@ from pyro_vae.registry import UserError
 BAD = [
     ('[data]\nname = "mnits"\n', "unknown dataset 'mnits'; choose one of: digits, mnist"),
     ('[model]\nlikelihood = "gausian"\n', "model.likelihood: unknown likelihood 'gausian'"),
-    ('[model]\nlikelihood = { name = "gaussian", sigma = 1 }\n', "model.likelihood.sigma: unknown option for likelihood 'gaussian'; allowed: scale"),
+    ('[model]\nlikelihood = { name = "gaussian", sigma = 1 }\n',
+     "model.likelihood.sigma: unknown option for likelihood 'gaussian'; allowed: scale"),
     ('[train]\nepochs = -1\n', "train.epochs must be >= 1, got -1"),
     ('[train]\nbatch_size = 0\n', "train.batch_size must be >= 1, got 0"),
     ('[train]\nlr = "fast"\n', "train.lr must be a finite number, got string 'fast'"),

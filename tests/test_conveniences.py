@@ -228,7 +228,8 @@ def unwritable(tmp_path, monkeypatch):
     locked = tmp_path / "locked"
     locked.mkdir()
     real_access = cli.os.access
-    monkeypatch.setattr(cli.os, "access", lambda path, mode: real_access(path, mode) and locked not in (Path(path), *Path(path).parents))
+    monkeypatch.setattr(cli.os, "access",
+                        lambda path, mode: real_access(path, mode) and locked not in (Path(path), *Path(path).parents))
     return [Path("/proc/x/y.png"), Path("/proc/y.png"), tmp_path / "file" / "y.png", locked / "y.png"]
 
 

@@ -126,7 +126,8 @@ def test_gaussian_total_correlation_is_the_closed_form():
     sigma = np.cov(loc.numpy(), rowvar=False)
     expected = 0.5 * (np.log(np.diag(sigma)).sum() - np.linalg.slogdet(sigma)[1])
     assert gaussian_total_correlation(loc) == pytest.approx(expected, rel=1e-9)
-    assert gaussian_total_correlation(loc @ torch.tensor([[1.0, 0], [0, 2.0]], dtype=torch.float64)) == pytest.approx(expected, rel=1e-6)
+    assert gaussian_total_correlation(loc @ torch.tensor([[1.0, 0], [0, 2.0]],
+                                                         dtype=torch.float64)) == pytest.approx(expected, rel=1e-6)
 
 
 @pytest.mark.parametrize("sampling", ["mws", "mss"])

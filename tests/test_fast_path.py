@@ -132,7 +132,8 @@ def test_a_redefined_density_reaches_the_direct_loss_and_the_traced_one_alike():
     x = torch.rand(6, 1, 4, 4)
     assert standard_vae(vae.model, vae.guide) is vae  # programs unchanged: the direct loss is used
     direct, direct_grads = loss_and_grads(vae, lambda vae: ESTIMATORS.build("trace").loss(vae.model, vae.guide, x))
-    traced, traced_grads = loss_and_grads(vae, lambda vae: Trace_ELBO(max_plate_nesting=1).differentiable_loss(vae.model, vae.guide, x))
+    traced, traced_grads = loss_and_grads(vae, lambda vae: Trace_ELBO(max_plate_nesting=1).differentiable_loss(vae.model,
+                                                                                                               vae.guide, x))
     plain = VAE((1, 4, 4), **options)
     plain.load_state_dict(vae.state_dict())
     untempered, _ = loss_and_grads(plain, lambda vae: ESTIMATORS.build("trace").loss(vae.model, vae.guide, x))

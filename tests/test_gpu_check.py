@@ -29,7 +29,8 @@ def test_the_gpu_checks_dry_run_runs_every_part_and_writes_its_report(tmp_path):
     speed = parts["speed"]["result"]
     assert [row["batch_size"] for row in speed["training"]] == [16, 32]
     assert all(row["ratio"] == row["library_ms"] / row["handwritten_ms"] and "pyro_svi_ms" in row for row in speed["training"])
-    assert {row["estimator"] for row in speed["estimators"]} == {"meanfield", "stl", "score", "iwae", "renyi", "dreg", "tail_adaptive"}
+    assert {row["estimator"] for row in speed["estimators"]} == {"meanfield", "stl", "score", "iwae", "renyi", "dreg",
+                                                                 "tail_adaptive"}
     assert speed["log_likelihood"]["ratio"] > 0
     epoch = speed["epoch"]
     assert epoch["library_epoch_s_cuda_graph_auto"] > 0 and epoch["library_epoch_s_cuda_graph_false"] > 0

@@ -110,7 +110,8 @@ OVERRIDES = {
     "model.guide": (GUIDES.names(), ["exact"]),
     "objective.estimator": (ESTIMATORS.names(), ["magic"]),
     "objective.num_particles": (["1", "2"], ["0"]),
-    "objective.kl_weight": (["1.0", "0", '{ name = "linear", start = 0.0, end = 1.0, epochs = 2 }'], ["-1", '{ name = "linear" }']),
+    "objective.kl_weight": (["1.0", "0", '{ name = "linear", start = 0.0, end = 1.0, epochs = 2 }'],
+                            ["-1", '{ name = "linear" }']),
     "objective.reduction": (["sum", "mean"], ["max"]),
     "objective.free_bits": (["0", "0.5"], ["-1"]),
     "train.batch_size": (["1", "7", "64"], ["0", "-1", "1.5"]),
@@ -213,7 +214,8 @@ def test_train_on_random_data_and_configs_runs_or_says_one_line(tmp_path_factory
     np.savez(root / "data.npz", **contents)
     sets = ["--set", "data.name=npz", "--set", f"data.path={root / 'data.npz'}"]
     for key, data in overrides.items():
-        sets += ["--set", f"{key}={data.draw(mostly(*OVERRIDES[key]) if OVERRIDES[key][0] else st.sampled_from(OVERRIDES[key][1]))}"]
+        sets += ["--set",
+                 f"{key}={data.draw(mostly(*OVERRIDES[key]) if OVERRIDES[key][0] else st.sampled_from(OVERRIDES[key][1]))}"]
     sets += [item for text in raw for item in ("--set", text)]
     positional = []
     if config != "none":
@@ -298,7 +300,8 @@ def test_evaluate_with_random_arguments_runs_or_says_one_line(trained, tmp_path_
        where=mostly(["run"], ["nowhere"]), junk=JUNK)
 @example(n=3, seed=2**64, label=None, checkpoint="checkpoint.pt", out="s.png", where="run", junk=[])
 @example(n=3, seed=None, label=None, checkpoint="metrics.csv", out="s.png", where="run", junk=[])
-def test_sample_with_random_arguments_runs_or_says_one_line(trained, tmp_path_factory, n, seed, label, checkpoint, out, where, junk):
+def test_sample_with_random_arguments_runs_or_says_one_line(trained, tmp_path_factory, n, seed,
+                                                            label, checkpoint, out, where, junk):
     scratch = tmp_path_factory.mktemp("samples")
     run = trained if where == "run" else trained.parent / "nowhere"
     target = scratch / out  # never into the run: where sample writes by default is another matter (issue 23)
@@ -321,7 +324,8 @@ FOUND = {
                              "non-finite network outputs"),
     "diverged, score estimator": (["--set", "train.lr=1e30", "--set", "objective.estimator=score"], "non-finite"),
     "diverged, low-rank guide": (["--set", "train.lr=1e30", "--set", "model.guide=lowrank"], "non-finite network outputs"),
-    "diverged mid-epoch, low-rank guide": (["--set", "train.lr=1e30", "--set", "model.guide=lowrank", "--set", "train.batch_size=1"],
+    "diverged mid-epoch, low-rank guide": (["--set", "train.lr=1e30", "--set", "model.guide=lowrank", "--set",
+                                            "train.batch_size=1"],
                                            "non-finite network outputs"),
     # free bits with a flow prior: AttributeError in objectives.factors
     "free bits, flow prior": (["--set", "objective.free_bits=0.5", "--set", "model.prior=flow", "--set", "model.latent_dim=2"],

@@ -200,7 +200,8 @@ def test_discretized_logistic_is_discrete_so_bits_per_dim_apply():
 # ---- scales ----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name, statistic", [("gaussian", lambda r: r.pow(2).mean().sqrt()), ("laplace", lambda r: r.abs().mean())])
+@pytest.mark.parametrize("name, statistic", [("gaussian", lambda r: r.pow(2).mean().sqrt()),
+                                             ("laplace", lambda r: r.abs().mean())])
 def test_optimal_scale_is_the_batch_maximum_likelihood_scale_and_is_detached(name, statistic):
     likelihood = LIKELIHOODS.build({"name": name, "scale": "optimal"}, data_shape=(3, 4)).train()
     loc = torch.randn(6, 1, 3, 4, requires_grad=True)
@@ -261,14 +262,16 @@ def test_data_outside_the_support_is_one_clear_line(spec, x, phrases):
 
 def test_data_inside_the_support_passes():
     grey = torch.tensor([[0.0, 0.25, 1.0]])
-    for spec in ["continuous_bernoulli", "gaussian", {"name": "beta", "squeeze": 1e-3}, {"name": "discretized_logistic", "levels": 5}]:
+    for spec in ["continuous_bernoulli", "gaussian", {"name": "beta", "squeeze": 1e-3},
+                 {"name": "discretized_logistic", "levels": 5}]:
         LIKELIHOODS.build(spec, data_shape=(3,)).check_support(grey)
 
 
 @pytest.mark.parametrize(
     "spec, message",
     [
-        ({"name": "gaussian", "scale": "learnt"}, "gaussian scale must be a positive number or one of: learned, learned_per_feature, optimal"),
+        ({"name": "gaussian", "scale": "learnt"},
+         "gaussian scale must be a positive number or one of: learned, learned_per_feature, optimal"),
         ({"name": "laplace", "scale": -1.0}, "laplace scale must be a positive number"),
         ({"name": "gaussian", "min_scale": 0}, "gaussian min_scale must be a positive number"),
         ({"name": "beta", "squeeze": 0.5}, "beta squeeze must be a number in [0, 0.5)"),

@@ -79,7 +79,8 @@ def test_tensorboard_logs_every_metric_the_step_loss_and_the_figures(tmp_path):
 
 
 def test_an_unknown_logger_is_a_one_line_error(tmp_path):
-    with pytest.raises(UserError, match=r"train.loggers: unknown logger 'neptune'; choose one of: csv, tensorboard, mlflow, wandb"):
+    with pytest.raises(UserError,
+                       match=r"train.loggers: unknown logger 'neptune'; choose one of: csv, tensorboard, mlflow, wandb"):
         train(tiny_config(train={"loggers": ["neptune"]}), out=tmp_path / "run")
 
 
@@ -101,7 +102,8 @@ def test_force_removes_what_an_earlier_run_wrote_and_keeps_other_files(tmp_path,
 
 def test_a_batch_larger_than_the_training_split_is_announced(tmp_path, capsys):
     train(tiny_config(train={"epochs": 1, "batch_size": 5000}), out=tmp_path / "run")
-    assert "train.batch_size (5000) is larger than the training split (1297 examples): one step per epoch" in capsys.readouterr().err
+    assert ("train.batch_size (5000) is larger than the training split (1297 examples): one step per epoch"
+            in capsys.readouterr().err)
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes anywhere")

@@ -64,7 +64,8 @@ class PyroELBO(Estimator):
     def loss(self, model, guide, x, kl_weight=None, kl_penalty=None, y=None, sites=None):
         if self.jit:
             if y is not None or sites is not None:
-                raise UserError("objective.jit = true compiles programs of x alone; set objective.jit = false for models with labels")
+                raise UserError("objective.jit = true compiles programs of x alone; "
+                                "set objective.jit = false for models with labels")
             if kl_penalty is None:
                 return self._jit_loss(model, guide, x, kl_weight)
         return super().loss(model, guide, x, kl_weight, kl_penalty, y, sites)
@@ -148,7 +149,8 @@ class StickingTheLanding(PyroELBO):
 
     Computed from the per data point log weights (``log_weights``, the guide wrapped in
     ``PathDerivative``; ``direct_log_weights`` for the library's own programs): loss =
-    -sum_n mean_k [log p(x_n, z_nk) - log q~(z_nk | x_n)], with q~ at detached parameters. For a guide whose sites are all reparameterized this is Pyro's
+    -sum_n mean_k [log p(x_n, z_nk) - log q~(z_nk | x_n)], with q~ at detached parameters. \
+For a guide whose sites are all reparameterized this is Pyro's
     ``Trace_ELBO`` surrogate (tested equal), without its ``.item()`` per site, so it never
     reads from the device (a CUDA graph can capture it). ``jit = true`` uses Pyro's JIT ELBO.
     """
