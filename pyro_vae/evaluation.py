@@ -67,8 +67,8 @@ def evaluate_elbo(vae: VAE, batches: Iterable[torch.Tensor | LabeledBatch], seed
     Returns ``elbo``, ``reconstruction`` (E_q log p(x|z)), ``kl``, ``kl_per_dimension``
     (a list, where the KL factorizes over dimensions in closed form, else None),
     ``active_units`` (summed over latent layers) and ``num_examples``; a model with
-    several latent layers adds ``kl_per_layer`` and ``active_units_per_layer`` (by site). \
-Everything is accumulated as sums, so that
+    several latent layers adds ``kl_per_layer`` and ``active_units_per_layer`` (by site).
+    Everything is accumulated as sums, so that
     under data-parallel training each process evaluates its shard and ``all_reduce``
     (e.g. ``torch.distributed.all_reduce``) combines the sums before the means are taken.
 

@@ -25,7 +25,7 @@ base class applies it, in one place: model and guide are wrapped in the
 restatements of that, each tested against it: the direct losses (``reparameterized_loss``
 for trace and meanfield, ``direct_log_weights`` for stl and the importance-weighted
 estimators: the same numbers without tracing, for the library's own programs) multiply the
-latent sites' log-density terms by the weight (``annealing.weighted``, the handler's rule), \
+latent sites' log-density terms by the weight (``annealing.weighted``, the handler's rule),
 and under ``jit = true`` the handler is applied inside the compiled
 function, with the weight a tensor *argument* (read from Python while tracing, it would
 be frozen into the graph as a constant).

@@ -149,8 +149,8 @@ class StickingTheLanding(PyroELBO):
 
     Computed from the per data point log weights (``log_weights``, the guide wrapped in
     ``PathDerivative``; ``direct_log_weights`` for the library's own programs): loss =
-    -sum_n mean_k [log p(x_n, z_nk) - log q~(z_nk | x_n)], with q~ at detached parameters. \
-For a guide whose sites are all reparameterized this is Pyro's
+    -sum_n mean_k [log p(x_n, z_nk) - log q~(z_nk | x_n)], with q~ at detached parameters.
+    For a guide whose sites are all reparameterized this is Pyro's
     ``Trace_ELBO`` surrogate (tested equal), without its ``.item()`` per site, so it never
     reads from the device (a CUDA graph can capture it). ``jit = true`` uses Pyro's JIT ELBO.
     """
