@@ -44,7 +44,7 @@ RESUMABLE_KEYS = {
 RUN_OUTPUTS = (
     "config.toml", "checkpoint.pt", "best.pt", "metrics.csv", "reconstructions.png", "samples.png",
     "curves.png", "evaluation.json", "manifold.png", "latent_space.png", "traversals.png", "codes_pca.png",
-    "analogies.png", "tensorboard", "mlflow", "wandb", "sampled",
+    "analogies.png", "factor_traversals.png", "tensorboard", "mlflow", "wandb", "sampled",
 )
 
 

@@ -316,7 +316,7 @@ def test_svi_script_with_a_schedule_from_zero_trains():
 
     before = [p.detach().clone() for p in vae.parameters()]
     losses = []
-    for _ in range(60):
+    for step in range(60):  # noqa: B007  (the schedule's weight() above reads step)
         losses.append(svi.step(x))
     assert all(math.isfinite(v) for v in losses)
     assert all(not torch.equal(b, p) for b, p in zip(before, vae.parameters()))

@@ -51,7 +51,7 @@ def test_sigkill_mid_epoch_then_resume_is_bit_identical(tmp_path):
     process = subprocess.Popen(CLI + ["train", str(config), "--out", str(run)], stderr=subprocess.PIPE, text=True)
     wait_for(run / "checkpoint.pt", process)
     process.kill()  # SIGKILL: no handler runs
-    process.wait()
+    process.communicate()  # reaps it and closes its stderr pipe
     assert process.returncode == -signal.SIGKILL
     state = load_checkpoint(run / "checkpoint.pt")
     assert 0 < state["step"] < 4 * 41
