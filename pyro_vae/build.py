@@ -6,7 +6,6 @@
 """
 
 import dataclasses
-import math
 import sys
 from pathlib import Path
 
@@ -14,12 +13,11 @@ from .annealing import Constant, build_schedule
 from .checkpoint import load_checkpoint
 from .config import SCHEMA, load_config
 from .data import as_data, load_data
-from .guides import GUIDES
-from .hierarchical import LINK_HIDDEN, HierarchicalVAE, is_two_layer
-from .labels import MODEL_KINDS, StackedM2
+from .hierarchical import HierarchicalVAE
+from .labels import MODEL_KINDS
 from .likelihoods import LIKELIHOODS
-from .model import VAE
-from .objectives import ESTIMATORS, Estimator, factors, label_estimators
+from .model import VAE, is_two_layer
+from .objectives import ESTIMATORS, Estimator, factors
 from .optimizers import LR_SCHEDULES, OPTIMIZERS
 from .penalties import build_kl_penalty
 from .registry import UserError
@@ -37,43 +35,15 @@ def build_data(config, data=None):
 
 
 def build_model(config, data_shape, data_levels=None):
-    """The model a checked config describes (``model.kind``: vae, cvae, m2), for data of shape
-    ``data_shape`` (and ``data_levels``): two stochastic layers (``HierarchicalVAE``) where
-    ``model.latent_dim`` is a list ``[z1, z2]``."""
+    """The model a checked config describes (``model.kind``: a class of ``MODEL_KINDS``, which reads
+    its own options from the ``[model]`` section: ``VAE.from_config``), for data of shape
+    ``data_shape`` (and ``data_levels``). The one rule kept here: the "vae" kind with
+    ``model.latent_dim`` a list ``[z1, z2]`` is the two-layer ``HierarchicalVAE``."""
     model = config["model"]
-    kind = model["kind"]
-    options = {}
-    if kind != "vae":
-        options["num_classes"] = model["num_classes"]
-        if GUIDES.split_spec(model["guide"], "model.guide")[0] != "normal" or is_two_layer(model["latent_dim"]):
-            raise UserError(f"model.kind = {kind!r} has one latent layer with a diagonal Gaussian guide; "
-                            "use guide = \"normal\" and an integer latent_dim")
-    else:
-        options["guide"] = model["guide"]
-    if kind == "vae" and is_two_layer(model["latent_dim"]):
-        options["link_hidden"] = model["link_hidden"]
-    elif model["link_hidden"] != LINK_HIDDEN:
-        raise UserError("model.link_hidden sets the links between two latent layers; "
-                        "it needs model.latent_dim = [z1, z2] (and model.kind = \"vae\")")
-    if kind == "m2":
-        options["classifier"] = model["classifier"]
-    if model["features"]:
-        if kind != "m2":
-            raise UserError(f"model.features (M1+M2: M2 on a trained VAE's codes) is for model.kind = \"m2\", not {kind!r}")
-        features = load_features(model["features"], data_shape)
-        return StackedM2(features, latent_dim=model["latent_dim"], encoder=model["encoder"], decoder=model["decoder"],
-                         likelihood=model["likelihood"], prior=model["prior"], **options)
-    model_class = HierarchicalVAE if kind == "vae" and is_two_layer(model["latent_dim"]) else MODEL_KINDS[kind]
-    return model_class(
-        data_shape,
-        latent_dim=model["latent_dim"],
-        encoder=model["encoder"],
-        decoder=model["decoder"],
-        likelihood=model["likelihood"],
-        prior=model["prior"],
-        data_levels=data_levels,
-        **options,
-    )
+    model_class = MODEL_KINDS.get(model["kind"], "model.kind")
+    if model_class is VAE and is_two_layer(model["latent_dim"]):
+        model_class = HierarchicalVAE
+    return model_class.from_config(model, data_shape, data_levels, load_features)
 
 
 def load_features(run, data_shape):
@@ -84,7 +54,7 @@ def load_features(run, data_shape):
         raise UserError(f"model.features = {run!r}: not a run directory with config.toml and checkpoint.pt "
                         "(train the VAE, M1, first)")
     config = load_config(path / "config.toml")
-    if config["model"]["kind"] != "vae" or is_two_layer(config["model"]["latent_dim"]):
+    if MODEL_KINDS.get(config["model"]["kind"]) is not VAE or is_two_layer(config["model"]["latent_dim"]):
         raise UserError(f"model.features = {run!r}: M1 must be a run of model.kind = \"vae\" with one latent layer")
     state = load_checkpoint(path / "checkpoint.pt")
     if tuple(state["data_shape"]) != tuple(data_shape):
@@ -93,46 +63,6 @@ def load_features(run, data_shape):
     features = build_model(config, state["data_shape"], state.get("data_levels"))
     features.load_state_dict(state["model"])
     return features
-
-
-def data_batches(vae):
-    """What a model trains on: "all" (minibatches x), "labeled" ((x, y) pairs) or
-    "semi_supervised" (unlabeled x with labeled pairs)."""
-    return getattr(vae, "data_batches", "all")
-
-
-def training_steps(vae, data, batch_size):
-    """Optimizer steps in one epoch of the minibatches ``vae`` trains on."""
-    kind = data_batches(vae)
-    if kind == "semi_supervised":
-        return data.semi_supervised_steps(batch_size)
-    return math.ceil((data.num_labeled() if kind == "labeled" else len(data.train)) / batch_size)
-
-
-def check_labeled_setup(config, vae, data, estimator):
-    """Refuse, in one line, a model with labels on data without them, or with an estimator,
-    JIT or reduction that cannot serve it."""
-    kind = config["model"]["kind"]
-    if kind == "vae":
-        return
-    data.check_labels(f"model.kind = {kind!r}", vae.num_classes)
-    if not estimator.supports_labels:
-        raise UserError(f"objective.estimator = {estimator.registered_name!r} with model.kind = {kind!r}: {label_estimators()}")
-    if config["objective"]["jit"]:
-        raise UserError(f"objective.jit = true is not available for model.kind = {kind!r}; set objective.jit = false")
-    if kind == "m2" and config["objective"]["reduction"] == "mean":
-        raise UserError(
-            "objective.reduction = \"mean\" is not available for model.kind = \"m2\": per feature, the label's "
-            "terms would need a weight of their own; use reduction = \"sum\" (and kl_weight for beta)"
-        )
-    if config["model"]["features"] and config["objective"]["kl_weight_labels"]:
-        raise UserError("objective.kl_weight_labels = true would also weight M1+M2's site z1 (M2's likelihood "
-                        "of the codes); use it without model.features")
-    if kind == "m2" and estimator.registered_name != "enum":
-        raise UserError(
-            "model.kind = \"m2\" sums its label out exactly with objective.estimator = \"enum\" "
-            "(TraceEnum_ELBO); set it"
-        )
 
 
 def check_density(likelihood, data):
@@ -221,14 +151,14 @@ def build(config, data, device, batch_size=None):
         if warning is not None:
             print(f"warning: {warning}", file=sys.stderr)
     estimator = build_estimator(config, data.shape, len(data.train)).to(device)
-    check_labeled_setup(config, vae, data, estimator)
-    steps_per_epoch = training_steps(vae, data, batch_size or tc["batch_size"])
+    vae.check_setup(config, data, estimator)
+    steps_per_epoch = vae.training_steps(data, batch_size or tc["batch_size"])
     kl_schedule = build_schedule(objective["kl_weight"], steps_per_epoch)
     features_per_term = vae.num_features if objective["reduction"] == "mean" else 1
     constant = kl_schedule(0) * features_per_term if isinstance(kl_schedule, Constant) else None
     estimator.check_kl_weight(constant)
     penalty_schedule = build_kl_penalty(objective, steps_per_epoch)
-    if penalty_schedule is not None and config["model"]["kind"] != "vae":
+    if penalty_schedule is not None and vae.takes_labels:
         raise UserError("objective.capacity and objective.free_bits are for model.kind = \"vae\"")
     if penalty_schedule is not None:
         penalty = penalty_schedule(0)

@@ -85,7 +85,7 @@ def command_sample(args):
     from .runs import load_run, save_class_samples
 
     vae = load_run(args.run, checkpoint=args.checkpoint)
-    labeled = hasattr(vae, "num_classes")
+    labeled = vae.takes_labels
     if args.label is not None and not labeled:
         raise UserError("--label needs a model with labels (model.kind = \"cvae\" or \"m2\")")
     out = Path(args.out) if args.out else default_sample_path(args.run, args)
@@ -227,7 +227,7 @@ def command_evaluate(args):
     split, subset_seed = limited(split, args)
     x = split.x
     labels = None
-    if hasattr(vae, "num_classes"):  # a model with labels: conditional scores, accuracy
+    if vae.takes_labels:  # a model with labels: conditional scores, accuracy
         if split.labels is None:
             raise UserError(f"the {args.split} split has no labels, which a {vae.kind} run needs to be evaluated")
         labels = split.labels
@@ -258,7 +258,7 @@ def command_evaluate(args):
     if "accuracy" in result:
         rows.append(("accuracy of q(y | x)", f"{result['accuracy']:.4f}"))
     factored = split_with_factors(data, args.split, args)
-    if factored is not None and not hasattr(vae, "num_classes"):
+    if factored is not None and not vae.takes_labels:
         from .disentanglement import evaluate_disentanglement
 
         scores = evaluate_disentanglement(vae, factored, splits=("test",), seed=seed)
@@ -289,7 +289,7 @@ def command_plot(args):
         raise UserError(f"cannot create --out {out}: {error.strerror or error}") from None
     check_writable(out / "codes_pca.png")
     split, _ = limited(split, args)
-    if hasattr(vae, "num_classes") and split.labels is None:
+    if vae.takes_labels and split.labels is None:
         raise UserError(f"the {args.split} split has no labels, which a {vae.kind} run needs to be plotted")
     with writing(out):
         plot_figures(vae, split, out, data.factor_names)
@@ -303,7 +303,7 @@ def plot_figures(vae, split, out, factor_names=None):
     from . import plots
 
     x = split.x
-    if hasattr(vae, "num_classes"):  # a model with labels: codes given the true labels, and analogies
+    if vae.takes_labels:  # a model with labels: codes given the true labels, and analogies
         y = split.labels
         codes = torch.cat([vae.encode(x[i : i + 1000], y[i : i + 1000]) for i in range(0, len(x), 1000)])
         plots.save_analogies(vae, x[:10], y[:10], out / "analogies.png")

@@ -48,6 +48,12 @@ def one_of(*allowed):
     return functools.partial(checks.choice, allowed=allowed)
 
 
+def model_kind(value, key):
+    """A registered model kind, read from ``MODEL_KINDS`` when the config is checked (a kind
+    registered after import is one too)."""
+    return checks.choice(value, key, allowed=tuple(MODEL_KINDS))
+
+
 def auto_or_boolean(value, key):
     if value != "auto" and not isinstance(value, bool):
         raise UserError(f"{key} must be \"auto\", true or false, got {type_name(value)} {value!r}")
@@ -147,7 +153,7 @@ SCHEMA = {
         "labeled_seed": (0, checks.seed),  # which N labels are kept
     },
     "model": {
-        "kind": ("vae", one_of(*MODEL_KINDS)),
+        "kind": ("vae", model_kind),
         "latent_dim": (16, checks.latent_dims),  # an integer, or [z1, z2] for two stochastic layers
         "encoder": ({"name": "mlp", "hidden": [256, 256], "activation": "elu"}, spec(ENCODERS)),
         "decoder": ({"name": "mlp", "hidden": [256, 256], "activation": "elu"}, spec(DECODERS)),

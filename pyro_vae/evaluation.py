@@ -86,7 +86,7 @@ def evaluate_elbo(vae: VAE, batches: Iterable[torch.Tensor | LabeledBatch], seed
     with torch.random.fork_rng(devices=_devices()), eval_mode(vae):
         torch.manual_seed(seed)
         for batch in batches:
-            if not isinstance(batch, LabeledBatch) and hasattr(vae, "num_classes"):
+            if not isinstance(batch, LabeledBatch) and vae.takes_labels:
                 batch = LabeledBatch(batch, torch.full(batch.shape[:1], HIDDEN, device=batch.device))
             if isinstance(batch, LabeledBatch):  # a model with labels
                 x, y, terms, codes = labeled_terms(vae, batch, add)
@@ -206,7 +206,7 @@ def labeled_terms(vae, batch, add):
     is scored on its conditional ELBO of the points whose label is known; M2 on its bound on
     log p(x), with y summed out. Returns (x, y, terms, codes), x None when no point is scored."""
     known = batch.y != HIDDEN
-    if hasattr(vae, "classify") and known.any():
+    if vae.classifies and known.any():
         add("correct", (vae.classify(batch.x[known]) == batch.y[known]).sum().cpu())
         add("labeled_count", known.sum().cpu())
     if not vae.conditional:

@@ -39,19 +39,20 @@ from ._pyro_compat import new_param_store_state
 from .checks import latent_dims, sizes
 from .guides import GUIDES, gaussian_parameters
 from .likelihoods import LIKELIHOODS
-from .model import VAE
+from .model import LINK_HIDDEN, VAE, is_two_layer
 from .nets import DECODERS, ENCODERS, mlp
 from .priors import PRIORS
 from .registry import UserError
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+    from typing import Any
+
     from pyro.distributions import TorchDistribution
 
     from .registry import Spec
 
 LINK_ACTIVATION = "elu"
-# The hidden widths of the two z2 -> z1 links (config: model.link_hidden).
-LINK_HIDDEN = [256]
 
 
 class HierarchicalVAE(VAE):
@@ -66,6 +67,12 @@ class HierarchicalVAE(VAE):
     It shares ``VAE``'s plumbing (its own param store, the batch check) but builds its own
     components, so ``VAE.__init__`` is not run.
     """
+
+    @classmethod
+    def config_options(cls, model: Mapping[str, Any]) -> dict[str, Any]:
+        """``VAE``'s options plus ``link_hidden``, the widths of the links between the two layers."""
+        cls.refuse_features(model)
+        return {"guide": model["guide"], "link_hidden": model["link_hidden"]}
 
     def __init__(
         self,
@@ -179,8 +186,4 @@ class HierarchicalVAE(VAE):
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """E_q[z1 | x], the code the decoder reads."""
         return self.encode_layers(x)["z1"]
-
-
-def is_two_layer(latent_dim: object) -> bool:
-    return isinstance(latent_dim, (list, tuple))
 

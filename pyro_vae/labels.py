@@ -46,7 +46,7 @@ direct fast path). Their densities are still methods, written once: ``prior_dist
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 import pyro
@@ -59,14 +59,20 @@ from torch.nn import functional as F
 from .checks import integer, sizes
 from .guides import GUIDES
 from .likelihoods import LIKELIHOODS
-from .model import VAE
+from .losses import LabeledNegativeELBO, SemiSupervisedLoss
+from .model import LINK_HIDDEN, MODEL_KINDS, VAE, is_two_layer
 from .nets import DECODERS, ENCODERS, mlp
-from .objectives import kl_term
+from .objectives import kl_term, label_estimators
 from .registry import Registry, UserError
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator, Mapping
+    from typing import Any
+
     from pyro.distributions import TorchDistribution
 
+    from .data import Data
+    from .objectives import Estimator
     from .registry import Spec
 
 CLASSIFIERS = Registry("classifier")
@@ -158,7 +164,7 @@ class LabeledVAE(VAE):
     built from the encoder (``vamp``): q(z | x, y) has no single pseudo-input mixture.
     """
 
-    data_batches = "labeled"  # what the trainer feeds it: (x, y) pairs
+    takes_labels = True  # what the trainer feeds it: (x, y) pairs
     conditional = True  # whether its ELBO is conditional on y (a CVAE's is; M2's U(x) is not)
 
     def __init__(self, data_shape: int | Sequence[int], latent_dim: int = 16, encoder: Spec = "mlp",
@@ -184,6 +190,44 @@ class LabeledVAE(VAE):
                 f"model.prior = \"vamp\" is built from an unconditional encoder q(z | x); it is not available "
                 f"for model.kind = {self.kind!r}"
             )
+
+    # ---- a model kind's interface ----
+
+    @classmethod
+    def config_options(cls, model: Mapping[str, Any]) -> dict[str, Any]:
+        """``num_classes``; one latent layer with a diagonal Gaussian guide."""
+        if GUIDES.split_spec(model["guide"], "model.guide")[0] != "normal" or is_two_layer(model["latent_dim"]):
+            raise UserError(f"model.kind = {model['kind']!r} has one latent layer with a diagonal Gaussian guide; "
+                            "use guide = \"normal\" and an integer latent_dim")
+        if model["link_hidden"] != LINK_HIDDEN:
+            raise UserError("model.link_hidden sets the links between two latent layers; "
+                            "it needs model.latent_dim = [z1, z2] (and model.kind = \"vae\")")
+        cls.refuse_features(model)
+        return {"num_classes": model["num_classes"]}
+
+    def check_setup(self, config: Mapping[str, Any], data: Data, estimator: Estimator) -> None:
+        """Refuse, in one line, data without labels, or an estimator or JIT that cannot serve a model with labels."""
+        kind = self.kind
+        data.check_labels(f"model.kind = {kind!r}", self.num_classes)
+        if not estimator.supports_labels:
+            raise UserError(f"objective.estimator = {estimator.registered_name!r} with model.kind = {kind!r}: "
+                            f"{label_estimators()}")
+        if config["objective"]["jit"]:
+            raise UserError(f"objective.jit = true is not available for model.kind = {kind!r}; set objective.jit = false")
+
+    def training_loss(self, estimator: Estimator, normalizer: float, objective: Mapping[str, Any],
+                      data: Data) -> nn.Module:
+        """The conditional negative ELBO of (x, y) pairs (``losses.LabeledNegativeELBO``)."""
+        return LabeledNegativeELBO(self, estimator, normalizer)
+
+    def training_batches(self, data: Data, batch_size: int, epoch_seed: int, noise: torch.Generator | None,
+                         device: str | torch.device, rank: int = 0, world_size: int = 1, skip: int = 0,
+                         labeled_batch_size: int = 0) -> Iterator[Any]:
+        """One epoch of (x, y) pairs of the labeled training examples."""
+        return data.labeled_batches(batch_size, epoch_seed, noise, device, rank, world_size, skip=skip)
+
+    def training_steps(self, data: Data, batch_size: int) -> int:
+        return math.ceil(data.num_labeled() / batch_size)
 
     # ---- the densities, written once ----
 
@@ -265,10 +309,9 @@ class LabeledVAE(VAE):
         return {"elbo": reconstruction - kl, "reconstruction": reconstruction, "kl": kl}
 
 
+@MODEL_KINDS.register("cvae")
 class CVAE(LabeledVAE):
     """Conditional VAE: p(x | z, y) and q(z | x, y), y a class label, always observed."""
-
-    kind = "cvae"
 
     @pyro_method
     def model(self, x: torch.Tensor, y: torch.Tensor | None = None) -> None:
@@ -288,12 +331,12 @@ class CVAE(LabeledVAE):
             pyro.sample("z", self.guide_dist(x, y))
 
 
+@MODEL_KINDS.register("m2")
 class M2(LabeledVAE):
     """Kingma et al.'s (2014) M2: p(y) p(z) p(x | y, z), guide q(y | x) q(z | x, y), y enumerated where unlabeled."""
 
-    kind = "m2"
-    data_batches = "semi_supervised"  # unlabeled and labeled minibatches together
     conditional = False
+    classifies = True
 
     def __init__(self, data_shape: int | Sequence[int], latent_dim: int = 16, encoder: Spec = "mlp",
                  decoder: Spec = "mlp", likelihood: Spec = "bernoulli", prior: Spec = "normal",
@@ -302,6 +345,63 @@ class M2(LabeledVAE):
         self.classifier = CLASSIFIERS.build(
             classifier, "model.classifier", data_shape=self.data_shape, num_classes=num_classes
         )
+
+    # ---- a model kind's interface: unlabeled and labeled minibatches together ----
+
+    @classmethod
+    def config_options(cls, model: Mapping[str, Any]) -> dict[str, Any]:
+        """``LabeledVAE``'s options plus the classifier q(y | x); ``model.features`` makes M1+M2."""
+        return {**super().config_options(model), "classifier": model["classifier"]}
+
+    @classmethod
+    def refuse_features(cls, model: Mapping[str, Any]) -> None:
+        """M2 takes ``model.features`` (M1+M2)."""
+
+    @classmethod
+    def from_config(cls, model: Mapping[str, Any], data_shape: int | Sequence[int], data_levels: int | None = None,
+                    load_features: Callable[[str, Sequence[int]], VAE] | None = None) -> VAE:
+        """M2, or M1+M2 (``StackedM2``) on the trained VAE ``load_features(model.features, data_shape)``."""
+        if not model["features"]:
+            return super().from_config(model, data_shape, data_levels, load_features)
+        options = cls.config_options(model)
+        features = load_features(model["features"], data_shape)
+        return StackedM2(features, latent_dim=model["latent_dim"], encoder=model["encoder"], decoder=model["decoder"],
+                         likelihood=model["likelihood"], prior=model["prior"], **options)
+
+    def check_setup(self, config: Mapping[str, Any], data: Data, estimator: Estimator) -> None:
+        """``LabeledVAE``'s checks, then M2's: a sum reduction, y summed out exactly by ``enum``."""
+        super().check_setup(config, data, estimator)
+        if config["objective"]["reduction"] == "mean":
+            raise UserError(
+                "objective.reduction = \"mean\" is not available for model.kind = \"m2\": per feature, the label's "
+                "terms would need a weight of their own; use reduction = \"sum\" (and kl_weight for beta)"
+            )
+        if config["model"]["features"] and config["objective"]["kl_weight_labels"]:
+            raise UserError("objective.kl_weight_labels = true would also weight M1+M2's site z1 (M2's likelihood "
+                            "of the codes); use it without model.features")
+        if estimator.registered_name != "enum":
+            raise UserError(
+                "model.kind = \"m2\" sums its label out exactly with objective.estimator = \"enum\" "
+                "(TraceEnum_ELBO); set it"
+            )
+
+    def training_loss(self, estimator: Estimator, normalizer: float, objective: Mapping[str, Any],
+                      data: Data) -> nn.Module:
+        """-J_alpha (``losses.SemiSupervisedLoss``) with the ``[objective]`` section's weights."""
+        return SemiSupervisedLoss(
+            self, estimator, objective["classification_weight"], len(data.train), data.num_labeled(),
+            normalizer, objective["kl_weight_labels"],
+        )
+
+    def training_batches(self, data: Data, batch_size: int, epoch_seed: int, noise: torch.Generator | None,
+                         device: str | torch.device, rank: int = 0, world_size: int = 1, skip: int = 0,
+                         labeled_batch_size: int = 0) -> Iterator[Any]:
+        """One epoch of unlabeled minibatches, each with a labeled one (``data.SemiSupervisedBatch``)."""
+        return data.semi_supervised_batches(batch_size, epoch_seed, noise, device, rank, world_size, skip=skip,
+                                            labeled_batch_size=labeled_batch_size)
+
+    def training_steps(self, data: Data, batch_size: int) -> int:
+        return data.semi_supervised_steps(batch_size)
 
     # ---- the densities ----
 
@@ -512,67 +612,6 @@ class StackedM2(M2):
         reconstruction = self.features.likelihood_dist(z1, x).log_prob(x)
         elbo = reconstruction - q_z1.log_prob(z1) + upper["elbo"]
         return {"elbo": elbo, "reconstruction": reconstruction, "kl": reconstruction - elbo}
-
-
-MODEL_KINDS = {"vae": VAE, "cvae": CVAE, "m2": M2}
-
-
-# ---- the semi-supervised objective ----
-
-
-class LabeledNegativeELBO(nn.Module):
-    """The CVAE's training loss: ``forward(batch, kl_weight)`` with ``batch`` a ``data.LabeledBatch``,
-    the estimator's loss of model(x, y) and guide(x, y), per data point (and per feature: ``normalizer``)."""
-
-    def __init__(self, vae, estimator, normalizer=1.0):
-        super().__init__()
-        self.vae, self.estimator, self.normalizer = vae, estimator, normalizer
-
-    def forward(self, batch, kl_weight=None, kl_penalty=None):
-        loss = self.estimator.loss(self.vae.model, self.vae.guide, batch.x, kl_weight=kl_weight, kl_penalty=kl_penalty,
-                                   y=batch.y)
-        return loss / (len(batch) * self.normalizer)
-
-
-class SemiSupervisedLoss(nn.Module):
-    """M2's training loss, -J_alpha per data point, on a ``data.SemiSupervisedBatch``::
-
-        -[ sum_unlabeled U(x) + s * sum_labeled (L(x, y) + (alpha / N_l) log q(y | x)) ] / (B_u + B_l)
-
-    ``alpha / N_l`` is the weight of one labeled point's classification term (alpha =
-    ``classification_weight * N``, an expectation over the N_l labeled points in Kingma's
-    J_alpha), and ``s = batch.labeled_scale`` corrects for labeled points drawn more often
-    than once per epoch, so each step's loss is an unbiased estimate of J_alpha / steps.
-    The KL weight scales the z terms; the label term only with ``kl_weight_labels``.
-    """
-
-    def __init__(self, vae, estimator, classification_weight, num_train, num_labeled, normalizer=1.0,
-                 kl_weight_labels=False):
-        super().__init__()
-        self.vae, self.estimator, self.normalizer = vae, estimator, normalizer
-        self.per_label_weight = classification_weight * num_train / max(num_labeled, 1)
-        self.sites = None if kl_weight_labels else ("z",)
-
-    def forward(self, batch, kl_weight=None, kl_penalty=None):
-        vae, estimator = self.vae, self.estimator
-        loss = estimator.loss(vae.model, vae.guide, batch.unlabeled, kl_weight=kl_weight, kl_penalty=kl_penalty,
-                              sites=self.sites)
-        labeled = batch.labeled
-        if len(labeled):
-            elbo = estimator.loss(vae.model, vae.guide, labeled.x, kl_weight=kl_weight, y=labeled.y, sites=self.sites)
-            classification = -vae.label_dist(labeled.x).log_prob(labeled.y).sum()
-            loss = loss + batch.labeled_scale * (elbo + self.per_label_weight * classification)
-        return loss / (len(batch) * self.normalizer)
-
-
-def training_loss(vae, estimator, normalizer, objective, data):
-    """The loss module a labeled model trains with, from the ``[objective]`` section."""
-    if isinstance(vae, M2):
-        return SemiSupervisedLoss(
-            vae, estimator, objective["classification_weight"], len(data.train), data.num_labeled(),
-            normalizer, objective["kl_weight_labels"],
-        )
-    return LabeledNegativeELBO(vae, estimator, normalizer)
 
 
 # ---- the supervised baseline ----

@@ -39,18 +39,38 @@ from ._pyro_compat import new_param_store_state, own_param_store
 from .checks import integer
 from .guides import GUIDES
 from .likelihoods import LIKELIHOODS
+from .losses import NegativeELBO
 from .nets import DECODERS, ENCODERS
 from .priors import PRIORS
-from .registry import UserError, listing
+from .registry import Registry, UserError, listing
 
 if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator, Mapping
+    from typing import Any
+
     from pyro.distributions import TorchDistribution
     from torch import nn
 
+    from .data import Data
     from .guides import GuideFamily
+    from .objectives import Estimator
     from .registry import Spec
 
+# model.kind -> the model's class: a kind is one class (the interface below) and one register line.
+# The one rule outside the classes: ``model.latent_dim = [z1, z2]`` makes the "vae" kind the
+# two-layer ``hierarchical.HierarchicalVAE`` (``build.build_model``).
+MODEL_KINDS = Registry("model kind")
 
+# The hidden widths of a two-layer model's two z2 -> z1 links (config: model.link_hidden).
+LINK_HIDDEN = [256]
+
+
+def is_two_layer(latent_dim: object) -> bool:
+    """Whether ``model.latent_dim`` asks for two latent layers (a list ``[z1, z2]``)."""
+    return isinstance(latent_dim, (list, tuple))
+
+
+@MODEL_KINDS.register("vae")
 class VAE(PyroModule):
     """A variational autoencoder whose ``model`` and ``guide`` are Pyro programs.
 
@@ -67,7 +87,20 @@ class VAE(PyroModule):
     global store, and two VAEs never share weights. Code that looks parameters up in the
     global store by name between program runs (Pyro's JIT ELBOs do) runs inside
     ``with vae.param_store():``.
+
+    **A model kind's interface.** What the library asks of a model it asks of the model's class,
+    never of its type: ``takes_labels`` (it trains and is scored on (x, y) pairs), ``conditional``
+    (its ELBO is conditional on y), ``classifies`` (it has a classifier q(y | x): ``classify``),
+    ``config_options`` and ``from_config`` (its constructor from the ``[model]`` section, with the
+    section's checks), ``check_setup`` (what it refuses of the data, estimator and objective),
+    ``training_loss``, ``training_batches`` and ``training_steps`` (what it trains with and on).
+    A new kind subclasses ``VAE``, overrides what differs and adds one
+    ``@MODEL_KINDS.register("name")`` line.
     """
+
+    takes_labels = False  # trains on (x, y) pairs, and is evaluated and plotted with the true labels
+    conditional = False  # whether its ELBO is conditional on y (a CVAE's is)
+    classifies = False  # whether it has a classifier q(y | x) (``classify``), scored by its accuracy
 
     def __init__(
         self,
@@ -103,6 +136,57 @@ class VAE(PyroModule):
             num_params=self.likelihood.num_params,
         )
         self._param_state = new_param_store_state()  # this VAE's param store
+
+    # ---- a model kind's interface: what the library asks of a model ----
+
+    @property
+    def kind(self) -> str:
+        """The ``model.kind`` this model is of (its class's registered name)."""
+        return self.registered_name
+
+    @classmethod
+    def config_options(cls, model: Mapping[str, Any]) -> dict[str, Any]:
+        """The constructor's options of this kind from the checked ``[model]`` section, refusing in one
+        line the section's keys the kind has no use for."""
+        if model["link_hidden"] != LINK_HIDDEN:
+            raise UserError("model.link_hidden sets the links between two latent layers; "
+                            "it needs model.latent_dim = [z1, z2] (and model.kind = \"vae\")")
+        cls.refuse_features(model)
+        return {"guide": model["guide"]}
+
+    @classmethod
+    def refuse_features(cls, model: Mapping[str, Any]) -> None:
+        """``model.features`` (M1+M2) is M2's; every other kind refuses it in one line."""
+        if model["features"]:
+            raise UserError(f"model.features (M1+M2: M2 on a trained VAE's codes) is for model.kind = \"m2\", "
+                            f"not {model['kind']!r}")
+
+    @classmethod
+    def from_config(cls, model: Mapping[str, Any], data_shape: int | Sequence[int], data_levels: int | None = None,
+                    load_features: Callable[[str, Sequence[int]], VAE] | None = None) -> VAE:
+        """The model the checked ``[model]`` section describes, for data of shape ``data_shape`` (and
+        ``data_levels``); ``load_features(run, data_shape)`` loads M1 of M1+M2 (``model.features``)."""
+        options = cls.config_options(model)
+        return cls(data_shape, latent_dim=model["latent_dim"], encoder=model["encoder"], decoder=model["decoder"],
+                   likelihood=model["likelihood"], prior=model["prior"], data_levels=data_levels, **options)
+
+    def check_setup(self, config: Mapping[str, Any], data: Data, estimator: Estimator) -> None:
+        """Refuse, in one line, data, an estimator or an objective this model cannot train with (none here)."""
+
+    def training_loss(self, estimator: Estimator, normalizer: float, objective: Mapping[str, Any],
+                      data: Data) -> nn.Module:
+        """The loss module this model trains with (``losses``): the negative ELBO of minibatches x."""
+        return NegativeELBO(self, estimator, normalizer)
+
+    def training_batches(self, data: Data, batch_size: int, epoch_seed: int, noise: torch.Generator | None,
+                         device: str | torch.device, rank: int = 0, world_size: int = 1, skip: int = 0,
+                         labeled_batch_size: int = 0) -> Iterator[Any]:
+        """One epoch of what this model trains on: minibatches x of the training split."""
+        return data.train_batches(batch_size, epoch_seed, noise, device, rank, world_size, skip=skip)
+
+    def training_steps(self, data: Data, batch_size: int) -> int:
+        """Optimizer steps in one epoch of ``training_batches``."""
+        return math.ceil(len(data.train) / batch_size)
 
     @property
     def has_standard_programs(self) -> bool:

@@ -105,7 +105,7 @@ def save_figures(vae, data, rows, out, device):
     Returns the paths written. A model with labels reconstructs with the true labels and draws
     one row per class."""
     x = data.valid.x[:32].to(device)
-    labeled = hasattr(vae, "num_classes")
+    labeled = vae.takes_labels
     reconstructions = vae.reconstruct(x, data.valid.labels[:32].to(device)) if labeled else vae.reconstruct(x)
     written = []
     if plots.save_reconstructions(x, reconstructions, out / "reconstructions.png") is not False:

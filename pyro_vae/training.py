@@ -43,12 +43,12 @@ from tqdm.auto import tqdm
 
 from . import stopping
 from .annealing import Constant
-from .build import build, build_data, data_batches
+from .build import build, build_data
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .config import apply_overrides, check_config, load_config, save_config
 from .evaluation import evaluate_elbo
-from .labels import training_loss
 from .loggers import LOGGERS
+from .losses import NegativeELBO  # noqa: F401  (its import path before losses.py)
 from .registry import UserError
 from .runs import check_resumable, check_writable, clear_run_outputs, prepare_run_directory, save_figures
 from .steps import CapturedStep, CaptureFailed, Step
@@ -70,22 +70,6 @@ class TrainingStopped(Exception):
     def __init__(self, message, exit_status):
         super().__init__(message)
         self.exit_status = exit_status
-
-
-class NegativeELBO(nn.Module):
-    """The training loss as a torch module: ``forward(x, kl_weight, kl_penalty)`` is the estimator's
-    loss for the VAE's model and guide under that step's KL weight (and KL penalty), per data point (and per
-    feature under ``reduction = "mean"``: ``normalizer`` = D). The VAE and the estimator
-    (which may own a neural baseline) are submodules, so one optimizer, one checkpoint and
-    DistributedDataParallel all see every parameter."""
-
-    def __init__(self, vae, estimator, normalizer=1.0):
-        super().__init__()
-        self.vae, self.estimator, self.normalizer = vae, estimator, normalizer
-
-    def forward(self, x, kl_weight=None, kl_penalty=None):
-        loss = self.estimator.loss(self.vae.model, self.vae.guide, x, kl_weight=kl_weight, kl_penalty=kl_penalty)
-        return loss / (len(x) * self.normalizer)
 
 
 def resolve_device(name):
@@ -111,13 +95,10 @@ class Trainer:
         self.steps_per_epoch = parts.steps_per_epoch
         self.kl_weight = self.kl_schedule(0)  # the schedule's value at the current step (for messages and metrics)
         self.kl_penalty = parts.kl_penalty(0)  # capacity (with C(t)) or free bits in force, or None
-        if data_batches(self.vae) == "all":
-            self.loss = NegativeELBO(self.vae, parts.estimator, self.features_per_term)
-        elif world_size > 1:
+        if world_size > 1 and self.vae.takes_labels:
             raise UserError(f"model.kind = {self.vae.kind!r} trains in one process; "
                             "data-parallel training (torchrun) is for model.kind = \"vae\"")
-        else:  # (x, y) pairs, or unlabeled x with labeled pairs (M2's J_alpha)
-            self.loss = training_loss(self.vae, parts.estimator, self.features_per_term, config["objective"], data)
+        self.loss = self.vae.training_loss(parts.estimator, self.features_per_term, config["objective"], data)
         self.parameters = parts.parameters()  # the VAE's and the estimator's
         if world_size > 1:
             self.loss = nn.parallel.DistributedDataParallel(self.loss,
@@ -261,15 +242,9 @@ class Trainer:
 
     def _train_epoch(self, epoch, bar):
         tc = self.config["train"]
-        epoch_batches = {
-            "all": self.data.train_batches,
-            "labeled": self.data.labeled_batches,
-            "semi_supervised": self.data.semi_supervised_batches,
-        }[data_batches(self.vae)]
-        options = {"labeled_batch_size": tc["labeled_batch_size"]} if data_batches(self.vae) == "semi_supervised" else {}
-        batches = epoch_batches(
-            tc["batch_size"], tc["seed"] * 100003 + epoch, self.noise, self.device,
-            self.rank, self.world_size, skip=self.batch_in_epoch, **options,
+        batches = self.vae.training_batches(
+            self.data, tc["batch_size"], tc["seed"] * 100003 + epoch, self.noise, self.device,
+            self.rank, self.world_size, skip=self.batch_in_epoch, labeled_batch_size=tc["labeled_batch_size"],
         )
         self.vae.train()
         for x in batches:
@@ -370,7 +345,7 @@ class Trainer:
             dist.all_reduce(totals)
             epoch_loss = totals.tolist()
 
-        labels = data_batches(self.vae) != "all"
+        labels = self.vae.takes_labels
 
         def evaluate(split, limit=None):
             batches = self.data.batches(split, tc["eval_batch_size"], self.device, limit, self.rank, self.world_size, labels)
@@ -473,7 +448,7 @@ def capture_obstacle(config, vae, estimator, optimizer, device, world_size):
         return "one graph per data-parallel rank is not supported yet: DistributedDataParallel runs eagerly"
     if config["train"]["validate"]:
         return "train.validate = true: Pyro's argument checks read values from the device"
-    if config["model"]["kind"] != "vae":
+    if vae.takes_labels:
         return f"model.kind = {config['model']['kind']!r} trains on batches of (x, y), which the captured step does not take yet"
     if not optimizer.defaults.get("fused"):
         return f"optimizer {config['train']['optimizer']!r} has no fused kernel here to skip a non-finite step on the device"
