@@ -66,6 +66,12 @@ class Registry:
 
         return decorator
 
+    def unregister(self, name: str) -> None:
+        """Remove ``name`` (a kind registered for a while: a test's, a plugin's)."""
+        if name not in self._classes:
+            raise KeyError(f"{self.kind} {name!r} is not registered")
+        del self._classes[name]
+
     def __contains__(self, name: object) -> bool:
         return name in self._classes
 
