@@ -33,9 +33,8 @@ from typing import TYPE_CHECKING
 import pyro
 import pyro.distributions as dist
 import torch
-from pyro.nn import PyroModule, pyro_method
+from pyro.nn import pyro_method
 
-from ._pyro_compat import new_param_store_state
 from .checks import latent_dims, sizes
 from .guides import GUIDES, gaussian_parameters
 from .likelihoods import LIKELIHOODS
@@ -64,8 +63,8 @@ class HierarchicalVAE(VAE):
     z2 (p(z1 | z2) and the guide's z2 -> z1 term); ``[]`` makes them linear. The guide
     is diagonal Gaussian in both layers: ``guide`` must be ``"normal"``.
 
-    It shares ``VAE``'s plumbing (its own param store, the batch check) but builds its own
-    components, so ``VAE.__init__`` is not run.
+    It shares ``VAE``'s plumbing (its start, ``VAE._start``: its own param store; the batch check)
+    but builds its own components, so ``VAE.__init__`` is not run.
     """
 
     @classmethod
@@ -86,9 +85,7 @@ class HierarchicalVAE(VAE):
         link_hidden: Sequence[int] = tuple(LINK_HIDDEN),
         data_levels: int | None = None,
     ) -> None:
-        PyroModule.__init__(self, name="vae")
-        data_shape = (data_shape,) if isinstance(data_shape, int) else tuple(data_shape)
-        self.data_shape = data_shape
+        data_shape = self._start(data_shape)
         self.latent_dim = latent_dims(latent_dim, "model.latent_dim")
         if not is_two_layer(self.latent_dim):
             raise UserError(f"a two-layer model needs model.latent_dim = [z1, z2], got {latent_dim!r}")
@@ -112,7 +109,6 @@ class HierarchicalVAE(VAE):
             decoder, "model.decoder", data_shape=data_shape, latent_dim=bottom,
             num_params=self.likelihood.num_params,
         )
-        self._param_state = new_param_store_state()
 
     # ---- the densities, written once ----
 

@@ -113,9 +113,7 @@ class VAE(PyroModule):
         data_levels: int | None = None,
         guide: Spec = "normal",
     ) -> None:
-        super().__init__(name="vae")
-        data_shape = (data_shape,) if isinstance(data_shape, int) else tuple(data_shape)
-        self.data_shape = data_shape
+        data_shape = self._start(data_shape)
         self.latent_dim = integer(latent_dim, "model.latent_dim", minimum=1)
         self.likelihood = LIKELIHOODS.build(likelihood, "model.likelihood", data_shape=data_shape, data_levels=data_levels)
         self.prior = PRIORS.build(prior, "model.prior", latent_dim=latent_dim, data_shape=data_shape)
@@ -135,7 +133,15 @@ class VAE(PyroModule):
             latent_dim=latent_dim,
             num_params=self.likelihood.num_params,
         )
-        self._param_state = new_param_store_state()  # this VAE's param store
+
+    def _start(self, data_shape: int | Sequence[int]) -> tuple[int, ...]:
+        """What every model's constructor does first (the shared construction; a kind that builds
+        its own components, ``HierarchicalVAE``, calls this instead of ``VAE.__init__``): an empty
+        module named "vae" with its own param store, and ``data_shape`` as a tuple, which it returns."""
+        PyroModule.__init__(self, name="vae")
+        self.data_shape = (data_shape,) if isinstance(data_shape, int) else tuple(data_shape)
+        self._param_state = new_param_store_state()  # this model's param store
+        return self.data_shape
 
     # ---- a model kind's interface: what the library asks of a model ----
 
