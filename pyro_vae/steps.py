@@ -43,7 +43,7 @@ from .registry import UserError
 class Step:
     """One optimizer step on a minibatch, sync-free: ``step(x, kl_weight)``.
 
-    ``loss_module(x, kl_weight)`` is the per data point loss (``training.NegativeELBO``,
+    ``loss_module(x, kl_weight)`` is the per data point loss (``losses.NegativeELBO``,
     possibly inside DistributedDataParallel); ``parameters`` are those the optimizer updates.
     """
 
