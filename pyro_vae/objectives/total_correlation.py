@@ -117,13 +117,13 @@ class GaussianAggregate(torch.autograd.Function):
 
     With t = log q(z_nj | x_m) = -a^2 / 2 - log scale_mj - log(2 pi) / 2, a = (z_nj - loc_mj) / scale_mj:
     dt/dz = -a / scale, dt/dloc = a / scale, dt/dscale = (a^2 - 1) / scale. Where the cost goes
-    (passes over the N M D values: about 6 forward, 7 backward):
+    (passes over the N M D values: about 6 forward, 8 backward):
 
     - the array is laid out (D, N, M), data points m innermost: the logsumexp over m reduces the
       contiguous axis, with no strided reductions and no copies;
     - a fresh (D, N, M) array costs about as much as several passes on a CPU (its pages are
-      mapped and zeroed anew each step), so only four are made, a and exp(t - peak) forward, dL/dt
-      and dL/da backward, and every other pass works in place in one of them;
+      mapped and zeroed anew each step), so only three are made, a and exp(t - peak) forward and
+      dL/dt backward, and every other pass works in place in one of them;
     - the logsumexp over m is shifted by an upper bound of t per dimension,
       peak_j = max_m (-log scale_mj) - log(2 pi) / 2 >= t_nmj (since -a^2 / 2 <= 0), read from the
       (M, D) scales, instead of the maximum over the (N, M, D) array (a strided pass and a
@@ -154,12 +154,12 @@ class GaussianAggregate(torch.autograd.Function):
         a, e, total, joint_t, joint, inv = ctx.saved_tensors
         # dL/dt: the softmax over m of the marginals' logsumexp times their gradient, plus the joint's
         w = torch.exp(joint_t - joint.unsqueeze(1)) * grad_joint.unsqueeze(1)  # (N, M)
-        gt = torch.addcmul(w, e, (grad_marginals.T / total).unsqueeze(2))  # (D, N, M)
-        u = gt * a  # -dL/da
-        u_sum = u.sum(1)
-        r_sum = gt.addcmul_(u, a, value=-1).sum(1)  # sum_n dL/dt (1 - a^2), in gt's memory
-        grad_z = -u.mul_(inv.unsqueeze(1)).sum(2).T  # in u's memory
-        grad_loc, grad_scale = (u_sum * inv).T, -(r_sum * inv).T
+        gt = torch.addcmul(w, e, (grad_marginals.T / total).unsqueeze(2))  # (D, N, M), the one fresh array
+        gt_sum = gt.sum(1)
+        u_sum = gt.mul_(a).sum(1)  # u = dL/dt a = -dL/da, in place from here on
+        grad_z = -gt.mul_(inv.unsqueeze(1)).sum(2).T  # sum_m u / scale
+        ua_sum = gt.mul_(a).sum(1)  # sum_n u a / scale
+        grad_loc, grad_scale = (u_sum * inv).T, (ua_sum - gt_sum * inv).T
         return grad_z, grad_loc, grad_scale
 
 
