@@ -326,3 +326,60 @@ def test_two_latent_layers_are_refused_in_one_line(name):
     vae = HierarchicalVAE((6,), [3, 2], encoder={"name": "mlp", "hidden": [8]}, decoder={"name": "mlp", "hidden": [8]})
     with pytest.raises(UserError, match="one latent layer"):
         ESTIMATORS.build(name).loss(vae.model, vae.guide, torch.rand(4, 6).round())
+
+
+def reference_log_densities(guide_dist, z, dataset_size, sampling):
+    """log q(z) and sum_j log q(z_j) by autograd through the guide's own ``Normal.log_prob`` on the
+    (M, M, D) array: the computation the hand-written path replaces."""
+    log_q = guide_dist.base_dist.log_prob(z.unsqueeze(1))
+    return minibatch_log_densities(log_q, dataset_size, sampling)
+
+
+@pytest.mark.parametrize("sampling", ["mws", "mss"])
+def test_the_library_guide_takes_the_hand_written_path_with_the_reference_numbers(sampling, monkeypatch):
+    from pyro_vae.objectives import total_correlation
+
+    calls = []
+    apply = total_correlation.GaussianAggregate.apply
+    monkeypatch.setattr(total_correlation.GaussianAggregate, "apply", lambda *a: calls.append(1) or apply(*a))
+    vae = tiny_vae(latent_dim=4)
+    x = torch.rand(48, 1, 8, 8).round()
+    results = []
+    for fast in (True, False):  # the same fresh state and draw for both
+        pyro.set_rng_seed(3)
+        q = vae.guide_dist(x)  # Pyro's Normal, a subclass of torch's
+        z = q.rsample()
+        if fast:
+            mi, tc, dw = kl_decomposition(q, vae.prior_dist(), z, dataset_size=1000, sampling=sampling)
+        else:
+            log_qz, log_prod = reference_log_densities(q, z, 1000, sampling)
+            mi, tc, dw = q.log_prob(z) - log_qz, log_qz - log_prod, log_prod - vae.prior_dist().log_prob(z)
+        loss = (mi + 6.0 * tc + 0.5 * dw).sum()
+        vae.zero_grad()
+        loss.backward()
+        results.append((torch.stack([mi, tc, dw]), [p.grad.clone() for p in vae.parameters() if p.grad is not None]))
+    assert len(calls) == 1  # the library's own guide is a diagonal Gaussian: the hand-written path
+    (terms, grads), (ref_terms, ref_grads) = results
+    assert torch.allclose(terms, ref_terms, atol=1e-4)
+    assert len(grads) == len(ref_grads) > 0
+    assert all(torch.allclose(a, b, atol=1e-4, rtol=1e-4) for a, b in zip(grads, ref_grads))
+
+
+def test_the_hand_written_path_is_exact_for_scales_far_apart():
+    # the logsumexp's shift is an upper bound read from the scales, not the maximum: scales spanning
+    # four orders of magnitude within one dimension must give the reference's numbers all the same
+    g = torch.Generator().manual_seed(4)
+    loc = torch.randn(40, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    scale = torch.logspace(-3, 1, 40, dtype=torch.float64).repeat(3, 1).T.contiguous().requires_grad_()
+    z = (loc + scale * torch.randn(40, 3, generator=g, dtype=torch.float64)).detach().requires_grad_()
+    q = torch.distributions.Independent(torch.distributions.Normal(loc, scale), 1)
+    weights = torch.randn(2, 40, generator=g, dtype=torch.float64)
+    from pyro_vae.objectives.total_correlation import gaussian_minibatch_log_densities
+
+    outs = []
+    for compute in (lambda: gaussian_minibatch_log_densities(loc, scale, z, 1000, "mss"),
+                    lambda: reference_log_densities(q, z, 1000, "mss")):
+        log_qz, log_prod = compute()
+        grads = torch.autograd.grad((weights[0] * log_qz + weights[1] * log_prod).sum(), (z, loc, scale))
+        outs.append((log_qz, log_prod, *grads))
+    assert all(torch.allclose(a, b, rtol=1e-10, atol=1e-10) for a, b in zip(*outs))
