@@ -218,6 +218,19 @@ class TotalCorrelationEstimator(Estimator):
         raise UserError(f"estimator {self.registered_name!r} needs the library's own VAE programs "
                         "(model.kind = \"vae\", one latent layer) run under no other handler")
 
+    def encoded(self, model, guide, x, kl_weight, kl_penalty, y):
+        """What both losses start from, after refusing what they cannot take: the library's VAE,
+        q(z | x), one reparameterized draw z ~ q, and the step's KL weight (a schedule read now)."""
+        if kl_penalty is not None:
+            self.check_kl_penalty(kl_penalty.name)
+        if y is not None:
+            raise UserError(f"estimator {self.registered_name!r} is for model.kind = \"vae\"")
+        if callable(kl_weight):
+            kl_weight = kl_weight()
+        vae = _own_vae(model, guide, self.registered_name)
+        q = vae.guide_dist(x)
+        return vae, q, q.rsample(), kl_weight
+
 
 @ESTIMATORS.register("tcvae")
 class TCVAE(TotalCorrelationEstimator):
@@ -245,15 +258,7 @@ class TCVAE(TotalCorrelationEstimator):
                             "set dataset_size when building the estimator by hand)")
 
     def loss(self, model, guide, x, kl_weight=None, kl_penalty=None, y=None, sites=None):
-        if kl_penalty is not None:
-            self.check_kl_penalty(kl_penalty.name)
-        if y is not None:
-            raise UserError(f"estimator {self.registered_name!r} is for model.kind = \"vae\"")
-        if callable(kl_weight):
-            kl_weight = kl_weight()
-        vae = _own_vae(model, guide, self.registered_name)
-        q = vae.guide_dist(x)
-        z = q.rsample()
+        vae, q, z, kl_weight = self.encoded(model, guide, x, kl_weight, kl_penalty, y)
         reconstruction = vae.likelihood_dist(z, x).log_prob(x).sum()
         mi, tc, dimension_wise = kl_decomposition(q, vae.prior_dist(), z, self.dataset_size or len(x), self.sampling)
         penalty = (self.alpha * mi + self.beta * tc + self.gamma * dimension_wise).sum()
@@ -347,15 +352,7 @@ class FactorVAE(TotalCorrelationEstimator):
         return "estimator 'factorvae' steps its discriminator's own optimizer inside the loss"
 
     def loss(self, model, guide, x, kl_weight=None, kl_penalty=None, y=None, sites=None):
-        if kl_penalty is not None:
-            self.check_kl_penalty(kl_penalty.name)
-        if y is not None:
-            raise UserError(f"estimator {self.registered_name!r} is for model.kind = \"vae\"")
-        if callable(kl_weight):
-            kl_weight = kl_weight()
-        vae = _own_vae(model, guide, self.registered_name)
-        q = vae.guide_dist(x)
-        z = q.rsample()
+        vae, q, z, kl_weight = self.encoded(model, guide, x, kl_weight, kl_penalty, y)
         if self.discriminator is None:
             self._build(z.shape[-1], z.device)
         # The discriminator's step first, on this step's codes: then its parameters are not
