@@ -215,10 +215,10 @@ class LabeledVAE(VAE):
         if config["objective"]["jit"]:
             raise UserError(f"objective.jit = true is not available for model.kind = {kind!r}; set objective.jit = false")
 
-    def training_loss(self, estimator: Estimator, normalizer: float, objective: Mapping[str, Any],
+    def training_loss(self, estimator: Estimator, features_per_term: float, objective: Mapping[str, Any],
                       data: Data) -> nn.Module:
         """The conditional negative ELBO of (x, y) pairs (``losses.LabeledNegativeELBO``)."""
-        return LabeledNegativeELBO(self, estimator, normalizer)
+        return LabeledNegativeELBO(self, estimator, features_per_term)
 
     def training_batches(self, data: Data, batch_size: int, epoch_seed: int, noise: torch.Generator | None,
                          device: str | torch.device, rank: int = 0, world_size: int = 1, skip: int = 0,
@@ -385,12 +385,12 @@ class M2(LabeledVAE):
                 "(TraceEnum_ELBO); set it"
             )
 
-    def training_loss(self, estimator: Estimator, normalizer: float, objective: Mapping[str, Any],
+    def training_loss(self, estimator: Estimator, features_per_term: float, objective: Mapping[str, Any],
                       data: Data) -> nn.Module:
         """-J_alpha (``losses.SemiSupervisedLoss``) with the ``[objective]`` section's weights."""
         return SemiSupervisedLoss(
             self, estimator, objective["classification_weight"], len(data.train), data.num_labeled(),
-            normalizer, objective["kl_weight_labels"],
+            features_per_term, objective["kl_weight_labels"],
         )
 
     def training_batches(self, data: Data, batch_size: int, epoch_seed: int, noise: torch.Generator | None,

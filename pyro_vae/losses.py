@@ -2,7 +2,7 @@
 
 Each is ``forward(batch, kl_weight, kl_penalty)``: the estimator's loss of the model's
 ``model`` and ``guide`` under that step's KL weight (and KL penalty), per data point (and per
-feature under ``reduction = "mean"``: ``normalizer`` = D). The VAE and the estimator (which may
+feature under ``reduction = "mean"``: ``features_per_term`` = D). The VAE and the estimator (which may
 own a neural baseline) are submodules, so one optimizer, one checkpoint and
 ``DistributedDataParallel`` all see every parameter. A model kind names its loss
 (``VAE.training_loss``); the trainer never chooses.
@@ -16,31 +16,31 @@ from torch import nn
 class NegativeELBO(nn.Module):
     """The training loss as a torch module: ``forward(x, kl_weight, kl_penalty)`` is the estimator's
     loss for the VAE's model and guide under that step's KL weight (and KL penalty), per data point (and per
-    feature under ``reduction = "mean"``: ``normalizer`` = D). The VAE and the estimator
+    feature under ``reduction = "mean"``: ``features_per_term`` = D). The VAE and the estimator
     (which may own a neural baseline) are submodules, so one optimizer, one checkpoint and
     DistributedDataParallel all see every parameter."""
 
-    def __init__(self, vae, estimator, normalizer=1.0):
+    def __init__(self, vae, estimator, features_per_term=1.0):
         super().__init__()
-        self.vae, self.estimator, self.normalizer = vae, estimator, normalizer
+        self.vae, self.estimator, self.features_per_term = vae, estimator, features_per_term
 
     def forward(self, x, kl_weight=None, kl_penalty=None):
         loss = self.estimator.loss(self.vae.model, self.vae.guide, x, kl_weight=kl_weight, kl_penalty=kl_penalty)
-        return loss / (len(x) * self.normalizer)
+        return loss / (len(x) * self.features_per_term)
 
 
 class LabeledNegativeELBO(nn.Module):
     """The CVAE's training loss: ``forward(batch, kl_weight)`` with ``batch`` a ``data.LabeledBatch``,
-    the estimator's loss of model(x, y) and guide(x, y), per data point (and per feature: ``normalizer``)."""
+    the estimator's loss of model(x, y) and guide(x, y), per data point (and per feature: ``features_per_term``)."""
 
-    def __init__(self, vae, estimator, normalizer=1.0):
+    def __init__(self, vae, estimator, features_per_term=1.0):
         super().__init__()
-        self.vae, self.estimator, self.normalizer = vae, estimator, normalizer
+        self.vae, self.estimator, self.features_per_term = vae, estimator, features_per_term
 
     def forward(self, batch, kl_weight=None, kl_penalty=None):
         loss = self.estimator.loss(self.vae.model, self.vae.guide, batch.x, kl_weight=kl_weight, kl_penalty=kl_penalty,
                                    y=batch.y)
-        return loss / (len(batch) * self.normalizer)
+        return loss / (len(batch) * self.features_per_term)
 
 
 class SemiSupervisedLoss(nn.Module):
@@ -55,10 +55,10 @@ class SemiSupervisedLoss(nn.Module):
     The KL weight scales the z terms; the label term only with ``kl_weight_labels``.
     """
 
-    def __init__(self, vae, estimator, classification_weight, num_train, num_labeled, normalizer=1.0,
+    def __init__(self, vae, estimator, classification_weight, num_train, num_labeled, features_per_term=1.0,
                  kl_weight_labels=False):
         super().__init__()
-        self.vae, self.estimator, self.normalizer = vae, estimator, normalizer
+        self.vae, self.estimator, self.features_per_term = vae, estimator, features_per_term
         self.per_label_weight = classification_weight * num_train / max(num_labeled, 1)
         self.sites = None if kl_weight_labels else ("z",)
 
@@ -71,4 +71,4 @@ class SemiSupervisedLoss(nn.Module):
             elbo = estimator.loss(vae.model, vae.guide, labeled.x, kl_weight=kl_weight, y=labeled.y, sites=self.sites)
             classification = -vae.label_dist(labeled.x).log_prob(labeled.y).sum()
             loss = loss + batch.labeled_scale * (elbo + self.per_label_weight * classification)
-        return loss / (len(batch) * self.normalizer)
+        return loss / (len(batch) * self.features_per_term)

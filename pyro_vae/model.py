@@ -179,10 +179,10 @@ class VAE(PyroModule):
     def check_setup(self, config: Mapping[str, Any], data: Data, estimator: Estimator) -> None:
         """Refuse, in one line, data, an estimator or an objective this model cannot train with (none here)."""
 
-    def training_loss(self, estimator: Estimator, normalizer: float, objective: Mapping[str, Any],
+    def training_loss(self, estimator: Estimator, features_per_term: float, objective: Mapping[str, Any],
                       data: Data) -> nn.Module:
         """The loss module this model trains with (``losses``): the negative ELBO of minibatches x."""
-        return NegativeELBO(self, estimator, normalizer)
+        return NegativeELBO(self, estimator, features_per_term)
 
     def training_batches(self, data: Data, batch_size: int, epoch_seed: int, noise: torch.Generator | None,
                          device: str | torch.device, rank: int = 0, world_size: int = 1, skip: int = 0,

@@ -93,7 +93,7 @@ class Trainer:
         self.vae, self.optimizer, self.lr_schedule = parts.vae, parts.optimizer, parts.lr_schedule
         self.kl_schedule, self.features_per_term = parts.kl_schedule, parts.features_per_term
         self.steps_per_epoch = parts.steps_per_epoch
-        self.kl_weight = self.kl_schedule(0)  # the schedule's value at the current step (for messages and metrics)
+        self.beta = self.kl_schedule(0)  # beta, the schedule's value at the current step (messages, metrics)
         self.kl_penalty = parts.kl_penalty(0)  # capacity (with C(t)) or free bits in force, or None
         if world_size > 1 and self.vae.takes_labels:
             raise UserError(f"model.kind = {self.vae.kind!r} trains in one process; "
@@ -185,7 +185,7 @@ class Trainer:
         if self.kl_penalty is not None:  # -(reconstruction - KL term), the KL term a penalty of the KL
             return f"-(reconstruction - {self.kl_penalty.name} penalty)"
         bound = "ELBO" if estimator.reports_elbo else f"{estimator.registered_name} bound"
-        weighted = not isinstance(self.kl_schedule, Constant) or self.kl_weight * self.features_per_term != 1
+        weighted = not isinstance(self.kl_schedule, Constant) or self.beta * self.features_per_term != 1
         per = " per feature" if self.features_per_term != 1 else ""
         return f"-{bound}{' (KL-weighted)' if weighted else ''}{per}"
 
@@ -260,7 +260,7 @@ class Trainer:
             if not bar.disable and (self.step % 10 == 0 or self.batch_in_epoch == 1):
                 self.check_faults()  # the bar's loss is read from the device: check the counters with it
                 loss = self.train_step_fn.last_loss.item()
-                weight = "" if isinstance(self.kl_schedule, Constant) else f" kl_weight {self.kl_weight:.3g}"
+                weight = "" if isinstance(self.kl_schedule, Constant) else f" kl_weight {self.beta:.3g}"
                 capacity = f" C {self.kl_penalty.capacity:.3g}" if hasattr(self.kl_penalty, "capacity") else ""
                 bar.set_postfix_str(f"epoch {epoch} loss {loss:.3f}{weight}{capacity}", refresh=False)
             if tc["checkpoint_every"] and self.step % tc["checkpoint_every"] == 0:
@@ -273,7 +273,7 @@ class Trainer:
 
         Nothing is read from the device (``steps``): the loss and the non-finite check are
         counted there, and read by ``check_faults`` and the epoch's metrics."""
-        self.kl_weight = self.kl_schedule(self.step)
+        self.beta = self.kl_schedule(self.step)
         self.kl_penalty = self.parts.kl_penalty(self.step)
         try:
             self.train_step_fn(x, self.parts.effective_kl_weight(self.step), self.kl_penalty)
@@ -363,8 +363,8 @@ class Trainer:
             row = {
                 "epoch": epoch,
                 "step": self.step,
-                "kl_weight": self.kl_weight,
-                "effective_kl_weight": self.kl_weight * self.features_per_term,
+                "kl_weight": self.beta,
+                "effective_kl_weight": self.beta * self.features_per_term,
                 "lr": lr,
                 **({"capacity": self.kl_penalty.capacity} if hasattr(self.kl_penalty, "capacity") else {}),
                 "train_loss": loss_sum / max(count, 1),

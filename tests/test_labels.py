@@ -360,7 +360,7 @@ def test_semi_supervised_loss_is_the_hand_written_j_alpha(digits, mixed):
     batch = SemiSupervisedBatch(digits.train.x[:5], LabeledBatch(digits.train.x[5 : 5 + n_l], digits.train.labels[5 : 5 + n_l]),
                                 labeled_scale=0.4)
     options = {"classification_weight": 0.3, "num_train": 40, "num_labeled": 6}  # alpha / N_l = 2 per labeled point
-    loss_module = SemiSupervisedLoss(m2, ESTIMATORS.build("enum"), normalizer=2.0, **options)
+    loss_module = SemiSupervisedLoss(m2, ESTIMATORS.build("enum"), features_per_term=2.0, **options)
     pyro.set_rng_seed(5)
     loss = loss_module(batch, kl_weight=0.25)
     loss_grads = grads(m2, loss)
