@@ -1,3 +1,5 @@
+import shutil
+
 import pyro
 import pytest
 import torch
@@ -29,3 +31,17 @@ def tiny_config(tmp_path=None, **sections):
     for section, values in sections.items():
         config.setdefault(section, {}).update(values)
     return config
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One finished tiny run per test module (1 epoch on digits), for the CLI tests to read."""
+    from pyro_vae import train
+
+    return train(tiny_config(train={"epochs": 1}), out=tmp_path_factory.mktemp("trained") / "run")
+
+
+@pytest.fixture
+def run(trained, tmp_path):
+    """A fresh copy of the module's trained run, for a test to break."""
+    return shutil.copytree(trained, tmp_path / "run")

@@ -2,26 +2,12 @@
 truncated checkpoint, and a --help that imports nothing heavy."""
 
 import json
-import shutil
 import subprocess
 import sys
 
 import pytest
-from conftest import tiny_config
 
-from pyro_vae import train
 from pyro_vae.cli import main
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    return train(tiny_config(train={"epochs": 1}), out=tmp_path_factory.mktemp("edges") / "run")
-
-
-@pytest.fixture
-def run(trained, tmp_path):
-    """A fresh copy of the trained run, for a test to break."""
-    return shutil.copytree(trained, tmp_path / "run")
 
 
 def one_line_error(capsys):

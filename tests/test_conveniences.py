@@ -6,7 +6,6 @@ messages (non-finite steps, labelled counts) say what is so."""
 import itertools
 import math
 import re
-import shutil
 import sys
 import warnings
 from pathlib import Path
@@ -166,16 +165,6 @@ def test_the_readmes_m2_loop_runs_without_a_warning():
 
 
 # ---- sample ----
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    return train(tiny_config(train={"epochs": 1}), out=tmp_path_factory.mktemp("conveniences") / "run")
-
-
-@pytest.fixture
-def run(trained, tmp_path):
-    return shutil.copytree(trained, tmp_path / "run")
 
 
 def test_sample_leaves_the_runs_own_figures_alone_unless_forced(run, capsys):
