@@ -214,9 +214,15 @@ def part_speed(context, budget):
         except Exception as error:  # noqa: BLE001 - recorded, and the other items go on
             traceback.print_exc()
             result["errors"].append(f"{label}: {one_line(error)}")
+    return outcome(result, "item(s)")
+
+
+def outcome(result, what):
+    """A part's (status, result, note) from its recorded errors and skips: "failed" with the first
+    error, else "ok" with how many ``what`` were skipped for time (or None)."""
     if result["errors"]:
-        return "failed", result, f"{len(result['errors'])} item(s) failed: {result['errors'][0]}"
-    return "ok", result, (f"{len(result['skipped'])} item(s) skipped for time" if result["skipped"] else None)
+        return "failed", result, f"{len(result['errors'])} {what} failed: {result['errors'][0]}"
+    return "ok", result, (f"{len(result['skipped'])} {what} skipped for time" if result["skipped"] else None)
 
 
 # ---- 3. the published configurations ----
@@ -308,9 +314,7 @@ def part_configs(context, budget):
         except Exception as error:  # noqa: BLE001 - recorded, and the other configurations go on
             traceback.print_exc()
             result["errors"].append(f"{name}: {one_line(error)}")
-    if result["errors"]:
-        return "failed", result, f"{len(result['errors'])} configuration(s) failed: {result['errors'][0]}"
-    return "ok", result, (f"{len(result['skipped'])} configuration(s) skipped for time" if result["skipped"] else None)
+    return outcome(result, "configuration(s)")
 
 
 PART_FUNCTIONS = {"tests": part_tests, "speed": part_speed, "configs": part_configs}
