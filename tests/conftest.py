@@ -45,3 +45,10 @@ def trained(tmp_path_factory):
 def run(trained, tmp_path):
     """A fresh copy of the module's trained run, for a test to break."""
     return shutil.copytree(trained, tmp_path / "run")
+
+
+def one_line_error(capsys):
+    """The CLI's stderr, asserted to be one line starting "error: " (a user mistake), and returned."""
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: "), err
+    return err[0]

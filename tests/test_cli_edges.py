@@ -6,14 +6,9 @@ import subprocess
 import sys
 
 import pytest
+from conftest import one_line_error
 
 from pyro_vae.cli import main
-
-
-def one_line_error(capsys):
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("error: "), err
-    return err[0]
 
 
 @pytest.mark.parametrize("n", ["0", "-3"])

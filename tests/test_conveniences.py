@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_config
+from conftest import one_line_error, tiny_config
 
 from pyro_vae import cli, stopping, train
 from pyro_vae.checkpoint import load_checkpoint
@@ -20,13 +20,6 @@ from pyro_vae.cli import main
 from pyro_vae.data import load_data
 from pyro_vae.registry import UserError
 from pyro_vae.runs import read_metrics
-
-
-def one_line_error(capsys):
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("error: "), err
-    return err[0]
-
 
 # ---- early stopping: the rules ----
 
