@@ -262,7 +262,7 @@ def epoch_seconds(name, data_path, device, out, limit):
     start = time.perf_counter()
     trainer = Trainer(config, data, out, device)
     # Trainer's own clean stop (as on SIGTERM): set from a timer, acted on at the next step.
-    timer = threading.Timer(limit, lambda: setattr(trainer, "stop_signal", signal.SIGTERM))
+    timer = threading.Timer(limit, trainer.stop_requests.request, (signal.SIGTERM,))
     timer.start()
     stopped, fit_start = False, time.perf_counter()
     try:

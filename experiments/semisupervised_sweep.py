@@ -6,7 +6,10 @@ et al. 2014 use 0.1) and ``train.labeled_batch_size`` (labeled pairs per step; 0
 ceil(N_l / steps), each labeled pair once an epoch, the paper's proportion):
 
 - digits, 50 labels, seeds 0 and 1, 30 epochs (the ``--quick`` set-up of ``semisupervised.py``);
-- Fashion-MNIST (statically binarized), 100 labels, seed 0, a short budget (``--fashion-epochs``).
+- Fashion-MNIST (statically binarized), 100 labels, seed 0, a short budget (``--fashion-epochs``);
+- Fashion-MNIST at 600 and 1000 labels, seed 0, 10 epochs (``--only fashion-more-labels``):
+  alpha / N = 100 against 1000, i.e. whether the weight of one labeled point's classification
+  term, alpha / N_l, should stay as it is at 100 labels when N_l grows.
 
 Every run's row is cached under ``runs/semisupervised_sweep/`` (an interrupted sweep resumes
 where it stopped); the table goes to ``experiments/results/semisupervised/sweep.csv``, one row
@@ -49,7 +52,7 @@ def sweep(name, quick, labels, seeds, epochs, cache, labeled_batch_sizes, weight
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", choices=("digits", "fashion"), default=None)
+    parser.add_argument("--only", choices=("digits", "fashion", "fashion-more-labels"), default=None)
     parser.add_argument("--fashion-epochs", type=int, default=2)
     parser.add_argument("--cached-only", action="store_true", help="write the table from the runs done so far")
     args = parser.parse_args()
@@ -60,6 +63,9 @@ def main():
         rows += sweep("digits", True, 50, (0, 1), 30, cache, LABELED_BATCH_SIZES)
     if args.only in (None, "fashion"):
         rows += sweep("fashion-mnist", False, 100, (0,), args.fashion_epochs, cache, (0, 64), weights=(100.0, 10.0, 1.0))
+    if args.only in (None, "fashion-more-labels"):
+        for labels in (600, 1000):
+            rows += sweep("fashion-mnist", False, labels, (0,), 10, cache, (0,), weights=(100.0, 1000.0))
     OUT.mkdir(parents=True, exist_ok=True)
     suffix = "" if args.only is None else f"_{args.only}"
     write_csv(rows, OUT / f"sweep{suffix}.csv")

@@ -1,13 +1,18 @@
 """From a checked config to the objects of a run: data, model, estimator, schedules, optimizer.
 
-``build(config, data, device)`` is the one place where a config becomes a training set-up;
+``build(config, data, device)`` is the one place where a config becomes a training set-up, and
+``build_training`` adds how it trains (the loss, data-parallel, a captured or an eager step);
 ``training`` runs it, ``runs.load_run`` rebuilds the model of a finished run with
 ``build_model``.
 """
 
 import dataclasses
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
+
+from torch import nn
 
 from .annealing import Constant, build_schedule
 from .checkpoint import load_checkpoint
@@ -21,6 +26,7 @@ from .objectives import ESTIMATORS, Estimator, factors
 from .optimizers import LR_SCHEDULES, OPTIMIZERS
 from .penalties import build_kl_penalty
 from .registry import UserError
+from .steps import CapturedStep, Step
 
 
 def build_data(config, data=None):
@@ -112,8 +118,8 @@ class Parts:
 
     vae: VAE
     estimator: Estimator
-    kl_schedule: object  # step -> beta, the config's objective.kl_weight (annealing.Schedule)
-    penalty_schedule: object  # step -> the KL term's penalty (penalties.build_kl_penalty), or None
+    kl_schedule: Callable[[int], float]  # step -> beta, the config's objective.kl_weight (annealing.Schedule)
+    penalty_schedule: Callable[[int], Any] | None  # step -> the KL term's penalty (penalties.build_kl_penalty)
     features_per_term: int  # D under reduction = "mean" (an effective KL weight of D beta), else 1
     optimizer: object  # torch.optim.Optimizer over the VAE's and the estimator's parameters
     lr_schedule: object  # torch LRScheduler, stepped once per optimizer step
@@ -155,8 +161,6 @@ def build(config, data, device, batch_size=None):
     steps_per_epoch = vae.training_steps(data, batch_size or tc["batch_size"])
     kl_schedule = build_schedule(objective["kl_weight"], steps_per_epoch)
     features_per_term = vae.num_features if objective["reduction"] == "mean" else 1
-    constant = kl_schedule(0) * features_per_term if isinstance(kl_schedule, Constant) else None
-    estimator.check_kl_weight(constant)
     penalty_schedule = build_kl_penalty(objective, steps_per_epoch)
     if penalty_schedule is not None and vae.takes_labels:
         raise UserError("objective.capacity and objective.free_bits are for model.kind = \"vae\"")
@@ -170,4 +174,64 @@ def build(config, data, device, batch_size=None):
     optimizer = OPTIMIZERS.get(tc["optimizer"])(parameters, tc["lr"])
     lr_schedule = LR_SCHEDULES.build(tc["lr_schedule"], "train.lr_schedule", optimizer=optimizer,
                                      total_steps=tc["epochs"] * steps_per_epoch, warmup_steps=tc["lr_warmup_steps"])
-    return Parts(vae, estimator, kl_schedule, penalty_schedule, features_per_term, optimizer, lr_schedule, steps_per_epoch)
+    parts = Parts(vae, estimator, kl_schedule, penalty_schedule, features_per_term, optimizer, lr_schedule, steps_per_epoch)
+    estimator.check_kl_weight(parts.effective_kl_weight(0) if isinstance(kl_schedule, Constant) else None)
+    return parts
+
+
+@dataclasses.dataclass
+class Training:
+    """How a run trains, decided once from its config, data and device: its ``Parts``, the loss
+    module (inside ``DistributedDataParallel`` under torchrun) and the step that optimizes it."""
+
+    parts: Parts
+    loss: nn.Module  # the model kind's training loss (``VAE.training_loss``), per data point
+    step: Step  # one optimizer step: ``CapturedStep`` (a CUDA graph) or the eager ``Step``
+    capture_obstacle: str | None  # why the step is not captured in a CUDA graph; None: it is
+
+    @property
+    def captured(self):
+        return self.capture_obstacle is None
+
+
+def build_training(config, data, device, world_size=1):
+    """``build`` plus the decisions of how to train: the loss, data-parallel or not, and a captured
+    or an eager step (``train.cuda_graph``: "auto" captures where ``capture_obstacle`` finds
+    nothing against it and falls back to eager if the capture fails; true refuses to run without it)."""
+    tc = config["train"]
+    if tc["batch_size"] % world_size:
+        raise UserError(f"train.batch_size ({tc['batch_size']}) must be divisible by the number of processes ({world_size})")
+    parts = build(config, data, device)
+    vae = parts.vae
+    if world_size > 1 and vae.takes_labels:
+        raise UserError(f"model.kind = {vae.kind!r} trains in one process; "
+                        "data-parallel training (torchrun) is for model.kind = \"vae\"")
+    loss = vae.training_loss(parts.estimator, parts.features_per_term, config["objective"], data)
+    if world_size > 1:
+        loss = nn.parallel.DistributedDataParallel(loss, device_ids=[device.index] if device.type == "cuda" else None)
+    obstacle = capture_obstacle(config, vae, parts.estimator, parts.optimizer, device, world_size)
+    if tc["cuda_graph"] is True and obstacle:
+        raise UserError(f"train.cuda_graph = true is not possible: {obstacle}; set train.cuda_graph = \"auto\" or false")
+    if tc["cuda_graph"] is False:
+        obstacle = "train.cuda_graph = false"
+    step_class, options = (CapturedStep, {"fall_back": tc["cuda_graph"] == "auto"}) if obstacle is None else (Step, {})
+    step = step_class(loss, parts.optimizer, parts.lr_schedule, parts.parameters(), device,
+                      tc["clip_grad_norm"], tc["precision"], **options)
+    return Training(parts, loss, step, obstacle)
+
+
+def capture_obstacle(config, vae, estimator, optimizer, device, world_size):
+    """Why this run's step cannot be captured in a CUDA graph, or None if it can (``train.cuda_graph``)."""
+    if device.type != "cuda":
+        return f"the training device is {device.type}, and CUDA graphs need a CUDA device"
+    if world_size > 1:
+        return "one graph per data-parallel rank is not supported yet: DistributedDataParallel runs eagerly"
+    if config["train"]["validate"]:
+        return "train.validate = true: Pyro's argument checks read values from the device"
+    if vae.takes_labels:
+        return f"model.kind = {config['model']['kind']!r} trains on batches of (x, y), which the captured step does not take yet"
+    if not optimizer.defaults.get("fused"):
+        return f"optimizer {config['train']['optimizer']!r} has no fused kernel here to skip a non-finite step on the device"
+    if config["objective"]["capacity"]:
+        return "objective.capacity: C(t) enters the loss as a Python number, which a graph would freeze"
+    return estimator.capture_obstacle(vae)

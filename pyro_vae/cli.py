@@ -92,7 +92,7 @@ def command_sample(args):
     if not args.out:
         make_directory(out.parent)
     check_image_format(out)
-    check_writable(out)
+    check_writable_file(out)
     check_not_run_output(out, args.force)
     torch.manual_seed(args.seed)
     from . import plots
@@ -135,7 +135,7 @@ def make_directory(path):
         raise UserError(f"cannot create {path}: {error.strerror or error}") from None
 
 
-def check_writable(path):
+def check_writable_file(path):
     """Fail now, in one line, if ``path`` cannot be written, before any work is done for it: a
     directory, a parent that is missing or a file, a folder without permission (``os.access``:
     root passes it), a file system that refuses files (/proc, read-only)."""
@@ -218,7 +218,7 @@ def command_evaluate(args):
     seed = EVALUATION_SEED if args.seed is None else checks.seed(args.seed, "--seed")
     out = Path(args.run) / "evaluation.json"
     if Path(args.run).is_dir():
-        check_writable(out)  # before the computation, not after it
+        check_writable_file(out)  # before the computation, not after it
     device = "cuda" if torch.cuda.is_available() else "cpu"
     vae, data = load_run_data(args.run, args.checkpoint)
     split, dequantization_levels = data.split(args.split), data.dequantization_levels
@@ -287,7 +287,7 @@ def command_plot(args):
         out.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise UserError(f"cannot create --out {out}: {error.strerror or error}") from None
-    check_writable(out / "codes_pca.png")
+    check_writable_file(out / "codes_pca.png")
     split, _ = limited(split, args)
     if vae.takes_labels and split.labels is None:
         raise UserError(f"the {args.split} split has no labels, which a {vae.kind} run needs to be plotted")

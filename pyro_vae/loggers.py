@@ -24,9 +24,13 @@ Adding a tracker is one class and one ``@LOGGERS.register`` line.
 
 import csv
 import os
+import sys
 import time
 import uuid
 
+from tqdm.auto import tqdm
+
+from .epoch_metrics import epoch_summary
 from .registry import Registry, UserError
 
 LOGGERS = Registry("logger")
@@ -71,7 +75,6 @@ class Logger:
     """Base class: each hook is called on the main process only."""
 
     context_arguments = ("out", "config")
-    wants_steps = False  # whether ``step`` should be called (it reads the loss from the device)
 
     def __init__(self, out, config):
         self.out, self.config = out, config
@@ -84,13 +87,60 @@ class Logger:
         """After every epoch: ``rows`` are all metrics rows so far, the last one new."""
 
     def step(self, step, loss):
-        """Every ``train.log_every`` steps: the minibatch loss of the last step."""
+        """After every optimizer step (``step``: steps done). ``loss()`` reads the step's minibatch
+        loss from the device, a wait for it: the trackers read it only every ``train.log_every``
+        steps (``due``)."""
+
+    def due(self, step):
+        """Whether ``step`` is one of the steps whose loss is logged (every ``train.log_every``)."""
+        return step % self.config["train"]["log_every"] == 0
 
     def figures(self, paths):
         """At the end of training: the run's figures (PNG paths)."""
 
     def close(self):
         pass
+
+
+class Console(Logger):
+    """The terminal: a progress bar over the run's steps, and one line per epoch.
+
+    The bar shows only with ``train.progress`` and a terminal on stderr: in a pipe or a log
+    file its carriage-return updates would pile up, and the epoch lines (printed in any case, at
+    once) are the progress. Not a ``train.loggers`` choice: every run has it, on the main process.
+    ``status(loss)`` is the bar's text for the last step's loss, read every 10 steps and on the
+    first step of an epoch."""
+
+    def __init__(self, out, config, total, done, description, status):
+        super().__init__(out, config)
+        self.status, self.fresh = status, True
+        self.bar = tqdm(total=total, initial=done, unit="step", dynamic_ncols=True, desc=description,
+                        disable=not (config["train"]["progress"] and _is_terminal(sys.stderr)))
+
+    def step(self, step, loss):
+        self.bar.update()
+        if not self.bar.disable and (self.fresh or step % 10 == 0):
+            self.bar.set_postfix_str(self.status(loss()), refresh=False)
+            self.fresh = False
+
+    def epoch(self, rows):
+        self.say(epoch_summary(rows[-1]))
+        self.fresh = True
+
+    def say(self, line):
+        """Print a line above the bar, at once (a piped log gets each epoch as it ends)."""
+        self.bar.write(line)
+        sys.stdout.flush()
+
+    def close(self):
+        self.bar.close()
+
+
+def _is_terminal(stream):
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):  # no isatty, or a closed stream
+        return False
 
 
 @LOGGERS.register("csv")
@@ -104,8 +154,6 @@ class CSVLogger(Logger):
 @LOGGERS.register("tensorboard")
 class TensorBoardLogger(Logger):
     """TensorBoard event files under RUN/tensorboard: metrics, step losses, figures, config."""
-
-    wants_steps = True
 
     @classmethod
     def check_available(cls):
@@ -130,7 +178,8 @@ class TensorBoardLogger(Logger):
         self.writer.flush()
 
     def step(self, step, loss):
-        self.writer.add_scalar("step/train_loss", loss, step)
+        if self.due(step):
+            self.writer.add_scalar("step/train_loss", loss(), step)
 
     def figures(self, paths):
         from matplotlib import image
@@ -155,8 +204,6 @@ def _run_id(folder):
 @LOGGERS.register("mlflow")
 class MLflowLogger(Logger):
     """An MLflow run: config as parameters and artifact, metrics per epoch and step, figures as artifacts."""
-
-    wants_steps = True
 
     @classmethod
     def check_available(cls):
@@ -202,7 +249,8 @@ class MLflowLogger(Logger):
         self.client.log_batch(self.run_id, metrics=metrics)
 
     def step(self, step, loss):
-        self.client.log_metric(self.run_id, "step_train_loss", loss, step=step)
+        if self.due(step):
+            self.client.log_metric(self.run_id, "step_train_loss", loss(), step=step)
 
     def figures(self, paths):
         for path in paths:
@@ -215,8 +263,6 @@ class MLflowLogger(Logger):
 @LOGGERS.register("wandb")
 class WandbLogger(Logger):
     """A Weights & Biases run (offline by default): config, metrics per epoch and step, figures as images."""
-
-    wants_steps = True
 
     @classmethod
     def check_available(cls):
@@ -248,7 +294,8 @@ class WandbLogger(Logger):
                       **{f"epoch/{key}": value for key, value in row.items() if key != "epoch" and value is not None}})
 
     def step(self, step, loss):
-        self.run.log({"step": step, "step/train_loss": loss})
+        if self.due(step):
+            self.run.log({"step": step, "step/train_loss": loss()})
 
     def figures(self, paths):
         self.run.log({f"figures/{path.stem}": self.wandb.Image(str(path)) for path in paths})

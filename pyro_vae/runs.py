@@ -61,11 +61,11 @@ def prepare_run_directory(out, force):
             f"--out {out} already holds files; overwrite it with --force (force=True in Python), "
             "continue it with --resume, or choose another directory"
         )
-    check_writable(out)
+    check_writable_directory(out)
     return out
 
 
-def check_writable(path):
+def check_writable_directory(path):
     """Refuse, before any work, a directory that cannot be created or written (a read-only file system)."""
     path = Path(path)
     existing = next(p for p in (path, *path.parents) if p.exists())  # the root always exists

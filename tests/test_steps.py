@@ -221,7 +221,7 @@ def failing_capture(monkeypatch):
     eagerly (where CUDA would only record it), so the failed attempt has changed parameters,
     optimizer state, counters and RNG by the time it raises: the restore must undo all of it.
     Every run is allowed to capture (``capture_obstacle`` is None)."""
-    import pyro_vae.training
+    import pyro_vae.build
 
     armed = {"stage": None, "warm_ups": 0}
 
@@ -254,7 +254,7 @@ def failing_capture(monkeypatch):
     for name, value in (("Stream", Stream), ("current_stream", Stream), ("set_stream", lambda s: None),
                         ("stream", stream), ("CUDAGraph", Graph), ("graph", graph)):
         monkeypatch.setattr(torch.cuda, name, value)
-    monkeypatch.setattr(pyro_vae.training, "capture_obstacle", lambda *args: None)
+    monkeypatch.setattr(pyro_vae.build, "capture_obstacle", lambda *args: None)
     return lambda stage: armed.update(stage=stage)
 
 
