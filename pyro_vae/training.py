@@ -6,9 +6,15 @@ capacity or free bits, the KL penalty of that step: ``penalties``) passed as an
 argument; the estimator applies it as a handler on the latent sites (or, for the
 library's own programs, computes the same loss directly: ``objectives``). A torch
 optimizer updates the parameters. This is Pyro's ELBO used as a torch module
-(``NegativeELBO``), which is what lets ``DistributedDataParallel`` wrap it. What a
-run is made of and how it steps are built by ``build.build_training``; its directory, metrics and figures are
-``runs``'.
+(``NegativeELBO``), which is what lets ``DistributedDataParallel`` wrap it.
+
+``Trainer`` is the loop and the state a checkpoint holds, nothing else. What a run is made of
+and how it steps (the loss, data-parallel or not, a captured or an eager step) is decided by
+``build.build_training``; the epoch's metrics row and line are pure functions
+(``epoch_metrics``), as are early stopping and the best epoch (``stopping``); numerical faults
+become one-line errors in ``faults``; SIGINT and SIGTERM become a stop request in ``signals``;
+the progress bar and the trackers are loggers (``loggers``); the run directory and its figures
+are ``runs``'.
 
 After every epoch the true ELBO (KL weight 1) is measured on the training and
 validation sets without touching any parameter, a row is added to

@@ -383,3 +383,40 @@ def test_the_hand_written_path_is_exact_for_scales_far_apart():
         grads = torch.autograd.grad((weights[0] * log_qz + weights[1] * log_prod).sum(), (z, loc, scale))
         outs.append((log_qz, log_prod, *grads))
     assert all(torch.allclose(a, b, rtol=1e-10, atol=1e-10) for a, b in zip(*outs))
+
+
+def test_the_workspace_is_reused_across_steps_and_never_shared_by_two_live_graphs():
+    from pyro_vae.objectives.total_correlation import Workspace, gaussian_minibatch_log_densities
+
+    g = torch.Generator().manual_seed(5)
+    batches = [(torch.randn(16, 3, generator=g), torch.rand(16, 3, generator=g) + 0.2, torch.randn(16, 3, generator=g))
+               for _ in range(3)]
+    weights = torch.randn(2, 16, generator=g)
+
+    def gradients(workspace, together):
+        """d/d(loc, scale, z) of a weighted sum of log q(z) and sum_j log q(z_j), one backward per
+        batch (as training steps) or one backward of all three losses summed (three live graphs)."""
+        leaves = [[t.clone().requires_grad_() for t in batch] for batch in batches]
+        losses = []
+        for loc, scale, z in leaves:
+            log_qz, log_prod = gaussian_minibatch_log_densities(loc, scale, z, 100, "mws", workspace)
+            losses.append((weights[0] * log_qz + weights[1] * log_prod).sum())
+            if not together:
+                losses[-1].backward()
+        if together:
+            sum(losses).backward()
+        return [t.grad for batch in leaves for t in batch]
+
+    reference = gradients(None, together=False)
+    workspace = Workspace()
+    assert all(torch.equal(a, b) for a, b in zip(gradients(workspace, together=False), reference))
+    kept = workspace.arrays[0].data_ptr()
+    assert all(torch.equal(a, b) for a, b in zip(gradients(workspace, together=False), reference))
+    assert workspace.arrays[0].data_ptr() == kept and not workspace.lent  # reused, given back
+    assert all(torch.equal(a, b) for a, b in zip(gradients(workspace, together=True), reference))
+    with torch.no_grad():  # nothing kept for a backward pass: nothing lent
+        gaussian_minibatch_log_densities(*batches[0], 100, "mws", Workspace())
+    fresh = Workspace()
+    with torch.no_grad():
+        gaussian_minibatch_log_densities(*batches[0], 100, "mws", fresh)
+    assert not fresh.lent

@@ -108,6 +108,34 @@ def minibatch_log_densities(log_q, dataset_size, sampling="mws"):
 HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 
 
+class Workspace:
+    """The three (D, N, M) arrays of :class:`GaussianAggregate`, kept from one training step to the
+    next on a CPU, where a fresh array of that size costs more than the pass that fills it (its
+    pages are mapped and zeroed anew by the allocator every step); on a GPU the caching allocator
+    already reuses memory, and a workspace is not used.
+
+    The arrays are lent to one autograd graph at a time: ``take`` marks them lent when the graph
+    will need them for its backward pass, the backward pass gives them back, and while they are
+    lent (two losses built before one backward, or a graph dropped without one) every further
+    ``take`` gets fresh arrays, so no two live graphs ever share memory."""
+
+    def __init__(self):
+        self.arrays, self.lent = None, False
+
+    def take(self, shape, like, for_backward):
+        """Three arrays of ``shape`` with ``like``'s dtype and device; lent when ``for_backward``."""
+        fresh = tuple(torch.empty(shape, dtype=like.dtype, device=like.device) for _ in range(3))
+        if self.lent:
+            return fresh
+        if self.arrays is None or self.arrays[0].shape != shape or self.arrays[0].dtype != like.dtype:
+            self.arrays = fresh
+        self.lent = for_backward
+        return self.arrays
+
+    def give_back(self):
+        self.lent = False
+
+
 class GaussianAggregate(torch.autograd.Function):
     """For diagonal Gaussians q(z | x_m) = N(loc_m, diag scale_m^2) and codes z_n:
     ``logsumexp_m sum_j log q(z_nj | x_m)`` (N,) and ``logsumexp_m log q(z_nj | x_m)`` (N, D), the uniform
@@ -117,13 +145,14 @@ class GaussianAggregate(torch.autograd.Function):
 
     With t = log q(z_nj | x_m) = -a^2 / 2 - log scale_mj - log(2 pi) / 2, a = (z_nj - loc_mj) / scale_mj:
     dt/dz = -a / scale, dt/dloc = a / scale, dt/dscale = (a^2 - 1) / scale. Where the cost goes
-    (passes over the N M D values: about 6 forward, 8 backward):
+    (passes over the N M D values: about 6 forward, 8 backward, all memory-bound):
 
-    - the array is laid out (D, N, M), data points m innermost: the logsumexp over m reduces the
-      contiguous axis, with no strided reductions and no copies;
-    - a fresh (D, N, M) array costs about as much as several passes on a CPU (its pages are
-      mapped and zeroed anew each step), so only three are made, a and exp(t - peak) forward and
-      dL/dt backward, and every other pass works in place in one of them;
+    - the arrays are laid out (D, N, M), data points m innermost, and written into arrays made
+      so (left to broadcasting, (z_n - loc_m) comes out with D innermost, and every later pass
+      strides): the logsumexp over m reduces the contiguous axis, the sums over n add whole rows;
+    - three (D, N, M) arrays are written, a (one ``addcmul``) and exp(t - peak) forward and dL/dt
+      backward, every other pass works in place in one of them; on a CPU they come from a
+      :class:`Workspace` kept by the estimator, since a fresh array there costs several passes;
     - the logsumexp over m is shifted by an upper bound of t per dimension,
       peak_j = max_m (-log scale_mj) - log(2 pi) / 2 >= t_nmj (since -a^2 / 2 <= 0), read from the
       (M, D) scales, instead of the maximum over the (N, M, D) array (a strided pass and a
@@ -134,12 +163,17 @@ class GaussianAggregate(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, z, loc, scale):
+    def forward(ctx, z, loc, scale, workspace=None):
+        shape = (z.shape[1], z.shape[0], loc.shape[0])  # (D, N, M)
+        tracked = any(ctx.needs_input_grad[:3])
+        # written into arrays of exactly this layout: left to broadcasting, a would come out with D innermost
+        a_out, t_out, grad_out = (Workspace() if workspace is None else workspace).take(shape, z, tracked)
         inv = scale.reciprocal().T  # (D, M)
-        a = (z.T.unsqueeze(2) - loc.T.unsqueeze(1)).mul_(inv.unsqueeze(1))  # (D, N, M)
+        # a = z_n / scale_m - loc_m / scale_m: one pass (a subtraction, then a product, would be two)
+        a = torch.addcmul((-loc.T * inv).unsqueeze(1), z.T.unsqueeze(2), inv.unsqueeze(1), out=a_out)  # (D, N, M)
         neg_log_scale = -scale.log().T  # (D, M)
         top = neg_log_scale.amax(1, keepdim=True)  # (D, 1)
-        t = torch.addcmul((neg_log_scale - top).unsqueeze(1), a, a, value=-0.5)  # t - peak <= 0
+        t = torch.addcmul((neg_log_scale - top).unsqueeze(1), a, a, value=-0.5, out=t_out)  # t - peak <= 0
         peak = top.squeeze(1) - HALF_LOG_2PI  # (D,)
         joint_t = t.sum(0) + peak.sum()  # sum_j log q(z_nj | x_m), (N, M)
         joint = torch.logsumexp(joint_t, 1)
@@ -147,6 +181,7 @@ class GaussianAggregate(torch.autograd.Function):
         total = e.sum(2)  # (D, N)
         marginals = (total.log() + peak.unsqueeze(1)).T
         ctx.save_for_backward(a, e, total, joint_t, joint, inv)
+        ctx.grad_out, ctx.workspace = grad_out, workspace if tracked else None
         return joint, marginals
 
     @staticmethod
@@ -154,19 +189,22 @@ class GaussianAggregate(torch.autograd.Function):
         a, e, total, joint_t, joint, inv = ctx.saved_tensors
         # dL/dt: the softmax over m of the marginals' logsumexp times their gradient, plus the joint's
         w = torch.exp(joint_t - joint.unsqueeze(1)) * grad_joint.unsqueeze(1)  # (N, M)
-        gt = torch.addcmul(w, e, (grad_marginals.T / total).unsqueeze(2))  # (D, N, M), the one fresh array
+        gt = torch.addcmul(w, e, (grad_marginals.T / total).unsqueeze(2), out=ctx.grad_out)  # (D, N, M)
         gt_sum = gt.sum(1)
         u_sum = gt.mul_(a).sum(1)  # u = dL/dt a = -dL/da, in place from here on
         grad_z = -gt.mul_(inv.unsqueeze(1)).sum(2).T  # sum_m u / scale
         ua_sum = gt.mul_(a).sum(1)  # sum_n u a / scale
         grad_loc, grad_scale = (u_sum * inv).T, (ua_sum - gt_sum * inv).T
-        return grad_z, grad_loc, grad_scale
+        if ctx.workspace is not None:
+            ctx.workspace.give_back()
+        return grad_z, grad_loc, grad_scale, None
 
 
-def gaussian_minibatch_log_densities(loc, scale, z, dataset_size, sampling="mws"):
-    """:func:`minibatch_log_densities` for diagonal Gaussian posteriors, through :class:`GaussianAggregate`."""
+def gaussian_minibatch_log_densities(loc, scale, z, dataset_size, sampling="mws", workspace=None):
+    """:func:`minibatch_log_densities` for diagonal Gaussian posteriors, through :class:`GaussianAggregate`
+    (``workspace``: its arrays, reused on a CPU; see :class:`Workspace`)."""
     m = len(loc)
-    joint, marginals = GaussianAggregate.apply(z, loc, scale)
+    joint, marginals = GaussianAggregate.apply(z, loc, scale, workspace if z.device.type == "cpu" else None)
     joint, marginals = joint - math.log(m), marginals - math.log(m)
     if sampling == "mss" and m > 1:
         own = torch.distributions.Normal(loc, scale).log_prob(z)  # log q(z_nj | x_n), (M, D)
@@ -186,13 +224,14 @@ def _stratified(log_uniform, log_own, m, dataset_size):
     return log_off + log_sum + torch.log1p(-shrink * torch.exp(log_own - log_sum))
 
 
-def kl_decomposition(guide_dist, prior_dist, z, dataset_size, sampling="mws"):
+def kl_decomposition(guide_dist, prior_dist, z, dataset_size, sampling="mws", workspace=None):
     """The three terms of the KL per data point (Chen et al. 2018), each shape (M,):
     ``(mi, tc, dimension_wise)``, with log q(z) and log q(z_j) from :func:`minibatch_log_densities`;
     they add up to log q(z_n | x_n) - log p(z_n) exactly."""
     base = diagonal_normal(guide_dist)
     if base is not None:
-        log_qz, log_prod_qzj = gaussian_minibatch_log_densities(base.loc, base.scale, z, dataset_size, sampling)
+        log_qz, log_prod_qzj = gaussian_minibatch_log_densities(base.loc, base.scale, z, dataset_size, sampling,
+                                                                workspace)
     else:
         log_qz, log_prod_qzj = minibatch_log_densities(log_density_matrix(guide_dist, z), dataset_size, sampling)
     log_qz_given_x = guide_dist.log_prob(z)
@@ -253,6 +292,7 @@ class TCVAE(TotalCorrelationEstimator):
         if dataset_size is not None and (isinstance(dataset_size, bool) or not isinstance(dataset_size, int) or dataset_size < 1):
             raise UserError(f"objective.estimator.dataset_size must be an integer >= 1, got {dataset_size!r}")
         self.dataset_size = dataset_size
+        self.workspace = Workspace()  # the (M, M, D) arrays of each step, reused on a CPU
         if sampling == "mss" and dataset_size is None:
             raise UserError("objective.estimator.sampling = \"mss\" needs the data set's size (given by training; "
                             "set dataset_size when building the estimator by hand)")
@@ -260,7 +300,8 @@ class TCVAE(TotalCorrelationEstimator):
     def loss(self, model, guide, x, kl_weight=None, kl_penalty=None, y=None, sites=None):
         vae, q, z, kl_weight = self.encoded(model, guide, x, kl_weight, kl_penalty, y)
         reconstruction = vae.likelihood_dist(z, x).log_prob(x).sum()
-        mi, tc, dimension_wise = kl_decomposition(q, vae.prior_dist(), z, self.dataset_size or len(x), self.sampling)
+        mi, tc, dimension_wise = kl_decomposition(q, vae.prior_dist(), z, self.dataset_size or len(x), self.sampling,
+                                                  self.workspace)
         penalty = (self.alpha * mi + self.beta * tc + self.gamma * dimension_wise).sum()
         return -(reconstruction - weighted(kl_weight, penalty))
 
