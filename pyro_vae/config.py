@@ -15,7 +15,7 @@ import functools
 try:
     import tomllib
 except ModuleNotFoundError:  # Python 3.10
-    import tomli as tomllib
+    import tomli as tomllib  # type: ignore[no-redef]  # the same API
 import tomli_w
 
 from . import checks

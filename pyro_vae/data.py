@@ -199,7 +199,7 @@ class Data:
             values = "binary {0, 1}: one fixed Bernoulli draw of the grey levels (static binarization)"
         elif self.binarize == "dynamic":
             values = f"grey levels in {span}, binarized by a fresh Bernoulli draw each epoch (valid, test: one fixed draw)"
-        elif self.dequantize:
+        elif self.dequantize and self.levels is not None:  # make_data gives dequantized data its levels
             values = (f"integers 0..{self.levels - 1} dequantized as (k + u) / {self.levels}, u ~ U[0, 1), in [0, 1), "
                       "redrawn each epoch (valid, test: one fixed draw)")
         elif self.levels == 256:
@@ -247,9 +247,15 @@ class Data:
         if self.num_labeled() == 0:
             raise UserError(f"{what} needs labeled training examples, and data.labeled hides them all")
 
+    def training_labels(self) -> torch.Tensor:
+        """The training split's labels, HIDDEN where hidden (a one-line error for data without labels)."""
+        if self.train.labels is None:
+            raise UserError("these data carry no labels (a model with labels needs them)")
+        return self.train.labels
+
     def labeled_index(self) -> torch.Tensor:
         """Positions of the training examples whose label is known."""
-        return (self.train.labels != HIDDEN).nonzero().squeeze(1).cpu()
+        return (self.training_labels() != HIDDEN).nonzero().squeeze(1).cpu()
 
     def num_labeled(self) -> int:
         return 0 if self.train.labels is None else len(self.labeled_index())
@@ -272,7 +278,7 @@ class Data:
         for start in range(skip * batch_size, len(order), batch_size):
             index = order[start : start + batch_size][rank::world_size].to(self.train.x.device)
             x = self._binarized(self.train.x[index], noise)
-            yield LabeledBatch(x.to(device, non_blocking=True), self.train.labels[index].to(device))
+            yield LabeledBatch(x.to(device, non_blocking=True), self.training_labels()[index].to(device))
 
     def semi_supervised_steps(self, batch_size: int) -> int:
         """Steps per epoch of ``semi_supervised_batches``: one pass over the unlabeled examples."""
@@ -291,7 +297,8 @@ class Data:
         """
         generator = torch.Generator().manual_seed(epoch_seed)
         labeled = self.labeled_index()
-        unlabeled = (self.train.labels == HIDDEN).nonzero().squeeze(1).cpu()
+        labels = self.training_labels()
+        unlabeled = (labels == HIDDEN).nonzero().squeeze(1).cpu()
         steps = self.semi_supervised_steps(batch_size)
         per_step = labeled_batch_size or -(-len(labeled) // steps)
         order = unlabeled[torch.randperm(len(unlabeled), generator=generator)]
@@ -304,7 +311,7 @@ class Data:
             labeled_step = labeled_order[step * per_step : (step + 1) * per_step][rank::world_size].to(device_of)
             x_u = self._binarized(self.train.x[unlabeled], noise).to(device, non_blocking=True)
             x_l = self._binarized(self.train.x[labeled_step], noise).to(device, non_blocking=True)
-            yield SemiSupervisedBatch(x_u, LabeledBatch(x_l, self.train.labels[labeled_step].to(device)), scale)
+            yield SemiSupervisedBatch(x_u, LabeledBatch(x_l, labels[labeled_step].to(device)), scale)
 
     def train_batches(self, batch_size: int, epoch_seed: int, noise: torch.Generator | None, device: str | torch.device,
                       rank: int = 0, world_size: int = 1, skip: int = 0) -> Iterator[torch.Tensor]:
@@ -731,8 +738,8 @@ class Source:
     arrays as stored (uint8 images stay uint8: :func:`make_data` reads them)."""
 
     context_arguments = ("path", "download")
-    levels = None  # the integer levels of float data, where the source knows them
-    factor_names = None  # the names of the splits' factors of variation, where it has them (set by load)
+    levels: int | None = None  # the integer levels of float data, where the source knows them
+    factor_names: tuple[str, ...] | None = None  # the names of the splits' factors of variation, where it has them
 
     def __init__(self, path="", download=False):
         self.path = Path(path) if path else None
@@ -802,8 +809,8 @@ def read_idx(path):
 class IDXImages(Source):
     """Base for MNIST-format datasets: four IDX files; valid = the last sixth of train."""
 
-    urls = ()  # mirrors holding the four files, tried in order
-    default_paths = ()
+    urls: tuple[str, ...] = ()  # mirrors holding the four files, tried in order
+    default_paths: tuple[str, ...] = ()
 
     def _find(self, stem):
         directories = [self.path] if self.path else [Path(p) for p in self.default_paths]

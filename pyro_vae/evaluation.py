@@ -76,7 +76,7 @@ def evaluate_elbo(vae: VAE, batches: Iterable[torch.Tensor | LabeledBatch], seed
     ``kl_per_dimension`` is None, and a model with a classifier adds ``accuracy`` on the points
     whose label is known.
     """
-    sums = {}
+    sums: dict[str, torch.Tensor] = {}
 
     def add(name, value):  # float64 sums kept where the data is: read from the device once, at the end
         value = torch.as_tensor(value, dtype=torch.float64, device=device)
@@ -117,7 +117,7 @@ def evaluate_elbo(vae: VAE, batches: Iterable[torch.Tensor | LabeledBatch], seed
         raise UserError("no data points to score: a conditional model (cvae) scores only points with labels")
     sums = {name: value.cpu() for name, value in sums.items()}
     count = sums["count"].item()
-    result = {name: (sums[name] / count).item() for name in ("elbo", "reconstruction", "kl")}
+    result: dict[str, Any] = {name: (sums[name] / count).item() for name in ("elbo", "reconstruction", "kl")}
     kl_dims = sums.get("kl_per_dimension")
     result["kl_per_dimension"] = None if kl_dims is None else (kl_dims / count).tolist()
     active = {}
@@ -406,7 +406,7 @@ def evaluate(vae: VAE, x: torch.Tensor, num_samples: int = 5000, seed: int = EVA
     else:
         result["bits_per_dim"] = (
             bits_per_dim(result["log_likelihood"], vae.num_features)
-            if has_discrete_data(vae, x[:1].to(device), None if not getattr(vae, "conditional", False) else labels[:1].to(device))
+            if has_discrete_data(vae, x[:1].to(device), labels[:1].to(device) if vae.conditional and labels is not None else None)
             else None
         )
     result["num_samples"] = num_samples
@@ -451,6 +451,7 @@ def gradient_variance(vae: VAE, estimator: Estimator, x: torch.Tensor, num_draws
             ]).double()
             total = g if total is None else total + g
             squares = g * g if squares is None else squares + g * g
+    assert total is not None and squares is not None  # num_draws >= 2 was checked
     mean = total / num_draws
     variance = ((squares - num_draws * mean * mean) / (num_draws - 1)).clamp(min=0)
     trace_covariance = variance.sum().item()

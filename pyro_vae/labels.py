@@ -235,11 +235,14 @@ class LabeledVAE(VAE):
         """p(z), event shape ``(latent_dim,)``."""
         return self.prior(None)
 
-    def likelihood_dist(self, z: torch.Tensor, y: torch.Tensor, x: torch.Tensor | None = None) -> TorchDistribution:
+    # The labeled kinds' densities are conditioned on y as well: p(x | z, y), q(z | x, y) take one
+    # argument more than VAE's (its callers are this class's own programs and losses).
+    def likelihood_dist(self, z: torch.Tensor, y: torch.Tensor,  # type: ignore[override]
+                        x: torch.Tensor | None = None) -> TorchDistribution:
         """p(x | z, y); z ``(..., latent_dim)`` and labels y broadcast against each other."""
         return self.likelihood(self.decoder(z, y), x)
 
-    def guide_dist(self, x: torch.Tensor, y: torch.Tensor) -> TorchDistribution:
+    def guide_dist(self, x: torch.Tensor, y: torch.Tensor) -> TorchDistribution:  # type: ignore[override]
         """q(z | x, y) = N(loc(x, y), diag scale(x, y)^2)."""
         return self.guide_family(self.encoder(x, y))
 
@@ -359,11 +362,13 @@ class M2(LabeledVAE):
 
     @classmethod
     def from_config(cls, model: Mapping[str, Any], data_shape: int | Sequence[int], data_levels: int | None = None,
-                    load_features: Callable[[str, Sequence[int]], VAE] | None = None) -> VAE:
+                    load_features: Callable[[str, int | Sequence[int]], VAE] | None = None) -> VAE:
         """M2, or M1+M2 (``StackedM2``) on the trained VAE ``load_features(model.features, data_shape)``."""
         if not model["features"]:
             return super().from_config(model, data_shape, data_levels, load_features)
         options = cls.config_options(model)
+        if load_features is None:
+            raise UserError("model.features names a run, and building M1+M2 needs a loader of runs (build.load_features)")
         features = load_features(model["features"], data_shape)
         return StackedM2(features, latent_dim=model["latent_dim"], encoder=model["encoder"], decoder=model["decoder"],
                          likelihood=model["likelihood"], prior=model["prior"], **options)

@@ -37,7 +37,7 @@ class Likelihood(nn.Module):
     """Base class. Subclasses set ``num_params`` and implement ``forward`` and ``mean``."""
 
     num_params = 1
-    context_arguments = ("data_shape",)
+    context_arguments: tuple[str, ...] = ("data_shape",)
     # Whether p(x | z) is a density over continuous values (True) or a mass function (False): a
     # density needs dequantized data where the data are integer-valued (``data.dequantize``).
     continuous = False
@@ -212,7 +212,7 @@ class LocationScale(Likelihood):
     (or constant) feature sends s -> 0 and log p -> +infinity.
     """
 
-    distribution = None  # a Pyro location-scale distribution class
+    distribution: type[TorchDistribution] | None = None  # a Pyro location-scale distribution class
     continuous = True
 
     def __init__(self, data_shape, scale=1.0, min_scale=1e-3):

@@ -169,7 +169,7 @@ class VAE(PyroModule):
 
     @classmethod
     def from_config(cls, model: Mapping[str, Any], data_shape: int | Sequence[int], data_levels: int | None = None,
-                    load_features: Callable[[str, Sequence[int]], VAE] | None = None) -> VAE:
+                    load_features: Callable[[str, int | Sequence[int]], VAE] | None = None) -> VAE:
         """The model the checked ``[model]`` section describes, for data of shape ``data_shape`` (and
         ``data_levels``); ``load_features(run, data_shape)`` loads M1 of M1+M2 (``model.features``)."""
         options = cls.config_options(model)

@@ -9,7 +9,7 @@ import contextlib
 import warnings
 
 import torch
-from pyro.infer import Trace_ELBO, TraceEnum_ELBO, TraceMeanField_ELBO
+from pyro.infer import ELBO, Trace_ELBO, TraceEnum_ELBO, TraceMeanField_ELBO
 
 from .._pyro_compat import FixedJitTrace_ELBO, FixedJitTraceMeanField_ELBO
 from ..annealing import kl_scaled
@@ -42,7 +42,8 @@ def _weight_as_argument(fn):
 class PyroELBO(Estimator):
     """Base class for estimators that are one of Pyro's ELBOs (and its JIT twin)."""
 
-    elbo_class, jit_class = Trace_ELBO, FixedJitTrace_ELBO
+    elbo_class: type[ELBO] = Trace_ELBO
+    jit_class: type[ELBO] = FixedJitTrace_ELBO
     supports_jit = True
     supports_kl_penalty = True  # pathwise gradients of reconstruction and KL, each computable apart
     supports_labels = True

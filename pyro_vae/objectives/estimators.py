@@ -42,7 +42,7 @@ class Estimator(nn.Module):
 
     # The library supplies these from the [objective] section; a config table for the
     # estimator itself sets only the options of its own class (alpha, baseline, ...).
-    context_arguments = ("num_particles", "vectorize_particles", "jit", "data_shape")
+    context_arguments: tuple[str, ...] = ("num_particles", "vectorize_particles", "jit", "data_shape")
     reports_elbo = True
     supports_kl_weight = True
     supports_kl_penalty = False
@@ -119,7 +119,7 @@ class Estimator(nn.Module):
 
     direct_loss = None  # or a method (vae, x, kl_weight) -> the loss, or None where it does not apply
     analytic_kl = False  # whether the KL term is taken in closed form where it has one
-    guide_wrapper = None  # a _Rewrapped class applied to the guide's latent sites
+    guide_wrapper: type | None = None  # a _Rewrapped class applied to the guide's latent sites
 
     def differentiable_loss(
         self, model: Callable[..., Any], guide: Callable[..., Any], x: torch.Tensor, *labels: torch.Tensor
