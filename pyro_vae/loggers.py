@@ -17,6 +17,9 @@
 
 Every metrics column includes ``lr``, the learning rate of the epoch's last step.
 
+Every run also has a ``Console`` (not a ``train.loggers`` choice): the progress bar on a terminal
+and one line per epoch, a logger like the others.
+
 A logger is built when training starts (nothing is written before the run's checks pass);
 ``check_available`` runs before that, so a missing package is a one-line error up front.
 Adding a tracker is one class and one ``@LOGGERS.register`` line.
