@@ -16,17 +16,17 @@ OPTIMIZERS = Registry("optimizer")
 LR_SCHEDULES = Registry("learning-rate schedule")
 
 
-def fastest(optimizer_class, parameters, lr):
-    """``optimizer_class`` with the fastest implementation this torch has for these parameters:
-    fused (one kernel over all parameters: about 4x faster for Adam on CPU), else foreach
-    (one call per group), else the loop over tensors, which always exists."""
+def fastest(optimizer_class, parameters, lr, **options):
+    """``optimizer_class`` (with ``options``) in the fastest implementation this torch has for these
+    parameters: fused (one kernel over all parameters: about 4x faster for Adam on CPU), else
+    foreach (one call per group), else the loop over tensors, which always exists."""
     parameters = list(parameters)
-    for options in ({"fused": True}, {"foreach": True}):
+    for implementation in ({"fused": True}, {"foreach": True}):
         try:
-            return optimizer_class(parameters, lr=lr, **options)
+            return optimizer_class(parameters, lr=lr, **options, **implementation)
         except (TypeError, RuntimeError, ValueError):  # no such kernel for this optimizer/device
             continue
-    return optimizer_class(parameters, lr=lr)
+    return optimizer_class(parameters, lr=lr, **options)
 
 
 @OPTIMIZERS.register("adam")
