@@ -209,11 +209,12 @@ def build_training(config, data, device, world_size=1):
     loss = vae.training_loss(parts.estimator, parts.features_per_term, config["objective"], data)
     if world_size > 1:
         loss = nn.parallel.DistributedDataParallel(loss, device_ids=[device.index] if device.type == "cuda" else None)
-    obstacle = capture_obstacle(config, vae, parts.estimator, parts.optimizer, device, world_size)
-    if tc["cuda_graph"] is True and obstacle:
-        raise UserError(f"train.cuda_graph = true is not possible: {obstacle}; set train.cuda_graph = \"auto\" or false")
     if tc["cuda_graph"] is False:
         obstacle = "train.cuda_graph = false"
+    else:
+        obstacle = capture_obstacle(config, vae, parts.estimator, parts.optimizer, device, world_size)
+    if tc["cuda_graph"] is True and obstacle:
+        raise UserError(f"train.cuda_graph = true is not possible: {obstacle}; set train.cuda_graph = \"auto\" or false")
     step_class, options = (CapturedStep, {"fall_back": tc["cuda_graph"] == "auto"}) if obstacle is None else (Step, {})
     step = step_class(loss, parts.optimizer, parts.lr_schedule, parts.parameters(), device,
                       tc["clip_grad_norm"], tc["precision"], **options)

@@ -273,12 +273,12 @@ class Data:
                         rank: int = 0, world_size: int = 1, skip: int = 0) -> Iterator[LabeledBatch]:
         """One epoch of shuffled ``LabeledBatch`` minibatches of the labeled training examples
         (as ``train_batches``: the order a pure function of ``epoch_seed``)."""
-        labeled = self.labeled_index()
+        labels, labeled = self.training_labels(), self.labeled_index()
         order = labeled[torch.randperm(len(labeled), generator=torch.Generator().manual_seed(epoch_seed))]
         for start in range(skip * batch_size, len(order), batch_size):
             index = order[start : start + batch_size][rank::world_size].to(self.train.x.device)
             x = self._binarized(self.train.x[index], noise)
-            yield LabeledBatch(x.to(device, non_blocking=True), self.training_labels()[index].to(device))
+            yield LabeledBatch(x.to(device, non_blocking=True), labels[index].to(device))
 
     def semi_supervised_steps(self, batch_size: int) -> int:
         """Steps per epoch of ``semi_supervised_batches``: one pass over the unlabeled examples."""

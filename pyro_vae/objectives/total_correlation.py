@@ -125,13 +125,17 @@ class Workspace:
 
     def take(self, shape, like, for_backward):
         """Three arrays of ``shape`` with ``like``'s dtype and device; lent when ``for_backward``."""
-        fresh = tuple(torch.empty(shape, dtype=like.dtype, device=like.device) for _ in range(3))
         if self.lent:
-            return fresh
-        if self.arrays is None or self.arrays[0].shape != shape or self.arrays[0].dtype != like.dtype:
-            self.arrays = fresh
+            return self._empty(shape, like)
+        kept = self.arrays
+        if kept is None or kept[0].shape != shape or kept[0].dtype != like.dtype or kept[0].device != like.device:
+            self.arrays = self._empty(shape, like)
         self.lent = for_backward
         return self.arrays
+
+    @staticmethod
+    def _empty(shape, like):
+        return tuple(torch.empty(shape, dtype=like.dtype, device=like.device) for _ in range(3))
 
     def give_back(self):
         self.lent = False
