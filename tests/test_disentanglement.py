@@ -14,9 +14,12 @@ from pyro_vae.config import check_config
 from pyro_vae.disentanglement import (
     dci,
     dci_from_importance,
+    discretize,
     factor_vae_score,
     gaussian_total_correlation,
     mig,
+    mutual_information,
+    mutual_information_matrix,
     total_correlation,
 )
 from pyro_vae.dsprites import grid_factors
@@ -101,6 +104,53 @@ def test_factor_vae_score_with_a_renderer_holds_the_factor_fixed():
     assert score["eval_accuracy"] == 1.0
     batches = rendered[1:]  # the first call draws the data for the codes' standard deviations
     assert all(any(len(np.unique(b[:, k])) == 1 for k in range(5)) for b in batches)
+
+
+def test_mig_normalizes_by_the_factors_entropy_not_the_codes():
+    # v0 (2 values) crossed with a nuisance w (10 values): code z0 = 10 v0 + w holds v0 whole
+    # (I(z0; v0) = H(v0) = log 2) but has far more entropy (log 20); z1 = v1 exactly. Chen et al.
+    # divide each gap by H(v_k): both gaps are 1. Divided by the code's entropy, v0's would be
+    # log 2 / log 20 = 0.23.
+    v0, v1, w = np.meshgrid(np.arange(2), np.arange(5), np.arange(10), indexing="ij")
+    v0, v1, w = v0.ravel(), v1.ravel(), w.ravel()
+    codes, factors = np.c_[10 * v0 + w, v1], np.c_[v0, v1]
+    value, gaps = mig(codes, factors, per_factor=True)
+    assert value == pytest.approx(1.0, abs=1e-12)
+    assert gaps == pytest.approx([1.0, 1.0], abs=1e-12)
+
+
+def test_mutual_information_is_scikit_learns_on_the_same_bins():
+    from sklearn.metrics import mutual_info_score
+
+    rng = np.random.RandomState(3)
+    a = rng.randint(6, size=5000)
+    b = (a + rng.randint(4, size=5000)) % 9  # dependent on a, with classes a lacks
+    assert mutual_information(a, b) == pytest.approx(mutual_info_score(a, b), abs=1e-12)
+    c = rng.randint(3, size=5000)  # independent of a: a small positive estimate
+    assert mutual_information(a, c) == pytest.approx(mutual_info_score(a, c), abs=1e-12)
+    # and the whole matrix MIG is made of, on the bins it cuts the codes into
+    codes = standardized(GRID) @ rotation(5) + 0.1 * rng.randn(len(GRID), 5)
+    info, h = mutual_information_matrix(codes, GRID)
+    for j in range(5):
+        z = discretize(codes[:, j], max_classes=0)  # always the 20 equal-width bins
+        for k in range(5):
+            v = discretize(GRID[:, k])
+            assert info[j, k] == pytest.approx(mutual_info_score(z, v), abs=1e-12)
+            assert h[k] == pytest.approx(mutual_info_score(v, v), abs=1e-12)  # H(v) = I(v; v)
+
+
+def test_factor_vae_score_does_not_depend_on_the_scale_of_a_dimension():
+    # Noisy disentangled codes: with a factor fixed, its own dimension varies least, once each
+    # dimension is divided by its standard deviation. Unnormalized, the dimension of smallest
+    # scale would vary least in every batch and take every vote.
+    rng = np.random.RandomState(0)
+    codes = standardized(GRID) + 0.3 * rng.randn(len(GRID), 5)
+    scores = []
+    for scales in ([1.0] * 5, [1.0, 3.0, 10.0, 30.0, 100.0]):
+        x = torch.as_tensor(codes * np.array(scales))  # the "images" are the codes
+        scores.append(factor_vae_score(lambda images: images, GRID, x, num_train=200, num_eval=200))
+    assert scores[0]["eval_accuracy"] > 0.95
+    assert scores[1] == scores[0]
 
 
 def test_factors_of_another_length_are_refused():
@@ -224,6 +274,29 @@ def test_tcvae_weights_each_term_as_it_says():
     mi, tc, dimension_wise = kl_decomposition(q, vae.prior_dist(), q.rsample(), 1000, "mss")
     extra = (1.0 * mi + 4.0 * tc - 0.5 * dimension_wise).sum()
     assert loss.item() == pytest.approx(elbo_loss.item() + extra.item(), rel=1e-5)
+
+
+def test_factorvae_loss_adds_gamma_times_the_discriminators_total_correlation():
+    # Kim & Mnih (2018) maximize ELBO - gamma TC, TC = E logit D(z): the loss is
+    # -log p(x | z) + KL + gamma sum_n logit D(z_n). A discriminator whose every logit is 0.7
+    # (last layer's weights 0, bias 0.7) makes the TC term known: gamma * 32 * 0.7 = 112 nats.
+    vae = tiny_vae(latent_dim=4)
+    x = torch.rand(32, 1, 8, 8).round()
+    config = check_config(tiny_config(objective={"estimator": {"name": "factorvae", "gamma": 5.0, "hidden": [8]}}))
+    estimator = build_estimator(config, (1, 8, 8), dataset_size=1000)
+    estimator.eval()  # no discriminator step: its weights stay as set
+    last = estimator.discriminator.net[-1]
+    with torch.no_grad():
+        last.weight.zero_()
+        last.bias.fill_(0.7)
+    pyro.set_rng_seed(4)
+    loss = estimator.loss(vae.model, vae.guide, x)
+    pyro.set_rng_seed(4)  # the same draw of z
+    q = vae.guide_dist(x)
+    z = q.rsample()
+    reconstruction = vae.likelihood_dist(z, x).log_prob(x).sum()
+    kl = torch.distributions.kl_divergence(q, vae.prior_dist()).sum()
+    assert loss.item() == pytest.approx((-reconstruction + kl + 5.0 * 32 * 0.7).item(), rel=1e-6)
 
 
 def test_tcvae_and_factorvae_refuse_what_they_cannot_do(tmp_path):
