@@ -118,25 +118,41 @@ def _standardize(a):
     return (a - a.mean(0)) / np.where(std > 0, std, 1.0)
 
 
-def dci(codes, factors, regressor="lasso", train_fraction=0.8, alpha=0.02, seed=0, max_train=None):
+MIN_R2 = 0.01
+COMPLETENESS = ("weighted", "mean")
+
+
+def _check_completeness(completeness):
+    if completeness not in COMPLETENESS:
+        raise UserError(f"dci: unknown completeness {completeness!r}; choose one of: {', '.join(COMPLETENESS)}")
+
+
+def dci(codes, factors, regressor="lasso", train_fraction=0.8, alpha=0.02, seed=0, max_train=None,
+        min_r2=MIN_R2, completeness="weighted"):
     """Disentanglement, completeness and informativeness (Eastwood & Williams 2018), a dict.
 
     A regressor per factor k predicts v_k from the codes, fitted on a seeded ``train_fraction``
-    of the examples; its importances give R_jk >= 0 (code dimension j for factor k). With
-    P_jk = R_jk / sum_k' R_jk' and Pt_jk = R_jk / sum_j' R_j'k,
-
-        D_j = 1 - H_K(P_j.),           disentanglement = sum_j rho_j D_j,  rho_j = sum_k R_jk / sum_jk R_jk
-        C_k = 1 - H_D(Pt_.k),          completeness = (1/K) sum_k C_k
-
-    (H_K: entropy in base K, so each is in [0, 1]); informativeness is how well the factors are
+    of the examples; its importances give R_jk >= 0 (code dimension j for factor k), from which
+    ``dci_from_importance`` computes disentanglement and completeness (disentanglement_lib's
+    definitions: both importance-weighted). Informativeness is how well the factors are
     predicted on the held-out examples, averaged over factors. Regressors:
 
     - ``"lasso"`` (Eastwood & Williams' linear probe): Lasso with weight ``alpha`` on the
-      standardized codes and factor; R_jk = |w_jk|; informativeness = held-out R^2. Fast.
+      standardized codes and factor; R_jk = |w_jk|; informativeness = held-out R^2. Fast. A
+      factor the probe does not predict (held-out R^2 below ``min_r2``, default 0.01) gets no
+      importances: its few nonzero weights are fitted noise (the lasso keeps a code whose
+      sample correlation with the factor beats ``alpha`` by chance), and since D and C read
+      only *relative* importances, one such weight of a few thousandths alone would make pure
+      noise "perfectly disentangled" (D = C = 1). Nothing predicted at all: D = C = 0.
     - ``"gbt"`` (disentanglement_lib's): a gradient-boosted tree classifier per (discretized)
       factor, R_jk = its feature importances; informativeness = held-out accuracy. Slower.
+      Its importances sum to 1 per factor whatever it learned (spread over every code on noise,
+      which scores D and C near 0), and no factor is left out.
+
+    The result also holds ``importance``, the matrix R that D and C were computed from.
     """
     codes, factors = _pair(codes, factors)
+    _check_completeness(completeness)
     order = np.random.RandomState(seed).permutation(len(codes))
     cut = max(1, min(round(train_fraction * len(codes)), len(codes) - 1))
     train, test = order[:cut], order[cut:]
@@ -152,8 +168,9 @@ def dci(codes, factors, regressor="lasso", train_fraction=0.8, alpha=0.02, seed=
         z, v = _standardize(codes), _standardize(factors[:, keep])
         for i in range(len(keep)):
             model = Lasso(alpha=alpha).fit(z[train], v[train, i])
-            importance[:, i] = np.abs(model.coef_)
             scores.append(model.score(z[test], v[test, i]))
+            if scores[-1] >= min_r2:
+                importance[:, i] = np.abs(model.coef_)
     elif regressor == "gbt":
         from sklearn.ensemble import GradientBoostingClassifier
 
@@ -164,7 +181,8 @@ def dci(codes, factors, regressor="lasso", train_fraction=0.8, alpha=0.02, seed=
             scores.append(model.score(codes[test], classes[test]))
     else:
         raise UserError(f"dci: unknown regressor {regressor!r}; choose lasso or gbt")
-    return {**dci_from_importance(importance), "informativeness": float(np.mean(scores)), "importance": importance}
+    return {**dci_from_importance(importance, completeness), "informativeness": float(np.mean(scores)),
+            "importance": importance}
 
 
 def _normalized_entropy(p, base):
@@ -177,14 +195,34 @@ def _normalized_entropy(p, base):
     return 1.0 - h
 
 
-def dci_from_importance(importance):
-    """Disentanglement and completeness (Eastwood & Williams 2018) of an importance matrix R (D, K)."""
+def dci_from_importance(importance, completeness="weighted"):
+    """Disentanglement and completeness (Eastwood & Williams 2018) of an importance matrix R (D, K),
+    R_jk >= 0 the importance of code dimension j for factor k, as disentanglement_lib computes them
+    (Locatello et al. 2019, `evaluation/metrics/dci.py`). With P_jk = R_jk / sum_k' R_jk' (code j's
+    importance spread over the factors) and Pt_jk = R_jk / sum_j' R_j'k (factor k's over the codes),
+
+        D_j = 1 - H_K(P_j.),   disentanglement = sum_j rho_j D_j,   rho_j = sum_k R_jk / sum_jk R_jk
+        C_k = 1 - H_D(Pt_.k),  completeness    = sum_k pi_k C_k,    pi_k  = sum_j R_jk / sum_jk R_jk
+
+    (H_K: entropy in base K, so each is in [0, 1]): each code's and each factor's score weighted by
+    its share of the total importance. ``completeness="mean"`` gives the unweighted
+    (1/K) sum_k C_k instead (this library's definition before it followed disentanglement_lib),
+    which counts a factor no code holds as C_k = 0. A row or column of zeros scores 0; an
+    all-zero matrix (nothing predicted) gives D = C = 0.
+    """
+    _check_completeness(completeness)
     r = np.abs(np.asarray(importance, dtype=np.float64))
     d, k = r.shape
+    total = r.sum()
     per_code = _normalized_entropy(r, k)
-    weights = r.sum(1) / r.sum() if r.sum() > 0 else np.zeros(d)
     per_factor = _normalized_entropy(r.T, d)
-    return {"disentanglement": float((weights * per_code).sum()), "completeness": float(per_factor.mean())}
+    code_weights = r.sum(1) / total if total > 0 else np.zeros(d)
+    if completeness == "mean":
+        factor_weights = np.full(k, 1.0 / k)
+    else:
+        factor_weights = r.sum(0) / total if total > 0 else np.zeros(k)
+    return {"disentanglement": float((code_weights * per_code).sum()),
+            "completeness": float((factor_weights * per_factor).sum())}
 
 
 @torch.no_grad()

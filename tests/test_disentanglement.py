@@ -77,6 +77,32 @@ def test_dci_of_an_importance_matrix_follows_the_definition():
     # one code for both factors: D_0 = 1 - H_2(1/2, 1/2) = 0; each factor is all in code 0: C = 1
     one = dci_from_importance(np.array([[1.0, 1.0], [0.0, 0.0]]))
     assert one["disentanglement"] == pytest.approx(0.0) and one["completeness"] == pytest.approx(1.0)
+    # completeness weighted by each factor's share of the importance (disentanglement_lib's):
+    # C_0 = 1 - H_2(0.9, 0.1), C_1 = 1 (all in code 1), weights 1.0 / 1.5 and 0.5 / 1.5
+    r = np.array([[0.9, 0.0], [0.1, 0.5]])
+    c0 = 1 + (0.9 * math.log(0.9) + 0.1 * math.log(0.1)) / math.log(2)
+    assert dci_from_importance(r)["completeness"] == pytest.approx(c0 * 2 / 3 + 1 / 3, abs=1e-12)
+    assert dci_from_importance(r, completeness="mean")["completeness"] == pytest.approx((c0 + 1) / 2, abs=1e-12)
+    # D_0 = 1 (code 0 holds factor 0 only), D_1 = 1 - H_2(1/6, 5/6), weights 0.9 / 1.5 and 0.6 / 1.5
+    d1 = 1 + (math.log(1 / 6) / 6 + 5 / 6 * math.log(5 / 6)) / math.log(2)
+    assert dci_from_importance(r)["disentanglement"] == pytest.approx(0.6 + 0.4 * d1, abs=1e-12)
+    assert dci_from_importance(np.zeros((3, 2))) == {"disentanglement": 0.0, "completeness": 0.0}
+
+
+def test_pure_noise_codes_are_not_disentangled():
+    # The lasso keeps a code or two whose sample correlation with a factor beats alpha by chance
+    # (weights of a few thousandths, all others 0); read as relative importances, that one weight
+    # alone scored D = 1. The probe predicts nothing held-out (R^2 ~ 0): no importances, D = C = 0.
+    noise = np.random.RandomState(0).randn(len(GRID), 10)
+    result = dci(noise, GRID)
+    assert abs(result["informativeness"]) < 0.01
+    assert result["disentanglement"] == 0.0 and result["completeness"] == 0.0
+    assert not result["importance"].any()
+    with_signal = dci(np.c_[standardized(GRID[:, :1]), noise], GRID)  # shape in code 0, the rest noise
+    assert with_signal["disentanglement"] == pytest.approx(1.0) and with_signal["completeness"] == pytest.approx(1.0)
+    assert with_signal["importance"][0, 0] > 0.9 and with_signal["importance"][:, 1:].sum() == 0.0
+    mig_noise = mig(noise, GRID)
+    assert mig_noise < 0.01
 
 
 def test_factor_vae_score_finds_the_fixed_factor_of_disentangled_codes_only():
