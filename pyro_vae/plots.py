@@ -69,21 +69,23 @@ def image_grid(images, columns):
     return grid
 
 
-def _label_cells(axis, size, labels, name, set_ticks, set_labels, set_name):
+def _label_cells(axis, size, labels, name, set_ticks, set_labels, set_name, limit=MAX_TICKS):
     """Tick the centres of the cells along one side of a grid (``size`` pixels per cell
-    plus a 1-pixel gap) with ``labels``, at most ``MAX_TICKS`` of them."""
-    every = math.ceil(len(labels) / MAX_TICKS)
+    plus a 1-pixel gap) with ``labels``, at most ``limit`` of them (None: every cell)."""
+    every = 1 if limit is None else math.ceil(len(labels) / limit)
     chosen = list(range(0, len(labels), every))
     set_ticks([i * (size + 1) + (size - 1) / 2 for i in chosen])
     set_labels([labels[i] for i in chosen], fontsize=7)
     set_name(name, fontsize=8)
 
 
-def save_grid(x, path, columns=None, title=None, x_axis=None, y_axis=None):
+def save_grid(x, path, columns=None, title=None, x_axis=None, y_axis=None, label_every_row=False):
     """Save a grid of images, ``columns`` per row (default: a near-square grid).
 
-    ``x_axis`` / ``y_axis``, each ``(labels, name)``, tick every column / row with a label
-    (the z values a figure's images were decoded from); without them the axes are hidden.
+    ``x_axis`` / ``y_axis``, each ``(labels, name)``, tick the columns / rows with labels
+    (the z values a figure's images were decoded from), every k-th beyond ``MAX_TICKS`` of
+    them, or every row with ``label_every_row`` (rows that are each a latent dimension, not
+    steps along one); without them the axes are hidden.
     Returns the saved figure, or None (and writes nothing) for non-image data.
     """
     images = as_images(x)
@@ -102,7 +104,8 @@ def save_grid(x, path, columns=None, title=None, x_axis=None, y_axis=None):
         else:
             ax.set_xticks([])
         if y_axis:
-            _label_cells(ax, h, *y_axis, ax.set_yticks, ax.set_yticklabels, ax.set_ylabel)
+            _label_cells(ax, h, *y_axis, ax.set_yticks, ax.set_yticklabels, ax.set_ylabel,
+                         limit=None if label_every_row else MAX_TICKS)
         else:
             ax.set_yticks([])
     else:
@@ -240,7 +243,7 @@ def save_traversals(vae, codes, path, rows=10, steps=9, span=3.0):
         _decode(vae, z.reshape(-1, codes.shape[1])), path, columns=steps,
         title="latent traversals: one dimension moved per row",
         x_axis=([f"{o:+.3g}" for o in offsets.tolist()], "z_d - mean(z_d), in standard deviations of the codes"),
-        y_axis=(row_labels, "dimension: z values from left to right"),
+        y_axis=(row_labels, "dimension: z values from left to right"), label_every_row=True,
     )
 
 
@@ -282,7 +285,7 @@ def save_factor_traversals(vae, codes, factors, factor_names, path, steps=9, spa
         images, path, columns=steps,
         title="each dimension's traversal and the factor it is most informative about",
         x_axis=([f"{o:+.3g}" for o in offsets.tolist()], "z_d - mean(z_d), in standard deviations of the codes"),
-        y_axis=(labels, "dimension: factor (I(z_d; v) / H(v))"),
+        y_axis=(labels, "dimension: factor (I(z_d; v) / H(v))"), label_every_row=True,
     )
 
 

@@ -4,6 +4,7 @@ integer epochs and legends clear of the curves, and no global matplotlib state t
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -58,6 +59,20 @@ def test_traversal_axes_carry_offsets_and_each_rows_z_values(tmp_path):
     d, spread = 1, codes[:, 1].std()
     low, high = codes[:, d].mean() - 2 * spread, codes[:, d].mean() + 2 * spread
     assert rows[0] == f"z_1: {low:.2g} to {high:.2g}"
+
+
+def test_every_row_of_a_factor_traversal_is_labelled(tmp_path):
+    # 10 latent dimensions: 10 rows, each labelled with its dimension and factor (the axes of
+    # the other grids keep every k-th label beyond 9 cells: 10 rows used to get 5 labels)
+    vae = small_vae(10)
+    codes = torch.randn(300, 10) * torch.linspace(2.0, 0.2, 10)
+    factors = np.c_[np.arange(300) % 3, np.arange(300) % 5]
+    fig = plots.save_factor_traversals(vae, codes, factors, ["shape", "x"], tmp_path / "f.png", steps=5)
+    rows = tick_labels(fig.axes[0].yaxis)
+    assert [row.split(":")[0] for row in rows] == [f"z_{d}" for d in range(10)]  # by spread of the codes
+    assert all(row.split(": ")[1].split(" (")[0] in ("shape", "x") for row in rows)
+    assert list(fig.axes[0].get_yticks()) == [3.5 + 9 * i for i in range(10)]  # one tick per row's centre
+    assert len(tick_labels(plots.save_traversals(vae, codes, tmp_path / "t.png", steps=5).axes[0].yaxis)) == 10
 
 
 def curve_rows(epochs, weights=None):
