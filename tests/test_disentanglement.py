@@ -19,7 +19,7 @@ from pyro_vae.disentanglement import (
     mig,
     total_correlation,
 )
-from pyro_vae.dsprites import grid_factors
+from pyro_vae.data.sources.dsprites_render import grid_factors
 from pyro_vae.objectives.total_correlation import (
     Discriminator,
     discriminator_loss,
