@@ -9,6 +9,7 @@ import torch
 from ..registry import UserError
 from .containers import SPLITS, Split
 from .validation import check_factors, check_per_example, num_examples
+from .values import one_number_per_example
 
 
 def factor_names_of(arrays, splits):
@@ -54,6 +55,8 @@ def given_splits(arrays, fractions, where):
     for name in SPLITS:  # labels line up with their images before any split is cut
         if name in arrays:
             num_examples(arrays[name], name)
+            if np.ndim(arrays[name]) == 1:  # refused here, with the shape given, not a split's
+                raise one_number_per_example(name, tuple(np.shape(arrays[name])))
         if f"{name}_labels" in arrays:
             if name not in arrays:
                 raise UserError(f"{where} has {name}_labels but no {name} array for them to label")

@@ -65,6 +65,11 @@ def as_intensities(arrays):
 IMAGE_CHANNELS = (1, 3)  # grey and RGB: the channel counts a channels-last array is recognized by
 
 
+def one_number_per_example(name: str, shape: tuple[int, ...]) -> UserError:
+    """The error for examples that are single numbers, an array of shape (N,): ambiguous, so refused."""
+    return UserError(f"the {name} array has shape {shape}: one number per example; give it as (N, 1)")
+
+
 def image_layout(x, name="train"):
     """Examples as images `(N, channels, height, width)` where their shape says they are, and a
     one-line error where it cannot say. The accepted layouts of an array of N examples:
@@ -98,7 +103,7 @@ def image_layout(x, name="train"):
             f"move it first (np.moveaxis(x, -1, 1)), or flatten non-image data to (N, D)"
         )
     if x.dim() == 1:
-        raise UserError(f"the {name} array has shape {shape}: one number per example; give it as (N, 1)")
+        raise one_number_per_example(name, shape)
     raise UserError(
         f"the {name} examples have shape {shape[1:]}, {x.dim() - 1} dimensions; give images as (N, C, H, W) or "
         "(N, H, W), or flatten the examples to (N, D)"
