@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from pyro_vae.data.sources import dsprites_render as dsprites
 from pyro_vae.data import DSprites, as_data, load_data
+from pyro_vae.data.sources import dsprites_render as dsprites
 from pyro_vae.registry import UserError
 
 # sha256 of np.packbits of the default grid's images (3 x 6 x 10 x 8 x 8 at 32 x 32) in
