@@ -1,6 +1,7 @@
 """Datasets: the IDX reader, MNIST-format directories, download, npz, binarization."""
 
 import gzip
+import hashlib
 import struct
 
 import numpy as np
@@ -9,6 +10,8 @@ import torch
 
 from pyro_vae.data import Split, load_data, read_idx
 from pyro_vae.registry import UserError
+
+IDX_STEMS = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 
 
 def write_idx(path, array):
@@ -63,17 +66,45 @@ def test_mnist_directory_loads_scaled_splits(tmp_path):
     assert data.test.labels.tolist() == arrays["t10k-labels-idx1-ubyte"].tolist()
 
 
-def test_download_fetches_missing_files(tmp_path):
+def serve_mnist(tmp_path, monkeypatch, digests=None):
+    """Generated MNIST files behind a local mirror (after one that lacks them), as `MNIST`'s
+    download table: their own SHA-256 digests, or `digests` where given."""
     write_mnist(tmp_path / "mirror", gz=True)
     from pyro_vae.data import MNIST
 
-    MNIST.urls = (f"file://{tmp_path / 'nowhere'}", f"file://{tmp_path / 'mirror'}")
-    try:
-        data = load_data("mnist", path=str(tmp_path / "fetched"), download=True)
-    finally:
-        del MNIST.urls
+    monkeypatch.setattr(MNIST, "urls", (f"file://{tmp_path / 'nowhere'}", f"file://{tmp_path / 'mirror'}"))
+    monkeypatch.setattr(MNIST, "sha256", digests or {
+        path.name: hashlib.sha256(path.read_bytes()).hexdigest() for path in (tmp_path / "mirror").iterdir()})
+
+
+def test_download_fetches_missing_files(tmp_path, monkeypatch):
+    serve_mnist(tmp_path, monkeypatch)
+    data = load_data("mnist", path=str(tmp_path / "fetched"), download=True)
     assert len(data.test) == 6
-    assert (tmp_path / "fetched" / "t10k-images-idx3-ubyte.gz").is_file()
+    assert sorted(p.name for p in (tmp_path / "fetched").iterdir()) == sorted(
+        p.name for p in (tmp_path / "mirror").iterdir())  # the four files, and no temporary one
+
+
+def test_a_download_of_the_wrong_digest_is_one_line_and_not_kept(tmp_path, monkeypatch):
+    expected = {name + ".gz": "0" * 64 for name in IDX_STEMS}
+    serve_mnist(tmp_path, monkeypatch, expected)
+    actual = hashlib.sha256((tmp_path / "mirror" / "train-images-idx3-ubyte.gz").read_bytes()).hexdigest()
+    with pytest.raises(UserError) as error:
+        load_data("mnist", path=str(tmp_path / "fetched"), download=True)
+    message = str(error.value)
+    assert "\n" not in message and message.startswith("train-images-idx3-ubyte.gz downloaded from file://")
+    assert f"has SHA-256 {actual}, expected {'0' * 64}" in message
+    assert list((tmp_path / "fetched").iterdir()) == []  # neither the file nor its temporary copy
+
+
+def test_published_digests_are_listed_for_every_downloadable_file():
+    from pyro_vae.data import MNIST, BinarizedMNIST, FashionMNIST
+
+    for source in (MNIST, FashionMNIST):
+        assert sorted(source.sha256) == sorted(name + ".gz" for name in IDX_STEMS)
+    assert sorted(BinarizedMNIST.sha256) == [f"binarized_mnist_{s}.amat" for s in ("test", "train", "valid")]
+    for source in (MNIST, FashionMNIST, BinarizedMNIST):
+        assert all(len(d) == 64 and int(d, 16) >= 0 for d in source.sha256.values())
 
 
 def test_missing_files_name_the_fix(tmp_path):
@@ -109,6 +140,30 @@ def test_npz_with_and_without_splits(tmp_path):
     np.savez(tmp_path / "empty.npz", train=np.zeros((0, 5)), valid=np.zeros((2, 5)), test=np.zeros((2, 5)))
     with pytest.raises(UserError, match="train split is empty"):
         load_data("npz", path=str(tmp_path / "empty.npz"))
+
+
+def test_a_directory_given_as_the_npz_file_is_named_a_directory(tmp_path):
+    (tmp_path / "runs").mkdir()
+    with pytest.raises(UserError) as error:
+        load_data("npz", path=str(tmp_path / "runs"))
+    assert str(error.value) == f"data.path: {tmp_path / 'runs'} is a directory, not a file; give the path of an .npz file"
+
+
+def test_a_text_file_given_as_npz_is_not_an_npz_and_no_advice_to_unpickle(tmp_path):
+    (tmp_path / "notes.npz").write_text("these are notes, not arrays\n")
+    with pytest.raises(UserError) as error:
+        load_data("npz", path=str(tmp_path / "notes.npz"))
+    assert str(error.value) == (f"{tmp_path / 'notes.npz'} is not an .npz file (a zip archive of .npy arrays, "
+                                "as np.savez writes)")
+
+
+def test_an_npz_with_object_arrays_is_refused_without_advice_to_unpickle(tmp_path):
+    np.savez(tmp_path / "objects.npz", train=np.random.rand(10, 3), names=np.array([{"a": 1}, None], dtype=object))
+    with pytest.raises(UserError) as error:
+        load_data("npz", path=str(tmp_path / "objects.npz"))
+    message = str(error.value)
+    assert message.startswith(f"{tmp_path / 'objects.npz'}: array 'names' holds Python objects, which are not read")
+    assert "allow_pickle" not in message and "\n" not in message
 
 
 def test_binarized_mnist_amat(tmp_path):

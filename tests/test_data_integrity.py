@@ -109,6 +109,13 @@ def test_layouts_that_cannot_be_told_are_one_line(shape, message):
     assert message in str(error.value) and "\n" not in str(error.value)
 
 
+@pytest.mark.parametrize("array", [np.arange(100.0), torch.arange(100.0)])
+def test_one_number_per_example_names_the_shape_given_not_a_splits(array):
+    with pytest.raises(UserError) as error:
+        as_data(array)
+    assert str(error.value) == "the train array has shape (100,): one number per example; give it as (N, 1)"
+
+
 def test_moving_the_channels_first_makes_an_ambiguous_array_readable():
     x = images(10, 28, 28, 5)
     with pytest.raises(UserError, match=r"np.moveaxis\(x, -1, 1\)"):

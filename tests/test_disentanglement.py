@@ -11,6 +11,7 @@ from conftest import tiny_config
 from pyro_vae import train
 from pyro_vae.build import build_estimator, build_model
 from pyro_vae.config import check_config
+from pyro_vae.data.sources.dsprites_render import grid_factors
 from pyro_vae.disentanglement import (
     dci,
     dci_from_importance,
@@ -22,7 +23,6 @@ from pyro_vae.disentanglement import (
     mutual_information_matrix,
     total_correlation,
 )
-from pyro_vae.dsprites import grid_factors
 from pyro_vae.objectives.total_correlation import (
     Discriminator,
     discriminator_loss,

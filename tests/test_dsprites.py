@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from pyro_vae import dsprites
 from pyro_vae.data import DSprites, as_data, load_data
+from pyro_vae.data.sources import dsprites_render as dsprites
 from pyro_vae.registry import UserError
 
 # sha256 of np.packbits of the default grid's images (3 x 6 x 10 x 8 x 8 at 32 x 32) in
@@ -40,7 +40,7 @@ def test_grid_values_are_the_published_ones():
 def test_images_are_generated_once_then_read_from_the_cache(cache, monkeypatch):
     first = load_data("dsprites", grid=[2, 2, 2, 3, 3], image_size=16)
     assert len(list(cache.glob("dsprites-*.npz"))) == 1
-    monkeypatch.setattr("pyro_vae.data.render_sprites", lambda *a, **k: pytest.fail("rendered again"))
+    monkeypatch.setattr("pyro_vae.data.sources.dsprites.render_sprites", lambda *a, **k: pytest.fail("rendered again"))
     second = load_data("dsprites", grid=[2, 2, 2, 3, 3], image_size=16)
     assert torch.equal(first.train.x, second.train.x)
 

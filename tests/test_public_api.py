@@ -103,7 +103,7 @@ def test_the_list_covers_the_api():
                  "VAE.prior_dist", "CVAE.model", "M2.classify", "LabeledVAE.elbo_terms",
                  "HierarchicalVAE.encode_layers", "Estimator.loss", "Registry.build", "Data.batches",
                  "Split.random_subset", "pyro_vae.evaluation.evaluate", "pyro_vae.evaluation.log_likelihood",
-                 "pyro_vae.data.load_data"):
+                 "pyro_vae.data.loading.load_data"):
         assert name in names
     assert len(CALLABLES) > 80
 

@@ -3,25 +3,23 @@
 dSprites is a set of binary images of one white sprite on black, made from five independent
 factors of variation on a grid: every combination appears exactly once.
 
-=============  ======================================  ========================  ===============
-factor         values                                  published grid (64x64)    default (32x32)
-=============  ======================================  ========================  ===============
-shape          square, ellipse, heart (0, 1, 2)        3                         3
-scale          linspace(0.5, 1, n)                     6                         6
-orientation    2 pi k / n, k = 0..n-1: [0, 2 pi)       40                        10
-x, y           linspace(0, 1, n) (position)            32 x 32                   8 x 8
-=============  ======================================  ========================  ===============
+| factor | values | published grid (64x64) | default (32x32) |
+|---|---|---|---|
+| shape | square, ellipse, heart (0, 1, 2) | 3 | 3 |
+| scale | linspace(0.5, 1, n) | 6 | 6 |
+| orientation | 2 pi k / n, k = 0..n-1: [0, 2 pi) | 40 | 10 |
+| x, y | linspace(0, 1, n) (position) | 32 x 32 | 8 x 8 |
 
 The published grid has 3 x 6 x 40 x 32 x 32 = 737,280 images of 64 x 64 pixels; the default,
 3 x 6 x 10 x 8 x 8 = 11,520 images of 32 x 32, trains on two CPU cores in minutes. The
-published set's orientations are ``linspace(0, 2 pi, 40)``, which repeats 0 as 2 pi; here they
+published set's orientations are `linspace(0, 2 pi, 40)`, which repeats 0 as 2 pi; here they
 are 40 distinct angles in [0, 2 pi).
 
 Rendering: a pixel is on where its centre, mapped into the sprite's own frame (shifted by the
 sprite's position, rotated by minus its orientation, divided by its scale), lies inside the
 shape's region: the square |u|, |v| <= 1; the ellipse u^2 + (2 v)^2 <= 1 (twice as long as
 wide); the heart (u^2 + v^2 - 1)^3 - u^2 v^3 <= 0. The sprite's size at scale 1 is a fixed
-fraction of the image (``SPRITE_RADIUS``), and its centre moves over [margin, 1 - margin] of the
+fraction of the image (`SPRITE_RADIUS`), and its centre moves over [margin, 1 - margin] of the
 image so that the largest sprite, at any orientation, stays inside. The drawing is not the
 published one pixel for pixel (that one was drawn with a vector library); the factors, their
 grid and their independence are the same, which is what the metrics need.
@@ -46,7 +44,7 @@ MARGIN = 0.2
 
 
 def grid_values(grid=DEFAULT_GRID):
-    """The values each factor takes on ``grid`` (counts per factor, in ``FACTOR_NAMES`` order)."""
+    """The values each factor takes on `grid` (counts per factor, in `FACTOR_NAMES` order)."""
     shapes, scales, orientations, xs, ys = grid
     if not 1 <= shapes <= len(SHAPES):
         raise ValueError(f"dSprites has 1 to {len(SHAPES)} shapes, got {shapes}")
@@ -60,7 +58,7 @@ def grid_values(grid=DEFAULT_GRID):
 
 
 def grid_factors(grid=DEFAULT_GRID):
-    """Every combination of the grid's factor values, shape ``(prod(grid), 5)``, the last factor
+    """Every combination of the grid's factor values, shape `(prod(grid), 5)`, the last factor
     varying fastest (the published file's order)."""
     values = grid_values(grid)
     mesh = np.meshgrid(*values, indexing="ij")
@@ -77,8 +75,8 @@ def _inside(shape, u, v):
 
 
 def render(factors, size=DEFAULT_SIZE, chunk=4096):
-    """Binary images, uint8 ``(N, size, size)`` in {0, 1}, of the sprites with the given factor
-    values ``factors`` ``(N, 5)``: shape index (0 square, 1 ellipse, 2 heart), scale, orientation
+    """Binary images, uint8 `(N, size, size)` in {0, 1}, of the sprites with the given factor
+    values `factors` `(N, 5)`: shape index (0 square, 1 ellipse, 2 heart), scale, orientation
     (radians), x and y in [0, 1] (x to the right, y downwards). Any values may be given, not only
     the grid's."""
     factors = np.asarray(factors, dtype=np.float64).reshape(-1, len(FACTOR_NAMES))
