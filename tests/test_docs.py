@@ -102,8 +102,7 @@ def test_the_config_reference_lists_exactly_the_keys_a_resumed_run_may_change():
     for guide in ("config.md", "runs.md"):
         text = (ROOT / "docs" / guide).read_text()
         assert "reference/config.md#resuming-a-run" in text, guide
-        assert "anything but `train.epochs`" not in text and "any other change to the config is refused" not in text.split(
-            "#resuming-a-run")[0][-400:], guide
+        assert "anything but `train.epochs`" not in text, guide
 
 
 # ---- docstrings are Markdown ----
