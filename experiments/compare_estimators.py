@@ -42,7 +42,7 @@ import torch  # noqa: E402
 
 from pyro_vae.data import load_data  # noqa: E402
 from pyro_vae.evaluation import evaluate_elbo, gradient_variance, log_likelihood  # noqa: E402
-from pyro_vae.model import VAE  # noqa: E402
+from pyro_vae.models import VAE  # noqa: E402
 from pyro_vae.objectives import ESTIMATORS  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -46,7 +46,7 @@ from pyro_vae import train
 from pyro_vae.build import build_data
 from pyro_vae.config import check_config
 from pyro_vae.data import HIDDEN, load_data
-from pyro_vae.labels import CLASSIFIERS, fit_classifier
+from pyro_vae.models import CLASSIFIERS, fit_classifier
 from pyro_vae.runs import load_run, read_metrics
 
 ROOT = Path(__file__).resolve().parents[1]

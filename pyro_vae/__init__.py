@@ -13,12 +13,11 @@ from .registry import UserError
 
 if TYPE_CHECKING:  # what the lazy names are, for type checkers; at run time they load on first use
     from .annealing import kl_scaled
-    from .labels import CVAE, M2
-    from .model import VAE
+    from .models import CVAE, M2, VAE
     from .runs import load_run
     from .training import train
 
-_LAZY = {"VAE": ".model", "CVAE": ".labels", "M2": ".labels", "kl_scaled": ".annealing", "load_run": ".runs",
+_LAZY = {"VAE": ".models", "CVAE": ".models", "M2": ".models", "kl_scaled": ".annealing", "load_run": ".runs",
          "train": ".training"}
 
 __all__ = ["VAE", "CVAE", "M2", "kl_scaled", "load_run", "train", "UserError"]

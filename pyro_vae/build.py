@@ -18,10 +18,8 @@ from .annealing import Constant, build_schedule
 from .checkpoint import load_checkpoint
 from .config import SCHEMA, load_config
 from .data import as_data, load_data
-from .hierarchical import HierarchicalVAE
-from .labels import MODEL_KINDS
 from .likelihoods import LIKELIHOODS
-from .model import VAE, is_two_layer
+from .models import M2, MODEL_KINDS, VAE, HierarchicalVAE, StackedM2, is_two_layer
 from .objectives import ESTIMATORS, Estimator, factors
 from .optimizers import LR_SCHEDULES, OPTIMIZERS
 from .penalties import build_kl_penalty
@@ -43,12 +41,15 @@ def build_data(config, data=None):
 def build_model(config, data_shape, data_levels=None):
     """The model a checked config describes (``model.kind``: a class of ``MODEL_KINDS``, which reads
     its own options from the ``[model]`` section: ``VAE.from_config``), for data of shape
-    ``data_shape`` (and ``data_levels``). The one rule kept here: the "vae" kind with
-    ``model.latent_dim`` a list ``[z1, z2]`` is the two-layer ``HierarchicalVAE``."""
+    ``data_shape`` (and ``data_levels``). The two rules kept here: the "vae" kind with
+    ``model.latent_dim`` a list ``[z1, z2]`` is the two-layer ``HierarchicalVAE``, and the "m2" kind
+    with ``model.features`` (a trained VAE's run) is M1+M2, ``StackedM2``."""
     model = config["model"]
     model_class = MODEL_KINDS.get(model["kind"], "model.kind")
     if model_class is VAE and is_two_layer(model["latent_dim"]):
         model_class = HierarchicalVAE
+    elif model_class is M2 and model["features"]:
+        model_class = StackedM2
     return model_class.from_config(model, data_shape, data_levels, load_features)
 
 

@@ -336,8 +336,8 @@ def registries():
     from .annealing import SCHEDULES
     from .data import DATASETS
     from .guides import GUIDES
-    from .labels import CLASSIFIERS
     from .likelihoods import LIKELIHOODS
+    from .models import CLASSIFIERS
     from .nets import DECODERS, ENCODERS
     from .objectives import ESTIMATORS
     from .priors import PRIORS

@@ -23,10 +23,9 @@ from .annealing import build_schedule
 from .checks import boolean, integer, number, string, type_name
 from .data import BINARIZATIONS, DATASETS
 from .guides import GUIDES
-from .hierarchical import LINK_HIDDEN
-from .labels import CLASSIFIERS, MODEL_KINDS
 from .likelihoods import LIKELIHOODS
 from .loggers import LOGGERS
+from .models import CLASSIFIERS, LINK_HIDDEN, MODEL_KINDS
 from .nets import DECODERS, ENCODERS
 from .objectives import ESTIMATORS
 from .optimizers import LR_SCHEDULES, OPTIMIZERS

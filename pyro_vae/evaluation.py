@@ -31,7 +31,7 @@ from .registry import UserError
 
 if TYPE_CHECKING:
     from .annealing import KLWeight
-    from .model import VAE
+    from .models import VAE
     from .objectives import Estimator
 
 ACTIVE_UNIT_THRESHOLD = 0.01

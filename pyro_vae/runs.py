@@ -23,7 +23,7 @@ from .loggers import read_metrics  # noqa: F401 (runs.read_metrics: where a run'
 from .registry import UserError
 
 if TYPE_CHECKING:
-    from .model import VAE
+    from .models import VAE
 
 # Keys that may change when a run is resumed; any other difference is refused.
 RESUMABLE_KEYS = {

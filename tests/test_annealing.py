@@ -15,7 +15,7 @@ from test_model import hand_terms, small_vae
 from pyro_vae import train
 from pyro_vae.annealing import SCHEDULES, ScaleLatents, build_schedule, kl_scaled, sigmoid_rise
 from pyro_vae.config import check_config
-from pyro_vae.model import VAE
+from pyro_vae.models import VAE
 from pyro_vae.objectives import ESTIMATORS
 from pyro_vae.registry import UserError
 from pyro_vae.runs import read_metrics

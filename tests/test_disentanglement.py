@@ -23,13 +23,8 @@ from pyro_vae.disentanglement import (
     mutual_information_matrix,
     total_correlation,
 )
-from pyro_vae.objectives.total_correlation import (
-    Discriminator,
-    discriminator_loss,
-    kl_decomposition,
-    log_density_matrix,
-    minibatch_log_densities,
-)
+from pyro_vae.objectives.aggregate import kl_decomposition, log_density_matrix, minibatch_log_densities
+from pyro_vae.objectives.factorvae import Discriminator, discriminator_loss
 from pyro_vae.registry import UserError
 
 GRID = grid_factors((3, 6, 10, 8, 8))  # every combination once: the factors are independent
@@ -404,7 +399,7 @@ def test_evaluate_without_factors_writes_no_disentanglement(tmp_path):
 
 
 def test_the_hand_written_backward_pass_is_autograds():
-    from pyro_vae.objectives.total_correlation import GaussianAggregate
+    from pyro_vae.objectives.aggregate_kernel import GaussianAggregate
 
     g = torch.Generator().manual_seed(0)
     loc = torch.randn(6, 3, generator=g, dtype=torch.float64, requires_grad=True)
@@ -419,7 +414,7 @@ def test_the_hand_written_backward_pass_is_autograds():
 
 @pytest.mark.parametrize("name", ["tcvae", "factorvae"])
 def test_two_latent_layers_are_refused_in_one_line(name):
-    from pyro_vae.hierarchical import HierarchicalVAE
+    from pyro_vae.models import HierarchicalVAE
     from pyro_vae.objectives import ESTIMATORS
 
     vae = HierarchicalVAE((6,), [3, 2], encoder={"name": "mlp", "hidden": [8]}, decoder={"name": "mlp", "hidden": [8]})
@@ -436,11 +431,11 @@ def reference_log_densities(guide_dist, z, dataset_size, sampling):
 
 @pytest.mark.parametrize("sampling", ["mws", "mss"])
 def test_the_library_guide_takes_the_hand_written_path_with_the_reference_numbers(sampling, monkeypatch):
-    from pyro_vae.objectives import total_correlation
+    from pyro_vae.objectives.aggregate_kernel import GaussianAggregate
 
     calls = []
-    apply = total_correlation.GaussianAggregate.apply
-    monkeypatch.setattr(total_correlation.GaussianAggregate, "apply", lambda *a: calls.append(1) or apply(*a))
+    apply = GaussianAggregate.apply
+    monkeypatch.setattr(GaussianAggregate, "apply", lambda *a: calls.append(1) or apply(*a))
     vae = tiny_vae(latent_dim=4)
     x = torch.rand(48, 1, 8, 8).round()
     results = []
@@ -473,7 +468,7 @@ def test_the_hand_written_path_is_exact_for_scales_far_apart():
     z = (loc + scale * torch.randn(40, 3, generator=g, dtype=torch.float64)).detach().requires_grad_()
     q = torch.distributions.Independent(torch.distributions.Normal(loc, scale), 1)
     weights = torch.randn(2, 40, generator=g, dtype=torch.float64)
-    from pyro_vae.objectives.total_correlation import gaussian_minibatch_log_densities
+    from pyro_vae.objectives.aggregate import gaussian_minibatch_log_densities
 
     outs = []
     for compute in (lambda: gaussian_minibatch_log_densities(loc, scale, z, 1000, "mss"),
@@ -485,7 +480,8 @@ def test_the_hand_written_path_is_exact_for_scales_far_apart():
 
 
 def test_the_workspace_is_reused_across_steps_and_never_shared_by_two_live_graphs():
-    from pyro_vae.objectives.total_correlation import Workspace, gaussian_minibatch_log_densities
+    from pyro_vae.objectives.aggregate import gaussian_minibatch_log_densities
+    from pyro_vae.objectives.aggregate_kernel import Workspace
 
     g = torch.Generator().manual_seed(5)
     batches = [(torch.randn(16, 3, generator=g), torch.rand(16, 3, generator=g) + 0.2, torch.randn(16, 3, generator=g))

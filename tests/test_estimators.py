@@ -14,7 +14,7 @@ from pyro_vae.build import build_estimator
 from pyro_vae.config import load_config
 from pyro_vae.data import load_data
 from pyro_vae.evaluation import evaluate_elbo, gradient_variance
-from pyro_vae.model import VAE
+from pyro_vae.models import VAE
 from pyro_vae.objectives import ESTIMATORS, importance_weighted_bound, log_weights, tail_fraction
 from pyro_vae.registry import UserError
 

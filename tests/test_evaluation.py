@@ -28,7 +28,7 @@ from pyro_vae.evaluation import (
     traced_log_importance_weights,
 )
 from pyro_vae.guides import MIN_SCALE
-from pyro_vae.model import VAE
+from pyro_vae.models import VAE
 from pyro_vae.registry import UserError
 from pyro_vae.training import train
 

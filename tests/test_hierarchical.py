@@ -18,7 +18,7 @@ from pyro_vae.build import build_model
 from pyro_vae.config import load_config
 from pyro_vae.evaluation import evaluate_elbo, log_likelihood, traced_log_importance_weights
 from pyro_vae.guides import MIN_SCALE
-from pyro_vae.hierarchical import HierarchicalVAE
+from pyro_vae.models import HierarchicalVAE
 from pyro_vae.objectives import ESTIMATORS, standard_vae
 from pyro_vae.registry import UserError
 

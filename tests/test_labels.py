@@ -12,7 +12,8 @@ from pyro.infer import SVI, Trace_ELBO, TraceEnum_ELBO
 from pyro_vae import UserError, train
 from pyro_vae.cli import main
 from pyro_vae.data import HIDDEN, keep_labels, load_data
-from pyro_vae.labels import CVAE, M2, MLPClassifier, SemiSupervisedLoss, fit_classifier
+from pyro_vae.losses import SemiSupervisedLoss
+from pyro_vae.models import CVAE, M2, MLPClassifier, fit_classifier
 from pyro_vae.objectives import ESTIMATORS
 from pyro_vae.runs import load_run, read_metrics
 

@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from pyro_vae.data import load_data
-from pyro_vae.model import VAE
+from pyro_vae.models import VAE
 from pyro_vae.objectives import ESTIMATORS
 
 SMALL = {"name": "mlp", "hidden": [16]}

@@ -16,7 +16,7 @@ from conftest import tiny_config
 
 from pyro_vae.build import build_estimator
 from pyro_vae.config import check_config, load_config
-from pyro_vae.model import VAE
+from pyro_vae.models import VAE
 from pyro_vae.objectives import ESTIMATORS
 from pyro_vae.penalties import Capacity, FreeBits
 from pyro_vae.registry import UserError

@@ -13,11 +13,9 @@ from pathlib import Path
 import pytest
 
 import pyro_vae
-from pyro_vae import annealing, data, evaluation, labels, registry, runs, training
+from pyro_vae import annealing, data, evaluation, registry, runs, training
 from pyro_vae.data import Data, LabeledBatch, SemiSupervisedBatch, Split
-from pyro_vae.hierarchical import HierarchicalVAE
-from pyro_vae.labels import CVAE, M2, LabeledVAE
-from pyro_vae.model import VAE
+from pyro_vae.models import CVAE, M2, VAE, HierarchicalVAE, LabeledVAE, fit_classifier
 from pyro_vae.objectives.estimators import Estimator
 from pyro_vae.registry import Registry
 
@@ -44,7 +42,7 @@ FUNCTIONS = [
     data.load_data,
     data.as_data,
     annealing.kl_scaled,
-    labels.fit_classifier,
+    fit_classifier,
     registry.listing,
 ]
 

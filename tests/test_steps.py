@@ -155,7 +155,7 @@ def test_stl_own_elbo_equals_pyros_trace_elbo_on_the_path_derivative_guide():
 
 def test_stl_with_labels_equals_pyros_trace_elbo_on_the_path_derivative_guide():
     """stl passes a conditional model's labels to its programs, as Pyro's ELBOs do."""
-    from pyro_vae.labels import CVAE
+    from pyro_vae.models import CVAE
 
     cvae = CVAE(SHAPE, latent_dim=3, num_classes=3, encoder={"name": "mlp", "hidden": [8]},
                 decoder={"name": "mlp", "hidden": [8]})

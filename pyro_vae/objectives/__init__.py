@@ -43,13 +43,20 @@ The package, one module per concern:
   (``direct_log_weights``), and the importance-weighted bound;
 - ``terms``: the ELBO's reconstruction and KL terms apart: the one KL function (``kl_term``),
   the direct ELBO loss, ``elbo_parts`` and ``penalized_loss``;
+- ``programs``: ``Programs``, what an estimator reads of a model (its two programs and its densities),
+  so that the estimators need not know the model classes;
 - ``estimators``: the base class ``Estimator`` and the registry ``ESTIMATORS``; the registered
   estimators by family: ``elbos`` (trace, meanfield, enum, stl) and ``particles``
-  (score, renyi, iwae, dreg, tail_adaptive); ``total_correlation`` (tcvae, factorvae: the KL
-  term split into index-code mutual information, total correlation and dimension-wise KL).
+  (score, renyi, iwae, dreg, tail_adaptive); ``tcvae`` and ``factorvae``, the estimators that penalize
+  the total correlation (their base: ``total_correlation``), on the KL term split into index-code
+  mutual information, total correlation and dimension-wise KL (``aggregate``, with its hand-written
+  autograd kernel ``aggregate_kernel``).
 """
 
-from . import elbos, particles, total_correlation  # noqa: F401  registers the estimators (in this order: the listing's)
+# registers the estimators, in this order: the listing's
+# isort: off
+from . import elbos, particles, tcvae, factorvae  # noqa: F401
+# isort: on
 from .elbos import Enumerated, MeanFieldEstimator, PyroELBO, StickingTheLanding, TraceEstimator
 from .estimators import ESTIMATORS, Estimator, label_estimators
 from .log_weights import (
@@ -61,6 +68,7 @@ from .log_weights import (
     standard_vae,
 )
 from .particles import IWAE, DReG, ParticleEstimator, Renyi, ScoreFunction, TailAdaptive, tail_fraction
+from .programs import Programs
 from .rewrap import PathDerivative, RewrapLatents, ScoreFunctionOnly, detach_parameters
 from .terms import analytic_kl, elbo_parts, factors, kl_term, penalized_loss, reparameterized_loss
 
@@ -73,6 +81,7 @@ __all__ = [
     "MeanFieldEstimator",
     "ParticleEstimator",
     "PathDerivative",
+    "Programs",
     "PyroELBO",
     "Renyi",
     "RewrapLatents",

@@ -24,8 +24,8 @@ from .terms import penalized_loss
 if TYPE_CHECKING:
     from ..annealing import KLWeight
     from ..guides import GuideFamily
-    from ..model import VAE
     from ..penalties import Capacity, FreeBits
+    from .programs import Programs
 
 ESTIMATORS = Registry("estimator")
 
@@ -126,7 +126,7 @@ class Estimator(nn.Module):
     ) -> torch.Tensor:
         raise NotImplementedError
 
-    def capture_obstacle(self, vae: VAE) -> str | None:
+    def capture_obstacle(self, vae: Programs) -> str | None:
         """Why a CUDA graph cannot capture this estimator's step for ``vae``, or None if it can:
         the loss must never read a value from the device (``.item()``, a Python branch on a
         tensor). Capture is opt-in: an estimator declares ``capturable = True`` (the particle

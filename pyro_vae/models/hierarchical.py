@@ -35,13 +35,13 @@ import pyro.distributions as dist
 import torch
 from pyro.nn import pyro_method
 
-from .checks import latent_dims, sizes
-from .guides import GUIDES, gaussian_parameters
-from .likelihoods import LIKELIHOODS
-from .model import LINK_HIDDEN, VAE, is_two_layer
-from .nets import DECODERS, ENCODERS, mlp
-from .priors import PRIORS
-from .registry import UserError
+from ..checks import latent_dims, sizes
+from ..guides import GUIDES, gaussian_parameters
+from ..likelihoods import LIKELIHOODS
+from ..nets import DECODERS, ENCODERS, mlp
+from ..priors import PRIORS
+from ..registry import UserError
+from .vae import LINK_HIDDEN, VAE, is_two_layer
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -49,7 +49,7 @@ if TYPE_CHECKING:
 
     from pyro.distributions import TorchDistribution
 
-    from .registry import Spec
+    from ..registry import Spec
 
 LINK_ACTIVATION = "elu"
 
@@ -58,7 +58,7 @@ class HierarchicalVAE(VAE):
     """A VAE with latent layers z1 (next to x) and z2 (on top), sites "z1" and "z2".
 
     ``latent_dim = [z1, z2]``; ``encoder``, ``decoder``, ``likelihood`` and ``prior`` are
-    specs as for :class:`VAE` (the prior sits on z2; the encoder spec builds both the
+    specs as for `VAE` (the prior sits on z2; the encoder spec builds both the
     x-networks of the guide). ``link_hidden`` are the hidden widths of the two links from
     z2 (p(z1 | z2) and the guide's z2 -> z1 term); ``[]`` makes them linear. The guide
     is diagonal Gaussian in both layers: ``guide`` must be ``"normal"``.

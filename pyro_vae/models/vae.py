@@ -35,14 +35,14 @@ import pyro
 import torch
 from pyro.nn import PyroModule, pyro_method
 
-from ._pyro_compat import new_param_store_state, own_param_store
-from .checks import integer
-from .guides import GUIDES
-from .likelihoods import LIKELIHOODS
-from .losses import NegativeELBO
-from .nets import DECODERS, ENCODERS
-from .priors import PRIORS
-from .registry import Registry, UserError, listing
+from .._pyro_compat import new_param_store_state, own_param_store
+from ..checks import integer
+from ..guides import GUIDES
+from ..likelihoods import LIKELIHOODS
+from ..losses import NegativeELBO
+from ..nets import DECODERS, ENCODERS
+from ..priors import PRIORS
+from ..registry import Registry, UserError, listing
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Mapping
@@ -51,14 +51,15 @@ if TYPE_CHECKING:
     from pyro.distributions import TorchDistribution
     from torch import nn
 
-    from .data import Data
-    from .guides import GuideFamily
-    from .objectives import Estimator
-    from .registry import Spec
+    from ..data import Data
+    from ..guides import GuideFamily
+    from ..objectives import Estimator
+    from ..registry import Spec
 
 # model.kind -> the model's class: a kind is one class (the interface below) and one register line.
-# The one rule outside the classes: ``model.latent_dim = [z1, z2]`` makes the "vae" kind the
-# two-layer ``hierarchical.HierarchicalVAE`` (``build.build_model``).
+# The two rules outside the classes (``build.build_model``): ``model.latent_dim = [z1, z2]`` makes the
+# "vae" kind the two-layer ``hierarchical.HierarchicalVAE``, and ``model.features`` makes the "m2" kind
+# M1+M2, ``m1m2.StackedM2`` (a subclass of M2: M2 naming it would import in a circle).
 MODEL_KINDS = Registry("model kind")
 
 # The hidden widths of a two-layer model's two z2 -> z1 links (config: model.link_hidden).
@@ -95,7 +96,7 @@ class VAE(PyroModule):
     section's checks), ``check_setup`` (what it refuses of the data, estimator and objective),
     ``training_loss``, ``training_batches`` and ``training_steps`` (what it trains with and on).
     A new kind subclasses ``VAE``, overrides what differs and adds one
-    ``@MODEL_KINDS.register("name")`` line.
+    ``@MODEL_KINDS.register("name")`` line, in a module of its own in ``pyro_vae.models``.
     """
 
     takes_labels = False  # trains on (x, y) pairs, and is evaluated and plotted with the true labels
