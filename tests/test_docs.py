@@ -72,7 +72,7 @@ def test_every_experiment_has_its_write_up_beside_it():
 @pytest.mark.parametrize("module, registry", [
     ("likelihoods", "LIKELIHOODS"), ("priors", "PRIORS"), ("guides", "GUIDES"), ("nets", "ENCODERS"),
     ("nets", "DECODERS"), ("objectives", "ESTIMATORS"), ("annealing", "SCHEDULES"), ("data", "DATASETS"),
-    ("labels", "MODEL_KINDS"),
+    ("models", "MODEL_KINDS"),
 ])
 def test_the_readme_names_every_swappable_component(module, registry):
     table = (ROOT / "README.md").read_text().split("## What can be swapped")[1].split("\n## ")[0]
