@@ -9,36 +9,22 @@ is refused, never executed. ``rng_state`` / ``set_rng_state`` carry every random
 number generator a run draws from, so a resumed run continues the same streams.
 """
 
-import os
 import pickle
 import random
 import struct
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from .atomic import atomic_write
 from .registry import UserError
 
 
 def save_checkpoint(state, path):
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)  # make the rename itself durable
-    finally:
-        os.close(directory)
+    """``torch.save`` the state to ``path`` atomically and durably (fsynced file and directory)."""
+    with atomic_write(path, "wb", durable=True) as f:
+        torch.save(state, f)
 
 
 def load_checkpoint(path, map_location="cpu"):
