@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 
 from . import checks
-from .files import check_image_format, check_not_run_output, check_writable_file, make_directory, writing
+from .files import check_image_format, check_writable_file, make_directory, writing
 from .registry import UserError
 
 
@@ -70,7 +70,7 @@ def command_sample(args):
     checks.seed(args.seed, "--seed")
     import torch
 
-    from .runs import load_run, save_class_samples
+    from .runs import check_not_run_output, load_run, save_class_samples
 
     vae = load_run(args.run, checkpoint=args.checkpoint)
     labeled = vae.takes_labels

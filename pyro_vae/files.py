@@ -1,6 +1,6 @@
 """File safety for what the command line and the library write: every problem with an output path
 (a directory in the way, a missing or read-only folder, a full disk, an image suffix matplotlib
-cannot write, a file a run wrote itself) as one line, found before any work is done for it.
+cannot write) as one line, found before any work is done for it.
 
 The writing itself goes through `atomic` (`atomic_write`, `write_text_atomically`).
 """
@@ -43,15 +43,6 @@ def check_image_format(path: str | os.PathLike[str]) -> None:
     formats = FigureCanvasAgg.get_supported_filetypes()
     if Path(path).suffix.lower().lstrip(".") not in formats:
         raise UserError(f"--out {path}: name an image file ending in one of: {', '.join('.' + f for f in sorted(formats))}")
-
-
-def check_not_run_output(path: str | os.PathLike[str], force: bool) -> None:
-    """Refuse to replace a file a run wrote itself (samples.png, a checkpoint, ...) unless `force` (`--force`)."""
-    from .runs import RUN_OUTPUTS
-
-    path = Path(path)
-    if path.exists() and path.name in RUN_OUTPUTS and (path.parent / "config.toml").is_file() and not force:
-        raise UserError(f"--out {path} is a file the run wrote itself; replace it with --force, or choose another --out")
 
 
 def make_directory(path: str | os.PathLike[str], what: str = "") -> None:

@@ -55,6 +55,13 @@ RUN_OUTPUTS = (
 )
 
 
+def check_not_run_output(path: str | os.PathLike[str], force: bool) -> None:
+    """Refuse to replace a file a run wrote itself (samples.png, a checkpoint, ...) unless `force` (`--force`)."""
+    path = Path(path)
+    if path.exists() and path.name in RUN_OUTPUTS and (path.parent / "config.toml").is_file() and not force:
+        raise UserError(f"--out {path} is a file the run wrote itself; replace it with --force, or choose another --out")
+
+
 def prepare_run_directory(out, force):
     """The run directory to write: ``out``, or ``runs/<timestamp>``; refuses a non-empty one unless
     ``force``, and one that cannot be written. Nothing is written yet (see ``clear_run_outputs``)."""
