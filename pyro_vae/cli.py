@@ -1,4 +1,4 @@
-"""The ``pyro-vae`` command line.
+"""The `pyro-vae` command line.
 
     pyro-vae train [CONFIG] [--set section.key=value ...] [--out DIR] [--force] [--resume RUN]
     pyro-vae sample RUN [--n 64] [--out FILE.png] [--force] [--seed S] [--label Y]
@@ -12,7 +12,7 @@ Problems with the input (config, data, files) are reported as one line,
 `report.evaluate_run`, `runs.plot_run`; the checks of output paths are `files`'.
 
 Each command imports what it needs (torch, Pyro, matplotlib) when it runs, so
-``pyro-vae --help`` answers at once.
+`pyro-vae --help` answers at once.
 """
 
 import argparse
@@ -40,7 +40,7 @@ def command_train(args):
             print(f"  {run / name}")
 
 
-# ``sample`` draws one grid into one PNG: its figure is at most 12 inches (1200 pixels) wide,
+# `sample` draws one grid into one PNG: its figure is at most 12 inches (1200 pixels) wide,
 # so 64 x 64 images leave each about 19 pixels; more would be unreadable (and, drawn at once,
 # could exhaust memory: 10^8 draws did). Draws are made SAMPLE_BATCH at a time.
 MAX_SAMPLES = 4096
@@ -48,14 +48,14 @@ SAMPLE_BATCH = 512
 
 
 def default_sample_path(run, args):
-    """Where ``sample`` writes without ``--out``: RUN/sampled/, never over the run's own samples.png."""
+    """Where `sample` writes without `--out`: RUN/sampled/, never over the run's own samples.png."""
     label = "" if args.label is None else f"-label{args.label}"
     checkpoint = "" if args.checkpoint == "checkpoint.pt" else f"-{Path(args.checkpoint).stem}"
     return Path(run) / "sampled" / f"samples-n{args.n}-seed{args.seed}{label}{checkpoint}.png"
 
 
 def draw_in_batches(vae, n, **options):
-    """``n`` samples drawn ``SAMPLE_BATCH`` at a time (the networks' memory stays that of one batch)."""
+    """`n` samples drawn `SAMPLE_BATCH` at a time (the networks' memory stays that of one batch)."""
     import torch
 
     return torch.cat([vae.sample(min(SAMPLE_BATCH, n - start), **options) for start in range(0, n, SAMPLE_BATCH)])
@@ -115,7 +115,7 @@ def command_plot(args):
 
 
 def registries():
-    """Every registry ``pyro-vae list`` shows, by title."""
+    """Every registry `pyro-vae list` shows, by title."""
     from .annealing import SCHEDULES
     from .data import DATASETS
     from .guides import GUIDES

@@ -1,8 +1,8 @@
 """Run directories: where a run's files go, what may change on resume, metrics, figures, and loading a run back.
 
-A run directory holds ``config.toml`` (the resolved config), ``checkpoint.pt`` (the
-last state), ``best.pt`` (the best validation ELBO), ``metrics.csv`` (one row per
-epoch) and the figures ``reconstructions.png``, ``samples.png``, ``curves.png``.
+A run directory holds `config.toml` (the resolved config), `checkpoint.pt` (the
+last state), `best.pt` (the best validation ELBO), `metrics.csv` (one row per
+epoch) and the figures `reconstructions.png`, `samples.png`, `curves.png`.
 A trained run is loaded back with `load_run` (the model) or `load_run_data` (the model and
 its data); `plot_run` draws its latent-space figures (`plot_figures`).
 """
@@ -63,8 +63,8 @@ def check_not_run_output(path: str | os.PathLike[str], force: bool) -> None:
 
 
 def prepare_run_directory(out, force):
-    """The run directory to write: ``out``, or ``runs/<timestamp>``; refuses a non-empty one unless
-    ``force``, and one that cannot be written. Nothing is written yet (see ``clear_run_outputs``)."""
+    """The run directory to write: `out`, or `runs/<timestamp>`; refuses a non-empty one unless
+    `force`, and one that cannot be written. Nothing is written yet (see `clear_run_outputs`)."""
     if out is None:
         out = Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S")
     out = Path(out)
@@ -90,7 +90,7 @@ def check_writable_directory(path):
 
 
 def clear_run_outputs(out):
-    """Remove what an earlier run wrote into ``out`` (under ``--force``), so that no stale file (an old
+    """Remove what an earlier run wrote into `out` (under `--force`), so that no stale file (an old
     evaluation.json, figures of another model) sits beside the new run's; other files are kept."""
     for name in RUN_OUTPUTS:
         path = Path(out) / name
@@ -101,7 +101,7 @@ def clear_run_outputs(out):
 
 
 def check_resumable(old, new, run):
-    """Refuse to resume ``run`` (config ``old``) with a config ``new`` that differs outside ``RESUMABLE_KEYS``.
+    """Refuse to resume `run` (config `old`) with a config `new` that differs outside `RESUMABLE_KEYS`.
     A key the run's config lacks (written before the key existed) counts as its default."""
     defaults = default_config()
     for section, keys in new.items():
@@ -148,9 +148,9 @@ def save_class_samples(vae, path, per_class=8):
 def load_run(
     run: str | os.PathLike[str], device: str | torch.device = "cpu", checkpoint: str = "checkpoint.pt"
 ) -> VAE:
-    """The trained VAE of a run directory, in eval mode, ready for ``model`` / ``guide``.
+    """The trained VAE of a run directory, in eval mode, ready for `model` / `guide`.
 
-    ``checkpoint="best.pt"`` loads the state with the best validation ELBO instead of the last.
+    `checkpoint="best.pt"` loads the state with the best validation ELBO instead of the last.
     """
     run = Path(run)
     if not (run / "config.toml").is_file():

@@ -85,9 +85,11 @@ def log_likelihood(
     progress: bool = False,
     labels: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """The importance-sampled estimate of log p(x) for each data point, shape `(N,)`::
+    """The importance-sampled estimate of log p(x) for each data point, shape `(N,)`:
 
-        log p(x) ~ logsumexp_k [log p(x, z_k) - log q(z_k | x)] - log K,   z_k ~ q(z | x), k = 1..K
+    ```
+    log p(x) ~ logsumexp_k [log p(x, z_k) - log q(z_k | x)] - log K,   z_k ~ q(z | x), k = 1..K
+    ```
 
     (Burda et al. 2015). It is a stochastic lower bound whose expectation rises with K
     to log p(x): K = 1 is the ELBO in expectation, and with the exact posterior as guide
