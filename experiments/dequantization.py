@@ -21,7 +21,6 @@ Writes ``experiments/results/dequantization/dequantization[_quick].csv``.
 import argparse
 import contextlib
 import io
-import json
 import sys
 import time
 from pathlib import Path
@@ -30,8 +29,8 @@ import numpy as np
 from beta_sweep import ROOT, single_thread
 from common import write_csv
 
-from pyro_vae.cli import main
 from pyro_vae.data import read_idx
+from pyro_vae.report import evaluate_run
 from pyro_vae.training import train
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
@@ -77,10 +76,7 @@ def run(name, likelihood, dequantize, npz, out, args):
         train(None, out=out, force=True, overrides=overrides)
     seconds = time.perf_counter() - start
     warnings = [line for line in stderr.getvalue().splitlines() if line.startswith("warning: ")]
-    with contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()):
-        status = main(["evaluate", str(out), "--samples", str(args.samples)])
-    assert status == 0, status
-    result = json.loads((out / "evaluation.json").read_text())
+    result = evaluate_run(out, num_samples=args.samples)
     return {
         "setting": name,
         "dequantize": dequantize,

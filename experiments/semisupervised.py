@@ -43,6 +43,7 @@ from common import write_csv
 from sklearn.linear_model import LogisticRegression
 
 from pyro_vae import train
+from pyro_vae.atomic import write_text_atomically
 from pyro_vae.build import build_data
 from pyro_vae.config import check_config
 from pyro_vae.data import HIDDEN, load_data
@@ -120,9 +121,7 @@ class Cache:
             return None
         row = compute(*args)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(row))
-        tmp.replace(path)
+        write_text_atomically(path, json.dumps(row))
         return row
 
 

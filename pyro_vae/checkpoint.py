@@ -1,44 +1,30 @@
 """Checkpoints: written atomically, read safely.
 
 A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts, saved
-with ``torch.save``. Writing goes to a temporary file in the same directory,
+with `torch.save`. Writing goes to a temporary file in the same directory,
 which is flushed, fsynced and renamed over the target, so a crash leaves either
 the old checkpoint or the new one, never half of one. Reading uses
-``torch.load(weights_only=True)``: a file that carries arbitrary pickled objects
-is refused, never executed. ``rng_state`` / ``set_rng_state`` carry every random
+`torch.load(weights_only=True)`: a file that carries arbitrary pickled objects
+is refused, never executed. `rng_state` / `set_rng_state` carry every random
 number generator a run draws from, so a resumed run continues the same streams.
 """
 
-import os
 import pickle
 import random
 import struct
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from .atomic import atomic_write
 from .registry import UserError
 
 
 def save_checkpoint(state, path):
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)  # make the rename itself durable
-    finally:
-        os.close(directory)
+    """`torch.save` the state to `path` atomically and durably (fsynced file and directory)."""
+    with atomic_write(path, "wb", durable=True) as f:
+        torch.save(state, f)
 
 
 def load_checkpoint(path, map_location="cpu"):
@@ -66,7 +52,7 @@ def _detail(error):
 
 
 def _fallback(path):
-    """Where to turn when ``path`` cannot be read: the run's other checkpoint, if it has one."""
+    """Where to turn when `path` cannot be read: the run's other checkpoint, if it has one."""
     if path.name != "best.pt" and (path.parent / "best.pt").is_file():
         return (
             f"{path.parent / 'best.pt'} holds the best validation epoch: use it with --checkpoint best.pt "
@@ -89,7 +75,7 @@ def rng_state():
 
 
 def set_rng_state(state):
-    """Restore what :func:`rng_state` saved."""
+    """Restore what `rng_state` saved."""
     torch.set_rng_state(state["torch"])
     if state["cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])

@@ -1,4 +1,4 @@
-"""The ``pyro-vae`` command line.
+"""The `pyro-vae` command line.
 
     pyro-vae train [CONFIG] [--set section.key=value ...] [--out DIR] [--force] [--resume RUN]
     pyro-vae sample RUN [--n 64] [--out FILE.png] [--force] [--seed S] [--label Y]
@@ -8,22 +8,19 @@
     pyro-vae list
 
 Problems with the input (config, data, files) are reported as one line,
-``error: ...``, with exit status 2.
+`error: ...`, with exit status 2. The work is the library's: `training.train`,
+`report.evaluate_run`, `runs.plot_run`; the checks of output paths are `files`'.
 
 Each command imports what it needs (torch, Pyro, matplotlib) when it runs, so
-``pyro-vae --help`` answers at once.
+`pyro-vae --help` answers at once.
 """
 
 import argparse
-import contextlib
-import json
-import os
 import sys
-import tempfile
-import time
 from pathlib import Path
 
 from . import checks
+from .files import check_image_format, check_writable_file, make_directory, writing
 from .registry import UserError
 
 
@@ -43,7 +40,7 @@ def command_train(args):
             print(f"  {run / name}")
 
 
-# ``sample`` draws one grid into one PNG: its figure is at most 12 inches (1200 pixels) wide,
+# `sample` draws one grid into one PNG: its figure is at most 12 inches (1200 pixels) wide,
 # so 64 x 64 images leave each about 19 pixels; more would be unreadable (and, drawn at once,
 # could exhaust memory: 10^8 draws did). Draws are made SAMPLE_BATCH at a time.
 MAX_SAMPLES = 4096
@@ -51,23 +48,14 @@ SAMPLE_BATCH = 512
 
 
 def default_sample_path(run, args):
-    """Where ``sample`` writes without ``--out``: RUN/sampled/, never over the run's own samples.png."""
+    """Where `sample` writes without `--out`: RUN/sampled/, never over the run's own samples.png."""
     label = "" if args.label is None else f"-label{args.label}"
     checkpoint = "" if args.checkpoint == "checkpoint.pt" else f"-{Path(args.checkpoint).stem}"
     return Path(run) / "sampled" / f"samples-n{args.n}-seed{args.seed}{label}{checkpoint}.png"
 
 
-def check_not_run_output(path, force):
-    """Refuse to replace a file a run wrote itself (samples.png, a checkpoint, ...) unless ``--force``."""
-    from .runs import RUN_OUTPUTS
-
-    path = Path(path)
-    if path.exists() and path.name in RUN_OUTPUTS and (path.parent / "config.toml").is_file() and not force:
-        raise UserError(f"--out {path} is a file the run wrote itself; replace it with --force, or choose another --out")
-
-
 def draw_in_batches(vae, n, **options):
-    """``n`` samples drawn ``SAMPLE_BATCH`` at a time (the networks' memory stays that of one batch)."""
+    """`n` samples drawn `SAMPLE_BATCH` at a time (the networks' memory stays that of one batch)."""
     import torch
 
     return torch.cat([vae.sample(min(SAMPLE_BATCH, n - start), **options) for start in range(0, n, SAMPLE_BATCH)])
@@ -82,7 +70,7 @@ def command_sample(args):
     checks.seed(args.seed, "--seed")
     import torch
 
-    from .runs import load_run, save_class_samples
+    from .runs import check_not_run_output, load_run, save_class_samples
 
     vae = load_run(args.run, checkpoint=args.checkpoint)
     labeled = vae.takes_labels
@@ -110,229 +98,24 @@ def command_sample(args):
     print(out)
 
 
-def check_image_format(path):
-    """Refuse, in one line, an image path whose suffix matplotlib cannot write (or that has none)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-
-    formats = FigureCanvasAgg.get_supported_filetypes()
-    if Path(path).suffix.lower().lstrip(".") not in formats:
-        raise UserError(f"--out {path}: name an image file ending in one of: {', '.join('.' + f for f in sorted(formats))}")
-
-
-@contextlib.contextmanager
-def writing(path):
-    """A failure to write ``path`` (the disk full, the folder gone) as one line."""
-    try:
-        yield
-    except OSError as error:
-        raise UserError(f"cannot write {path}: {error.strerror or error}") from None
-
-
-def make_directory(path):
-    try:
-        Path(path).mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise UserError(f"cannot create {path}: {error.strerror or error}") from None
-
-
-def check_writable_file(path):
-    """Fail now, in one line, if ``path`` cannot be written, before any work is done for it: a
-    directory, a parent that is missing or a file, a folder without permission (``os.access``:
-    root passes it), a file system that refuses files (/proc, read-only)."""
-    path = Path(path)
-    if path.is_dir():
-        raise UserError(f"cannot write {path}: it is a directory")
-    parent = next((p for p in path.parents if p.exists()), None)
-    if not path.parent.is_dir():
-        what = f"{parent} is a file" if parent is not None and not parent.is_dir() else f"no directory {path.parent}"
-        raise UserError(f"cannot write {path}: {what}")
-    if not os.access(path.parent, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
-        raise UserError(f"cannot write {path}: permission denied")
-    try:
-        with tempfile.TemporaryFile(dir=path.parent):
-            pass
-    except OSError as error:
-        raise UserError(f"cannot write {path}: {path.parent} takes no new files ({error.strerror or error})") from None
-
-
-def write_text_atomically(path, text):
-    """Write ``text`` to ``path`` through a temporary file and a rename: never half a file."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def load_run_data(run, checkpoint="checkpoint.pt"):
-    """The trained VAE of a run and the data it was trained on (from RUN/config.toml)."""
-    from .build import build_data
-    from .config import load_config
-    from .runs import load_run
-
-    vae = load_run(run, checkpoint=checkpoint)
-    config = load_config(Path(run) / "config.toml")
-    return vae, build_data(config)
-
-
-def load_run_split(run, split, checkpoint="checkpoint.pt"):
-    """The trained VAE of a run and one split of the data it was trained on (from RUN/config.toml)."""
-    vae, data = load_run_data(run, checkpoint)
-    return vae, data.split(split)
-
-
-def split_with_factors(data, split, args):
-    """Data holding only the (``--limit``-ed) split, where the data carry factors of variation: what
-    the disentanglement metrics and figures read; else None."""
-    if not data.has_factors:
-        return None
-    from .data import Data
-
-    part, _ = limited(data.split(split), args)
-    return Data(part, part, part, factor_names=data.factor_names, render=data.render)
-
-
-def limited(split, args):
-    """``--limit N``: N data points of the split drawn at random with ``--subset-seed`` (the
-    same points on every machine), never its first N, which are biased when a split is sorted
-    (the statically binarized MNIST test split is sorted by class). Returns the subset and
-    the seed it was drawn with (None: the whole split)."""
-    from .data import SUBSET_SEED
-
-    if args.limit is not None and args.limit < 1:
-        raise UserError(f"--limit must be >= 1, got {args.limit}")
-    seed = SUBSET_SEED if args.subset_seed is None else checks.seed(args.subset_seed, "--subset-seed")
-    subset = split.random_subset(args.limit, seed=seed)
-    return subset, (seed if len(subset) < len(split) else None)
-
-
 def command_evaluate(args):
-    import torch
+    from .report import evaluate_run
 
-    from .evaluation import EVALUATION_SEED, evaluate
-
-    seed = EVALUATION_SEED if args.seed is None else checks.seed(args.seed, "--seed")
-    out = Path(args.run) / "evaluation.json"
-    if Path(args.run).is_dir():
-        check_writable_file(out)  # before the computation, not after it
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    vae, data = load_run_data(args.run, args.checkpoint)
-    split, dequantization_levels = data.split(args.split), data.dequantization_levels
-    vae = vae.to(device)
-    split_size = len(split)
-    split, subset_seed = limited(split, args)
-    x = split.x
-    labels = None
-    if vae.takes_labels:  # a model with labels: conditional scores, accuracy
-        if split.labels is None:
-            raise UserError(f"the {args.split} split has no labels, which a {vae.kind} run needs to be evaluated")
-        labels = split.labels
-    vae.likelihood.check_support(x)
-    start = time.perf_counter()
-    result = evaluate(vae, x, num_samples=args.samples, seed=seed, batch_size=args.batch_size, progress=True,
-                      labels=labels, dequantization_levels=dequantization_levels)
-    result.update(split=args.split, split_size=split_size, subset_seed=subset_seed,  # None: the whole split
-                  seed=seed, checkpoint=args.checkpoint, seconds=time.perf_counter() - start)
-    subset = "" if subset_seed is None else f" (a random subset, seed {subset_seed}, of {split_size})"
-    print(f"{args.run}: {args.split} split, {result['num_examples']} data points{subset}, K = {args.samples}")
-    discrete = "" if dequantization_levels is None else f" of the {dequantization_levels}-level data"
-    rows = [
-        (f"log-likelihood log p(x){discrete}, nats",
-         f"{result['log_likelihood']:.3f} +- {result['log_likelihood_standard_error']:.3f}"),
-        (f"ELBO{discrete}, nats", f"{result['elbo']:.3f}"),
-        ("reconstruction E_q log p(x|z)", f"{result['reconstruction']:.3f}"),
-        ("KL(q(z|x) || p(z))", f"{result['kl']:.3f}"),
-        ("active units", f"{result['active_units']} of {vae.latent_dim}"),
-    ]
-    for site, kl in result.get("kl_per_layer", {}).items():
-        rows.append((f"  KL, layer {site}", f"{kl:.3f} ({result['active_units_per_layer'][site]} active units)"))
-    if dequantization_levels is not None:
-        rows.append(("  dequantized density's log p", f"{result['log_likelihood_density']:.3f} "
-                     f"(minus D log {dequantization_levels} = {result['dequantization_offset']:.3f})"))
-    if result["bits_per_dim"] is not None:
-        rows.append(("bits per dimension", f"{result['bits_per_dim']:.4f}"))
-    if "accuracy" in result:
-        rows.append(("accuracy of q(y | x)", f"{result['accuracy']:.4f}"))
-    factored = split_with_factors(data, args.split, args)
-    if factored is not None and not vae.takes_labels:
-        from .disentanglement import evaluate_disentanglement
-
-        scores = evaluate_disentanglement(vae, factored, splits=("test",), seed=seed)
-        result["disentanglement"] = scores
-        rows += [
-            ("MIG (Chen et al. 2018)", f"{scores['mig']:.4f}"),
-            ("FactorVAE score", f"{scores['factor_vae_score']:.4f}"),
-            ("DCI disentanglement", f"{scores['dci']['disentanglement']:.4f}"),
-            ("DCI completeness", f"{scores['dci']['completeness']:.4f}"),
-            ("total correlation of q(z), nats", f"{scores.get('total_correlation', float('nan')):.4f}"),
-        ]
-    for name, value in rows:
-        print(f"  {name:<32} {value}", flush=True)
-    try:  # the result is printed above whatever happens here
-        write_text_atomically(out, json.dumps(result, indent=2) + "\n")
-    except OSError as error:
-        raise UserError(f"could not write {out} ({error.strerror or error}); the result is printed above") from None
-    print(out)
+    evaluate_run(args.run, num_samples=args.samples, split=args.split, seed=args.seed, batch_size=args.batch_size,
+                 limit=args.limit, subset_seed=args.subset_seed, checkpoint=args.checkpoint, verbose=True)
+    print(Path(args.run) / "evaluation.json")
 
 
 def command_plot(args):
-    vae, data = load_run_data(args.run, args.checkpoint)
-    split = data.split(args.split)
-    out = Path(args.out) if args.out else Path(args.run)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise UserError(f"cannot create --out {out}: {error.strerror or error}") from None
-    check_writable_file(out / "codes_pca.png")
-    split, _ = limited(split, args)
-    if vae.takes_labels and split.labels is None:
-        raise UserError(f"the {args.split} split has no labels, which a {vae.kind} run needs to be plotted")
-    with writing(out):
-        plot_figures(vae, split, out, data.factor_names)
+    from .runs import plot_run
 
-
-def plot_figures(vae, split, out, factor_names=None):
-    """The latent-space figures of ``plot`` into the directory ``out``, each path printed (with the
-    factor traversals where the split carries factors of variation, named ``factor_names``)."""
-    import torch
-
-    from . import plots
-
-    x = split.x
-    if vae.takes_labels:  # a model with labels: codes given the true labels, and analogies
-        y = split.labels
-        codes = torch.cat([vae.encode(x[i : i + 1000], y[i : i + 1000]) for i in range(0, len(x), 1000)])
-        plots.save_analogies(vae, x[:10], y[:10], out / "analogies.png")
-        plots.save_projection(codes, y.numpy(), out / "codes_pca.png")
-        for path in (out / "analogies.png", out / "codes_pca.png"):
-            print(path)
-        return
-    codes = torch.cat([vae.encode(x[i : i + 1000]) for i in range(0, len(x), 1000)])
-    labels = None if split.labels is None else split.labels.numpy()
-    written = []
-    if vae.latent_dim == 2:
-        if plots.save_manifold(vae, codes, out / "manifold.png"):
-            written.append(out / "manifold.png")
-        plots.save_latent_scatter(codes, labels, out / "latent_space.png")
-        written.append(out / "latent_space.png")
-    else:
-        if plots.save_traversals(vae, codes, out / "traversals.png"):
-            written.append(out / "traversals.png")
-        plots.save_projection(codes, labels, out / "codes_pca.png")
-        written.append(out / "codes_pca.png")
-    if split.factors is not None:  # each dimension's traversal and the factor it is most informative about
-        plots.save_factor_traversals(vae, codes, split.factors.numpy(), factor_names, out / "factor_traversals.png")
-        written.append(out / "factor_traversals.png")
-    for path in written:
+    for path in plot_run(args.run, split=args.split, out=args.out, limit=args.limit, subset_seed=args.subset_seed,
+                         checkpoint=args.checkpoint):
         print(path)
 
 
 def registries():
-    """Every registry ``pyro-vae list`` shows, by title."""
+    """Every registry `pyro-vae list` shows, by title."""
     from .annealing import SCHEDULES
     from .data import DATASETS
     from .guides import GUIDES

@@ -33,6 +33,7 @@ import uuid
 
 from tqdm.auto import tqdm
 
+from .atomic import atomic_write
 from .epoch_metrics import epoch_summary
 from .registry import Registry, UserError
 
@@ -61,12 +62,10 @@ def flat_config(config):
 def write_metrics(rows, path):
     """Write the rows (dicts) as CSV, replacing ``path`` atomically."""
     fields = list(dict.fromkeys(key for row in rows for key in row))
-    tmp = path.with_suffix(".csv.tmp")
-    with open(tmp, "w", newline="") as f:
+    with atomic_write(path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=fields)
         writer.writeheader()
         writer.writerows(rows)
-    os.replace(tmp, path)
 
 
 def read_metrics(path):

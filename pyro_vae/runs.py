@@ -1,28 +1,35 @@
 """Run directories: where a run's files go, what may change on resume, metrics, figures, and loading a run back.
 
-A run directory holds ``config.toml`` (the resolved config), ``checkpoint.pt`` (the
-last state), ``best.pt`` (the best validation ELBO), ``metrics.csv`` (one row per
-epoch) and the figures ``reconstructions.png``, ``samples.png``, ``curves.png``.
+A run directory holds `config.toml` (the resolved config), `checkpoint.pt` (the
+last state), `best.pt` (the best validation ELBO), `metrics.csv` (one row per
+epoch) and the figures `reconstructions.png`, `samples.png`, `curves.png`.
+A trained run is loaded back with `load_run` (the model) or `load_run_data` (the model and
+its data); `plot_run` draws its latent-space figures (`plot_figures`).
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from . import plots
-from .build import build_model
+from . import checks, plots
+from .build import build_data, build_model
 from .checkpoint import load_checkpoint
 from .config import default_config, load_config
+from .files import check_writable_file, make_directory, writing
 from .loggers import read_metrics  # noqa: F401 (runs.read_metrics: where a run's metrics are read)
 from .registry import UserError
 
 if TYPE_CHECKING:
+    import numpy as np
+
+    from .data import Data, Split
     from .models import VAE
 
 # Keys that may change when a run is resumed; any other difference is refused.
@@ -48,9 +55,16 @@ RUN_OUTPUTS = (
 )
 
 
+def check_not_run_output(path: str | os.PathLike[str], force: bool) -> None:
+    """Refuse to replace a file a run wrote itself (samples.png, a checkpoint, ...) unless `force` (`--force`)."""
+    path = Path(path)
+    if path.exists() and path.name in RUN_OUTPUTS and (path.parent / "config.toml").is_file() and not force:
+        raise UserError(f"--out {path} is a file the run wrote itself; replace it with --force, or choose another --out")
+
+
 def prepare_run_directory(out, force):
-    """The run directory to write: ``out``, or ``runs/<timestamp>``; refuses a non-empty one unless
-    ``force``, and one that cannot be written. Nothing is written yet (see ``clear_run_outputs``)."""
+    """The run directory to write: `out`, or `runs/<timestamp>`; refuses a non-empty one unless
+    `force`, and one that cannot be written. Nothing is written yet (see `clear_run_outputs`)."""
     if out is None:
         out = Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S")
     out = Path(out)
@@ -76,7 +90,7 @@ def check_writable_directory(path):
 
 
 def clear_run_outputs(out):
-    """Remove what an earlier run wrote into ``out`` (under ``--force``), so that no stale file (an old
+    """Remove what an earlier run wrote into `out` (under `--force`), so that no stale file (an old
     evaluation.json, figures of another model) sits beside the new run's; other files are kept."""
     for name in RUN_OUTPUTS:
         path = Path(out) / name
@@ -87,7 +101,7 @@ def clear_run_outputs(out):
 
 
 def check_resumable(old, new, run):
-    """Refuse to resume ``run`` (config ``old``) with a config ``new`` that differs outside ``RESUMABLE_KEYS``.
+    """Refuse to resume `run` (config `old`) with a config `new` that differs outside `RESUMABLE_KEYS`.
     A key the run's config lacks (written before the key existed) counts as its default."""
     defaults = default_config()
     for section, keys in new.items():
@@ -134,9 +148,9 @@ def save_class_samples(vae, path, per_class=8):
 def load_run(
     run: str | os.PathLike[str], device: str | torch.device = "cpu", checkpoint: str = "checkpoint.pt"
 ) -> VAE:
-    """The trained VAE of a run directory, in eval mode, ready for ``model`` / ``guide``.
+    """The trained VAE of a run directory, in eval mode, ready for `model` / `guide`.
 
-    ``checkpoint="best.pt"`` loads the state with the best validation ELBO instead of the last.
+    `checkpoint="best.pt"` loads the state with the best validation ELBO instead of the last.
     """
     run = Path(run)
     if not (run / "config.toml").is_file():
@@ -146,3 +160,93 @@ def load_run(
     vae = build_model(config, state["data_shape"], state.get("data_levels")).to(device)
     vae.load_state_dict(state["model"])
     return vae.eval()
+
+
+# Where the run's data must come from when a config cannot load them (a run on arrays given in Python).
+ARRAYS_HINT = (
+    'was trained on arrays given in Python (data.name = "arrays"), which a config cannot load; pass them '
+    "again: evaluate_run(run, data=...) (pyro_vae.report) or load_run(run) and evaluation.evaluate(vae, x) "
+    "to evaluate it, plot_run(run, data=...) (pyro_vae.runs) to plot it; pyro-vae sample needs no data"
+)
+
+def load_run_data(run: str | os.PathLike[str], checkpoint: str = "checkpoint.pt",
+                  data: Data | torch.Tensor | np.ndarray | dict[str, Any] | None = None) -> tuple[VAE, Data]:
+    """The trained VAE of a run and the data it was trained on: those `RUN/config.toml` describes,
+    or `data` (the arrays a run trained on arrays from Python was given: `train(config, data=...)`,
+    read again the same way, so the splits are the run's own)."""
+    vae = load_run(run, checkpoint=checkpoint)
+    config = load_config(Path(run) / "config.toml")
+    if data is None and config["data"]["name"] == "arrays":
+        raise UserError(f"{run} {ARRAYS_HINT}")
+    return vae, build_data(config, data)
+
+
+def load_run_split(run: str | os.PathLike[str], split: str, checkpoint: str = "checkpoint.pt") -> tuple[VAE, Split]:
+    """The trained VAE of a run and one split of the data it was trained on (from RUN/config.toml)."""
+    vae, data = load_run_data(run, checkpoint)
+    return vae, data.split(split)
+
+
+def limited_split(split: Split, limit: int | None, subset_seed: int | None = None) -> tuple[Split, int | None]:
+    """`limit` (`--limit N`) data points of the split drawn at random with `subset_seed` (the same
+    points on every machine; default `data.SUBSET_SEED`), never its first N, which are biased when a
+    split is sorted (the statically binarized MNIST test split is sorted by class). Returns the
+    subset and the seed it was drawn with (None: the whole split)."""
+    from .data import SUBSET_SEED
+
+    if limit is not None and limit < 1:
+        raise UserError(f"--limit must be >= 1, got {limit}")
+    seed = SUBSET_SEED if subset_seed is None else checks.seed(subset_seed, "--subset-seed")
+    subset = split.random_subset(limit, seed=seed)
+    return subset, (seed if len(subset) < len(split) else None)
+
+
+def plot_run(run: str | os.PathLike[str], split: str = "test", out: str | os.PathLike[str] | None = None,
+             limit: int | None = 5000, subset_seed: int | None = None, checkpoint: str = "checkpoint.pt",
+             data: Data | torch.Tensor | np.ndarray | dict[str, Any] | None = None) -> list[Path]:
+    """The latent-space figures of a run (`plot_figures`) into `out` (default: the run directory),
+    from `limit` data points of its `split` drawn at random (`limited_split`). `data`: the
+    arrays a run trained on arrays from Python was given (`load_run_data`). Returns the paths written."""
+    vae, loaded = load_run_data(run, checkpoint, data)
+    part = loaded.split(split)
+    out = Path(out) if out else Path(run)
+    make_directory(out, "--out ")
+    check_writable_file(out / "codes_pca.png")
+    part, _ = limited_split(part, limit, subset_seed)
+    if vae.takes_labels and part.labels is None:
+        raise UserError(f"the {split} split has no labels, which a {vae.kind} run needs to be plotted")
+    with writing(out):
+        return plot_figures(vae, part, out, loaded.factor_names)
+
+
+def plot_figures(vae: VAE, split: Split, out: Path, factor_names: Sequence[str] | None = None) -> list[Path]:
+    """The latent-space figures of `split` into the directory `out`: for a model with labels,
+    analogies and the codes' PCA; for 2-D codes the decoded manifold and the codes; else traversals
+    and the codes' PCA; and the factor traversals where the split carries factors of variation
+    (named `factor_names`). Returns the paths written."""
+    x = split.x
+    if vae.takes_labels:  # a model with labels: codes given the true labels, and analogies
+        y = split.labels
+        assert y is not None  # plot_run checks it
+        # a model with labels encodes (x, y): labels.LabeledVAE.encode
+        codes = torch.cat([vae.encode(x[i : i + 1000], y[i : i + 1000]) for i in range(0, len(x), 1000)])  # type: ignore[call-arg]
+        plots.save_analogies(vae, x[:10], y[:10], out / "analogies.png")
+        plots.save_projection(codes, y.numpy(), out / "codes_pca.png")
+        return [out / "analogies.png", out / "codes_pca.png"]
+    codes = torch.cat([vae.encode(x[i : i + 1000]) for i in range(0, len(x), 1000)])
+    labels = None if split.labels is None else split.labels.numpy()
+    written = []
+    if vae.latent_dim == 2:
+        if plots.save_manifold(vae, codes, out / "manifold.png"):
+            written.append(out / "manifold.png")
+        plots.save_latent_scatter(codes, labels, out / "latent_space.png")
+        written.append(out / "latent_space.png")
+    else:
+        if plots.save_traversals(vae, codes, out / "traversals.png"):
+            written.append(out / "traversals.png")
+        plots.save_projection(codes, labels, out / "codes_pca.png")
+        written.append(out / "codes_pca.png")
+    if split.factors is not None:  # each dimension's traversal and the factor it is most informative about
+        plots.save_factor_traversals(vae, codes, split.factors.numpy(), factor_names, out / "factor_traversals.png")
+        written.append(out / "factor_traversals.png")
+    return written

@@ -63,12 +63,12 @@ def test_plot_into_an_unwritable_out_is_a_one_line_error(run, capsys):
 
 
 def test_evaluate_prints_the_result_before_writing_it(run, capsys, monkeypatch):
-    import pyro_vae.cli
+    import pyro_vae.report
 
     def fail(path, text):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(pyro_vae.cli, "write_text_atomically", fail)
+    monkeypatch.setattr(pyro_vae.report, "write_text_atomically", fail)
     assert main(["evaluate", str(run), "--samples", "2", "--limit", "20"]) == 2
     out, err = capsys.readouterr()
     assert "log-likelihood log p(x), nats" in out and "ELBO, nats" in out
@@ -107,8 +107,8 @@ def test_help_imports_nothing_heavy():
 
 
 def test_evaluate_limit_is_a_seeded_random_subset_recorded_in_the_json(run):
-    from pyro_vae.cli import load_run_split
     from pyro_vae.evaluation import EVALUATION_SEED, evaluate
+    from pyro_vae.runs import load_run_split
 
     assert main(["evaluate", str(run), "--samples", "3", "--limit", "30", "--subset-seed", "3"]) == 0
     result = json.loads((run / "evaluation.json").read_text())

@@ -14,7 +14,7 @@ import pytest
 import torch
 from conftest import one_line_error, tiny_config
 
-from pyro_vae import cli, stopping, train
+from pyro_vae import cli, files, stopping, train
 from pyro_vae.checkpoint import load_checkpoint
 from pyro_vae.cli import main
 from pyro_vae.data import load_data
@@ -209,8 +209,8 @@ def unwritable(tmp_path, monkeypatch):
     (tmp_path / "file").write_text("")
     locked = tmp_path / "locked"
     locked.mkdir()
-    real_access = cli.os.access
-    monkeypatch.setattr(cli.os, "access",
+    real_access = files.os.access
+    monkeypatch.setattr(files.os, "access",
                         lambda path, mode: real_access(path, mode) and locked not in (Path(path), *Path(path).parents))
     return [Path("/proc/x/y.png"), Path("/proc/y.png"), tmp_path / "file" / "y.png", locked / "y.png"]
 
@@ -226,8 +226,8 @@ def test_every_unwritable_out_is_one_line(run, tmp_path, monkeypatch, capsys, wh
 
 
 def test_evaluate_into_a_run_folder_without_permission_is_one_line(run, monkeypatch, capsys):
-    real_access = cli.os.access
-    monkeypatch.setattr(cli.os, "access", lambda path, mode: real_access(path, mode) and Path(path) != run)
+    real_access = files.os.access
+    monkeypatch.setattr(files.os, "access", lambda path, mode: real_access(path, mode) and Path(path) != run)
     assert main(["evaluate", str(run), "--samples", "2", "--limit", "10"]) == 2
     assert "permission denied" in one_line_error(capsys)
     assert not (run / "evaluation.json").exists()

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 import pyro_vae
-from pyro_vae import annealing, data, evaluation, registry, runs, training
+from pyro_vae import annealing, data, evaluation, registry, report, runs, training
 from pyro_vae.data import Data, LabeledBatch, SemiSupervisedBatch, Split
 from pyro_vae.models import CVAE, M2, VAE, HierarchicalVAE, LabeledVAE, fit_classifier
 from pyro_vae.objectives.estimators import Estimator
@@ -35,6 +35,9 @@ CLASSES = [VAE, HierarchicalVAE, LabeledVAE, CVAE, M2, Estimator, Registry, Data
 FUNCTIONS = [
     training.train,
     runs.load_run,
+    runs.load_run_data,
+    runs.plot_run,
+    report.evaluate_run,
     evaluation.evaluate,
     evaluation.log_likelihood,
     evaluation.evaluate_elbo,
@@ -100,7 +103,8 @@ def test_the_list_covers_the_api():
     for name in ("train", "load_run", "kl_scaled", "VAE.__init__", "VAE.model", "VAE.guide", "VAE.sample",
                  "VAE.prior_dist", "CVAE.model", "M2.classify", "LabeledVAE.elbo_terms",
                  "HierarchicalVAE.encode_layers", "Estimator.loss", "Registry.build", "Data.batches",
-                 "Split.random_subset", "pyro_vae.evaluation.evaluate", "pyro_vae.evaluation.log_likelihood",
+                 "Split.random_subset", "pyro_vae.evaluation.summary.evaluate",
+                 "pyro_vae.evaluation.likelihood.log_likelihood", "pyro_vae.report.evaluate_run",
                  "pyro_vae.data.loading.load_data"):
         assert name in names
     assert len(CALLABLES) > 80

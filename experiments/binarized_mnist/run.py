@@ -39,8 +39,9 @@ from pathlib import Path
 
 import torch
 
-from pyro_vae.cli import main as pyro_vae_cli
-from pyro_vae.runs import read_metrics
+from pyro_vae import report
+from pyro_vae.registry import UserError
+from pyro_vae.runs import plot_run, read_metrics
 from pyro_vae.training import train
 
 HERE = Path(__file__).resolve().parent
@@ -74,16 +75,17 @@ def device_name():
 
 
 def evaluate_run(run, args, checkpoint, record):
-    """``pyro-vae evaluate`` on the test set (all of it, or ``--limit`` seeded random images);
-    its JSON, with ``record`` (what was trained, how long, where) beside it, is kept under
-    ``results/``."""
+    """``pyro-vae evaluate`` (``report.evaluate_run``) on the test set (all of it, or ``--limit``
+    seeded random images); its JSON, with ``record`` (what was trained, how long, where) and the
+    equivalent command beside it, is kept under ``results/``."""
     argv = ["evaluate", str(run), "--samples", str(args.samples), "--checkpoint", checkpoint]
     if args.limit is not None:
         argv += ["--limit", str(args.limit)]
     print("pyro-vae " + " ".join(argv), flush=True)
-    if pyro_vae_cli(argv) != 0:
-        sys.exit(f"error: evaluation of {run} failed")
-    result = json.loads((run / "evaluation.json").read_text())
+    try:
+        result = report.evaluate_run(run, num_samples=args.samples, checkpoint=checkpoint, limit=args.limit, verbose=True)
+    except UserError as error:
+        sys.exit(f"error: evaluation of {run} failed: {error}")
     shown = [str(run.relative_to(ROOT)) if a == str(run) else a for a in argv]  # from the repository root
     result.update(record, evaluate_command="pyro-vae " + " ".join(shown))
     subset = f"_n{result['num_examples']}" if result.get("subset_seed") is not None else ""
@@ -116,8 +118,11 @@ def run_model(model, args, overrides):
     checkpoint = "best.pt" if (run / "best.pt").is_file() else "checkpoint.pt"
     path = evaluate_run(run, args, checkpoint, record)
     tag = f"{model}-{mode}"
-    if pyro_vae_cli(["plot", str(run), "--checkpoint", checkpoint, "--out", str(RESULTS / tag)]) != 0:
-        sys.exit(f"error: plotting {run} failed")
+    try:
+        for figure in plot_run(run, checkpoint=checkpoint, out=RESULTS / tag):
+            print(figure)
+    except UserError as error:
+        sys.exit(f"error: plotting {run} failed: {error}")
     return path
 
 
