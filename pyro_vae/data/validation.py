@@ -90,17 +90,6 @@ def check_factors(name, x, factors, factor_names=None):
     return factors
 
 
-def factor_names_of(arrays, splits):
-    """The factor names an .npz (or a dict like it) gives as `factor_names`, else factor0, factor1, ...
-    where its splits carry factors; None where they carry none."""
-    given = next((s.factors for s in splits.values() if s.factors is not None), None)
-    if given is None:
-        return None
-    if "factor_names" in arrays:
-        return tuple(str(n) for n in np.asarray(arrays["factor_names"]).reshape(-1))
-    width = 1 if np.ndim(given) == 1 else np.shape(given)[1]
-    return tuple(f"factor{i}" for i in range(width))
-
 
 def check_fractions(valid_fraction, test_fraction):
     for name, value in (("valid_fraction", valid_fraction), ("test_fraction", test_fraction)):
