@@ -364,6 +364,9 @@ def load_config(path=None, overrides=()):
                 config = tomllib.load(f)
         except FileNotFoundError:
             raise UserError(f"no such config file: {path}") from None
+        except IsADirectoryError:
+            raise UserError(f"{path} is a directory, not a config file: give a TOML file (a run's own is "
+                            f"{path}/config.toml), and the run directory with --out") from None
         except tomllib.TOMLDecodeError as error:
             raise UserError(f"{path} is not valid TOML: {error}") from None
     merged = default_config()

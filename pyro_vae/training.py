@@ -57,7 +57,14 @@ from .faults import Faults
 from .loggers import LOGGERS, Console
 from .losses import NegativeELBO  # noqa: F401  (its import path before losses.py)
 from .registry import UserError
-from .runs import check_resumable, check_writable_directory, clear_run_outputs, prepare_run_directory, save_figures
+from .runs import (
+    check_resumable,
+    check_writable_directory,
+    clear_run_outputs,
+    discard_run,
+    prepare_run_directory,
+    save_figures,
+)
 from .signals import StopRequests
 from .steps import CaptureFailed
 
@@ -377,12 +384,20 @@ def _train(config, out, force, resume, state, data):
     if len(data.train) < config["train"]["batch_size"] and trainer.is_main:
         print(f"warning: train.batch_size ({config['train']['batch_size']}) is larger than the training split "
               f"({len(data.train)} examples): one step per epoch", file=sys.stderr)
+    created = not out.exists()
     if trainer.is_main:
         if resume is None and force:
             clear_run_outputs(out)
         out.mkdir(parents=True, exist_ok=True)
         save_config(config, out / "config.toml")
-    trainer.fit()
+    try:
+        trainer.fit()
+    except BaseException:
+        # a run that stops before its first checkpoint cannot be resumed: leave nothing of it, so
+        # that the same command can be run into the same directory again
+        if trainer.is_main and resume is None and not (out / "checkpoint.pt").exists():
+            discard_run(out, created)
+        raise
     return out
 
 
