@@ -401,13 +401,34 @@ def _train(config, out, force, resume, state, data):
     return out
 
 
+def resolve_threads(threads: int | str) -> int:
+    """The number of torch threads ``train.threads`` asks for; 0: torch's default.
+
+    "auto" is what the machine's load leaves free when the run starts: round(cores - the
+    1-minute load average), at least 1 and at most torch's default (one per core, or
+    ``OMP_NUM_THREADS``). On an idle machine that is torch's default; on a busy two-core machine
+    it is 1, which measured 8-27x faster per step than two threads there (docs/speed.md,
+    `experiments/speed.py --threads-default`). Where the load average cannot be read (Windows),
+    torch's default."""
+    if threads != "auto":
+        return int(threads)
+    default = torch.get_num_threads()
+    try:
+        load = os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return default
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return min(default, max(1, round(cores - load)))
+
+
 @contextlib.contextmanager
 def torch_threads(threads):
-    """torch's intra-op threads set to ``threads`` (``train.threads``) while the block runs, then
-    restored; 0 leaves torch's default (one per core). On a shared or busy machine one thread
-    can be several times faster than torch's default: threads that wait for a core stall
+    """torch's intra-op threads set to `threads` (`train.threads`: `resolve_threads`) while the
+    block runs, then restored; 0 leaves torch's default (one per core). On a shared or busy machine
+    one thread can be several times faster than torch's default: threads that wait for a core stall
     every operation that splits its work among them."""
     previous = torch.get_num_threads()
+    threads = resolve_threads(threads)
     if threads:
         torch.set_num_threads(threads)
     try:
