@@ -21,15 +21,21 @@ against a hand-written loop. On CPU the captured variants are left out.
     python experiments/speed.py --quick            # a few seconds, writes nothing
     python experiments/speed.py --total-correlation  # only: beta-TCVAE and FactorVAE steps against the
                                                      # plain VAE step at batch 128 -> total_correlation.json
+    python experiments/speed.py --threads-default    # only: train.threads = 1, 2 and "auto", with and without
+                                                     # one competing busy process -> threads_default.json
+                                                     # (run it without OMP_NUM_THREADS: it is torch's default)
 """
 
 import argparse
 import copy
 import json
 import math
+import os
 import platform
 import shutil
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -40,11 +46,12 @@ import torch
 import torch.nn.functional as F
 from pyro.infer import SVI, Trace_ELBO
 
+from pyro_vae.build import build_data
 from pyro_vae.config import load_config
 from pyro_vae.data import Data, Split, load_data
 from pyro_vae.evaluation import log_likelihood
 from pyro_vae.guides import gaussian_parameters
-from pyro_vae.training import Trainer, train
+from pyro_vae.training import Trainer, resolve_threads, train
 
 ROOT = Path(__file__).resolve().parent.parent
 # binarized MNIST: beside the checkout (../shared), inside it (shared/), or carried to a GPU machine (.gpu/)
@@ -305,6 +312,57 @@ def compare_total_correlation(x, rounds, steps, batch_size=128, device="cpu"):
     return row
 
 
+def threads_default(rounds, steps, default):
+    """ms per training step of the default job (`pyro-vae train`: digits, 64-256-256-16 MLPs, batch 64)
+    and of the 784-400-20 MLP at batch 128, with torch threads = 1, 2 and "auto" (``resolve_threads``,
+    resolved before each timing from the load average of that moment and torch's default ``default``),
+    interleaved, the median of ``rounds`` rounds of ``steps`` steps; first as the machine is, then
+    with one competing busy process (a Python loop, killed after). Ratios: auto / the best setting."""
+    config = load_config(None, ["train.progress=false", "train.device='cpu'"])
+    digits = build_data(config)
+    default_job = Trainer(config, digits, Path("runs/speed"), torch.device("cpu"))
+    x = mnist_like(steps * 128)
+    jobs = {"default_job": (default_job.train_step, torch.bernoulli(digits.train.x), 64),
+            "mlp_784_400_20": (library_trainer(x, "trace", 128).train_step, x.view(-1, 1, 28, 28), 128)}
+    rows = []
+    for condition in ("as_is", "one_busy_process"):
+        competitor = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if condition != "as_is" else None
+        try:
+            if competitor is not None:
+                time.sleep(5)  # let it take its core
+            for job, (step, images, batch_size) in jobs.items():
+                batches = [images[i : i + batch_size] for i in range(0, min(len(images), steps * batch_size), batch_size)]
+                times, autos, loads = {"1": [], "2": [], "auto": []}, [], []
+                with pyro.validation_enabled(False):
+                    torch.set_num_threads(1)
+                    time_steps(step, batches[:10])  # warm-up
+                    for _ in range(rounds):
+                        for setting in times:
+                            torch.set_num_threads(default)  # what "auto" starts from, as in a fresh run
+                            threads = resolve_threads("auto") if setting == "auto" else int(setting)
+                            if setting == "auto":
+                                autos.append(threads)
+                                loads.append(os.getloadavg()[0])
+                            torch.set_num_threads(threads)
+                            times[setting].append(time_steps(step, batches))
+                ms = {setting: statistics.median(t) for setting, t in times.items()}
+                row = {"condition": condition, "job": job, "batch_size": batch_size, "steps": len(batches),
+                       "rounds": rounds, **{f"threads_{k}_ms": v for k, v in ms.items()},
+                       "auto_resolved_to": autos, "load_average_1min": loads,
+                       "auto_over_best": ms["auto"] / min(ms["1"], ms["2"]),
+                       "two_over_one": ms["2"] / ms["1"]}
+                rows.append(row)
+                print(f"{condition:>16} {job:>15}: 1 thread {ms['1']:.2f} ms, 2 threads {ms['2']:.2f} ms, auto "
+                      f"({'/'.join(map(str, sorted(set(autos))))}) {ms['auto']:.2f} ms; auto / best "
+                      f"{row['auto_over_best']:.2f}, 2 / 1 {row['two_over_one']:.2f}; load {min(loads):.1f}-{max(loads):.1f}",
+                      flush=True)
+        finally:
+            if competitor is not None:
+                competitor.kill()
+                competitor.wait()
+    return rows
+
+
 def show(row):
     figures = ", ".join(f"{key} {value:.3f}" for key, value in row.items() if isinstance(value, float))
     print(f"{row['estimator']:>13} K={row['particles']:<2} batch {row['batch_size']:>4}: {figures}", flush=True)
@@ -317,8 +375,22 @@ def main():
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--total-correlation", action="store_true",
                         help="only the beta-TCVAE and FactorVAE steps against the plain VAE's, batch 128")
+    parser.add_argument("--threads-default", action="store_true",
+                        help="only: train.threads = 1, 2, \"auto\", as the machine is and beside one busy process")
     args = parser.parse_args()
+    default = torch.get_num_threads()
     torch.set_num_threads(args.threads)
+    if args.threads_default:
+        rounds, steps = (2, 10) if args.quick else (5, 20)
+        rows = threads_default(rounds, steps, default)
+        if not args.quick:
+            report = {"command": "python experiments/speed.py --threads-default", "rows": rows, "machine": {
+                "machine": platform.machine(), "cores": os.cpu_count(), "torch_default_threads": default,
+                "torch": torch.__version__, "data": "binarized MNIST" if MNIST.is_file() else "random binary"}}
+            OUT.mkdir(parents=True, exist_ok=True)
+            (OUT / "threads_default.json").write_text(json.dumps(report, indent=2))
+            print(f"wrote {OUT / 'threads_default.json'}")
+        return
     torch.manual_seed(0)
     if args.total_correlation:
         rounds, steps = (3, 10) if args.quick else (15, 40)

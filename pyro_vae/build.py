@@ -7,11 +7,13 @@
 """
 
 import dataclasses
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from .annealing import Constant, build_schedule
@@ -51,6 +53,47 @@ def build_model(config, data_shape, data_levels=None):
     elif model_class is M2 and model["features"]:
         model_class = StackedM2
     return model_class.from_config(model, data_shape, data_levels, load_features)
+
+
+def check_memory(config, data, device):
+    """Refuse, in one line and before anything is allocated, a model whose training state cannot fit
+    in ``device``'s memory: its parameters are counted on the meta device (which allocates nothing),
+    and training holds about four times their bytes (the parameters, their gradients and Adam's two
+    moments) before any activation. Memory is a CPU's physical memory or a GPU's free memory; where
+    it cannot be read, nothing is refused. This catches sizes that cannot fit at all (a
+    `model.latent_dim` of 10**9: 770 billion parameters), not a model that fits only just."""
+    available = device_memory(torch.device(device))
+    if available is None:
+        return
+    try:
+        with torch.device("meta"):
+            model = build_model(config, data.shape, data.levels)
+    except (NotImplementedError, RuntimeError):  # a model that reads real tensors while it is built
+        return
+    count = sum(p.numel() for p in model.parameters())
+    needed = 4 * sum(p.numel() * p.element_size() for p in model.parameters())
+    if needed > available:
+        sizes = [f"model.latent_dim = {config['model']['latent_dim']}"]
+        for net in ("encoder", "decoder"):
+            spec = config["model"][net]
+            if isinstance(spec, dict) and "hidden" in spec:
+                sizes.append(f"model.{net}.hidden = {spec['hidden']}")
+        raise UserError(
+            f"the model would have {count:,} parameters: training needs about {needed / 2**30:,.1f} GiB for them, "
+            f"their gradients and Adam's moments, more than the {available / 2**30:,.1f} GiB of {device.type} "
+            f"memory; make it smaller ({', '.join(sizes)})"
+        )
+
+
+def device_memory(device):
+    """Bytes of memory for training on ``device``: physical memory on a CPU, free memory on a GPU;
+    None where that cannot be read."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):  # no sysconf (Windows) or no such name
+        return None
 
 
 def load_features(run, data_shape):
@@ -149,6 +192,7 @@ def build(config, data, device, batch_size=None):
     ``train.batch_size``) sets the steps per epoch that epoch-long schedules count in.
     """
     tc, objective = config["train"], config["objective"]
+    check_memory(config, data, device)
     vae = build_model(config, data.shape, data.levels).to(device)
     check_density(vae.likelihood, data)
     for split in ("train", "valid", "test"):

@@ -59,6 +59,12 @@ def auto_or_boolean(value, key):
     return value
 
 
+def threads(value, key):
+    if value != "auto" and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
+        raise UserError(f"{key} must be \"auto\" or an integer >= 0, got {type_name(value)} {value!r}")
+    return value
+
+
 def early_stopping(value, key):
     """false, or a table { patience = N, min_delta = 0.0 }."""
     if value is False:
@@ -188,7 +194,7 @@ SCHEMA = {
         "optimizer": ("adam", name_in(OPTIMIZERS)),
         "seed": (0, checks.seed),
         "device": ("auto", device),
-        "threads": (0, at_least(integer, 0)),  # torch's intra-op threads; 0: torch's default (one per core)
+        "threads": ("auto", threads),  # torch's intra-op threads; "auto": as many as the load leaves free; 0: torch's default
         "progress": (True, boolean),
         "lr_schedule": ("constant", spec(LR_SCHEDULES)),
         "lr_warmup_steps": (0, at_least(integer, 0)),
@@ -264,8 +270,10 @@ DESCRIPTIONS = {
         "optimizer": "A registered optimizer name (see the optimizers below).",
         "seed": "Seeds the initialization, the data order and every random draw of the run.",
         "device": "`auto` (CUDA when present), `cpu`, `cuda` or `cuda:N`.",
-        "threads": "torch's intra-op threads while training (0: torch's default, one per core); 1 is often "
-                   "much faster on a small machine busy with other work.",
+        "threads": "torch's intra-op threads while training. `auto`: the cores the machine's load leaves free "
+                   "when the run starts, round(cores - 1-minute load average), at least 1 and at most torch's default "
+                   "(one per core): torch's default on an idle machine, fewer on a busy one, where threads that wait "
+                   "for a core stall every operation (measured in docs/speed.md). 0: torch's default; N: N threads.",
         "progress": "Show a progress bar on a terminal (without one: one line per epoch).",
         "lr_schedule": "A learning-rate schedule name or a table with its options, e.g. "
         "`{ name = \"plateau\", patience = 5, factor = 0.5 }`.",
@@ -363,6 +371,9 @@ def load_config(path=None, overrides=()):
                 config = tomllib.load(f)
         except FileNotFoundError:
             raise UserError(f"no such config file: {path}") from None
+        except IsADirectoryError:
+            raise UserError(f"{path} is a directory, not a config file: give a TOML file (a run's own is "
+                            f"{path}/config.toml), and the run directory with --out") from None
         except tomllib.TOMLDecodeError as error:
             raise UserError(f"{path} is not valid TOML: {error}") from None
     merged = default_config()

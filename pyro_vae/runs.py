@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
@@ -83,9 +84,16 @@ def check_writable_directory(path):
     """Refuse, before any work, a directory that cannot be created or written (a read-only file system)."""
     path = Path(path)
     existing = next(p for p in (path, *path.parents) if p.exists())  # the root always exists
+    where = "" if existing == path else f" (its nearest existing folder {existing} is not writable)"
     if not os.access(existing, os.W_OK | os.X_OK):
-        where = "" if existing == path else f" (its nearest existing folder {existing} is not writable)"
         raise UserError(f"cannot write to {path}{where}; choose a writable --out")
+    if existing.is_dir():
+        # os.access says yes to root everywhere, and /proc or /sys refuse new folders whatever
+        # their modes: create one (and remove it) to know
+        try:
+            os.rmdir(tempfile.mkdtemp(prefix=".pyro-vae-probe-", dir=existing))
+        except OSError as error:
+            raise UserError(f"cannot write to {path}{where}: {error.strerror}; choose a writable --out") from None
     return path
 
 
@@ -98,6 +106,14 @@ def clear_run_outputs(out):
             shutil.rmtree(path)
         elif path.exists():
             path.unlink()
+
+
+def discard_run(out, created):
+    """Remove what a run that stopped before its first checkpoint wrote into ``out`` (its config,
+    metrics, loggers' folders), and ``out`` itself if the run ``created`` it and it is now empty."""
+    clear_run_outputs(out)
+    if created and Path(out).is_dir() and not any(Path(out).iterdir()):
+        Path(out).rmdir()
 
 
 def check_resumable(old, new, run):

@@ -57,7 +57,14 @@ from .faults import Faults
 from .loggers import LOGGERS, Console
 from .losses import NegativeELBO  # noqa: F401  (its import path before losses.py)
 from .registry import UserError
-from .runs import check_resumable, check_writable_directory, clear_run_outputs, prepare_run_directory, save_figures
+from .runs import (
+    check_resumable,
+    check_writable_directory,
+    clear_run_outputs,
+    discard_run,
+    prepare_run_directory,
+    save_figures,
+)
 from .signals import StopRequests
 from .steps import CaptureFailed
 
@@ -377,22 +384,51 @@ def _train(config, out, force, resume, state, data):
     if len(data.train) < config["train"]["batch_size"] and trainer.is_main:
         print(f"warning: train.batch_size ({config['train']['batch_size']}) is larger than the training split "
               f"({len(data.train)} examples): one step per epoch", file=sys.stderr)
+    created = not out.exists()
     if trainer.is_main:
         if resume is None and force:
             clear_run_outputs(out)
         out.mkdir(parents=True, exist_ok=True)
         save_config(config, out / "config.toml")
-    trainer.fit()
+    try:
+        trainer.fit()
+    except BaseException:
+        # a run that stops before its first checkpoint cannot be resumed: leave nothing of it, so
+        # that the same command can be run into the same directory again
+        if trainer.is_main and resume is None and not (out / "checkpoint.pt").exists():
+            discard_run(out, created)
+        raise
     return out
+
+
+def resolve_threads(threads: int | str) -> int:
+    """The number of torch threads ``train.threads`` asks for; 0: torch's default.
+
+    "auto" is what the machine's load leaves free when the run starts: round(cores - the
+    1-minute load average), at least 1 and at most torch's default (one per core, or
+    ``OMP_NUM_THREADS``). On an idle machine that is torch's default; on a busy two-core machine
+    it is 1, which measured 8-27x faster per step than two threads there (docs/speed.md,
+    `experiments/speed.py --threads-default`). Where the load average cannot be read (Windows),
+    torch's default."""
+    if threads != "auto":
+        return int(threads)
+    default = torch.get_num_threads()
+    try:
+        load = os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return default
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return min(default, max(1, round(cores - load)))
 
 
 @contextlib.contextmanager
 def torch_threads(threads):
-    """torch's intra-op threads set to ``threads`` (``train.threads``) while the block runs, then
-    restored; 0 leaves torch's default (one per core). On a shared or busy machine one thread
-    can be several times faster than torch's default: threads that wait for a core stall
+    """torch's intra-op threads set to `threads` (`train.threads`: `resolve_threads`) while the
+    block runs, then restored; 0 leaves torch's default (one per core). On a shared or busy machine
+    one thread can be several times faster than torch's default: threads that wait for a core stall
     every operation that splits its work among them."""
     previous = torch.get_num_threads()
+    threads = resolve_threads(threads)
     if threads:
         torch.set_num_threads(threads)
     try:

@@ -4,8 +4,10 @@ truncated checkpoint, and a --help that imports nothing heavy."""
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+import torch
 from conftest import one_line_error
 
 from pyro_vae.cli import main
@@ -122,3 +124,59 @@ def test_evaluate_limit_is_a_seeded_random_subset_recorded_in_the_json(run):
     assert main(["evaluate", str(run), "--samples", "3"]) == 0  # the whole split: no subset seed
     result = json.loads((run / "evaluation.json").read_text())
     assert (result["num_examples"], result["subset_seed"]) == (len(split), None)
+
+
+TINY = ["--set", "data.binarize=static", "--set", "model.latent_dim=4", "--set", "model.encoder.hidden=[32]",
+        "--set", "model.decoder.hidden=[32]", "--set", "train.batch_size=128", "--set", "train.progress=false",
+        "--set", "train.device=\"cpu\"", "--set", "train.epochs=1"]
+
+
+@pytest.mark.parametrize("out", ["/proc/pyrovae_run", "/sys/pyrovae_run"])
+def test_train_into_a_pseudo_file_system_is_a_one_line_error(capsys, out):
+    """/proc and /sys refuse new folders even to root, whom os.access lets through."""
+    if not sys.platform.startswith("linux") or not Path(out).parent.is_dir():
+        pytest.skip("Linux's /proc and /sys")
+    assert main(["train", "--out", out, *TINY]) == 2
+    assert f"cannot write to {out}" in one_line_error(capsys)
+    assert not Path(out).exists()
+
+
+def test_a_directory_as_the_config_file_is_a_one_line_error(tmp_path, capsys):
+    (tmp_path / "runs").mkdir()
+    assert main(["train", str(tmp_path / "runs"), "--out", str(tmp_path / "runs" / "x")]) == 2
+    assert "runs is a directory, not a config file" in one_line_error(capsys)
+    assert list((tmp_path / "runs").iterdir()) == []
+
+
+def test_a_model_too_large_for_memory_is_refused_before_it_is_built(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "--out", str(out), *TINY, "--set", "model.latent_dim=1000000000"]) == 2
+    error = one_line_error(capsys)
+    # 64 -> 32 -> (2 x 10^9) and 10^9 -> 32 -> 64, with biases; four times 4 bytes each
+    assert "98,000,004,224 parameters" in error and "1,460.3 GiB" in error
+    assert "model.latent_dim = 1000000000" in error
+    assert not out.exists()
+
+
+def test_a_normal_model_passes_the_memory_check(tmp_path):
+    from pyro_vae.build import check_memory, device_memory
+    from pyro_vae.config import load_config
+    from pyro_vae.data import load_data
+
+    assert device_memory(torch.device("cpu")) > 2**28
+    data = load_data(name="digits", binarize="static")
+    check_memory(load_config(), data, "cpu")  # 546,000 parameters of the default model: nothing refused
+
+
+@pytest.mark.parametrize("existing", [False, True])
+def test_a_run_that_stops_before_its_first_checkpoint_can_be_run_again(tmp_path, capsys, existing):
+    out = tmp_path / "run"
+    if existing:
+        out.mkdir()
+    diverging = ["train", "--out", str(out), *TINY, "--set", "train.lr=1e30", "--set", "train.optimizer=\"sgd\""]
+    for _ in range(2):  # the same command again: not "already holds files"
+        assert main(diverging) == 2
+        assert "non-finite" in one_line_error(capsys)
+        assert out.exists() == existing and (not existing or list(out.iterdir()) == [])
+    assert main(["train", "--out", str(out), *TINY]) == 0
+    assert (out / "checkpoint.pt").is_file()

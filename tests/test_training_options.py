@@ -137,3 +137,46 @@ def test_a_fixed_gaussian_scale_on_data_far_outside_the_unit_interval_is_warned_
     config["model"]["likelihood"] = {"name": "gaussian", "scale": "learned"}
     train(config, out=tmp_path / "learned")
     assert "the data span" not in capsys.readouterr().err
+
+
+# ---- train.threads = "auto" ----
+
+
+@pytest.mark.parametrize("load, expected", [(0.1, 2), (0.9, 1), (1.2, 1), (4.5, 1)])
+def test_auto_threads_are_the_cores_the_load_leaves_free_at_most_torchs_default(monkeypatch, load, expected):
+    from pyro_vae.training import resolve_threads
+
+    monkeypatch.setattr(os, "getloadavg", lambda: (load, load, load))
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)  # torch's default on two cores
+    assert resolve_threads("auto") == expected
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)  # OMP_NUM_THREADS=1: never more
+    assert resolve_threads("auto") == 1
+    assert resolve_threads(3) == 3 and resolve_threads(0) == 0
+
+
+def test_auto_threads_without_a_load_average_are_torchs_default(monkeypatch):
+    from pyro_vae.training import resolve_threads
+
+    def unavailable():
+        raise OSError("no load average")
+
+    monkeypatch.setattr(os, "getloadavg", unavailable)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 4)
+    assert resolve_threads("auto") == 4
+
+
+def test_threads_default_to_auto_and_a_resumed_run_may_change_them(tmp_path, monkeypatch):
+    from pyro_vae.config import load_config
+    from pyro_vae.training import Trainer
+
+    assert load_config()["train"]["threads"] == "auto"
+    with pytest.raises(UserError, match=r"train.threads must be \"auto\" or an integer >= 0, got string 'many'"):
+        load_config(None, ["train.threads='many'"])
+    seen, fit = [], Trainer.fit
+    monkeypatch.setattr(Trainer, "fit", lambda self: (seen.append(torch.get_num_threads()), fit(self)))
+    monkeypatch.setattr(os, "getloadavg", lambda: (9.0, 9.0, 9.0))  # a busy machine: auto is 1
+    run = train(tiny_config(train={"epochs": 1, "threads": 2}), out=tmp_path / "run")
+    train(resume=run, overrides=["train.epochs=2", "train.threads='auto'"])
+    assert seen == [2, 1]
+    assert load_config(run / "config.toml")["train"]["threads"] == "auto"
