@@ -2,8 +2,8 @@
 
     from pyro_vae import VAE, CVAE, M2, train, load_run, kl_scaled
 
-The names are imported on first use (PEP 562), so that ``import pyro_vae`` (and
-``pyro-vae --help``) does not pay for torch and Pyro until they are needed.
+The names are imported on first use (PEP 562), so that `import pyro_vae` (and
+`pyro-vae --help`) does not pay for torch and Pyro until they are needed.
 """
 
 import importlib

@@ -12,31 +12,31 @@ from pyro.infer import JitTrace_ELBO, JitTraceMeanField_ELBO
 
 
 def handlers_active():
-    """Whether any Pyro handler is on the stack now (``poutine.runtime._PYRO_STACK``, private in 1.9).
+    """Whether any Pyro handler is on the stack now (`poutine.runtime._PYRO_STACK`, private in 1.9).
 
     A direct computation of a program's loss is exact only when nothing intercepts the program."""
     return bool(poutine.runtime._PYRO_STACK)
 
 
 def new_param_store_state():
-    """An empty param store's contents, for :func:`own_param_store`."""
+    """An empty param store's contents, for `own_param_store`."""
     return {"params": {}, "constraints": {}, "param_to_name": {}}
 
 
 @contextlib.contextmanager
 def own_param_store(state):
-    """Run with the contents of Pyro's global param store swapped for ``state`` (from
-    :func:`new_param_store_state`, owned by the caller), and swapped back after.
+    """Run with the contents of Pyro's global param store swapped for `state` (from
+    `new_param_store_state`, owned by the caller), and swapped back after.
 
-    A ``PyroModule`` registers its parameters in the global store when its programs run,
+    A `PyroModule` registers its parameters in the global store when its programs run,
     which keeps every model's weights alive after the model is gone. Pyro 1.9's
-    alternatives both fall short: the ``module_local_params`` setting is global, and its
-    parameter sites lack the ``unconstrained()`` that ``SVI`` with a ``pyro.optim``
-    optimizer reads; ``ParamStoreDict.scope`` strips that same attribute from every
-    parameter when it exits (``get_state`` prepares for pickling). So this swaps the
-    store's three private dicts (``_params``, ``_constraints``, ``_param_to_name``),
-    which is all a store holds in 1.9: the sites stay ordinary ``pyro.param`` sites,
-    and the entries live in ``state``.
+    alternatives both fall short: the `module_local_params` setting is global, and its
+    parameter sites lack the `unconstrained()` that `SVI` with a `pyro.optim`
+    optimizer reads; `ParamStoreDict.scope` strips that same attribute from every
+    parameter when it exits (`get_state` prepares for pickling). So this swaps the
+    store's three private dicts (`_params`, `_constraints`, `_param_to_name`),
+    which is all a store holds in 1.9: the sites stay ordinary `pyro.param` sites,
+    and the entries live in `state`.
     """
     store = pyro.get_param_store()
     saved = store._params, store._constraints, store._param_to_name
@@ -48,13 +48,13 @@ def own_param_store(state):
 
 
 def value_with_gradient(value, surrogate):
-    """A tensor whose value is ``value`` and whose gradient is that of ``surrogate``."""
+    """A tensor whose value is `value` and whose gradient is that of `surrogate`."""
     return value.detach() + (surrogate - surrogate.detach())
 
 
 class FixedJitTrace_ELBO(JitTrace_ELBO):
-    """Pyro 1.9's ``JitTrace_ELBO.differentiable_loss`` returns ``loss + (surrogate - surrogate.detach())``
-    with a ``loss`` that still carries its graph (eager ``Trace_ELBO`` takes ``.item()`` of it), so
+    """Pyro 1.9's `JitTrace_ELBO.differentiable_loss` returns `loss + (surrogate - surrogate.detach())`
+    with a `loss` that still carries its graph (eager `Trace_ELBO` takes `.item()` of it), so
     its gradient is the surrogate's plus the loss's: twice the ELBO gradient for reparameterized z."""
 
     def differentiable_loss(self, model, guide, *args, **kwargs):
@@ -63,8 +63,8 @@ class FixedJitTrace_ELBO(JitTrace_ELBO):
 
 
 class FixedJitTraceMeanField_ELBO(JitTraceMeanField_ELBO):
-    """Pyro 1.9's ``JitTraceMeanField_ELBO`` caches its compiled loss as ``_differentiable_loss``
-    but checks ``_loss_and_surrogate_loss``, so it recompiles on every call; set the attribute
+    """Pyro 1.9's `JitTraceMeanField_ELBO` caches its compiled loss as `_differentiable_loss`
+    but checks `_loss_and_surrogate_loss`, so it recompiles on every call; set the attribute
     its check reads."""
 
     def differentiable_loss(self, model, guide, *args, **kwargs):

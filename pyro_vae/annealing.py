@@ -5,29 +5,31 @@ The beta-weighted objective (Higgins et al. 2017)
     L_beta(x) = E_q[log p(x | z)] - beta * KL(q(z | x) || p(z))
 
 is obtained without touching the model by scaling the log-densities of the
-*unobserved* sample sites (``"z"``) by beta in both model and guide: the
-Monte Carlo KL term ``log q(z | x) - log p(z)`` is then multiplied by beta,
-while the observed site ``"x"`` is never scaled. ``TraceMeanField_ELBO`` reads only
+*unobserved* sample sites (`"z"`) by beta in both model and guide: the
+Monte Carlo KL term `log q(z | x) - log p(z)` is then multiplied by beta,
+while the observed site `"x"` is never scaled. `TraceMeanField_ELBO` reads only
 the scale of the *guide's* site for its analytic KL, which this handler sets too.
 
-A weight of exactly 0 is not a scale: ``poutine.scale`` refuses it, and setting
-``msg["scale"] = 0`` directly computes ``0 * log p``, which is NaN wherever a
+A weight of exactly 0 is not a scale: `poutine.scale` refuses it, and setting
+`msg["scale"] = 0` directly computes `0 * log p`, which is NaN wherever a
 log-density is -inf. A weight of 0 therefore *masks* the latent sites
-(``msg["mask"] = False``): Pyro then drops their terms, and the loss is exactly the
+(`msg["mask"] = False`): Pyro then drops their terms, and the loss is exactly the
 reconstruction term -log p(x | z), with no NaN and no tiny-epsilon approximation. That rule
-is :func:`kept`, which the handler and :func:`weighted` (for terms computed without Pyro) share.
+is `kept`, which the handler and `weighted` (for terms computed without Pyro) share.
 
 A schedule gives the weight as a pure function of the optimizer step (the number
-of steps already taken), so resuming a run at step ``t`` resumes the schedule at
-``t``. Built from config by :func:`build_schedule`::
+of steps already taken), so resuming a run at step `t` resumes the schedule at
+`t`. Built from config by `build_schedule`:
 
-    kl_weight = 0.5                                                     # constant
-    kl_weight = { name = "linear", start = 0.0, end = 1.0, epochs = 10 }
-    kl_weight = { name = "cyclical", cycles = 4, ratio = 0.5, shape = "cosine", epochs = 40 }
+```
+kl_weight = 0.5                                                     # constant
+kl_weight = { name = "linear", start = 0.0, end = 1.0, epochs = 10 }
+kl_weight = { name = "cyclical", cycles = 4, ratio = 0.5, shape = "cosine", epochs = 40 }
+```
 
-(``schedule = "linear"`` is read as the name too, as in configs written before the
+(`schedule = "linear"` is read as the name too, as in configs written before the
 registries shared one key.) Capacity annealing's target C(t) is one of these schedules too;
-it and free bits change the KL term itself rather than its weight (``penalties``).
+it and free bits change the KL term itself rather than its weight (`penalties`).
 """
 
 from __future__ import annotations
@@ -55,13 +57,13 @@ SHAPES = ("linear", "sigmoid", "cosine")
 
 class ScaleLatents(Messenger):
     """Multiply the log-probability of every unobserved sample site (of those named in
-    ``sites``, when given) by ``weight``.
+    `sites`, when given) by `weight`.
 
-    ``weight`` is a number >= 0, a 0-dim tensor, or a zero-argument callable read at
+    `weight` is a number >= 0, a 0-dim tensor, or a zero-argument callable read at
     every site (so a schedule can change it between steps without rebuilding
     anything). A weight of 0 masks the sites instead of scaling them (see the module
     docstring); a tensor weight also masks where it is 0, with tensor operations
-    only, so it stays a graph input under ``torch.jit``.
+    only, so it stays a graph input under `torch.jit`.
     """
 
     def __init__(self, weight, sites=None):
@@ -95,10 +97,10 @@ def kept(weight):
     """Where a KL weight keeps the term it weights: the rule that a weight of 0 drops the term.
 
     False for the number 0 (the term is dropped, not multiplied: 0 * -inf would be NaN); for a
-    tensor weight the boolean tensor ``weight > 0`` (a mask, so the term becomes
+    tensor weight the boolean tensor `weight > 0` (a mask, so the term becomes
     where(weight > 0, weight * term, 0) without reading the tensor's value: it stays a graph input
-    under ``torch.jit`` and a CUDA graph); None (kept everywhere) for any other number or None.
-    ``ScaleLatents`` masks the latent sites by it, :func:`weighted` the terms computed directly.
+    under `torch.jit` and a CUDA graph); None (kept everywhere) for any other number or None.
+    `ScaleLatents` masks the latent sites by it, `weighted` the terms computed directly.
     """
     if isinstance(weight, torch.Tensor):
         return weight > 0
@@ -112,7 +114,7 @@ def is_unit_weight(weight):
 
 
 def weighted(weight, term):
-    """``weight * term`` for a KL weight (None or 1: ``term`` itself), under the rule of :func:`kept`:
+    """`weight * term` for a KL weight (None or 1: `term` itself), under the rule of `kept`:
     zeros where the weight is 0, exactly (no 0 * -inf), and no host read of a tensor weight."""
     keep = kept(weight)
     if keep is False:
@@ -137,13 +139,15 @@ def _check_weight(weight):
 def kl_scaled(
     fn: Callable[..., Any], weight: KLWeight, sites: Iterable[str] | None = None
 ) -> Callable[..., Any]:
-    """``fn`` (a model or guide) with its latent sites' log-densities scaled by ``weight``
-    (only the sites named in ``sites``, if given: M2 weights ``("z",)`` and not its label).
+    """`fn` (a model or guide) with its latent sites' log-densities scaled by `weight`
+    (only the sites named in `sites`, if given: M2 weights `("z",)` and not its label).
 
     Wrap model *and* guide with the same weight (a number, a 0-dim tensor or a
-    zero-argument callable such as ``lambda: schedule(step)``)::
+    zero-argument callable such as `lambda: schedule(step)`):
 
-        SVI(kl_scaled(vae.model, beta), kl_scaled(vae.guide, beta), optim, Trace_ELBO())
+    ```
+    SVI(kl_scaled(vae.model, beta), kl_scaled(vae.guide, beta), optim, Trace_ELBO())
+    ```
     """
     return ScaleLatents(weight, sites)(fn)
 
@@ -152,11 +156,11 @@ def kl_scaled(
 
 
 def build_schedule(spec, steps_per_epoch, where="objective.kl_weight"):
-    """A callable ``schedule(step) -> float`` from a number (a constant) or a table.
+    """A callable `schedule(step) -> float` from a number (a constant) or a table.
 
-    ``step`` is the number of optimizer steps already taken (0 for the first step);
-    ``steps_per_epoch`` converts ``epochs`` lengths and per-epoch stepping to steps.
-    Raises a one-line :class:`UserError` naming ``where.<key>`` for bad input.
+    `step` is the number of optimizer steps already taken (0 for the first step);
+    `steps_per_epoch` converts `epochs` lengths and per-epoch stepping to steps.
+    Raises a one-line `UserError` naming `where.<key>` for bad input.
     """
     if isinstance(spec, (int, float)) and not isinstance(spec, bool):
         return Constant(_number(spec, f"{where}", minimum=0))
@@ -171,7 +175,7 @@ def build_schedule(spec, steps_per_epoch, where="objective.kl_weight"):
 
 
 class Schedule:
-    """Base class: ``__call__(step)`` is the weight in force for the step after ``step`` steps."""
+    """Base class: `__call__(step)` is the weight in force for the step after `step` steps."""
 
     context_arguments = ("steps_per_epoch", "config_key")
 
@@ -196,9 +200,9 @@ class Constant(Schedule):
 class Ramp(Schedule):
     """A schedule that is a function of the fraction of its length gone by.
 
-    The length is ``epochs`` (times steps per epoch) or ``steps``; with ``unit = "epoch"``
+    The length is `epochs` (times steps per epoch) or `steps`; with `unit = "epoch"`
     the position only advances at epoch boundaries (the weight is constant within an
-    epoch), with ``unit = "step"`` at every optimizer step.
+    epoch), with `unit = "step"` at every optimizer step.
     """
 
     def __init__(self, start, end, epochs, steps, unit, steps_per_epoch, config_key):
@@ -255,7 +259,7 @@ class Sigmoid(Ramp):
 
 @SCHEDULES.register("cyclical")
 class Cyclical(Ramp):
-    """Cyclical annealing (Fu et al. 2019): ``cycles`` rises from start to end over the length, repeating."""
+    """Cyclical annealing (Fu et al. 2019): `cycles` rises from start to end over the length, repeating."""
 
     def __init__(self, start=0.0, end=1.0, epochs=None, steps=None, cycles=4, ratio=0.5, shape="linear",
                  unit="step", steps_per_epoch=1, config_key="objective.kl_weight"):

@@ -1,9 +1,9 @@
 """Atomic file writes: a reader sees the old file or the new one, never half of one.
 
 Everything the library writes (checkpoints, metrics, records, caches, downloads) goes through
-:func:`atomic_write`: the bytes go to a temporary file in the target's directory, which is renamed
-over the target only once it is complete (``os.replace`` is atomic on POSIX and Windows when both
-names are on one file system, hence the same directory). With ``durable=True`` the file is also
+`atomic_write`: the bytes go to a temporary file in the target's directory, which is renamed
+over the target only once it is complete (`os.replace` is atomic on POSIX and Windows when both
+names are on one file system, hence the same directory). With `durable=True` the file is also
 fsynced before the rename and the directory after it, so the new file survives a power cut, not
 only a crash of this process: the price is two disk flushes, paid by checkpoints.
 """
@@ -20,10 +20,10 @@ from typing import IO, Any
 
 @contextmanager
 def atomic_write(path: str | os.PathLike[str], mode: str = "wb", durable: bool = False, **open_kwargs: Any) -> Iterator[IO[Any]]:
-    """Open a temporary file beside ``path`` for writing; on a clean exit rename it over ``path``.
+    """Open a temporary file beside `path` for writing; on a clean exit rename it over `path`.
 
-    On an exception the temporary file is removed and ``path`` is left as it was.
-    ``open_kwargs`` go to ``open`` (``newline=""`` for CSV, an ``encoding``).
+    On an exception the temporary file is removed and `path` is left as it was.
+    `open_kwargs` go to `open` (`newline=""` for CSV, an `encoding`).
     """
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -46,6 +46,6 @@ def atomic_write(path: str | os.PathLike[str], mode: str = "wb", durable: bool =
 
 
 def write_text_atomically(path: str | os.PathLike[str], text: str, durable: bool = False) -> None:
-    """Write ``text`` to ``path`` with :func:`atomic_write`."""
+    """Write `text` to `path` with `atomic_write`."""
     with atomic_write(path, "w", durable=durable) as f:
         f.write(text)

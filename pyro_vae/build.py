@@ -1,9 +1,9 @@
 """From a checked config to the objects of a run: data, model, estimator, schedules, optimizer.
 
-``build(config, data, device)`` is the one place where a config becomes a training set-up, and
-``build_training`` adds how it trains (the loss, data-parallel, a captured or an eager step);
-``training`` runs it, ``runs.load_run`` rebuilds the model of a finished run with
-``build_model``.
+`build(config, data, device)` is the one place where a config becomes a training set-up, and
+`build_training` adds how it trains (the loss, data-parallel, a captured or an eager step);
+`training` runs it, `runs.load_run` rebuilds the model of a finished run with
+`build_model`.
 """
 
 import dataclasses
@@ -30,8 +30,8 @@ from .steps import CapturedStep, Step
 
 
 def build_data(config, data=None):
-    """The dataset a checked config describes, or ``data`` (arrays, tensors, a Data: ``as_data``)
-    read as it says; binarize = "auto" follows the likelihood (``data.on_device`` is the trainer's)."""
+    """The dataset a checked config describes, or `data` (arrays, tensors, a Data: `as_data`)
+    read as it says; binarize = "auto" follows the likelihood (`data.on_device` is the trainer's)."""
     options = {k: v for k, v in config["data"].items() if k != "on_device"}
     likelihood = LIKELIHOODS.split_spec(config["model"]["likelihood"])[0]
     if data is not None:
@@ -41,11 +41,11 @@ def build_data(config, data=None):
 
 
 def build_model(config, data_shape, data_levels=None):
-    """The model a checked config describes (``model.kind``: a class of ``MODEL_KINDS``, which reads
-    its own options from the ``[model]`` section: ``VAE.from_config``), for data of shape
-    ``data_shape`` (and ``data_levels``). The two rules kept here: the "vae" kind with
-    ``model.latent_dim`` a list ``[z1, z2]`` is the two-layer ``HierarchicalVAE``, and the "m2" kind
-    with ``model.features`` (a trained VAE's run) is M1+M2, ``StackedM2``."""
+    """The model a checked config describes (`model.kind`: a class of `MODEL_KINDS`, which reads
+    its own options from the `[model]` section: `VAE.from_config`), for data of shape
+    `data_shape` (and `data_levels`). The two rules kept here: the "vae" kind with
+    `model.latent_dim` a list `[z1, z2]` is the two-layer `HierarchicalVAE`, and the "m2" kind
+    with `model.features` (a trained VAE's run) is M1+M2, `StackedM2`."""
     model = config["model"]
     model_class = MODEL_KINDS.get(model["kind"], "model.kind")
     if model_class is VAE and is_two_layer(model["latent_dim"]):
@@ -57,7 +57,7 @@ def build_model(config, data_shape, data_levels=None):
 
 def check_memory(config, data, device):
     """Refuse, in one line and before anything is allocated, a model whose training state cannot fit
-    in ``device``'s memory: its parameters are counted on the meta device (which allocates nothing),
+    in `device`'s memory: its parameters are counted on the meta device (which allocates nothing),
     and training holds about four times their bytes (the parameters, their gradients and Adam's two
     moments) before any activation. Memory is a CPU's physical memory or a GPU's free memory; where
     it cannot be read, nothing is refused. This catches sizes that cannot fit at all (a
@@ -86,7 +86,7 @@ def check_memory(config, data, device):
 
 
 def device_memory(device):
-    """Bytes of memory for training on ``device``: physical memory on a CPU, free memory on a GPU;
+    """Bytes of memory for training on `device`: physical memory on a CPU, free memory on a GPU;
     None where that cannot be read."""
     if device.type == "cuda":
         return torch.cuda.mem_get_info(device)[0]
@@ -97,8 +97,8 @@ def device_memory(device):
 
 
 def load_features(run, data_shape):
-    """M1 of M1+M2: the trained VAE of the run directory ``run`` (``model.features``), frozen
-    by ``StackedM2``; a one-line error unless it is a one-layer VAE of data of ``data_shape``."""
+    """M1 of M1+M2: the trained VAE of the run directory `run` (`model.features`), frozen
+    by `StackedM2`; a one-line error unless it is a one-layer VAE of data of `data_shape`."""
     path = Path(run)
     if not (path / "config.toml").is_file() or not (path / "checkpoint.pt").is_file():
         raise UserError(f"model.features = {run!r}: not a run directory with config.toml and checkpoint.pt "
@@ -117,7 +117,7 @@ def load_features(run, data_shape):
 
 def check_density(likelihood, data):
     """Refuse dequantized data under a likelihood that is a mass function: (k + u) / L lies between
-    its grid points (a continuous likelihood says so by ``continuous = True``)."""
+    its grid points (a continuous likelihood says so by `continuous = True`)."""
     if data.dequantize and not likelihood.continuous:
         raise UserError(
             f"data.dequantize = true spreads the data over [0, 1) for a continuous likelihood, but "
@@ -140,8 +140,8 @@ def discrete_data_warning(likelihood, data):
 
 
 def build_estimator(config, data_shape=None, dataset_size=None):
-    """The estimator a checked config describes; ``data_shape`` sizes a neural baseline,
-    ``dataset_size`` (the training split's) is the N of total-correlation estimates."""
+    """The estimator a checked config describes; `data_shape` sizes a neural baseline,
+    `dataset_size` (the training split's) is the N of total-correlation estimates."""
     objective = config["objective"]
     latent_dim = config["model"]["latent_dim"]
     return ESTIMATORS.build(
@@ -170,12 +170,12 @@ class Parts:
     steps_per_epoch: int
 
     def effective_kl_weight(self, step):
-        """The weight the KL term carries at ``step`` (the estimator's ``kl_weight``): the schedule's
-        beta, times D under ``reduction = "mean"``, since -log p / D + beta KL = (1 / D) (-log p + D beta KL)."""
+        """The weight the KL term carries at `step` (the estimator's `kl_weight`): the schedule's
+        beta, times D under `reduction = "mean"`, since -log p / D + beta KL = (1 / D) (-log p + D beta KL)."""
         return self.kl_schedule(step) * self.features_per_term
 
     def kl_penalty(self, step):
-        """The penalty that replaces the KL term at ``step`` (capacity with its C(t), or free
+        """The penalty that replaces the KL term at `step` (capacity with its C(t), or free
         bits), or None: the KL term is the KL itself."""
         return None if self.penalty_schedule is None else self.penalty_schedule(step)
 
@@ -184,12 +184,12 @@ class Parts:
 
 
 def build(config, data, device, batch_size=None):
-    """Model, estimator, KL schedule, optimizer and learning-rate schedule for training on ``data``.
+    """Model, estimator, KL schedule, optimizer and learning-rate schedule for training on `data`.
 
     The data are checked against the likelihood's support (except dynamically binarized
     training data, which is binary by construction) and the KL schedule against what the
-    estimator can honour, before anything is trained. ``batch_size`` (default
-    ``train.batch_size``) sets the steps per epoch that epoch-long schedules count in.
+    estimator can honour, before anything is trained. `batch_size` (default
+    `train.batch_size`) sets the steps per epoch that epoch-long schedules count in.
     """
     tc, objective = config["train"], config["objective"]
     check_memory(config, data, device)
@@ -226,8 +226,8 @@ def build(config, data, device, batch_size=None):
 
 @dataclasses.dataclass
 class Training:
-    """How a run trains, decided once from its config, data and device: its ``Parts``, the loss
-    module (inside ``DistributedDataParallel`` under torchrun) and the step that optimizes it."""
+    """How a run trains, decided once from its config, data and device: its `Parts`, the loss
+    module (inside `DistributedDataParallel` under torchrun) and the step that optimizes it."""
 
     parts: Parts
     loss: nn.Module  # the model kind's training loss (``VAE.training_loss``), per data point
@@ -240,8 +240,8 @@ class Training:
 
 
 def build_training(config, data, device, world_size=1):
-    """``build`` plus the decisions of how to train: the loss, data-parallel or not, and a captured
-    or an eager step (``train.cuda_graph``: "auto" captures where ``capture_obstacle`` finds
+    """`build` plus the decisions of how to train: the loss, data-parallel or not, and a captured
+    or an eager step (`train.cuda_graph`: "auto" captures where `capture_obstacle` finds
     nothing against it and falls back to eager if the capture fails; true refuses to run without it)."""
     tc = config["train"]
     if tc["batch_size"] % world_size:
@@ -267,7 +267,7 @@ def build_training(config, data, device, world_size=1):
 
 
 def capture_obstacle(config, vae, estimator, optimizer, device, world_size):
-    """Why this run's step cannot be captured in a CUDA graph, or None if it can (``train.cuda_graph``)."""
+    """Why this run's step cannot be captured in a CUDA graph, or None if it can (`train.cuda_graph`)."""
     if device.type != "cuda":
         return f"the training device is {device.type}, and CUDA graphs need a CUDA device"
     if world_size > 1:

@@ -1,9 +1,9 @@
 """The checks of user-supplied values: one function per kind of check.
 
-Each takes ``(value, key, ...)``, where ``key`` names the value for the user
-(``"train.epochs"``, ``"objective.kl_weight.start"``), and returns the value (converted
-where that is the point: ``number`` returns a float) or raises a one-line
-:class:`~pyro_vae.registry.UserError`. Config schemas, schedules, networks, priors,
+Each takes `(value, key, ...)`, where `key` names the value for the user
+(`"train.epochs"`, `"objective.kl_weight.start"`), and returns the value (converted
+where that is the point: `number` returns a float) or raises a one-line
+`UserError`. Config schemas, schedules, networks, priors,
 likelihoods and evaluation all use these, so a message reads the same wherever it comes from.
 """
 
@@ -19,7 +19,7 @@ def type_name(value):
 
 
 def integer(value, key, minimum=None):
-    """An int (not a bool), at least ``minimum``."""
+    """An int (not a bool), at least `minimum`."""
     if not isinstance(value, int) or isinstance(value, bool):
         raise UserError(f"{key} must be an integer, got {type_name(value)} {value!r}")
     if minimum is not None and value < minimum:
@@ -41,7 +41,7 @@ def seed(value, key):
 
 
 def number(value, key, minimum=None, exclusive=False):
-    """A finite int or float (not a bool), returned as a float; at least (or above) ``minimum``."""
+    """A finite int or float (not a bool), returned as a float; at least (or above) `minimum`."""
     if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
         raise UserError(f"{key} must be a finite number, got {type_name(value)} {value!r}")
     if minimum is not None and (value <= minimum if exclusive else value < minimum):
@@ -79,7 +79,7 @@ def sizes(value, key):
 
 
 def latent_dims(value, key):
-    """A latent size: an integer >= 1, or a list of two (``[z1, z2]``, two stochastic layers)."""
+    """A latent size: an integer >= 1, or a list of two (`[z1, z2]`, two stochastic layers)."""
     if isinstance(value, (list, tuple)):
         if len(value) != 2:
             raise UserError(f"{key} must be an integer or a list of two integers [z1, z2], got {value!r}")

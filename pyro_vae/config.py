@@ -1,12 +1,12 @@
 """The run configuration: a TOML file with sections [data], [model], [objective], [train].
 
-Every key is checked against ``SCHEMA``: an unknown key, a wrong type, an
+Every key is checked against `SCHEMA`: an unknown key, a wrong type, an
 out-of-range value or an unknown registry name raises a one-line
-:class:`~pyro_vae.registry.UserError` naming the key and what is allowed.
-Values given as ``--set section.key=value`` are read as TOML values (bare words
-are taken as strings), and may reach into tables: ``--set model.encoder.hidden=[64]``.
+`UserError` naming the key and what is allowed.
+Values given as `--set section.key=value` are read as TOML values (bare words
+are taken as strings), and may reach into tables: `--set model.encoder.hidden=[64]`.
 
-``build`` turns a checked config into the objects of a run.
+`build` turns a checked config into the objects of a run.
 """
 
 import copy
@@ -37,7 +37,7 @@ from .registry import UserError
 
 
 def at_least(check, minimum, exclusive=False):
-    """``check`` (``checks.integer`` or ``checks.number``) with a lower bound."""
+    """`check` (`checks.integer` or `checks.number`) with a lower bound."""
     if exclusive:
         return functools.partial(check, minimum=minimum, exclusive=True)
     return functools.partial(check, minimum=minimum)
@@ -48,7 +48,7 @@ def one_of(*allowed):
 
 
 def model_kind(value, key):
-    """A registered model kind, read from ``MODEL_KINDS`` when the config is checked (a kind
+    """A registered model kind, read from `MODEL_KINDS` when the config is checked (a kind
     registered after import is one too)."""
     return checks.choice(value, key, allowed=tuple(MODEL_KINDS))
 
@@ -319,7 +319,7 @@ def check_config(config):
 
 
 def parse_override(text):
-    """``"section.key=value"`` -> (["section", "key"], value), the value read as TOML."""
+    """`"section.key=value"` -> (["section", "key"], value), the value read as TOML."""
     if "=" not in text:
         raise UserError(f"--set {text!r}: expected section.key=value")
     path, raw = text.split("=", 1)
@@ -337,9 +337,9 @@ NAME_KEYS = ("name", "type", "schedule")  # "type" and "schedule": older spellin
 
 
 def apply_overrides(config, overrides):
-    """Apply ``--set`` overrides in order. Setting a component's name (``model.decoder.name=conv``)
+    """Apply `--set` overrides in order. Setting a component's name (`model.decoder.name=conv`)
     to a different one starts that table from the new class's defaults: the old class's
-    options (an MLP's ``hidden``) mean nothing to it."""
+    options (an MLP's `hidden`) mean nothing to it."""
     config = copy.deepcopy(config)
     for text in overrides:
         keys, value = parse_override(text)
@@ -363,7 +363,7 @@ def apply_overrides(config, overrides):
 
 
 def load_config(path=None, overrides=()):
-    """Read a TOML config (or start from the defaults), apply ``--set`` overrides, check it."""
+    """Read a TOML config (or start from the defaults), apply `--set` overrides, check it."""
     config = {}
     if path is not None:
         try:

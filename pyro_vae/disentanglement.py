@@ -1,19 +1,19 @@
 """Disentanglement metrics: how well each latent dimension captures one known factor of variation.
 
 Every metric compares *codes* (N, D) - a representation of N examples, usually the means of
-q(z | x) - with the examples' known *factors* (N, K) (``Split.factors``, e.g. dSprites' shape,
+q(z | x) - with the examples' known *factors* (N, K) (`Split.factors`, e.g. dSprites' shape,
 scale, orientation, x, y). Higher is more disentangled for all of them.
 
-- :func:`mig` - Mutual Information Gap (Chen et al. 2018);
-- :func:`dci` - Disentanglement, Completeness, Informativeness (Eastwood & Williams 2018);
-- :func:`factor_vae_score` - the FactorVAE score (Kim & Mnih 2018), which needs examples drawn
+- `mig` - Mutual Information Gap (Chen et al. 2018);
+- `dci` - Disentanglement, Completeness, Informativeness (Eastwood & Williams 2018);
+- `factor_vae_score` - the FactorVAE score (Kim & Mnih 2018), which needs examples drawn
   with one factor held fixed (a renderer, or a full grid of examples);
-- :func:`gaussian_total_correlation` and :func:`total_correlation` - the total correlation of the
+- `gaussian_total_correlation` and `total_correlation` - the total correlation of the
   codes, KL(q(z) || prod_j q(z_j)), where 0 means independent dimensions.
 
-Discretization (MIG): a factor with at most ``max_classes`` distinct values is a discrete variable
+Discretization (MIG): a factor with at most `max_classes` distinct values is a discrete variable
 with those values as its classes (every dSprites factor); one with more, and every code
-dimension, is cut into ``bins`` equal-width bins over its range, as in disentanglement_lib
+dimension, is cut into `bins` equal-width bins over its range, as in disentanglement_lib
 (Locatello et al. 2019). Logarithms are natural (nats).
 """
 
@@ -48,7 +48,7 @@ def _pair(codes, factors):
 
 def discretize(column, bins=BINS, max_classes=MAX_CLASSES):
     """Integer classes 0..C-1 of one variable: its distinct values where there are at most
-    ``max_classes`` of them, else ``bins`` equal-width bins over its range."""
+    `max_classes` of them, else `bins` equal-width bins over its range."""
     values, classes = np.unique(column, return_inverse=True)
     if len(values) <= max_classes:
         return classes.reshape(-1)
@@ -57,7 +57,7 @@ def discretize(column, bins=BINS, max_classes=MAX_CLASSES):
 
 
 def _histogram_codes(column, bins=BINS):
-    """A code dimension cut into ``bins`` equal-width bins over its range (a constant: one bin)."""
+    """A code dimension cut into `bins` equal-width bins over its range (a constant: one bin)."""
     if column.max() == column.min():
         return np.zeros(len(column), dtype=np.int64)
     edges = np.linspace(column.min(), column.max(), bins + 1)[1:-1]
@@ -99,9 +99,9 @@ def mig(codes, factors, bins=BINS, max_classes=MAX_CLASSES, per_factor=False):
     what there is to know about it (H(v_k)). It is 1 when each factor is captured whole by one
     dimension and by no other; a factor that no dimension captures, or that two capture alike (a
     duplicated code), contributes 0. I(z_j; v_k) is that of the discretized variables
-    (``discretize``; Chen et al. estimate it from q(z_j | x) instead, disentanglement_lib
+    (`discretize`; Chen et al. estimate it from q(z_j | x) instead, disentanglement_lib
     discretizes as here). Factors with a single value (H = 0) are left out. With
-    ``per_factor``, also returns each factor's normalized gap.
+    `per_factor`, also returns each factor's normalized gap.
     """
     info, h = mutual_information_matrix(codes, factors, bins, max_classes)
     keep = h > 0
@@ -131,25 +131,25 @@ def dci(codes, factors, regressor="lasso", train_fraction=0.8, alpha=0.02, seed=
         min_r2=MIN_R2, completeness="weighted"):
     """Disentanglement, completeness and informativeness (Eastwood & Williams 2018), a dict.
 
-    A regressor per factor k predicts v_k from the codes, fitted on a seeded ``train_fraction``
+    A regressor per factor k predicts v_k from the codes, fitted on a seeded `train_fraction`
     of the examples; its importances give R_jk >= 0 (code dimension j for factor k), from which
-    ``dci_from_importance`` computes disentanglement and completeness (disentanglement_lib's
+    `dci_from_importance` computes disentanglement and completeness (disentanglement_lib's
     definitions: both importance-weighted). Informativeness is how well the factors are
     predicted on the held-out examples, averaged over factors. Regressors:
 
-    - ``"lasso"`` (Eastwood & Williams' linear probe): Lasso with weight ``alpha`` on the
+    - `"lasso"` (Eastwood & Williams' linear probe): Lasso with weight `alpha` on the
       standardized codes and factor; R_jk = |w_jk|; informativeness = held-out R^2. Fast. A
-      factor the probe does not predict (held-out R^2 below ``min_r2``, default 0.01) gets no
+      factor the probe does not predict (held-out R^2 below `min_r2`, default 0.01) gets no
       importances: its few nonzero weights are fitted noise (the lasso keeps a code whose
-      sample correlation with the factor beats ``alpha`` by chance), and since D and C read
+      sample correlation with the factor beats `alpha` by chance), and since D and C read
       only *relative* importances, one such weight of a few thousandths alone would make pure
       noise "perfectly disentangled" (D = C = 1). Nothing predicted at all: D = C = 0.
-    - ``"gbt"`` (disentanglement_lib's): a gradient-boosted tree classifier per (discretized)
+    - `"gbt"` (disentanglement_lib's): a gradient-boosted tree classifier per (discretized)
       factor, R_jk = its feature importances; informativeness = held-out accuracy. Slower.
       Its importances sum to 1 per factor whatever it learned (spread over every code on noise,
       which scores D and C near 0), and no factor is left out.
 
-    The result also holds ``importance``, the matrix R that D and C were computed from.
+    The result also holds `importance`, the matrix R that D and C were computed from.
     """
     codes, factors = _pair(codes, factors)
     _check_completeness(completeness)
@@ -205,7 +205,7 @@ def dci_from_importance(importance, completeness="weighted"):
         C_k = 1 - H_D(Pt_.k),  completeness    = sum_k pi_k C_k,    pi_k  = sum_j R_jk / sum_jk R_jk
 
     (H_K: entropy in base K, so each is in [0, 1]): each code's and each factor's score weighted by
-    its share of the total importance. ``completeness="mean"`` gives the unweighted
+    its share of the total importance. `completeness="mean"` gives the unweighted
     (1/K) sum_k C_k instead (this library's definition before it followed disentanglement_lib),
     which counts a factor no code holds as C_k = 0. A row or column of zeros scores 0; an
     all-zero matrix (nothing predicted) gives D = C = 0.
@@ -231,18 +231,18 @@ def factor_vae_score(encode, factors, x=None, render=None, batch_size=64, num_tr
     """The FactorVAE score (Kim & Mnih 2018): the accuracy of a majority-vote classifier that
     names the factor held fixed in a batch from the one code dimension that varies least.
 
-    Each vote: draw a factor k and a value v of it; draw ``batch_size`` examples with v_k = v and
+    Each vote: draw a factor k and a value v of it; draw `batch_size` examples with v_k = v and
     the other factors at random; encode them, divide each dimension by its standard deviation s_j
     over the data (so that the scale of a dimension does not decide), and take
-    d* = argmin_j Var(z_j / s_j) over the active dimensions (s_j^2 >= ``prune``: a collapsed
+    d* = argmin_j Var(z_j / s_j) over the active dimensions (s_j^2 >= `prune`: a collapsed
     dimension varies least of all and says nothing). The classifier maps each d to the factor it
-    voted for most often, fitted on ``num_train`` votes; the score is its accuracy on
-    ``num_eval`` new votes (1: every fixed factor is found from its own dimension; 1/K: chance).
+    voted for most often, fitted on `num_train` votes; the score is its accuracy on
+    `num_eval` new votes (1: every fixed factor is found from its own dimension; 1/K: chance).
 
-    ``encode`` maps images (a batch as the data hold them) to codes (N, D). ``factors`` (N, K) is
+    `encode` maps images (a batch as the data hold them) to codes (N, D). `factors` (N, K) is
     a pool of factor combinations (a split's factors): the other factors are drawn as rows of
-    it. With ``render`` (factors -> images: ``Data.render``) each batch is drawn afresh with v_k
-    set to v; without, it is drawn among the pool's examples ``x`` with v_k = v (exact on a grid).
+    it. With `render` (factors -> images: `Data.render`) each batch is drawn afresh with v_k
+    set to v; without, it is drawn among the pool's examples `x` with v_k = v (exact on a grid).
     """
     factors = _numpy(factors, "factors")
     if render is None and x is None:
@@ -318,9 +318,9 @@ def total_correlation(loc, scale, num_samples=1000, seed=0):
 
         TC = E_q(z) [ log q(z) - sum_j log q(z_j) ],  q(z_j) = (1/N) sum_n N(z_j; loc_nj, scale_nj^2),
 
-    with z drawn from q(z) (``num_samples`` of them) and both densities summed exactly over the N
+    with z drawn from q(z) (`num_samples` of them) and both densities summed exactly over the N
     examples (an (S, N, D) array: keep N * S * D to a few tens of millions). Training estimates
-    the same quantity on a minibatch (``objectives.total_correlation.minibatch_log_densities``).
+    the same quantity on a minibatch (`objectives.total_correlation.minibatch_log_densities`).
     """
     loc, scale = torch.as_tensor(loc, dtype=torch.float64), torch.as_tensor(scale, dtype=torch.float64)
     generator = torch.Generator().manual_seed(seed)
@@ -338,7 +338,7 @@ def total_correlation(loc, scale, num_samples=1000, seed=0):
 
 
 def _encode(vae, x, batch_size=1000):
-    """The means of q(z | x) (``vae.encode``) for a tensor of examples, in batches, on the VAE's device."""
+    """The means of q(z | x) (`vae.encode`) for a tensor of examples, in batches, on the VAE's device."""
     parameter = next(vae.parameters(), None)
     device = parameter.device if parameter is not None else torch.device("cpu")
     return torch.cat([vae.encode(x[i : i + batch_size].to(device)).cpu() for i in range(0, len(x), batch_size)])
@@ -347,15 +347,15 @@ def _encode(vae, x, batch_size=1000):
 @torch.no_grad()
 def evaluate_disentanglement(vae, data, splits=("train", "valid", "test"), limit=None, seed=0,
                              dci_regressor="lasso", factor_vae_votes=(500, 300)):
-    """Every metric of this module for a trained VAE on data with factors (``data.has_factors``).
+    """Every metric of this module for a trained VAE on data with factors (`data.has_factors`).
 
-    The codes are the means of q(z | x) on the examples of ``splits`` together (by default the
-    whole data set: on dSprites the whole grid; ``limit`` draws that many at random with
-    ``seed``). Returns a dict: ``mig`` (and ``mig_per_factor`` by name), ``dci`` (disentanglement,
-    completeness, informativeness), ``factor_vae_score`` (its held-out accuracy; the examples are
-    drawn with ``data.render`` where the data can draw them, else among these examples),
-    ``gaussian_total_correlation`` of the codes, ``total_correlation`` of the aggregate
-    posterior (diagonal Gaussian guides), ``num_examples`` and ``factor_names``.
+    The codes are the means of q(z | x) on the examples of `splits` together (by default the
+    whole data set: on dSprites the whole grid; `limit` draws that many at random with
+    `seed`). Returns a dict: `mig` (and `mig_per_factor` by name), `dci` (disentanglement,
+    completeness, informativeness), `factor_vae_score` (its held-out accuracy; the examples are
+    drawn with `data.render` where the data can draw them, else among these examples),
+    `gaussian_total_correlation` of the codes, `total_correlation` of the aggregate
+    posterior (diagonal Gaussian guides), `num_examples` and `factor_names`.
     """
     from .data import Split
 

@@ -1,20 +1,20 @@
-"""What an epoch leaves behind: its row of ``metrics.csv`` and its line of text, as pure functions
+"""What an epoch leaves behind: its row of `metrics.csv` and its line of text, as pure functions
 of the numbers the trainer measured (so that both can be tested without training anything).
 
 The row's columns (every logger receives the same rows):
 
-- ``epoch``, ``step``: epochs and optimizer steps done;
-- ``kl_weight``: beta at the epoch's last step; ``effective_kl_weight``: the weight the KL term
-  carried in the loss, D beta under ``objective.reduction = "mean"`` (``build.Parts``);
-- ``lr``: the learning rate of the epoch's last step; ``capacity``: C(t) where capacity is in force;
-- ``train_loss``: the mean training loss (the objective optimized, per data point);
-- ``train_elbo``, ``train_reconstruction``, ``train_kl`` (on ``train.train_eval_examples``
-  training images) and ``val_elbo``, ``val_reconstruction``, ``val_kl``: the true ELBO (KL
-  weight 1) and its two terms, per data point; ``active_units`` on the validation set;
-- ``val_accuracy``: the classifier's accuracy, for a model with q(y | x);
-- ``kl_<d>``: the validation KL of latent dimension d; ``val_kl_<site>`` and
-  ``active_units_<site>``: per stochastic layer of a hierarchical model;
-- ``seconds``: wall-clock seconds of training since the run began (evaluation included).
+- `epoch`, `step`: epochs and optimizer steps done;
+- `kl_weight`: beta at the epoch's last step; `effective_kl_weight`: the weight the KL term
+  carried in the loss, D beta under `objective.reduction = "mean"` (`build.Parts`);
+- `lr`: the learning rate of the epoch's last step; `capacity`: C(t) where capacity is in force;
+- `train_loss`: the mean training loss (the objective optimized, per data point);
+- `train_elbo`, `train_reconstruction`, `train_kl` (on `train.train_eval_examples`
+  training images) and `val_elbo`, `val_reconstruction`, `val_kl`: the true ELBO (KL
+  weight 1) and its two terms, per data point; `active_units` on the validation set;
+- `val_accuracy`: the classifier's accuracy, for a model with q(y | x);
+- `kl_<d>`: the validation KL of latent dimension d; `val_kl_<site>` and
+  `active_units_<site>`: per stochastic layer of a hierarchical model;
+- `seconds`: wall-clock seconds of training since the run began (evaluation included).
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ from typing import Any
 def metrics_row(epoch: int, step: int, beta: float, effective_kl_weight: float, lr: float,
                 capacity: float | None, train_loss: tuple[float, float], train: dict[str, Any],
                 val: dict[str, Any], seconds: float) -> dict[str, float]:
-    """The ``metrics.csv`` row of an epoch. ``train_loss`` is (sum, count) over its steps;
-    ``train`` and ``val`` are ``evaluation.evaluate_elbo``'s results on the two splits."""
+    """The `metrics.csv` row of an epoch. `train_loss` is (sum, count) over its steps;
+    `train` and `val` are `evaluation.evaluate_elbo`'s results on the two splits."""
     loss_sum, count = train_loss
     row: dict[str, float] = {
         "epoch": epoch,

@@ -1,13 +1,13 @@
 """What a run that goes wrong numerically says, in one line, and what it leaves to resume from.
 
-Three checks, each cheap enough for the loop (``steps`` never reads the device inside a step):
+Three checks, each cheap enough for the loop (`steps` never reads the device inside a step):
 
-- ``check_steps``: more non-finite (skipped) steps than ``train.max_skipped_steps`` allows,
+- `check_steps`: more non-finite (skipped) steps than `train.max_skipped_steps` allows,
   read from the step's device-side counters before every checkpoint and whenever the loss is
   read anyway (the progress bar), so the last good checkpoint stays intact;
-- ``check_parameters``: a parameter left NaN or infinite (a finite gradient times a huge learning
+- `check_parameters`: a parameter left NaN or infinite (a finite gradient times a huge learning
   rate passes the step's own checks), once per epoch;
-- ``stopped_if_diverged``: torch refusing NaN or infinite distribution parameters (finite
+- `stopped_if_diverged`: torch refusing NaN or infinite distribution parameters (finite
   parameters can still overflow to NaN outputs), turned into the same line; any other error is
   a bug and keeps its traceback.
 """
@@ -47,7 +47,7 @@ class Faults:
 
     def check_steps(self) -> None:
         """Stop with a one-line error if more steps were non-finite (and skipped) than
-        ``train.max_skipped_steps`` allows."""
+        `train.max_skipped_steps` allows."""
         skipped, step_number, loss, was_loss = self.step_fn.faults()
         tc = self.train_config
         if skipped <= tc["max_skipped_steps"]:
@@ -65,7 +65,7 @@ class Faults:
             self.diverged("parameters", epoch, steps)
 
     def diverged(self, what: str, epoch: int, steps: int) -> None:
-        """Stop with the one-line error that names ``what`` came out NaN or infinite in ``epoch``."""
+        """Stop with the one-line error that names `what` came out NaN or infinite in `epoch`."""
         raise UserError(
             f"non-finite {what} in epoch {epoch} (after {steps} steps); likely causes: "
             f"train.lr = {self.train_config['lr']:g} too high (set train.clip_grad_norm, or a lower rate), "
@@ -74,7 +74,7 @@ class Faults:
 
     @contextlib.contextmanager
     def stopped_if_diverged(self, epoch: int, steps: int) -> Iterator[None]:
-        """Torch's refusal of NaN or infinite distribution parameters inside the block, as ``diverged``'s
+        """Torch's refusal of NaN or infinite distribution parameters inside the block, as `diverged`'s
         one line; checked data cannot cause these errors. Any other error is raised as it is."""
         try:
             yield

@@ -1,25 +1,25 @@
 """Guide families q(z | x): what the encoder's output is turned into.
 
-A guide family is a module with ``num_params``, the number of outputs per data point it
-needs from the encoder, and ``forward(params)``, which turns those outputs, shape
-``(N, num_params)``, into a distribution over z with batch shape ``(N,)`` and event shape
-``(latent_dim,)``; every draw is reparameterized. The encoder's last layer is sized by
-``num_params`` as the decoder's is by the likelihood's. Families, by config name:
+A guide family is a module with `num_params`, the number of outputs per data point it
+needs from the encoder, and `forward(params)`, which turns those outputs, shape
+`(N, num_params)`, into a distribution over z with batch shape `(N,)` and event shape
+`(latent_dim,)`; every draw is reparameterized. The encoder's last layer is sized by
+`num_params` as the decoder's is by the likelihood's. Families, by config name:
 
-- ``normal``: N(loc, diag scale^2), 2 D numbers (the default, the classic VAE);
-- ``lowrank``: N(loc, F F^T + diag d^2), F a D x rank matrix, D (rank + 2) numbers;
-- ``full``: N(loc, L L^T), L lower triangular with a positive diagonal, D + D (D + 1) / 2
+- `normal`: N(loc, diag scale^2), 2 D numbers (the default, the classic VAE);
+- `lowrank`: N(loc, F F^T + diag d^2), F a D x rank matrix, D (rank + 2) numbers;
+- `full`: N(loc, L L^T), L lower triangular with a positive diagonal, D + D (D + 1) / 2
   numbers; with a linear-Gaussian decoder it contains the exact posterior;
-- ``iaf``: an inverse autoregressive flow (Kingma et al. 2016): z_0 ~ N(loc, diag scale^2),
+- `iaf`: an inverse autoregressive flow (Kingma et al. 2016): z_0 ~ N(loc, diag scale^2),
   then K stable affine autoregressive steps z_t = s_t z_{t-1} + (1 - s_t) m_t, with
   (m_t, s_t) = AR_t(z_{t-1}, h) conditioned on a context h the encoder also outputs
   (2 D + context numbers). Sampling and scoring one's own samples cost one pass per step;
   the density at an arbitrary point needs D passes per step (the inverse is sequential).
 
-The KL term KL(q || p) has a closed form only for ``normal`` against a diagonal Gaussian
-prior (``normal``, ``learned_normal``). For the other families the ``meanfield`` estimator
+The KL term KL(q || p) has a closed form only for `normal` against a diagonal Gaussian
+prior (`normal`, `learned_normal`). For the other families the `meanfield` estimator
 falls back to the Monte Carlo term log q(z | x) - log p(z) at the drawn z, exactly as Pyro's
-``TraceMeanField_ELBO`` does where torch registers no closed form (it registers none for a
+`TraceMeanField_ELBO` does where torch registers no closed form (it registers none for a
 full or low-rank Gaussian against a diagonal one, and a flow has none).
 """
 
@@ -55,7 +55,7 @@ def gaussian_parameters(output):
 
 
 class GuideFamily(nn.Module):
-    """Base class: ``forward(params)`` -> q(z | x) from the encoder's ``num_params`` outputs."""
+    """Base class: `forward(params)` -> q(z | x) from the encoder's `num_params` outputs."""
 
     context_arguments = ("latent_dim",)
     factorizes = False  # q is a product over latent dimensions (then the KL per dimension exists)
@@ -142,12 +142,12 @@ class FullNormal(GuideFamily):
 class InverseAutoregressiveFlow(GuideFamily):
     """Inverse autoregressive flow (Kingma et al. 2016): a diagonal Gaussian through affine autoregressive steps.
 
-    ``flows`` steps, each conditioned on a context vector from the encoder.
+    `flows` steps, each conditioned on a context vector from the encoder.
 
-    Each step is Pyro's ``conditional_affine_autoregressive`` in its stable form (a gate
-    s = sigmoid(.), Kingma et al.'s eq. 14) with its own random variable order; ``hidden``
-    are its network's widths (each >= latent_dim), ``context`` the size of the encoder's
-    context vector h. E_q[z] has no closed form: ``mean`` averages ``mean_samples`` draws.
+    Each step is Pyro's `conditional_affine_autoregressive` in its stable form (a gate
+    s = sigmoid(.), Kingma et al.'s eq. 14) with its own random variable order; `hidden`
+    are its network's widths (each >= latent_dim), `context` the size of the encoder's
+    context vector h. E_q[z] has no closed form: `mean` averages `mean_samples` draws.
     """
 
     density_anywhere = False

@@ -3,19 +3,19 @@
 Every likelihood is a properly normalized density (or mass function) over the
 data's support, so ELBOs and log-likelihoods are comparable across choices.
 
-A likelihood receives the decoder's output ``params`` of shape
-``(*batch, num_params, *data_shape)`` and returns a Pyro distribution whose event
-shape is ``data_shape``. ``num_params`` says how many numbers per feature the
+A likelihood receives the decoder's output `params` of shape
+`(*batch, num_params, *data_shape)` and returns a Pyro distribution whose event
+shape is `data_shape`. `num_params` says how many numbers per feature the
 decoder must produce (1 for Bernoulli logits or a Gaussian mean).
 
 Which one to use (docs/likelihoods-priors.md has the table):
 
-- binary {0, 1}: ``bernoulli``;
-- grey levels in [0, 1]: ``continuous_bernoulli``, or ``beta`` (strictly inside (0, 1));
-- 8-bit (or any L-level) images k / (L - 1): ``discretized_logistic``, a mass function, so
-  ``-log p / (D log 2)`` is bits per dimension;
-- real values: ``gaussian`` or ``laplace`` (heavier tails), with a fixed, learned or
-  ``"optimal"`` (sigma-VAE) scale.
+- binary {0, 1}: `bernoulli`;
+- grey levels in [0, 1]: `continuous_bernoulli`, or `beta` (strictly inside (0, 1));
+- 8-bit (or any L-level) images k / (L - 1): `discretized_logistic`, a mass function, so
+  `-log p / (D log 2)` is bits per dimension;
+- real values: `gaussian` or `laplace` (heavier tails), with a fixed, learned or
+  `"optimal"` (sigma-VAE) scale.
 """
 
 import math
@@ -34,7 +34,7 @@ LIKELIHOODS = Registry("likelihood")
 
 
 class Likelihood(nn.Module):
-    """Base class. Subclasses set ``num_params`` and implement ``forward`` and ``mean``."""
+    """Base class. Subclasses set `num_params` and implement `forward` and `mean`."""
 
     num_params = 1
     context_arguments: tuple[str, ...] = ("data_shape",)
@@ -48,12 +48,12 @@ class Likelihood(nn.Module):
         self.event_dim = len(self.data_shape)
 
     def parameter(self, params, k):
-        """The k-th parameter of every feature: ``params[..., k, *data_shape]``, whatever batch
+        """The k-th parameter of every feature: `params[..., k, *data_shape]`, whatever batch
         dimensions lead (vectorized particles add one)."""
         return params.select(-1 - self.event_dim, k)
 
     def forward(self, params, x=None):
-        """The distribution of x given the decoder output (``x`` is the observation, if any)."""
+        """The distribution of x given the decoder output (`x` is the observation, if any)."""
         raise NotImplementedError
 
     def mean(self, params):
@@ -61,10 +61,10 @@ class Likelihood(nn.Module):
         raise NotImplementedError
 
     def check_support(self, x):
-        """Raise a one-line :class:`UserError` if ``x`` lies outside the support."""
+        """Raise a one-line `UserError` if `x` lies outside the support."""
 
     def warning(self, x):
-        """A one-line warning where ``x`` is valid but likely a mistake for this likelihood, else None."""
+        """A one-line warning where `x` is valid but likely a mistake for this likelihood, else None."""
         return None
 
 
@@ -144,7 +144,7 @@ def continuous_bernoulli_mean(logits):
 class StableContinuousBernoulli(dist.ContinuousBernoulli):
     """Pyro's (torch's) continuous Bernoulli with the log-normalizer and mean computed from
     the logits: exact for every lambda in (0, 1), series near 1/2 (see
-    :func:`continuous_bernoulli_log_normalizer`). Sampling is torch's inverse CDF."""
+    `continuous_bernoulli_log_normalizer`). Sampling is torch's inverse CDF."""
 
     def log_prob(self, value):
         if self._validate_args:
@@ -197,9 +197,9 @@ class LocationScale(Likelihood):
     """Base for p(x | z) = f((x - mu) / s) / s with mu from the decoder and a scale s that is
 
     - a number: fixed;
-    - ``"learned"``: one shared s = min_scale + exp(log_scale), trained with the networks;
-    - ``"learned_per_feature"``: one such s per feature (shape ``data_shape``);
-    - ``"optimal"``: in training mode, the maximum-likelihood s for the current batch's
+    - `"learned"`: one shared s = min_scale + exp(log_scale), trained with the networks;
+    - `"learned_per_feature"`: one such s per feature (shape `data_shape`);
+    - `"optimal"`: in training mode, the maximum-likelihood s for the current batch's
       residuals x - mu, detached (the sigma-VAE of Rybkin et al. 2020). At that s the
       gradient of the loss with respect to s is zero, so detaching it leaves the gradient
       for mu unchanged. Like batch normalization, it keeps a running average of the
@@ -208,7 +208,7 @@ class LocationScale(Likelihood):
       and test log-likelihoods are those of one normalized density that does not depend
       on which other points share the batch.
 
-    ``min_scale`` floors the learned and optimal scales: without it a perfectly fitted
+    `min_scale` floors the learned and optimal scales: without it a perfectly fitted
     (or constant) feature sends s -> 0 and log p -> +infinity.
     """
 
@@ -266,7 +266,7 @@ class LocationScale(Likelihood):
         return self.scale_from_statistic(statistic).clamp(min=self.min_scale)
 
     def scale_for(self, loc, x=None):
-        """The scale s, broadcastable against ``loc`` of shape (N, *data_shape)."""
+        """The scale s, broadcastable against `loc` of shape (N, *data_shape)."""
         if self.scale == "optimal":
             if x is None or not self.training:
                 return self.running_scale()
@@ -342,7 +342,7 @@ class Beta(Likelihood):
 
     alpha, beta = softplus(decoder outputs) + 1e-3. Grey-level images have exact 0s and 1s
     where the Beta density is 0 or infinite, so they are *squeezed* first: set
-    ``squeeze = eps`` (e.g. 1e-3) and x in [0, 1] is modelled as x' = eps + (1 - 2 eps) x
+    `squeeze = eps` (e.g. 1e-3) and x in [0, 1] is modelled as x' = eps + (1 - 2 eps) x
     ~ Beta(alpha, beta). The change of variables adds D log(1 - 2 eps) to log p, so the
     result is a normalized density of x itself (on a support slightly wider than [0, 1])
     and stays comparable with the other likelihoods.
@@ -413,7 +413,7 @@ class DiscretizedLogisticMixture(TorchDistribution):
     Level k gets the logistic mass of its bin [x - h, x + h], h = 1 / (2 (L - 1)), with the
     bins of the end levels extended to -inf and +inf (PixelCNN++, Salimans et al. 2017),
     so the masses of the L levels sum to exactly 1. Parameters have shape
-    ``(*batch_shape, K)``: mixture logits, locations and log-scales.
+    `(*batch_shape, K)`: mixture logits, locations and log-scales.
     """
 
     arg_constraints = {}
@@ -473,7 +473,7 @@ class DiscretizedLogistic(Likelihood):
     A probability mass function: -log p(x | z) / (D log 2) is in bits per dimension, and
     the masses of the L levels of every feature sum to 1. The decoder gives, per feature
     and component, a mixture logit, a location and a log-scale (3 K numbers). Data must be
-    on the grid k / (L - 1). ``levels`` unset takes the data's (``data_levels``, given by
+    on the grid k / (L - 1). `levels` unset takes the data's (`data_levels`, given by
     whoever builds the model from a dataset: 256 for uint8 images, 17 for the 8x8 digits,
     whose values are k / 16), or 256 where the data do not say (float arrays).
     """

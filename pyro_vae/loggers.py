@@ -1,28 +1,28 @@
-"""Experiment tracking: where a run's numbers go, named by ``train.loggers``.
+"""Experiment tracking: where a run's numbers go, named by `train.loggers`.
 
-- ``csv`` (the default): ``metrics.csv`` in the run directory, one row per epoch, replaced
+- `csv` (the default): `metrics.csv` in the run directory, one row per epoch, replaced
   atomically after every epoch.
-- ``tensorboard``: event files under ``RUN/tensorboard`` (``tensorboard --logdir RUN``): every
-  metrics column per epoch, the training loss every ``train.log_every`` steps, the run's
-  figures as images and the config as text and hyperparameters. Needs the ``tensorboard``
-  package (``pip install "pyro-vae[tensorboard]"``).
-- ``mlflow``: an MLflow run with the config as parameters (and ``config.toml`` as an
+- `tensorboard`: event files under `RUN/tensorboard` (`tensorboard --logdir RUN`): every
+  metrics column per epoch, the training loss every `train.log_every` steps, the run's
+  figures as images and the config as text and hyperparameters. Needs the `tensorboard`
+  package (`pip install "pyro-vae[tensorboard]"`).
+- `mlflow`: an MLflow run with the config as parameters (and `config.toml` as an
   artifact), every metrics column per epoch (MLflow step = epoch), the training loss every
-  ``train.log_every`` steps and the figures as artifacts. The store is ``MLFLOW_TRACKING_URI``
-  if set, else a local SQLite database ``RUN/mlflow/mlflow.db`` with the artifacts under
-  ``RUN/mlflow/artifacts``. Needs ``pip install "pyro-vae[mlflow]"``.
-- ``wandb``: a Weights & Biases run with the same contents, **offline** unless ``WANDB_MODE``
-  says otherwise (``WANDB_MODE=online``, or ``wandb sync RUN/wandb/offline-run-*`` later), so
-  it never needs a network or an account. Needs ``pip install "pyro-vae[wandb]"``.
+  `train.log_every` steps and the figures as artifacts. The store is `MLFLOW_TRACKING_URI`
+  if set, else a local SQLite database `RUN/mlflow/mlflow.db` with the artifacts under
+  `RUN/mlflow/artifacts`. Needs `pip install "pyro-vae[mlflow]"`.
+- `wandb`: a Weights & Biases run with the same contents, **offline** unless `WANDB_MODE`
+  says otherwise (`WANDB_MODE=online`, or `wandb sync RUN/wandb/offline-run-*` later), so
+  it never needs a network or an account. Needs `pip install "pyro-vae[wandb]"`.
 
-Every metrics column includes ``lr``, the learning rate of the epoch's last step.
+Every metrics column includes `lr`, the learning rate of the epoch's last step.
 
-Every run also has a ``Console`` (not a ``train.loggers`` choice): the progress bar on a terminal
+Every run also has a `Console` (not a `train.loggers` choice): the progress bar on a terminal
 and one line per epoch, a logger like the others.
 
 A logger is built when training starts (nothing is written before the run's checks pass);
-``check_available`` runs before that, so a missing package is a one-line error up front.
-Adding a tracker is one class and one ``@LOGGERS.register`` line.
+`check_available` runs before that, so a missing package is a one-line error up front.
+Adding a tracker is one class and one `@LOGGERS.register` line.
 """
 
 import csv
@@ -41,7 +41,7 @@ LOGGERS = Registry("logger")
 
 
 def require(module, logger, extra):
-    """Import ``module`` or raise the one-line error that names the extra to install."""
+    """Import `module` or raise the one-line error that names the extra to install."""
     import importlib
 
     try:
@@ -60,7 +60,7 @@ def flat_config(config):
 
 
 def write_metrics(rows, path):
-    """Write the rows (dicts) as CSV, replacing ``path`` atomically."""
+    """Write the rows (dicts) as CSV, replacing `path` atomically."""
     fields = list(dict.fromkeys(key for row in rows for key in row))
     with atomic_write(path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=fields)
@@ -86,15 +86,15 @@ class Logger:
         """Raise a one-line error if a package this logger needs is missing."""
 
     def epoch(self, rows):
-        """After every epoch: ``rows`` are all metrics rows so far, the last one new."""
+        """After every epoch: `rows` are all metrics rows so far, the last one new."""
 
     def step(self, step, loss):
-        """After every optimizer step (``step``: steps done). ``loss()`` reads the step's minibatch
-        loss from the device, a wait for it: the trackers read it only every ``train.log_every``
-        steps (``due``)."""
+        """After every optimizer step (`step`: steps done). `loss()` reads the step's minibatch
+        loss from the device, a wait for it: the trackers read it only every `train.log_every`
+        steps (`due`)."""
 
     def due(self, step):
-        """Whether ``step`` is one of the steps whose loss is logged (every ``train.log_every``)."""
+        """Whether `step` is one of the steps whose loss is logged (every `train.log_every`)."""
         return step % self.config["train"]["log_every"] == 0
 
     def figures(self, paths):
@@ -107,10 +107,10 @@ class Logger:
 class Console(Logger):
     """The terminal: a progress bar over the run's steps, and one line per epoch.
 
-    The bar shows only with ``train.progress`` and a terminal on stderr: in a pipe or a log
+    The bar shows only with `train.progress` and a terminal on stderr: in a pipe or a log
     file its carriage-return updates would pile up, and the epoch lines (printed in any case, at
-    once) are the progress. Not a ``train.loggers`` choice: every run has it, on the main process.
-    ``status(loss)`` is the bar's text for the last step's loss, read every 10 steps and on the
+    once) are the progress. Not a `train.loggers` choice: every run has it, on the main process.
+    `status(loss)` is the bar's text for the last step's loss, read every 10 steps and on the
     first step of an epoch."""
 
     def __init__(self, out, config, total, done, description, status):

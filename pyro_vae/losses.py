@@ -1,11 +1,11 @@
 """The training losses, one torch module per model family, all in one place.
 
-Each is ``forward(batch, kl_weight, kl_penalty)``: the estimator's loss of the model's
-``model`` and ``guide`` under that step's KL weight (and KL penalty), per data point (and per
-feature under ``reduction = "mean"``: ``features_per_term`` = D). The VAE and the estimator (which may
+Each is `forward(batch, kl_weight, kl_penalty)`: the estimator's loss of the model's
+`model` and `guide` under that step's KL weight (and KL penalty), per data point (and per
+feature under `reduction = "mean"`: `features_per_term` = D). The VAE and the estimator (which may
 own a neural baseline) are submodules, so one optimizer, one checkpoint and
-``DistributedDataParallel`` all see every parameter. A model kind names its loss
-(``VAE.training_loss``); the trainer never chooses.
+`DistributedDataParallel` all see every parameter. A model kind names its loss
+(`VAE.training_loss`); the trainer never chooses.
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from torch import nn
 
 
 class NegativeELBO(nn.Module):
-    """The training loss as a torch module: ``forward(x, kl_weight, kl_penalty)`` is the estimator's
+    """The training loss as a torch module: `forward(x, kl_weight, kl_penalty)` is the estimator's
     loss for the VAE's model and guide under that step's KL weight (and KL penalty), per data point (and per
-    feature under ``reduction = "mean"``: ``features_per_term`` = D). The VAE and the estimator
+    feature under `reduction = "mean"`: `features_per_term` = D). The VAE and the estimator
     (which may own a neural baseline) are submodules, so one optimizer, one checkpoint and
     DistributedDataParallel all see every parameter."""
 
@@ -30,8 +30,8 @@ class NegativeELBO(nn.Module):
 
 
 class LabeledNegativeELBO(nn.Module):
-    """The CVAE's training loss: ``forward(batch, kl_weight)`` with ``batch`` a ``data.LabeledBatch``,
-    the estimator's loss of model(x, y) and guide(x, y), per data point (and per feature: ``features_per_term``)."""
+    """The CVAE's training loss: `forward(batch, kl_weight)` with `batch` a `data.LabeledBatch`,
+    the estimator's loss of model(x, y) and guide(x, y), per data point (and per feature: `features_per_term`)."""
 
     def __init__(self, vae, estimator, features_per_term=1.0):
         super().__init__()
@@ -44,15 +44,17 @@ class LabeledNegativeELBO(nn.Module):
 
 
 class SemiSupervisedLoss(nn.Module):
-    """M2's training loss, -J_alpha per data point, on a ``data.SemiSupervisedBatch``::
+    """M2's training loss, -J_alpha per data point, on a `data.SemiSupervisedBatch`:
 
-        -[ sum_unlabeled U(x) + s * sum_labeled (L(x, y) + (alpha / N_l) log q(y | x)) ] / (B_u + B_l)
+    ```
+    -[ sum_unlabeled U(x) + s * sum_labeled (L(x, y) + (alpha / N_l) log q(y | x)) ] / (B_u + B_l)
+    ```
 
-    ``alpha / N_l`` is the weight of one labeled point's classification term (alpha =
-    ``classification_weight * N``, an expectation over the N_l labeled points in Kingma's
-    J_alpha), and ``s = batch.labeled_scale`` corrects for labeled points drawn more often
+    `alpha / N_l` is the weight of one labeled point's classification term (alpha =
+    `classification_weight * N`, an expectation over the N_l labeled points in Kingma's
+    J_alpha), and `s = batch.labeled_scale` corrects for labeled points drawn more often
     than once per epoch, so each step's loss is an unbiased estimate of J_alpha / steps.
-    The KL weight scales the z terms; the label term only with ``kl_weight_labels``.
+    The KL weight scales the z terms; the label term only with `kl_weight_labels`.
     """
 
     def __init__(self, vae, estimator, classification_weight, num_train, num_labeled, features_per_term=1.0,

@@ -1,14 +1,14 @@
 """Encoder and decoder networks.
 
-An encoder maps a batch ``x`` of shape ``(N, *data_shape)`` to the guide's parameters,
-``(N, num_params)`` unconstrained numbers (float32) that the guide family (``guides``)
+An encoder maps a batch `x` of shape `(N, *data_shape)` to the guide's parameters,
+`(N, num_params)` unconstrained numbers (float32) that the guide family (`guides`)
 turns into q(z | x): 2 * latent_dim of them, loc and scale, for the default diagonal Gaussian.
-A decoder maps ``z`` of shape ``(*batch, latent_dim)`` to the likelihood's parameters,
-``(*batch, num_params, *data_shape)``: any leading batch dimensions (Pyro's vectorized
+A decoder maps `z` of shape `(*batch, latent_dim)` to the likelihood's parameters,
+`(*batch, num_params, *data_shape)`: any leading batch dimensions (Pyro's vectorized
 particles add one on the left of the data's).
 
-``mlp`` networks take any data shape (they flatten it); ``conv`` networks take
-images ``(channels, height, width)``: a strided-convolution encoder and a
+`mlp` networks take any data shape (they flatten it); `conv` networks take
+images `(channels, height, width)`: a strided-convolution encoder and a
 transposed-convolution decoder that mirrors it.
 """
 
@@ -69,7 +69,7 @@ class MLPEncoder(Net):
 class MLPDecoder(Net):
     """Fully connected decoder: z, hidden layers, then the likelihood's parameters.
 
-    With ``hidden = []`` it is linear, ``W z + b``: with a Gaussian likelihood this is
+    With `hidden = []` it is linear, `W z + b`: with a Gaussian likelihood this is
     probabilistic PCA.
     """
 

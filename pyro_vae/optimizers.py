@@ -1,7 +1,7 @@
-"""Optimizers and learning-rate schedules, by name (``train.optimizer``, ``train.lr_schedule``).
+"""Optimizers and learning-rate schedules, by name (`train.optimizer`, `train.lr_schedule`).
 
-An optimizer entry is a function ``(parameters, lr) -> torch.optim.Optimizer``; a
-learning-rate schedule entry is an :class:`LRSchedule` (a torch ``LambdaLR`` stepped once
+An optimizer entry is a function `(parameters, lr) -> torch.optim.Optimizer`; a
+learning-rate schedule entry is an `LRSchedule` (a torch `LambdaLR` stepped once
 per optimizer step, with an optional warm-up). Adding one is one function or class and one line.
 """
 
@@ -17,7 +17,7 @@ LR_SCHEDULES = Registry("learning-rate schedule")
 
 
 def fastest(optimizer_class, parameters, lr, **options):
-    """``optimizer_class`` (with ``options``) in the fastest implementation this torch has for these
+    """`optimizer_class` (with `options`) in the fastest implementation this torch has for these
     parameters: fused (one kernel over all parameters: about 4x faster for Adam on CPU), else
     foreach (one call per group), else the loop over tensors, which always exists."""
     parameters = list(parameters)
@@ -61,10 +61,10 @@ for _optimizer in (adam, adamw, sgd, rmsprop):
 class LRSchedule(torch.optim.lr_scheduler.LambdaLR):
     """The learning rate train.lr times a factor of the step count, after a linear warm-up.
 
-    factor(t) = min(1, (t + 1) / W) * shape(t) for W = ``train.lr_warmup_steps`` > 0, else
-    shape(t); stepped once per optimizer step. ``epoch_end(val_elbo)`` is called after each
-    epoch's evaluation (``plateau`` reacts to it). Everything a schedule remembers is a
-    number in its ``__dict__``, which ``state_dict`` saves, so resumed runs continue it.
+    factor(t) = min(1, (t + 1) / W) * shape(t) for W = `train.lr_warmup_steps` > 0, else
+    shape(t); stepped once per optimizer step. `epoch_end(val_elbo)` is called after each
+    epoch's evaluation (`plateau` reacts to it). Everything a schedule remembers is a
+    number in its `__dict__`, which `state_dict` saves, so resumed runs continue it.
     """
 
     context_arguments = ("optimizer", "total_steps", "warmup_steps")
@@ -81,12 +81,12 @@ class LRSchedule(torch.optim.lr_scheduler.LambdaLR):
         return 1.0
 
     def rate(self, step):
-        """The learning rate of optimizer step ``step`` (from 0): train.lr * factor(step), with the
-        schedule's present state (a ``plateau`` cut applies from the step after ``epoch_end``)."""
+        """The learning rate of optimizer step `step` (from 0): train.lr * factor(step), with the
+        schedule's present state (a `plateau` cut applies from the step after `epoch_end`)."""
         return float(self.base_lrs[0]) * self.factor(step)
 
     def last_rate(self):
-        """The learning rate the last optimizer step used (``metrics.csv``'s ``lr``; before any
+        """The learning rate the last optimizer step used (`metrics.csv`'s `lr`; before any
         step, the first step's)."""
         return self.rate(max(self.last_epoch - 1, 0))
 
@@ -109,9 +109,9 @@ class Cosine(LRSchedule):
 
 @LR_SCHEDULES.register("plateau")
 class Plateau(LRSchedule):
-    """Reduce on plateau: the rate times ``factor`` after ``patience`` epochs without a better validation ELBO.
+    """Reduce on plateau: the rate times `factor` after `patience` epochs without a better validation ELBO.
 
-    Better means above the best so far by more than ``min_delta``."""
+    Better means above the best so far by more than `min_delta`."""
 
     def __init__(self, optimizer, total_steps, warmup_steps=0, patience=5, factor=0.5, min_delta=0.0):
         self.patience = integer(patience, "train.lr_schedule.patience", minimum=1)

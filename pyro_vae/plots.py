@@ -1,18 +1,18 @@
 """Figures: image grids (reconstructions, samples) and training curves.
 
-Only image-shaped data get image figures: ``(channels, height, width)`` with 1 or 3
-channels, ``(height, width)`` (one grey channel), or flat data whose length is a
+Only image-shaped data get image figures: `(channels, height, width)` with 1 or 3
+channels, `(height, width)` (one grey channel), or flat data whose length is a
 perfect square; curves are drawn for every run.
 
-Latent-space figures (``pyro-vae plot``): for a 2-D latent space the decoded manifold
+Latent-space figures (`pyro-vae plot`): for a 2-D latent space the decoded manifold
 on a grid and the encoded data colored by label (Kingma & Welling 2014, fig. 4);
 otherwise latent traversals and the codes' first two principal components. Their
 axes carry the z values the images were decoded from.
 
-Figures are ``matplotlib.figure.Figure`` objects saved directly, never through
+Figures are `matplotlib.figure.Figure` objects saved directly, never through
 pyplot: importing or using this module leaves matplotlib's backend and pyplot's
 state alone (and matplotlib is imported only when a figure is drawn). Every
-``save_*`` function returns the figure it saved (None where it drew nothing), so
+`save_*` function returns the figure it saved (None where it drew nothing), so
 callers and tests can look at what was drawn.
 """
 
@@ -59,7 +59,7 @@ def square_columns(n):
 
 
 def image_grid(images, columns):
-    """Tile (N, H, W[, 3]) images into one array, ``columns`` per row, 1-pixel gaps."""
+    """Tile (N, H, W[, 3]) images into one array, `columns` per row, 1-pixel gaps."""
     n, h, w = images.shape[:3]
     rows = math.ceil(n / columns)
     grid = np.ones((rows * (h + 1) - 1, columns * (w + 1) - 1, *images.shape[3:]))
@@ -70,8 +70,8 @@ def image_grid(images, columns):
 
 
 def _label_cells(axis, size, labels, name, set_ticks, set_labels, set_name, limit=MAX_TICKS):
-    """Tick the centres of the cells along one side of a grid (``size`` pixels per cell
-    plus a 1-pixel gap) with ``labels``, at most ``limit`` of them (None: every cell)."""
+    """Tick the centres of the cells along one side of a grid (`size` pixels per cell
+    plus a 1-pixel gap) with `labels`, at most `limit` of them (None: every cell)."""
     every = 1 if limit is None else math.ceil(len(labels) / limit)
     chosen = list(range(0, len(labels), every))
     set_ticks([i * (size + 1) + (size - 1) / 2 for i in chosen])
@@ -80,11 +80,11 @@ def _label_cells(axis, size, labels, name, set_ticks, set_labels, set_name, limi
 
 
 def save_grid(x, path, columns=None, title=None, x_axis=None, y_axis=None, label_every_row=False):
-    """Save a grid of images, ``columns`` per row (default: a near-square grid).
+    """Save a grid of images, `columns` per row (default: a near-square grid).
 
-    ``x_axis`` / ``y_axis``, each ``(labels, name)``, tick the columns / rows with labels
-    (the z values a figure's images were decoded from), every k-th beyond ``MAX_TICKS`` of
-    them, or every row with ``label_every_row`` (rows that are each a latent dimension, not
+    `x_axis` / `y_axis`, each `(labels, name)`, tick the columns / rows with labels
+    (the z values a figure's images were decoded from), every k-th beyond `MAX_TICKS` of
+    them, or every row with `label_every_row` (rows that are each a latent dimension, not
     steps along one); without them the axes are hidden.
     Returns the saved figure, or None (and writes nothing) for non-image data.
     """
@@ -186,9 +186,9 @@ def _values(values):
 
 @torch.no_grad()
 def save_manifold(vae, codes, path, steps=20):
-    """For a 2-D latent space: E[x | z] decoded on a ``steps`` x ``steps`` grid of z.
+    """For a 2-D latent space: E[x | z] decoded on a `steps` x `steps` grid of z.
 
-    The grid spans the 1st to 99th percentile of ``codes`` (the encoded data) on each
+    The grid spans the 1st to 99th percentile of `codes` (the encoded data) on each
     axis, so it covers where the data sit whatever the prior; z_2 grows upward. The
     axes are ticked with the z_1 and z_2 values of the columns and rows.
     """
@@ -225,8 +225,8 @@ def save_projection(codes, labels, path):
 @torch.no_grad()
 def save_traversals(vae, codes, path, rows=10, steps=9, span=3.0):
     """Latent traversals: from the code of one data point, move one dimension at a time
-    over ``span`` standard deviations of the codes either side; one row per dimension,
-    the ``rows`` dimensions whose codes vary most across the data (the active ones).
+    over `span` standard deviations of the codes either side; one row per dimension,
+    the `rows` dimensions whose codes vary most across the data (the active ones).
 
     The x axis is the offset in standard deviations; each row's label names its
     dimension and the z values it runs over.
@@ -252,10 +252,10 @@ def factor_traversals(vae, codes, factors, factor_names, steps=9, span=3.0):
     """Each latent dimension's traversal, labelled with the factor it is most informative about.
 
     For every dimension d (ordered by the spread of the codes, widest first) the code of the
-    first data point with z_d moved over ``span`` standard deviations of the codes either side,
+    first data point with z_d moved over `span` standard deviations of the codes either side,
     decoded; and the factor k maximizing I(z_d; v_k) / H(v_k) (the normalized mutual
-    information MIG is made of: ``disentanglement.mutual_information_matrix``), with its value.
-    Returns the decoded images ``(D * steps, *data_shape)``, one label per row, and the offsets.
+    information MIG is made of: `disentanglement.mutual_information_matrix`), with its value.
+    Returns the decoded images `(D * steps, *data_shape)`, one label per row, and the offsets.
     """
     from .disentanglement import mutual_information_matrix
 
@@ -278,7 +278,7 @@ def factor_traversals(vae, codes, factors, factor_names, steps=9, span=3.0):
 
 @torch.no_grad()
 def save_factor_traversals(vae, codes, factors, factor_names, path, steps=9, span=3.0):
-    """:func:`factor_traversals` as an image grid: one row per latent dimension, labelled with the
+    """`factor_traversals` as an image grid: one row per latent dimension, labelled with the
     factor it captures most and the fraction of that factor's entropy it holds, I(z_d; v_k) / H(v_k)."""
     images, labels, offsets = factor_traversals(vae, codes, factors, factor_names, steps, span)
     return save_grid(

@@ -1,18 +1,18 @@
 """Priors p(z) over the latent code.
 
-A prior is a module whose ``forward(posterior)`` returns a Pyro distribution with
-event shape ``(latent_dim,)`` and empty batch shape; the model's ``"data"`` plate
-broadcasts it over the minibatch. ``posterior`` is the guide, x -> q(z | x), passed in
+A prior is a module whose `forward(posterior)` returns a Pyro distribution with
+event shape `(latent_dim,)` and empty batch shape; the model's `"data"` plate
+broadcasts it over the minibatch. `posterior` is the guide, x -> q(z | x), passed in
 because some priors (the VampPrior) are built from it; the others ignore it.
 
-Learned priors hold plain ``nn.Parameter`` s, so ``vae.parameters()`` includes them
+Learned priors hold plain `nn.Parameter` s, so `vae.parameters()` includes them
 and the trainer's optimizer fits them with the networks (maximizing the ELBO over
 the prior is maximizing the aggregate posterior's expected log p(z)).
 
-The KL term KL(q(z | x) || p(z)) has a closed form only for ``normal`` and
-``learned_normal``. For ``mog``, ``vamp`` and ``flow`` the ``meanfield`` estimator
-(Pyro's ``TraceMeanField_ELBO``) falls back to the Monte Carlo term
-log q(z | x) - log p(z) at the sampled z, exactly as ``trace`` does.
+The KL term KL(q(z | x) || p(z)) has a closed form only for `normal` and
+`learned_normal`. For `mog`, `vamp` and `flow` the `meanfield` estimator
+(Pyro's `TraceMeanField_ELBO`) falls back to the Monte Carlo term
+log q(z | x) - log p(z) at the sampled z, exactly as `trace` does.
 """
 
 import math
@@ -30,7 +30,7 @@ PRIORS = Registry("prior")
 
 
 class Prior(nn.Module):
-    """Base class for priors over a ``latent_dim``-dimensional code."""
+    """Base class for priors over a `latent_dim`-dimensional code."""
 
     context_arguments = ("latent_dim", "data_shape")
 
@@ -50,7 +50,7 @@ class DiagonalNormalMixture(dist.TorchDistribution):
     intermediate, which at K = 500 components made the VampPrior ten times slower than
     the rest of the model. The expansion cancels large terms when z is far out and s
     small, so it is evaluated in float64 (error ~1e-16 of the terms instead of ~1e-7).
-    The same density as ``MixtureSameFamily(Categorical(logits), Normal(loc, scale).to_event(1))``.
+    The same density as `MixtureSameFamily(Categorical(logits), Normal(loc, scale).to_event(1))`.
     """
 
     arg_constraints = {}
@@ -154,7 +154,7 @@ class VampPrior(Prior):
     with everything else; each call runs the guide on them, so the prior follows the
     guide as it trains. Pseudo-inputs start uniform in [0, 1] (the range of image data).
     With a diagonal Gaussian guide the mixture is scored by matrix products
-    (``DiagonalNormalMixture``); with a low-rank or full one, as a ``MixtureSameFamily``.
+    (`DiagonalNormalMixture`); with a low-rank or full one, as a `MixtureSameFamily`.
     """
 
     built_from_guide = True
@@ -184,7 +184,7 @@ class FlowPrior(Prior):
     """Normalizing-flow prior: N(0, I) pushed through learned Pyro autoregressive transforms.
 
     p(z) = N(f(z); 0, I) |det df/dz| with f = f_1 o ... o f_T, each f_t a Pyro
-    ``affine_autoregressive`` or ``spline_autoregressive`` transform (its own random
+    `affine_autoregressive` or `spline_autoregressive` transform (its own random
     variable order). The flow is used in the masked-autoregressive direction: the
     density of the guide's z, needed every step, costs one network pass per transform;
     sampling from the prior (figures only) costs latent_dim passes.

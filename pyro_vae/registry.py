@@ -1,8 +1,8 @@
 """Name -> class registries: how a config word becomes an object.
 
 Adding a likelihood (or prior, network, dataset, estimator, schedule) is one
-class plus one ``@REGISTRY.register("name")`` line. The class's docstring's
-first line is its one-line description in ``pyro-vae list``; its keyword
+class plus one `@REGISTRY.register("name")` line. The class's docstring's
+first line is its one-line description in `pyro-vae list`; its keyword
 arguments are the options a config table may set, and nothing else.
 """
 
@@ -25,13 +25,13 @@ Spec: TypeAlias = "str | dict[str, Any] | nn.Module"
 class UserError(ValueError):
     """A problem with the user's input (config, data, files), reported as one line.
 
-    The CLI prints ``error: <message>`` and exits with status 2; it never shows
+    The CLI prints `error: <message>` and exits with status 2; it never shows
     a traceback for these.
     """
 
 
 def listing(names: Iterable[str], quote: bool = False) -> str:
-    """``names`` as a message lists them: "a, b or c" (each in double quotes with ``quote``)."""
+    """`names` as a message lists them: "a, b or c" (each in double quotes with `quote`)."""
     names = [f'"{name}"' if quote else name for name in names]
     if len(names) < 2:
         return "".join(names) or "(none)"
@@ -41,13 +41,13 @@ def listing(names: Iterable[str], quote: bool = False) -> str:
 class Registry:
     """A named collection of classes that can be built from config specs.
 
-    A *spec* is a name (``"gaussian"``), a table with a ``name`` and options
-    (``{"name": "gaussian", "scale": 0.1}``), or an already built object, which is
+    A *spec* is a name (`"gaussian"`), a table with a `name` and options
+    (`{"name": "gaussian", "scale": 0.1}`), or an already built object, which is
     returned unchanged. Networks and schedules also read their older table keys
-    (``type``, ``schedule``) as the name, so existing config files keep working.
+    (`type`, `schedule`) as the name, so existing config files keep working.
 
     The library supplies some constructor arguments itself (the data's shape, the
-    latent dimension): a class lists them in ``context_arguments``, and ``build`` passes
+    latent dimension): a class lists them in `context_arguments`, and `build` passes
     exactly those. Every other keyword argument is an option a config table may set.
     """
 
@@ -67,7 +67,7 @@ class Registry:
         return decorator
 
     def unregister(self, name: str) -> None:
-        """Remove ``name`` (a kind registered for a while: a test's, a plugin's)."""
+        """Remove `name` (a kind registered for a while: a test's, a plugin's)."""
         if name not in self._classes:
             raise KeyError(f"{self.kind} {name!r} is not registered")
         del self._classes[name]
@@ -79,8 +79,8 @@ class Registry:
         return iter(self._classes)
 
     def names(self, **attributes: Any) -> list[str]:
-        """The registered names, in registration order; with ``attributes``, those whose class has
-        these attribute values (``ESTIMATORS.names(supports_labels=True)``)."""
+        """The registered names, in registration order; with `attributes`, those whose class has
+        these attribute values (`ESTIMATORS.names(supports_labels=True)`)."""
         return [name for name, cls in self._classes.items()
                 if all(getattr(cls, key) == value for key, value in attributes.items())]
 
@@ -101,7 +101,7 @@ class Registry:
         return rows
 
     def options(self, name: str) -> list[str]:
-        """The keyword options a config table may give for ``name``."""
+        """The keyword options a config table may give for `name`."""
         cls = self.get(name)
         context = getattr(cls, "context_arguments", ())
         return [
@@ -111,13 +111,13 @@ class Registry:
         ]
 
     def name_key(self, table: dict[str, Any]) -> str:
-        """The key of ``table`` that holds the name: ``name``, or the legacy key where only it is there."""
+        """The key of `table` that holds the name: `name`, or the legacy key where only it is there."""
         if "name" not in table and self.legacy_key is not None and self.legacy_key in table:
             return self.legacy_key
         return "name"
 
     def split_spec(self, spec: object, where: str | None = None) -> tuple[str, dict[str, Any]]:
-        """Return ``(name, options)`` for a name or a table, validating the options."""
+        """Return `(name, options)` for a name or a table, validating the options."""
         where = where or self.kind
         if isinstance(spec, str):
             name, options = spec, {}
@@ -140,8 +140,8 @@ class Registry:
         return name, options
 
     def build(self, spec: Spec, where: str | None = None, **context: Any) -> Any:
-        """Build an object from a spec; ``context`` holds the arguments the library supplies
-        (those the class lists in ``context_arguments`` are passed, the rest ignored).
+        """Build an object from a spec; `context` holds the arguments the library supplies
+        (those the class lists in `context_arguments` are passed, the rest ignored).
 
         Only a mismatch of arguments (a required option missing) becomes a one-line error
         here; the constructor checks its own values, and any other exception it raises is a

@@ -109,8 +109,8 @@ def clear_run_outputs(out):
 
 
 def discard_run(out, created):
-    """Remove what a run that stopped before its first checkpoint wrote into ``out`` (its config,
-    metrics, loggers' folders), and ``out`` itself if the run ``created`` it and it is now empty."""
+    """Remove what a run that stopped before its first checkpoint wrote into `out` (its config,
+    metrics, loggers' folders), and `out` itself if the run `created` it and it is now empty."""
     clear_run_outputs(out)
     if created and Path(out).is_dir() and not any(Path(out).iterdir()):
         Path(out).rmdir()

@@ -2,13 +2,13 @@
 from the device; run eagerly, or captured once in a CUDA graph and replayed.
 
 A GPU runs ahead of Python only while Python never waits for it. So the step keeps its
-bookkeeping on the device and nothing in it calls ``.item()``:
+bookkeeping on the device and nothing in it calls `.item()`:
 
 - the KL weight is a 0-dim device tensor, filled before each step (the estimator's
   handler scales by it, so a schedule keeps working inside a captured graph);
-- the finiteness of the loss and gradients is a device boolean ``finite``; the optimizer
+- the finiteness of the loss and gradients is a device boolean `finite`; the optimizer
   skips a non-finite step on the device (fused Adam, AdamW and SGD take it as
-  ``found_inf``, the mechanism of torch's ``GradScaler``: parameters and optimizer state
+  `found_inf`, the mechanism of torch's `GradScaler`: parameters and optimizer state
   stay exactly as they were), and counters record how many steps were skipped and the
   first one that was; the learning-rate schedule advances at every step, skipped or not
   (telling them apart would need that read);
@@ -17,16 +17,16 @@ bookkeeping on the device and nothing in it calls ``.item()``:
 The trainer reads these counters only when it needs a number: the progress bar's loss,
 a checkpoint, the end of an epoch. A non-finite step is therefore acted on when read
 (the run stops with the step's number and the last good checkpoint intact, or skips up
-to ``train.max_skipped_steps`` such steps), not at the step itself. An optimizer with no
-device-side skip (RMSprop) reads ``finite`` at every step instead.
+to `train.max_skipped_steps` such steps), not at the step itself. An optimizer with no
+device-side skip (RMSprop) reads `finite` at every step instead.
 
-``CapturedStep`` records the same step once in a ``torch.cuda.CUDAGraph`` (after warm-up
+`CapturedStep` records the same step once in a `torch.cuda.CUDAGraph` (after warm-up
 steps on a side stream, which are ordinary training steps) and replays it for every
 full batch: one launch instead of hundreds. Its input is a static buffer the batch is
 copied into; a batch of another shape (the short last batch of an epoch) runs eagerly,
 the same objective on the same parameters. A capture that fails (at warm-up, capture or
-the first replay) is undone exactly and the run goes on eagerly (``train.cuda_graph =
-"auto"``) or stops with one line (``true``).
+the first replay) is undone exactly and the run goes on eagerly (`train.cuda_graph =
+"auto"`) or stops with one line (`true`).
 """
 
 import contextlib
@@ -41,10 +41,10 @@ from .registry import UserError
 
 
 class Step:
-    """One optimizer step on a minibatch, sync-free: ``step(x, kl_weight)``.
+    """One optimizer step on a minibatch, sync-free: `step(x, kl_weight)`.
 
-    ``loss_module(x, kl_weight)`` is the per data point loss (``losses.NegativeELBO``,
-    possibly inside DistributedDataParallel); ``parameters`` are those the optimizer updates.
+    `loss_module(x, kl_weight)` is the per data point loss (`losses.NegativeELBO`,
+    possibly inside DistributedDataParallel); `parameters` are those the optimizer updates.
     """
 
     def __init__(self, loss_module, optimizer, lr_schedule, parameters, device, clip_grad_norm=0.0, precision="float32"):
@@ -64,8 +64,8 @@ class Step:
         self.kl_penalty = None
 
     def __call__(self, x, kl_weight, kl_penalty=None):
-        """Take the step with ``kl_weight`` (a float: the schedule's value times D under "mean") and
-        the KL penalty of the step, if any (``penalties``: capacity or free bits)."""
+        """Take the step with `kl_weight` (a float: the schedule's value times D under "mean") and
+        the KL penalty of the step, if any (`penalties`: capacity or free bits)."""
         self.kl_weight.fill_(kl_weight)
         self.kl_penalty = kl_penalty
         self.run(x)
@@ -129,13 +129,13 @@ class Step:
         return skipped, int(self.first_bad_step.item()), self.first_bad_loss.item(), bool(self.first_bad_was_loss.item())
 
     def set_faults(self, skipped, step_number):
-        """Restore the counters of a resumed run: ``skipped`` steps so far, ``step_number`` steps taken."""
+        """Restore the counters of a resumed run: `skipped` steps so far, `step_number` steps taken."""
         self.skipped.fill_(skipped)
         self.step_number.fill_(step_number)
 
 
 class CaptureFailed(UserError):
-    """The step could not be captured under ``train.cuda_graph = true`` (the state before the attempt is
+    """The step could not be captured under `train.cuda_graph = true` (the state before the attempt is
     restored), or the state could not be restored after a failed capture."""
 
 
@@ -146,15 +146,15 @@ def one_line(error):
 
 
 class CapturedStep(Step):
-    """:class:`Step` recorded in a CUDA graph at the first full batch and replayed for every batch of that shape.
+    """`Step` recorded in a CUDA graph at the first full batch and replayed for every batch of that shape.
 
     Warm-up, capture and the first replay are each an *attempt*, taken from a snapshot of
     everything the step changes (parameters and buffers, optimizer state, learning-rate
     schedule, counters, every RNG). If an attempt raises (an operation capture does not
     allow, a read from the device, an allocator error), the snapshot is restored and:
-    with ``fall_back`` (``train.cuda_graph = "auto"``) one line is printed and this and every
+    with `fall_back` (`train.cuda_graph = "auto"`) one line is printed and this and every
     later step run eagerly, so the run's numbers are an eager run's from that step on;
-    without (``train.cuda_graph = true``) :class:`CaptureFailed` is raised, as it is in
+    without (`train.cuda_graph = true`) `CaptureFailed` is raised, as it is in
     either mode if the snapshot cannot be restored (a CUDA error that stays set).
     """
 
@@ -206,7 +206,7 @@ class CapturedStep(Step):
         self.warmed_up += 1
 
     def _capture(self, x):
-        """Record the step on ``x``'s shape, then replay it once for ``x`` itself."""
+        """Record the step on `x`'s shape, then replay it once for `x` itself."""
         stream = torch.cuda.current_stream()
         # A learning rate held as a device tensor: the schedule fills it in place between
         # replays, where a Python float would be frozen into the graph at capture. (Only

@@ -2,30 +2,30 @@
 
 Each step evaluates the estimator's differentiable loss (the negative ELBO per data
 point) for the Pyro model and guide, with the KL weight of that step (and, under
-capacity or free bits, the KL penalty of that step: ``penalties``) passed as an
+capacity or free bits, the KL penalty of that step: `penalties`) passed as an
 argument; the estimator applies it as a handler on the latent sites (or, for the
-library's own programs, computes the same loss directly: ``objectives``). A torch
+library's own programs, computes the same loss directly: `objectives`). A torch
 optimizer updates the parameters. This is Pyro's ELBO used as a torch module
-(``NegativeELBO``), which is what lets ``DistributedDataParallel`` wrap it.
+(`NegativeELBO`), which is what lets `DistributedDataParallel` wrap it.
 
-``Trainer`` is the loop and the state a checkpoint holds, nothing else. What a run is made of
+`Trainer` is the loop and the state a checkpoint holds, nothing else. What a run is made of
 and how it steps (the loss, data-parallel or not, a captured or an eager step) is decided by
-``build.build_training``; the epoch's metrics row and line are pure functions
-(``epoch_metrics``), as are early stopping and the best epoch (``stopping``); numerical faults
-become one-line errors in ``faults``; SIGINT and SIGTERM become a stop request in ``signals``;
-the progress bar and the trackers are loggers (``loggers``); the run directory and its figures
-are ``runs``'.
+`build.build_training`; the epoch's metrics row and line are pure functions
+(`epoch_metrics`), as are early stopping and the best epoch (`stopping`); numerical faults
+become one-line errors in `faults`; SIGINT and SIGTERM become a stop request in `signals`;
+the progress bar and the trackers are loggers (`loggers`); the run directory and its figures
+are `runs`'.
 
 After every epoch the true ELBO (KL weight 1) is measured on the training and
 validation sets without touching any parameter, a row is added to
-``metrics.csv``, and the checkpoints are replaced atomically: ``checkpoint.pt``
-(the last state) and ``best.pt`` (the best validation ELBO so far).
+`metrics.csv`, and the checkpoints are replaced atomically: `checkpoint.pt`
+(the last state) and `best.pt` (the best validation ELBO so far).
 
 A checkpoint holds everything a run's future depends on: parameters, optimizer
 and learning-rate schedule state, the step and epoch (hence the KL schedule's
 position and the data order, which is a function of the seed and epoch), the
 generator of dynamic binarization, and the torch, CUDA, numpy and Python RNG
-states. ``train(resume=RUN)`` continues a run exactly: on CPU, a run killed
+states. `train(resume=RUN)` continues a run exactly: on CPU, a run killed
 mid-epoch and resumed ends with bit-identical parameters.
 """
 
@@ -93,9 +93,9 @@ def resolve_device(name):
 class Trainer:
     """One training run: the loop over epochs and steps, and the state its checkpoints hold.
 
-    What the run is made of and how it steps are decided by ``build.build_training``; the
-    metrics row and the epoch's line are ``epoch_metrics``'; early stopping and the best epoch
-    ``stopping``'s; signals ``signals``'; the progress bar is a logger (``loggers.Console``)."""
+    What the run is made of and how it steps are decided by `build.build_training`; the
+    metrics row and the epoch's line are `epoch_metrics`'; early stopping and the best epoch
+    `stopping`'s; signals `signals`'; the progress bar is a logger (`loggers.Console`)."""
 
     def __init__(self, config, data, out, device, rank=0, world_size=1):
         self.config, self.data, self.out, self.device = config, data, out, device
@@ -163,10 +163,10 @@ class Trainer:
                 self._stop()
 
     def train_step(self, x):
-        """One optimizer step on the minibatch ``x`` with the KL weight of the current step.
+        """One optimizer step on the minibatch `x` with the KL weight of the current step.
 
-        Nothing is read from the device (``steps``): the loss and the non-finite check are
-        counted there, and read by ``Faults.check_steps`` and the epoch's metrics."""
+        Nothing is read from the device (`steps`): the loss and the non-finite check are
+        counted there, and read by `Faults.check_steps` and the epoch's metrics."""
         try:
             self.train_step_fn(x, self.parts.effective_kl_weight(self.step), self.parts.kl_penalty(self.step))
         except CaptureFailed as error:  # train.cuda_graph = true: stop before any checkpoint of this step
@@ -211,8 +211,8 @@ class Trainer:
             self.save("best.pt")
 
     def stopped_early(self):
-        """Whether ``train.early_stopping`` ends the run here (``stopping``: ``min_delta`` governs
-        patience only; the line printed names the state ``best.pt`` holds). Read from the metrics
+        """Whether `train.early_stopping` ends the run here (`stopping`: `min_delta` governs
+        patience only; the line printed names the state `best.pt` holds). Read from the metrics
         rows, so a resumed run stops at the same place."""
         rule = self.config["train"]["early_stopping"]
         if not rule or not self.rows:
@@ -228,7 +228,7 @@ class Trainer:
     # ---- what the loggers see ----
 
     def _open_loggers(self, opened):
-        """The console and the ``train.loggers``, on the main process; each one built is closed by ``opened``."""
+        """The console and the `train.loggers`, on the main process; each one built is closed by `opened`."""
         if not self.is_main:
             return
         tc = self.config["train"]
@@ -247,7 +247,7 @@ class Trainer:
         return self.train_step_fn.last_loss.item()
 
     def progress_status(self, loss):
-        """The progress bar's text after a step whose loss is ``loss``."""
+        """The progress bar's text after a step whose loss is `loss`."""
         last = max(self.step - 1, 0)
         weight = "" if isinstance(self.parts.kl_schedule, Constant) else f" kl_weight {self.parts.kl_schedule(last):.3g}"
         capacity = getattr(self.parts.kl_penalty(last), "capacity", None)
@@ -340,12 +340,12 @@ def train(
 ) -> Path:
     """Train a VAE from a config (a dict, a TOML path, or None for the defaults).
 
-    ``resume=RUN`` continues the run in directory RUN from its last checkpoint (the
-    config is the run's own; ``config``/``overrides`` may only change the keys in
-    ``RESUMABLE_KEYS``, e.g. ``train.epochs`` to train longer). Returns the run
+    `resume=RUN` continues the run in directory RUN from its last checkpoint (the
+    config is the run's own; `config`/`overrides` may only change the keys in
+    `RESUMABLE_KEYS`, e.g. `train.epochs` to train longer). Returns the run
     directory. Config, data and checkpoint are all checked before any file is written.
-    ``data`` trains on your own arrays, tensors or Data instead of ``config["data"]``'s
-    dataset (``data.as_data``); the run records ``data.name = "arrays"``.
+    `data` trains on your own arrays, tensors or Data instead of `config["data"]`'s
+    dataset (`data.as_data`); the run records `data.name = "arrays"`.
     """
     if resume is not None:
         run = Path(resume)
@@ -402,11 +402,11 @@ def _train(config, out, force, resume, state, data):
 
 
 def resolve_threads(threads: int | str) -> int:
-    """The number of torch threads ``train.threads`` asks for; 0: torch's default.
+    """The number of torch threads `train.threads` asks for; 0: torch's default.
 
     "auto" is what the machine's load leaves free when the run starts: round(cores - the
     1-minute load average), at least 1 and at most torch's default (one per core, or
-    ``OMP_NUM_THREADS``). On an idle machine that is torch's default; on a busy two-core machine
+    `OMP_NUM_THREADS`). On an idle machine that is torch's default; on a busy two-core machine
     it is 1, which measured 8-27x faster per step than two threads there (docs/speed.md,
     `experiments/speed.py --threads-default`). Where the load average cannot be read (Windows),
     torch's default."""

@@ -1,16 +1,16 @@
-"""The model kinds, one module each; importing the package registers them all in ``MODEL_KINDS``.
+"""The model kinds, one module each; importing the package registers them all in `MODEL_KINDS`.
 
-- ``vae``: the VAE, whose class is the interface every model kind implements, and the registry
-  ``MODEL_KINDS`` (kind "vae");
-- ``hierarchical``: the VAE with two latent layers (kind "vae" with ``model.latent_dim = [z1, z2]``);
-- ``labeled``: ``LabeledVAE``, the base of the models with labels, and its networks that see y one-hot;
-- ``conditional``: the conditional VAE (kind "cvae");
-- ``m2``: Kingma et al.'s semi-supervised M2 (kind "m2");
-- ``m1m2``: M1+M2, M2 on a trained VAE's codes (kind "m2" with ``model.features``);
-- ``classifier``: the classifiers q(y | x) by name (``CLASSIFIERS``) and the supervised baseline ``fit_classifier``.
+- `vae`: the VAE, whose class is the interface every model kind implements, and the registry
+  `MODEL_KINDS` (kind "vae");
+- `hierarchical`: the VAE with two latent layers (kind "vae" with `model.latent_dim = [z1, z2]`);
+- `labeled`: `LabeledVAE`, the base of the models with labels, and its networks that see y one-hot;
+- `conditional`: the conditional VAE (kind "cvae");
+- `m2`: Kingma et al.'s semi-supervised M2 (kind "m2");
+- `m1m2`: M1+M2, M2 on a trained VAE's codes (kind "m2" with `model.features`);
+- `classifier`: the classifiers q(y | x) by name (`CLASSIFIERS`) and the supervised baseline `fit_classifier`.
 
-A new kind is one new module: a subclass of ``VAE`` (or ``LabeledVAE``) with one
-``@MODEL_KINDS.register("name")`` line, imported here (the import order is the listing's).
+A new kind is one new module: a subclass of `VAE` (or `LabeledVAE`) with one
+`@MODEL_KINDS.register("name")` line, imported here (the import order is the listing's).
 """
 
 # The registered kinds in the listing's order ("vae", "cvae", "m2"): the order of these imports.

@@ -1,5 +1,5 @@
-"""Classifiers of x, by name (``CLASSIFIERS``: M2's q(y | x), ``model.classifier``), and the
-supervised baseline M2 is measured against, ``fit_classifier``: the same network trained on the
+"""Classifiers of x, by name (`CLASSIFIERS`: M2's q(y | x), `model.classifier`), and the
+supervised baseline M2 is measured against, `fit_classifier`: the same network trained on the
 labeled pairs alone."""
 
 from __future__ import annotations
@@ -38,8 +38,8 @@ class MLPClassifier(nn.Module):
 def fit_classifier(classifier: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int = 1000, batch_size: int = 100,
                    lr: float = 1e-3, seed: int = 0) -> nn.Module:
     """Fit a classifier network to the labeled pairs (x, y) alone: Adam on the mean cross-entropy,
-    ``steps`` minibatches of ``batch_size`` drawn from a seeded shuffle. The baseline M2 is measured
-    against (the same network as its q(y | x), without the unlabeled data). Returns ``classifier``."""
+    `steps` minibatches of `batch_size` drawn from a seeded shuffle. The baseline M2 is measured
+    against (the same network as its q(y | x), without the unlabeled data). Returns `classifier`."""
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.Adam(classifier.parameters(), lr)
     classifier.train()

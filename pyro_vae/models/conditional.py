@@ -1,10 +1,12 @@
-"""The conditional VAE (``[model] kind = "cvae"``): y a class label, always observed::
+"""The conditional VAE (`[model] kind = "cvae"`): y a class label, always observed:
 
-    z ~ p(z)                               site "z"
-    x ~ p(x | decoder(z, y))               site "x" (observed)
-    guide: z ~ N(loc(x, y), scale(x, y)^2) site "z"
+```
+z ~ p(z)                               site "z"
+x ~ p(x | decoder(z, y))               site "x" (observed)
+guide: z ~ N(loc(x, y), scale(x, y)^2) site "z"
+```
 
-Networks see y one-hot (``labeled``); the ELBO is conditional on y, log p(x | y) >= E_q[log p(x | z, y)]
+Networks see y one-hot (`labeled`); the ELBO is conditional on y, log p(x | y) >= E_q[log p(x | z, y)]
 - KL(q(z | x, y) || p(z)).
 """
 
@@ -24,7 +26,7 @@ class CVAE(LabeledVAE):
 
     @pyro_method
     def model(self, x: torch.Tensor, y: torch.Tensor | None = None) -> None:
-        """p(z) p(x | z, y) for a minibatch x ``(N, *data_shape)`` and its labels y ``(N,)``."""
+        """p(z) p(x | z, y) for a minibatch x `(N, *data_shape)` and its labels y `(N,)`."""
         x = self._check_batch(x)
         y = self._check_labels(y, x)
         with self.param_store(), pyro.plate("data", x.shape[0]):

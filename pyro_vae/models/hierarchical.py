@@ -1,15 +1,19 @@
-"""A VAE with two stochastic layers (``model.latent_dim = [z1, z2]``).
+"""A VAE with two stochastic layers (`model.latent_dim = [z1, z2]`).
 
-Generative model, for each data point in the ``"data"`` plate::
+Generative model, for each data point in the `"data"` plate:
 
-    z2 ~ p(z2)                          site "z2"  (any prior: normal, mog, vamp, flow, ...)
-    z1 ~ N(mu(z2), diag s(z2)^2)        site "z1"  (the prior link, an MLP of z2)
-    x  ~ p(x | decoder(z1))             site "x"   (the likelihood, observed)
+```
+z2 ~ p(z2)                          site "z2"  (any prior: normal, mog, vamp, flow, ...)
+z1 ~ N(mu(z2), diag s(z2)^2)        site "z1"  (the prior link, an MLP of z2)
+x  ~ p(x | decoder(z1))             site "x"   (the likelihood, observed)
+```
 
-Guide, top-down (Tomczak & Welling 2018's HVAE)::
+Guide, top-down (Tomczak & Welling 2018's HVAE):
 
-    z2 ~ N(encoder_top(x))                                  site "z2"
-    z1 ~ N(encoder_bottom(x) + guide_link(z2))              site "z1"
+```
+z2 ~ N(encoder_top(x))                                  site "z2"
+z1 ~ N(encoder_bottom(x) + guide_link(z2))              site "z1"
+```
 
 Why top-down, q(z2 | x) q(z1 | x, z2), rather than Burda et al.'s bottom-up
 q(z1 | x) q(z2 | z1): the VampPrior p(z2) = (1/K) sum_k q(z2 | u_k) needs q(z2 | x) in
@@ -18,10 +22,10 @@ here sees both x and z2, so it can follow the posterior's dependence on both.
 
 The ELBO is E_q[log p(x | z1)] - E_q[KL(q(z2 | x) || p(z2))] - E_q[KL(q(z1 | x, z2) || p(z1 | z2))].
 Both latent sites are unobserved sample sites of one plate, so every estimator, the KL
-weight (``ScaleLatents`` scales every latent site) and the importance-sampled
+weight (`ScaleLatents` scales every latent site) and the importance-sampled
 log-likelihood treat them as one latent variable: the particle estimators sum their
-log-densities. The programs are this class's own, not ``VAE``'s, so the direct loss and
-the direct importance weights never apply (``has_standard_programs`` is False): every
+log-densities. The programs are this class's own, not `VAE`'s, so the direct loss and
+the direct importance weights never apply (`has_standard_programs` is False): every
 path traces them.
 """
 
@@ -57,19 +61,19 @@ LINK_ACTIVATION = "elu"
 class HierarchicalVAE(VAE):
     """A VAE with latent layers z1 (next to x) and z2 (on top), sites "z1" and "z2".
 
-    ``latent_dim = [z1, z2]``; ``encoder``, ``decoder``, ``likelihood`` and ``prior`` are
+    `latent_dim = [z1, z2]`; `encoder`, `decoder`, `likelihood` and `prior` are
     specs as for `VAE` (the prior sits on z2; the encoder spec builds both the
-    x-networks of the guide). ``link_hidden`` are the hidden widths of the two links from
-    z2 (p(z1 | z2) and the guide's z2 -> z1 term); ``[]`` makes them linear. The guide
-    is diagonal Gaussian in both layers: ``guide`` must be ``"normal"``.
+    x-networks of the guide). `link_hidden` are the hidden widths of the two links from
+    z2 (p(z1 | z2) and the guide's z2 -> z1 term); `[]` makes them linear. The guide
+    is diagonal Gaussian in both layers: `guide` must be `"normal"`.
 
-    It shares ``VAE``'s plumbing (its start, ``VAE._start``: its own param store; the batch check)
-    but builds its own components, so ``VAE.__init__`` is not run.
+    It shares `VAE`'s plumbing (its start, `VAE._start`: its own param store; the batch check)
+    but builds its own components, so `VAE.__init__` is not run.
     """
 
     @classmethod
     def config_options(cls, model: Mapping[str, Any]) -> dict[str, Any]:
-        """``VAE``'s options plus ``link_hidden``, the widths of the links between the two layers."""
+        """`VAE`'s options plus `link_hidden`, the widths of the links between the two layers."""
         cls.refuse_features(model)
         return {"guide": model["guide"], "link_hidden": model["link_hidden"]}
 
@@ -113,7 +117,7 @@ class HierarchicalVAE(VAE):
     # ---- the densities, written once ----
 
     def prior_dist(self) -> TorchDistribution:
-        """p(z2), event shape ``(z2,)`` (a VampPrior is built from ``guide_dist``, q(z2 | x))."""
+        """p(z2), event shape `(z2,)` (a VampPrior is built from `guide_dist`, q(z2 | x))."""
         return self.prior(self.guide_dist)
 
     def conditional_prior_dist(self, z2: torch.Tensor) -> TorchDistribution:
@@ -134,7 +138,7 @@ class HierarchicalVAE(VAE):
 
     @pyro_method
     def model(self, x: torch.Tensor) -> None:
-        """p(z2) p(z1 | z2) p(x | z1) for a minibatch ``x`` of shape ``(N, *data_shape)``."""
+        """p(z2) p(z1 | z2) p(x | z1) for a minibatch `x` of shape `(N, *data_shape)`."""
         x = self._check_batch(x)
         with self.param_store(), pyro.plate("data", x.shape[0]):
             z2 = pyro.sample("z2", self.prior_dist())
@@ -153,12 +157,12 @@ class HierarchicalVAE(VAE):
 
     @torch.no_grad()
     def sample(self, num_samples: int) -> torch.Tensor:
-        """``num_samples`` draws z2 ~ p(z2), z1 ~ p(z1 | z2), shown as E[x | z1]."""
+        """`num_samples` draws z2 ~ p(z2), z1 ~ p(z1 | z2), shown as E[x | z1]."""
         return self.likelihood.mean(self.decoder(self.sample_latents(num_samples)["z1"]))
 
     @torch.no_grad()
     def prior_variances(self, num_samples: int) -> dict[str, torch.Tensor]:
-        """{site: Var_p per dimension}, from ``num_samples`` ancestral draws (z1's marginal has no closed form)."""
+        """{site: Var_p per dimension}, from `num_samples` ancestral draws (z1's marginal has no closed form)."""
         return {site: z.var(0) for site, z in self.sample_latents(num_samples).items()}
 
     @torch.no_grad()

@@ -1,12 +1,12 @@
-"""The models with labels: their base class ``LabeledVAE`` and its networks, which see y one-hot.
+"""The models with labels: their base class `LabeledVAE` and its networks, which see y one-hot.
 
-The kinds built on it (``conditional``: the CVAE, ``m2``: M2, ``m1m2``: M1+M2) take a class label
+The kinds built on it (`conditional`: the CVAE, `m2`: M2, `m1m2`: M1+M2) take a class label
 y in {0, ..., C-1} beside the data point x; networks see y one-hot, concatenated into their input.
 
-These classes redefine ``model`` and ``guide``, so the library's estimators trace them (no
-direct fast path). Their densities are still methods, written once: ``prior_dist()``,
-``label_prior_dist()`` (M2), ``classifier_dist(x)`` (M2), ``likelihood_dist(z, y, x)``,
-``guide_dist(x, y)``.
+These classes redefine `model` and `guide`, so the library's estimators trace them (no
+direct fast path). Their densities are still methods, written once: `prior_dist()`,
+`label_prior_dist()` (M2), `classifier_dist(x)` (M2), `likelihood_dist(z, y, x)`,
+`guide_dist(x, y)`.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ if TYPE_CHECKING:
 
 
 def one_hot(y, num_classes):
-    """Integer labels of any shape -> float one-hot vectors, shape ``(*y.shape, num_classes)``."""
+    """Integer labels of any shape -> float one-hot vectors, shape `(*y.shape, num_classes)`."""
     return F.one_hot(y, num_classes).float()
 
 
@@ -51,11 +51,11 @@ def one_hot(y, num_classes):
 class ConditionalEncoder(nn.Module):
     """q(z | x, y)'s network: a registered encoder whose input carries y one-hot.
 
-    An ``mlp`` encoder (or any encoder of flat data) sees ``[flatten(x), onehot(y)]``; any
-    other encoder of images (``conv``) sees y as C constant extra image channels. ``x`` is
-    ``(N, *data_shape)`` and ``y`` integer labels whose shape broadcasts against ``(N,)``:
-    ``(N,)`` for a labeled batch, ``(C, 1)`` when ``TraceEnum_ELBO`` enumerates y, which gives
-    the guide's ``num_params`` outputs with shape ``(C, N, num_params)`` (the encoder runs once
+    An `mlp` encoder (or any encoder of flat data) sees `[flatten(x), onehot(y)]`; any
+    other encoder of images (`conv`) sees y as C constant extra image channels. `x` is
+    `(N, *data_shape)` and `y` integer labels whose shape broadcasts against `(N,)`:
+    `(N,)` for a labeled batch, `(C, 1)` when `TraceEnum_ELBO` enumerates y, which gives
+    the guide's `num_params` outputs with shape `(C, N, num_params)` (the encoder runs once
     per pair).
     """
 
@@ -85,7 +85,7 @@ class ConditionalEncoder(nn.Module):
 
 
 class ConditionalDecoder(nn.Module):
-    """p(x | z, y)'s network: a registered decoder of the code ``[z, onehot(y)]``
+    """p(x | z, y)'s network: a registered decoder of the code `[z, onehot(y)]`
     (z and y broadcast against each other's batch dimensions)."""
 
     def __init__(self, spec, data_shape, latent_dim, num_classes, num_params):
@@ -107,8 +107,8 @@ class ConditionalDecoder(nn.Module):
 class LabeledVAE(VAE):
     """Base of the models with labels: a VAE whose encoder and decoder also see y (one-hot).
 
-    Options as for `VAE`, plus ``num_classes``. The prior must not be
-    built from the encoder (``vamp``): q(z | x, y) has no single pseudo-input mixture.
+    Options as for `VAE`, plus `num_classes`. The prior must not be
+    built from the encoder (`vamp`): q(z | x, y) has no single pseudo-input mixture.
     """
 
     takes_labels = True  # what the trainer feeds it: (x, y) pairs
@@ -142,7 +142,7 @@ class LabeledVAE(VAE):
 
     @classmethod
     def config_options(cls, model: Mapping[str, Any]) -> dict[str, Any]:
-        """``num_classes``; one latent layer with a diagonal Gaussian guide."""
+        """`num_classes`; one latent layer with a diagonal Gaussian guide."""
         if GUIDES.split_spec(model["guide"], "model.guide")[0] != "normal" or is_two_layer(model["latent_dim"]):
             raise UserError(f"model.kind = {model['kind']!r} has one latent layer with a diagonal Gaussian guide; "
                             "use guide = \"normal\" and an integer latent_dim")
@@ -164,7 +164,7 @@ class LabeledVAE(VAE):
 
     def training_loss(self, estimator: Estimator, features_per_term: float, objective: Mapping[str, Any],
                       data: Data) -> nn.Module:
-        """The conditional negative ELBO of (x, y) pairs (``losses.LabeledNegativeELBO``)."""
+        """The conditional negative ELBO of (x, y) pairs (`losses.LabeledNegativeELBO`)."""
         return LabeledNegativeELBO(self, estimator, features_per_term)
 
     def training_batches(self, data: Data, batch_size: int, epoch_seed: int, noise: torch.Generator | None,
@@ -179,14 +179,14 @@ class LabeledVAE(VAE):
     # ---- the densities, written once ----
 
     def prior_dist(self) -> TorchDistribution:
-        """p(z), event shape ``(latent_dim,)``."""
+        """p(z), event shape `(latent_dim,)`."""
         return self.prior(None)
 
     # The labeled kinds' densities are conditioned on y as well: p(x | z, y), q(z | x, y) take one
     # argument more than VAE's (its callers are this class's own programs and losses).
     def likelihood_dist(self, z: torch.Tensor, y: torch.Tensor,  # type: ignore[override]
                         x: torch.Tensor | None = None) -> TorchDistribution:
-        """p(x | z, y); z ``(..., latent_dim)`` and labels y broadcast against each other."""
+        """p(x | z, y); z `(..., latent_dim)` and labels y broadcast against each other."""
         return self.likelihood(self.decoder(z, y), x)
 
     def guide_dist(self, x: torch.Tensor, y: torch.Tensor) -> TorchDistribution:  # type: ignore[override]
@@ -212,7 +212,7 @@ class LabeledVAE(VAE):
     # ---- uses of a trained model ----
 
     def sample_labels(self, num_samples: int, label: int | None = None) -> torch.Tensor:
-        """``label`` repeated, or (None) every class in turn, sorted: with ``num_samples / C``
+        """`label` repeated, or (None) every class in turn, sorted: with `num_samples / C`
         columns a grid shows one row per class."""
         if label is None:
             return torch.arange(num_samples) * self.num_classes // num_samples
@@ -227,7 +227,7 @@ class LabeledVAE(VAE):
 
     @torch.no_grad()
     def sample(self, num_samples: int, label: int | None = None) -> torch.Tensor:
-        """``num_samples`` draws z ~ p(z) shown as E[x | z, y]: y = ``label``, or every class in turn."""
+        """`num_samples` draws z ~ p(z) shown as E[x | z, y]: y = `label`, or every class in turn."""
         device = next(self.parameters()).device
         y = self.sample_labels(num_samples, label).to(device)
         z = self.prior_dist().sample((num_samples,))
@@ -250,7 +250,7 @@ class LabeledVAE(VAE):
     @torch.no_grad()
     def elbo_terms(self, x: torch.Tensor, y: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """The conditional ELBO log p(x | y) >= E_q[log p(x | z, y)] - KL(q(z | x, y) || p(z)) per data
-        point, one z each: ``elbo``, ``reconstruction``, ``kl`` (closed form where it exists)."""
+        point, one z each: `elbo`, `reconstruction`, `kl` (closed form where it exists)."""
         y = self._check_labels(y, x)
         q = self.guide_dist(x, y)
         z = q.sample()

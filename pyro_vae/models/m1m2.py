@@ -1,4 +1,4 @@
-"""Kingma et al.'s (2014) M1+M2 (``StackedM2``, ``[model] kind = "m2"`` with ``model.features``): M2 on
+"""Kingma et al.'s (2014) M1+M2 (`StackedM2`, `[model] kind = "m2"` with `model.features`): M2 on
 the codes z1 ~ q(z1 | x) of a trained, frozen VAE, as one stacked Pyro program."""
 
 from __future__ import annotations
@@ -28,23 +28,25 @@ if TYPE_CHECKING:
 
 
 class StackedM2(M2):
-    """Kingma et al.'s (2014) M1+M2: M2 on the codes z1 of a trained, frozen VAE (M1), ``model.features``.
+    """Kingma et al.'s (2014) M1+M2: M2 on the codes z1 of a trained, frozen VAE (M1), `model.features`.
 
-    One generative model, whose M1 half is fixed::
+    One generative model, whose M1 half is fixed:
 
-        y ~ p(y), z ~ p(z)                     sites "y", "z" (z: M2's z2)
-        z1 ~ p(z1 | z, y) = likelihood(decoder(z, y))    site "z1" (``model.likelihood``: a continuous one)
-        x ~ p(x | z1)                          site "x" (observed): M1's decoder and likelihood, frozen
-        guide: z1 ~ q(z1 | x)                  M1's guide, frozen: a fresh draw every step (the paper's)
-               y ~ q(y | z1)                   enumerated where not given
-               z ~ q(z | z1, y)
+    ```
+    y ~ p(y), z ~ p(z)                     sites "y", "z" (z: M2's z2)
+    z1 ~ p(z1 | z, y) = likelihood(decoder(z, y))    site "z1" (`model.likelihood`: a continuous one)
+    x ~ p(x | z1)                          site "x" (observed): M1's decoder and likelihood, frozen
+    guide: z1 ~ q(z1 | x)                  M1's guide, frozen: a fresh draw every step (the paper's)
+           y ~ q(y | z1)                   enumerated where not given
+           z ~ q(z | z1, y)
+    ```
 
     Its bound on log p(x) is M1's terms, log p(x | z1) - log q(z1 | x), whose gradients vanish
     (frozen), plus M2's bound with z1 in the place of x: training it is training M2 on codes
-    drawn from q(z1 | x), and ``evaluate`` reports a bound on log p(x) of the images. The
-    classifier sees M1's mean code E_q[z1 | x] (``classify``); ``sample`` and ``reconstruct``
-    go through both decoders (z -> E[z1 | z, y] -> E[x | z1]). ``likelihood`` is the data's
-    (M1's), ``code_likelihood`` M2's p(z1 | z, y).
+    drawn from q(z1 | x), and `evaluate` reports a bound on log p(x) of the images. The
+    classifier sees M1's mean code E_q[z1 | x] (`classify`); `sample` and `reconstruct`
+    go through both decoders (z -> E[z1 | z, y] -> E[x | z1]). `likelihood` is the data's
+    (M1's), `code_likelihood` M2's p(z1 | z, y).
     """
 
     def __init__(self, features, latent_dim=16, encoder="mlp", decoder="mlp", likelihood="gaussian", prior="normal",
@@ -74,7 +76,7 @@ class StackedM2(M2):
     @classmethod
     def from_config(cls, model: Mapping[str, Any], data_shape: int | Sequence[int], data_levels: int | None = None,
                     load_features: Callable[[str, int | Sequence[int]], VAE] | None = None) -> VAE:
-        """M1+M2 on the trained VAE ``load_features(model.features, data_shape)``, with M2's options."""
+        """M1+M2 on the trained VAE `load_features(model.features, data_shape)`, with M2's options."""
         options = cls.config_options(model)
         if load_features is None:
             raise UserError("model.features names a run, and building M1+M2 needs a loader of runs (build.load_features)")
@@ -90,11 +92,11 @@ class StackedM2(M2):
     # ---- the densities: M2's on codes, M1's on data ----
 
     def likelihood_dist(self, z, y, x=None):
-        """p(z1 | z, y); ``x`` here is the code z1 observed, if any."""
+        """p(z1 | z, y); `x` here is the code z1 observed, if any."""
         return self.code_likelihood(self.decoder(z, y), x)
 
     def classifier_dist(self, codes: torch.Tensor) -> TorchDistribution:
-        """q(y | z1), for codes of shape ``(..., code_dim)`` (the importance-sampled evaluation adds a particle dimension)."""
+        """q(y | z1), for codes of shape `(..., code_dim)` (the importance-sampled evaluation adds a particle dimension)."""
         logits = self.classifier(codes.reshape(-1, codes.shape[-1]))
         return dist.Categorical(logits=logits.view(*codes.shape[:-1], self.num_classes))
 
@@ -103,8 +105,8 @@ class StackedM2(M2):
         return self.classifier_dist(self.features.guide_dist(x).sample())
 
     def guide_dist(self, codes, y):
-        """q(z | z1, y), codes ``(..., code_dim)`` with labels of shape ``codes.shape[:-1]`` or
-        broadcasting against its one batch dimension (enumerated y: ``(C, 1)``)."""
+        """q(z | z1, y), codes `(..., code_dim)` with labels of shape `codes.shape[:-1]` or
+        broadcasting against its one batch dimension (enumerated y: `(C, 1)`)."""
         if codes.dim() > 2:  # extra batch dimensions (particles): flatten them for the networks
             batch = codes.shape[:-1]
             params = self.encoder(codes.reshape(-1, codes.shape[-1]), y.expand(batch).reshape(-1))
@@ -158,9 +160,9 @@ class StackedM2(M2):
 
     @torch.no_grad()
     def elbo_terms(self, x, y=None):
-        """M2's ``elbo_terms`` on a draw z1 ~ q(z1 | x), plus M1's log p(x | z1) - log q(z1 | x): the
+        """M2's `elbo_terms` on a draw z1 ~ q(z1 | x), plus M1's log p(x | z1) - log q(z1 | x): the
         stacked model's bound on log p(x) (on log p(x, y) with y), one draw of each latent.
-        ``reconstruction`` = log p(x | z1); ``kl`` = the rest, negated."""
+        `reconstruction` = log p(x | z1); `kl` = the rest, negated."""
         q_z1 = self.features.guide_dist(x)
         z1 = q_z1.sample()
         m2_terms = super().elbo_terms(z1, y)  # M2 with z1 in the place of x

@@ -1,14 +1,16 @@
-"""Kingma et al.'s (2014) semi-supervised M2 (``[model] kind = "m2"``), y observed where known and a latent otherwise::
+"""Kingma et al.'s (2014) semi-supervised M2 (`[model] kind = "m2"`), y observed where known and a latent otherwise:
 
-    y ~ Categorical(1/C)                   site "y" (observed on labeled data)
-    z ~ p(z)                               site "z"
-    x ~ p(x | decoder(z, y))               site "x" (observed)
-    guide: y ~ q(y | x) = Categorical(classifier(x))   only where y is not given,
-                                                      infer={"enumerate": "parallel"}
-           z ~ q(z | x, y)
+```
+y ~ Categorical(1/C)                   site "y" (observed on labeled data)
+z ~ p(z)                               site "z"
+x ~ p(x | decoder(z, y))               site "x" (observed)
+guide: y ~ q(y | x) = Categorical(classifier(x))   only where y is not given,
+                                                  infer={"enumerate": "parallel"}
+       z ~ q(z | x, y)
+```
 
 On a labeled pair the ELBO is L(x, y) = E_q(z|x,y)[log p(x | y, z) + log p(y) + log p(z) - log q(z | x, y)];
-on an unlabeled x, ``TraceEnum_ELBO`` sums y out exactly instead of sampling it:
+on an unlabeled x, `TraceEnum_ELBO` sums y out exactly instead of sampling it:
 
     U(x) = sum_y q(y | x) L(x, y) + H(q(y | x)).
 
@@ -17,12 +19,12 @@ would train only indirectly:
 
     J_alpha = sum_labeled L(x, y) + sum_unlabeled U(x) + alpha * E_labeled[log q(y | x)],  alpha = c N
 
-(``losses.SemiSupervisedLoss``; N is the number of training points, labeled or not; c =
-``objective.classification_weight``, 100 by default, 0.1 in the paper: docs/semi-supervised.md).
+(`losses.SemiSupervisedLoss`; N is the number of training points, labeled or not; c =
+`objective.classification_weight`, 100 by default, 0.1 in the paper: docs/semi-supervised.md).
 
-``model`` and ``guide`` stay Pyro programs: ``SVI(m2.model, m2.guide, optim, TraceEnum_ELBO(max_plate_nesting=1))``
-trains M2 on ``svi.step(x)`` and ``svi.step(x, y)`` (without the classification term unless
-added by hand). With ``model.features``, M2 sits on a trained VAE's codes: M1+M2 (``m1m2``).
+`model` and `guide` stay Pyro programs: `SVI(m2.model, m2.guide, optim, TraceEnum_ELBO(max_plate_nesting=1))`
+trains M2 on `svi.step(x)` and `svi.step(x, y)` (without the classification term unless
+added by hand). With `model.features`, M2 sits on a trained VAE's codes: M1+M2 (`m1m2`).
 """
 
 from __future__ import annotations
@@ -73,16 +75,16 @@ class M2(LabeledVAE):
 
     @classmethod
     def config_options(cls, model: Mapping[str, Any]) -> dict[str, Any]:
-        """``LabeledVAE``'s options plus the classifier q(y | x); ``model.features`` makes M1+M2
-        (``m1m2.StackedM2``, ``build.build_model``)."""
+        """`LabeledVAE`'s options plus the classifier q(y | x); `model.features` makes M1+M2
+        (`m1m2.StackedM2`, `build.build_model`)."""
         return {**super().config_options(model), "classifier": model["classifier"]}
 
     @classmethod
     def refuse_features(cls, model: Mapping[str, Any]) -> None:
-        """M2 takes ``model.features`` (M1+M2)."""
+        """M2 takes `model.features` (M1+M2)."""
 
     def check_setup(self, config: Mapping[str, Any], data: Data, estimator: Estimator) -> None:
-        """``LabeledVAE``'s checks, then M2's: a sum reduction, y summed out exactly by ``enum``."""
+        """`LabeledVAE`'s checks, then M2's: a sum reduction, y summed out exactly by `enum`."""
         super().check_setup(config, data, estimator)
         if config["objective"]["reduction"] == "mean":
             raise UserError(
@@ -100,7 +102,7 @@ class M2(LabeledVAE):
 
     def training_loss(self, estimator: Estimator, features_per_term: float, objective: Mapping[str, Any],
                       data: Data) -> nn.Module:
-        """-J_alpha (``losses.SemiSupervisedLoss``) with the ``[objective]`` section's weights."""
+        """-J_alpha (`losses.SemiSupervisedLoss`) with the `[objective]` section's weights."""
         return SemiSupervisedLoss(
             self, estimator, objective["classification_weight"], len(data.train), data.num_labeled(),
             features_per_term, objective["kl_weight_labels"],
@@ -109,7 +111,7 @@ class M2(LabeledVAE):
     def training_batches(self, data: Data, batch_size: int, epoch_seed: int, noise: torch.Generator | None,
                          device: str | torch.device, rank: int = 0, world_size: int = 1, skip: int = 0,
                          labeled_batch_size: int = 0) -> Iterator[Any]:
-        """One epoch of unlabeled minibatches, each with a labeled one (``data.SemiSupervisedBatch``)."""
+        """One epoch of unlabeled minibatches, each with a labeled one (`data.SemiSupervisedBatch`)."""
         return data.semi_supervised_batches(batch_size, epoch_seed, noise, device, rank, world_size, skip=skip,
                                             labeled_batch_size=labeled_batch_size)
 
@@ -127,7 +129,7 @@ class M2(LabeledVAE):
         return dist.Categorical(logits=self.classifier(x))
 
     def label_dist(self, x: torch.Tensor) -> TorchDistribution:
-        """q(y | x) of data points x, as J_alpha's classification term scores the labels: ``classifier_dist``."""
+        """q(y | x) of data points x, as J_alpha's classification term scores the labels: `classifier_dist`."""
         return self.classifier_dist(x)
 
     # ---- the programs ----
@@ -137,9 +139,9 @@ class M2(LabeledVAE):
         """p(y) p(z) p(x | y, z); y observed where given, else a latent (the guide enumerates it).
 
         y's site is marked for enumeration here too: where y is observed Pyro enumerates nothing
-        (an observed site is never enumerated), but ``TraceEnum_ELBO`` then still finds a site
-        configured for enumeration and does not warn that it found none, so one ``SVI`` with
-        ``TraceEnum_ELBO`` trains both the labeled and the unlabeled steps silently."""
+        (an observed site is never enumerated), but `TraceEnum_ELBO` then still finds a site
+        configured for enumeration and does not warn that it found none, so one `SVI` with
+        `TraceEnum_ELBO` trains both the labeled and the unlabeled steps silently."""
         x = self._check_batch(x)
         y = self._check_labels(y, x, required=False)
         with self.param_store(), pyro.plate("data", x.shape[0]):
@@ -149,7 +151,7 @@ class M2(LabeledVAE):
 
     @pyro_method
     def guide(self, x: torch.Tensor, y: torch.Tensor | None = None) -> None:
-        """q(y | x) (enumerated in parallel under ``TraceEnum_ELBO``) where y is not given, then q(z | x, y)."""
+        """q(y | x) (enumerated in parallel under `TraceEnum_ELBO`) where y is not given, then q(z | x, y)."""
         x = self._check_batch(x)
         y = self._check_labels(y, x, required=False)
         with self.param_store(), pyro.plate("data", x.shape[0]):
@@ -175,7 +177,7 @@ class M2(LabeledVAE):
 
             U(x) = sum_y q(y | x) [log p(x | y, z_y) + log p(y) + log p(z_y) - log q(z_y | x, y)] + H(q(y | x)),
 
-        split as ``reconstruction`` = sum_y q(y | x) log p(x | y, z_y) and ``kl`` = the rest, negated
+        split as `reconstruction` = sum_y q(y | x) log p(x | y, z_y) and `kl` = the rest, negated
         (KL of z in closed form where it exists, plus KL(q(y | x) || p(y)))."""
         if y is not None:
             y = self._check_labels(y, x)

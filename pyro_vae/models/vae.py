@@ -1,27 +1,31 @@
 """The VAE as a pair of Pyro programs.
 
-Generative model, for each data point in the ``"data"`` plate::
+Generative model, for each data point in the `"data"` plate:
 
-    z ~ p(z)                       site "z"  (the prior)
-    x ~ p(x | decoder(z))          site "x"  (the likelihood, observed)
+```
+z ~ p(z)                       site "z"  (the prior)
+x ~ p(x | decoder(z))          site "x"  (the likelihood, observed)
+```
 
-Amortized guide::
+Amortized guide:
 
-    z ~ q(z | encoder(x))          site "z"  (reparameterized; a diagonal Gaussian by default)
+```
+z ~ q(z | encoder(x))          site "z"  (reparameterized; a diagonal Gaussian by default)
+```
 
-The guide's family (``guides``: diagonal, low-rank or full Gaussian, or an inverse
+The guide's family (`guides`: diagonal, low-rank or full Gaussian, or an inverse
 autoregressive flow) decides how many numbers the encoder outputs.
 
-``SVI(vae.model, vae.guide, optim, Trace_ELBO())`` then maximizes
+`SVI(vae.model, vae.guide, optim, Trace_ELBO())` then maximizes
 ELBO(x) = E_q[log p(x | z)] - KL(q(z | x) || p(z)). The model knows nothing of KL
-weights: those are handlers wrapped around it from outside (``annealing``).
+weights: those are handlers wrapped around it from outside (`annealing`).
 
 The three densities are written once, as methods that return distributions
-(``prior_dist``, ``likelihood_dist``, ``guide_dist``). ``model`` and ``guide`` are
+(`prior_dist`, `likelihood_dist`, `guide_dist`). `model` and `guide` are
 built from them, and so is everything that computes the same numbers without
-tracing (the direct losses and log weights in ``objectives``, which ``evaluation``'s
+tracing (the direct losses and log weights in `objectives`, which `evaluation`'s
 importance weights use too): a subclass that changes a density changes every path at once, and
-one that redefines ``model`` or ``guide`` themselves is traced (``has_standard_programs``).
+one that redefines `model` or `guide` themselves is traced (`has_standard_programs`).
 """
 
 from __future__ import annotations
@@ -67,36 +71,38 @@ LINK_HIDDEN = [256]
 
 
 def is_two_layer(latent_dim: object) -> bool:
-    """Whether ``model.latent_dim`` asks for two latent layers (a list ``[z1, z2]``)."""
+    """Whether `model.latent_dim` asks for two latent layers (a list `[z1, z2]`)."""
     return isinstance(latent_dim, (list, tuple))
 
 
 @MODEL_KINDS.register("vae")
 class VAE(PyroModule):
-    """A variational autoencoder whose ``model`` and ``guide`` are Pyro programs.
+    """A variational autoencoder whose `model` and `guide` are Pyro programs.
 
-    Every component is given by a registry name, a table ``{"name": ..., options}``,
-    or an already built module::
+    Every component is given by a registry name, a table `{"name": ..., options}`,
+    or an already built module:
 
-        VAE(data_shape=(1, 28, 28), latent_dim=16,
-            encoder={"name": "mlp", "hidden": [256, 256]},
-            likelihood={"name": "gaussian", "scale": 0.1}, prior="normal", guide="full")
+    ```
+    VAE(data_shape=(1, 28, 28), latent_dim=16,
+        encoder={"name": "mlp", "hidden": [256, 256]},
+        likelihood={"name": "gaussian", "scale": 0.1}, prior="normal", guide="full")
+    ```
 
     The VAE owns its parameters: while its programs run, Pyro's param store is its own
-    (``_pyro_compat.own_param_store``), so parameter sites appear in traces as usual
-    (``SVI`` with a ``pyro.optim`` optimizer trains them) but nothing is left in the
+    (`_pyro_compat.own_param_store`), so parameter sites appear in traces as usual
+    (`SVI` with a `pyro.optim` optimizer trains them) but nothing is left in the
     global store, and two VAEs never share weights. Code that looks parameters up in the
     global store by name between program runs (Pyro's JIT ELBOs do) runs inside
-    ``with vae.param_store():``.
+    `with vae.param_store():`.
 
     **A model kind's interface.** What the library asks of a model it asks of the model's class,
-    never of its type: ``takes_labels`` (it trains and is scored on (x, y) pairs), ``conditional``
-    (its ELBO is conditional on y), ``classifies`` (it has a classifier q(y | x): ``classify``),
-    ``config_options`` and ``from_config`` (its constructor from the ``[model]`` section, with the
-    section's checks), ``check_setup`` (what it refuses of the data, estimator and objective),
-    ``training_loss``, ``training_batches`` and ``training_steps`` (what it trains with and on).
-    A new kind subclasses ``VAE``, overrides what differs and adds one
-    ``@MODEL_KINDS.register("name")`` line, in a module of its own in ``pyro_vae.models``.
+    never of its type: `takes_labels` (it trains and is scored on (x, y) pairs), `conditional`
+    (its ELBO is conditional on y), `classifies` (it has a classifier q(y | x): `classify`),
+    `config_options` and `from_config` (its constructor from the `[model]` section, with the
+    section's checks), `check_setup` (what it refuses of the data, estimator and objective),
+    `training_loss`, `training_batches` and `training_steps` (what it trains with and on).
+    A new kind subclasses `VAE`, overrides what differs and adds one
+    `@MODEL_KINDS.register("name")` line, in a module of its own in `pyro_vae.models`.
     """
 
     takes_labels = False  # trains on (x, y) pairs, and is evaluated and plotted with the true labels
@@ -137,8 +143,8 @@ class VAE(PyroModule):
 
     def _start(self, data_shape: int | Sequence[int]) -> tuple[int, ...]:
         """What every model's constructor does first (the shared construction; a kind that builds
-        its own components, ``HierarchicalVAE``, calls this instead of ``VAE.__init__``): an empty
-        module named "vae" with its own param store, and ``data_shape`` as a tuple, which it returns."""
+        its own components, `HierarchicalVAE`, calls this instead of `VAE.__init__`): an empty
+        module named "vae" with its own param store, and `data_shape` as a tuple, which it returns."""
         PyroModule.__init__(self, name="vae")
         self.data_shape = (data_shape,) if isinstance(data_shape, int) else tuple(data_shape)
         self._param_state = new_param_store_state()  # this model's param store
@@ -148,12 +154,12 @@ class VAE(PyroModule):
 
     @property
     def kind(self) -> str:
-        """The ``model.kind`` this model is of (its class's registered name)."""
+        """The `model.kind` this model is of (its class's registered name)."""
         return self.registered_name
 
     @classmethod
     def config_options(cls, model: Mapping[str, Any]) -> dict[str, Any]:
-        """The constructor's options of this kind from the checked ``[model]`` section, refusing in one
+        """The constructor's options of this kind from the checked `[model]` section, refusing in one
         line the section's keys the kind has no use for."""
         if model["link_hidden"] != LINK_HIDDEN:
             raise UserError("model.link_hidden sets the links between two latent layers; "
@@ -163,7 +169,7 @@ class VAE(PyroModule):
 
     @classmethod
     def refuse_features(cls, model: Mapping[str, Any]) -> None:
-        """``model.features`` (M1+M2) is M2's; every other kind refuses it in one line."""
+        """`model.features` (M1+M2) is M2's; every other kind refuses it in one line."""
         if model["features"]:
             raise UserError(f"model.features (M1+M2: M2 on a trained VAE's codes) is for model.kind = \"m2\", "
                             f"not {model['kind']!r}")
@@ -171,8 +177,8 @@ class VAE(PyroModule):
     @classmethod
     def from_config(cls, model: Mapping[str, Any], data_shape: int | Sequence[int], data_levels: int | None = None,
                     load_features: Callable[[str, int | Sequence[int]], VAE] | None = None) -> VAE:
-        """The model the checked ``[model]`` section describes, for data of shape ``data_shape`` (and
-        ``data_levels``); ``load_features(run, data_shape)`` loads M1 of M1+M2 (``model.features``)."""
+        """The model the checked `[model]` section describes, for data of shape `data_shape` (and
+        `data_levels`); `load_features(run, data_shape)` loads M1 of M1+M2 (`model.features`)."""
         options = cls.config_options(model)
         return cls(data_shape, latent_dim=model["latent_dim"], encoder=model["encoder"], decoder=model["decoder"],
                    likelihood=model["likelihood"], prior=model["prior"], data_levels=data_levels, **options)
@@ -182,7 +188,7 @@ class VAE(PyroModule):
 
     def training_loss(self, estimator: Estimator, features_per_term: float, objective: Mapping[str, Any],
                       data: Data) -> nn.Module:
-        """The loss module this model trains with (``losses``): the negative ELBO of minibatches x."""
+        """The loss module this model trains with (`losses`): the negative ELBO of minibatches x."""
         return NegativeELBO(self, estimator, features_per_term)
 
     def training_batches(self, data: Data, batch_size: int, epoch_seed: int, noise: torch.Generator | None,
@@ -192,12 +198,12 @@ class VAE(PyroModule):
         return data.train_batches(batch_size, epoch_seed, noise, device, rank, world_size, skip=skip)
 
     def training_steps(self, data: Data, batch_size: int) -> int:
-        """Optimizer steps in one epoch of ``training_batches``."""
+        """Optimizer steps in one epoch of `training_batches`."""
         return math.ceil(len(data.train) / batch_size)
 
     @property
     def has_standard_programs(self) -> bool:
-        """Whether ``model`` and ``guide`` are this class's own (a subclass may redefine them);
+        """Whether `model` and `guide` are this class's own (a subclass may redefine them);
         only then may their loss be computed from the densities without tracing them."""
         return type(self).model is VAE.model and type(self).guide is VAE.guide
 
@@ -213,23 +219,23 @@ class VAE(PyroModule):
     # ---- the densities, written once ----
 
     def prior_dist(self) -> TorchDistribution:
-        """p(z), event shape ``(latent_dim,)`` (a VampPrior is built from the guide, ``guide_dist``)."""
+        """p(z), event shape `(latent_dim,)` (a VampPrior is built from the guide, `guide_dist`)."""
         return self.prior(self.guide_dist)
 
     def likelihood_dist(self, z: torch.Tensor, x: torch.Tensor | None = None) -> TorchDistribution:
-        """p(x | z) for codes ``z`` of shape ``(..., latent_dim)``; ``x`` is the observation, if any
-        (the ``optimal`` Gaussian scale is fitted to it)."""
+        """p(x | z) for codes `z` of shape `(..., latent_dim)`; `x` is the observation, if any
+        (the `optimal` Gaussian scale is fitted to it)."""
         return self.likelihood(self.decoder(z), x)
 
     def guide_dist(self, x: torch.Tensor) -> TorchDistribution:
-        """q(z | x), the guide family's distribution at the encoder's output; event shape ``(latent_dim,)``."""
+        """q(z | x), the guide family's distribution at the encoder's output; event shape `(latent_dim,)`."""
         return self.guide_family(self.encoder(x))
 
     # ---- the programs ----
 
     @pyro_method
     def model(self, x: torch.Tensor) -> None:
-        """p(z) p(x | z) for a minibatch ``x`` of shape ``(N, *data_shape)``."""
+        """p(z) p(x | z) for a minibatch `x` of shape `(N, *data_shape)`."""
         x = self._check_batch(x)
         with self.param_store(), pyro.plate("data", x.shape[0]):
             z = pyro.sample("z", self.prior_dist())
@@ -237,7 +243,7 @@ class VAE(PyroModule):
 
     @pyro_method
     def guide(self, x: torch.Tensor) -> None:
-        """q(z | x) (``guide_dist``), reparameterized."""
+        """q(z | x) (`guide_dist`), reparameterized."""
         x = self._check_batch(x)
         with self.param_store(), pyro.plate("data", x.shape[0]):
             pyro.sample("z", self.guide_dist(x))
@@ -254,13 +260,13 @@ class VAE(PyroModule):
 
     @torch.no_grad()
     def sample(self, num_samples: int) -> torch.Tensor:
-        """``num_samples`` draws z ~ p(z), shown as E[x | z] (the likelihood's mean)."""
+        """`num_samples` draws z ~ p(z), shown as E[x | z] (the likelihood's mean)."""
         return self.likelihood.mean(self.decoder(self.sample_latents(num_samples)["z"]))
 
     @torch.no_grad()
     def prior_variances(self, num_samples: int) -> dict[str, torch.Tensor]:
         """{site: Var_p(z_d) per dimension}: in closed form where the prior has one, else from
-        ``num_samples`` draws (a flow)."""
+        `num_samples` draws (a flow)."""
         try:
             return {"z": self.prior_dist().variance}
         except NotImplementedError:
@@ -268,7 +274,7 @@ class VAE(PyroModule):
 
     @torch.no_grad()
     def sample_latents(self, num_samples: int) -> dict[str, torch.Tensor]:
-        """{site: draws from the prior}, ``num_samples`` of each latent site ("z" here)."""
+        """{site: draws from the prior}, `num_samples` of each latent site ("z" here)."""
         return {"z": self.prior_dist().sample((num_samples,))}
 
     @torch.no_grad()

@@ -11,9 +11,9 @@ q(z) = (1/N) sum_n q(z | x_n) the aggregate posterior of the N training examples
 Per data point (z_n ~ q(z | x_n)) the three terms are
 MI_n = log q(z_n | x_n) - log q(z_n), TC_n = log q(z_n) - sum_j log q(z_nj),
 DW_n = sum_j log q(z_nj) - log p(z_n), and they add up to log q(z_n | x_n) - log p(z_n), the
-Monte Carlo KL term of ``trace``, whatever the estimates of log q(z_n) and log q(z_nj) are
-(``kl_decomposition``). For diagonal Gaussian guides the minibatch sums go through a hand-written
-autograd kernel (``aggregate_kernel``).
+Monte Carlo KL term of `trace`, whatever the estimates of log q(z_n) and log q(z_nj) are
+(`kl_decomposition`). For diagonal Gaussian guides the minibatch sums go through a hand-written
+autograd kernel (`aggregate_kernel`).
 """
 
 import math
@@ -29,7 +29,7 @@ SAMPLINGS = ("mws", "mss")
 def diagonal_normal(guide_dist):
     """The Normal factors of a guide that is a diagonal Gaussian (an Independent over the last
     dimension of a Normal, torch's or Pyro's, whose density is Normal's own), else None: for them
-    the log-density array has the closed form the fast paths compute. Pyro's ``Normal`` is a
+    the log-density array has the closed form the fast paths compute. Pyro's `Normal` is a
     subclass of torch's, so the test is on the density, not the exact class."""
     base = getattr(guide_dist, "base_dist", None)
     if (isinstance(base, torch.distributions.Normal) and type(base).log_prob is torch.distributions.Normal.log_prob
@@ -58,16 +58,16 @@ def log_density_matrix(guide_dist, z):
 
 def minibatch_log_densities(log_q, dataset_size, sampling="mws"):
     """Estimates of log q(z_n) and sum_j log q(z_nj), each shape (M,), for the minibatch's own codes
-    z_n ~ q(z | x_n), from ``log_q`` = log q(z_nj | x_m) (M, M, D) (`log_density_matrix`).
+    z_n ~ q(z | x_n), from `log_q` = log q(z_nj | x_m) (M, M, D) (`log_density_matrix`).
 
-    q(z) = (1/N) sum_{n'} q(z | x_n') over the N = ``dataset_size`` training examples; from a
+    q(z) = (1/N) sum_{n'} q(z | x_n') over the N = `dataset_size` training examples; from a
     minibatch, q(z_n) ~ sum_m w_nm q(z_n | x_m) with weights per row summing to 1:
 
-    - ``mws``, minibatch-weighted sampling: w_nm = 1/M (the minibatch stands for the data set,
+    - `mws`, minibatch-weighted sampling: w_nm = 1/M (the minibatch stands for the data set,
       its own point among them; biased towards q(z_n | x_n) by O(1/M)). Chen et al. (2018) print
       the weights 1/(NM), which shifts log q(z) by -log N and the TC by (D - 1) log N:
       constants, so the same gradients, but not the TC's value; here the estimate is of q(z).
-    - ``mss``, minibatch-stratified sampling: w_nn = 1/N for the code's own data point (which
+    - `mss`, minibatch-stratified sampling: w_nn = 1/N for the code's own data point (which
       q(z_n) holds with weight 1/N exactly) and (N - 1) / (N (M - 1)) for each other one (which
       stand for the other N - 1): unbiased for q(z_n) at any M. (Chen et al.'s published code
       builds this matrix with a misplaced diagonal; these are the weights it means.)
@@ -87,7 +87,7 @@ def minibatch_log_densities(log_q, dataset_size, sampling="mws"):
 
 def gaussian_minibatch_log_densities(loc, scale, z, dataset_size, sampling="mws", workspace=None):
     """`minibatch_log_densities` for diagonal Gaussian posteriors, through `aggregate_kernel.GaussianAggregate`
-    (``workspace``: its arrays, reused on a CPU; see `aggregate_kernel.Workspace`)."""
+    (`workspace`: its arrays, reused on a CPU; see `aggregate_kernel.Workspace`)."""
     m = len(loc)
     joint, marginals = GaussianAggregate.apply(z, loc, scale, workspace if z.device.type == "cpu" else None)
     joint, marginals = joint - math.log(m), marginals - math.log(m)
@@ -111,7 +111,7 @@ def _stratified(log_uniform, log_own, m, dataset_size):
 
 def kl_decomposition(guide_dist, prior_dist, z, dataset_size, sampling="mws", workspace=None):
     """The three terms of the KL per data point (Chen et al. 2018), each shape (M,):
-    ``(mi, tc, dimension_wise)``, with log q(z) and log q(z_j) from `minibatch_log_densities`;
+    `(mi, tc, dimension_wise)`, with log q(z) and log q(z_j) from `minibatch_log_densities`;
     they add up to log q(z_n | x_n) - log p(z_n) exactly."""
     base = diagonal_normal(guide_dist)
     if base is not None:

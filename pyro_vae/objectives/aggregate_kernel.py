@@ -1,6 +1,6 @@
 """The hand-written autograd kernel of the aggregate posterior's minibatch sums for diagonal
-Gaussian guides (``GaussianAggregate``, used by ``aggregate.gaussian_minibatch_log_densities``),
-and the ``Workspace`` of arrays it reuses from one training step to the next on a CPU."""
+Gaussian guides (`GaussianAggregate`, used by `aggregate.gaussian_minibatch_log_densities`),
+and the `Workspace` of arrays it reuses from one training step to the next on a CPU."""
 
 import math
 
@@ -15,16 +15,16 @@ class Workspace:
     pages are mapped and zeroed anew by the allocator every step); on a GPU the caching allocator
     already reuses memory, and a workspace is not used.
 
-    The arrays are lent to one autograd graph at a time: ``take`` marks them lent when the graph
+    The arrays are lent to one autograd graph at a time: `take` marks them lent when the graph
     will need them for its backward pass, the backward pass gives them back, and while they are
     lent (two losses built before one backward, or a graph dropped without one) every further
-    ``take`` gets fresh arrays, so no two live graphs ever share memory."""
+    `take` gets fresh arrays, so no two live graphs ever share memory."""
 
     def __init__(self):
         self.arrays, self.lent = None, False
 
     def take(self, shape, like, for_backward):
-        """Three arrays of ``shape`` with ``like``'s dtype and device; lent when ``for_backward``."""
+        """Three arrays of `shape` with `like`'s dtype and device; lent when `for_backward`."""
         if self.lent:
             return self._empty(shape, like)
         kept = self.arrays
@@ -43,9 +43,9 @@ class Workspace:
 
 class GaussianAggregate(torch.autograd.Function):
     """For diagonal Gaussians q(z | x_m) = N(loc_m, diag scale_m^2) and codes z_n:
-    ``logsumexp_m sum_j log q(z_nj | x_m)`` (N,) and ``logsumexp_m log q(z_nj | x_m)`` (N, D), the uniform
+    `logsumexp_m sum_j log q(z_nj | x_m)` (N,) and `logsumexp_m log q(z_nj | x_m)` (N, D), the uniform
     minibatch sums of `aggregate.minibatch_log_densities` before their -log M, with a hand-written
-    backward pass. Tested against autograd (``torch.autograd.gradcheck``) and against
+    backward pass. Tested against autograd (`torch.autograd.gradcheck`) and against
     `aggregate.log_density_matrix` with autograd.
 
     With t = log q(z_nj | x_m) = -a^2 / 2 - log scale_mj - log(2 pi) / 2, a = (z_nj - loc_mj) / scale_mj:
@@ -55,7 +55,7 @@ class GaussianAggregate(torch.autograd.Function):
     - the arrays are laid out (D, N, M), data points m innermost, and written into arrays made
       so (left to broadcasting, (z_n - loc_m) comes out with D innermost, and every later pass
       strides): the logsumexp over m reduces the contiguous axis, the sums over n add whole rows;
-    - three (D, N, M) arrays are written, a (one ``addcmul``) and exp(t - peak) forward and dL/dt
+    - three (D, N, M) arrays are written, a (one `addcmul`) and exp(t - peak) forward and dL/dt
       backward, every other pass works in place in one of them; on a CPU they come from a
       `Workspace` kept by the estimator, since a fresh array there costs several passes;
     - the logsumexp over m is shifted by an upper bound of t per dimension,
@@ -63,8 +63,8 @@ class GaussianAggregate(torch.autograd.Function):
       (M, D) scales, instead of the maximum over the (N, M, D) array (a strided pass and a
       subtraction saved); exp(t - peak_j) <= 1 cannot overflow, and the code's own data point
       m = n keeps the sum away from underflow (its term is exp(-eps^2 / 2) scale ratio, eps ~ N(0, 1));
-    - t - peak is one ``addcmul``, exponentiated in place and kept for the backward pass (no
-      second exp); the incoming gradients are combined into dL/dt by another ``addcmul``;
+    - t - peak is one `addcmul`, exponentiated in place and kept for the backward pass (no
+      second exp); the incoming gradients are combined into dL/dt by another `addcmul`;
     - the sum over m of dL/dt a / scale_m (z's gradient) is a batched matrix product with the
       (D, M) reciprocals, which reads the array, not a product that rewrites it first.
     """

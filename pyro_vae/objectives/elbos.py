@@ -1,8 +1,8 @@
 """Estimators that are one of Pyro's ELBOs (and its JIT twin): trace, meanfield, enum, stl.
 
 For the library's own programs trace and meanfield compute the same loss directly
-(``terms.reparameterized_loss``) and stl from the direct log weights, without tracing; under
-``jit = true`` the KL weight is an argument of the compiled function (:func:`_weight_as_argument`).
+(`terms.reparameterized_loss`) and stl from the direct log weights, without tracing; under
+`jit = true` the KL weight is an argument of the compiled function (`_weight_as_argument`).
 """
 
 import contextlib
@@ -21,14 +21,14 @@ from .terms import reparameterized_loss
 
 
 def _weight_as_argument(fn):
-    """``fn(x)`` as ``fn(x, kl_weight, batch_size=...)``: under ``torch.jit.trace`` the weight is
-    then a graph input, so a changing schedule changes the compiled loss. ``batch_size`` is
+    """`fn(x)` as `fn(x, kl_weight, batch_size=...)`: under `torch.jit.trace` the weight is
+    then a graph input, so a changing schedule changes the compiled loss. `batch_size` is
     a keyword only so that Pyro's JIT cache compiles once per batch size (a short last batch).
 
-    Why an argument: Pyro's ``JitTrace_ELBO`` runs the programs once under ``torch.jit.trace``
+    Why an argument: Pyro's `JitTrace_ELBO` runs the programs once under `torch.jit.trace`
     and replays the recorded graph on every later call, so a weight the handler reads from
-    Python (a number, or ``kl_scaled(vae.model, lambda: weight)``) is read once, while tracing,
-    and recorded as a constant. With Pyro 1.9.2, ``JitTrace_ELBO`` on ``kl_scaled`` programs
+    Python (a number, or `kl_scaled(vae.model, lambda: weight)`) is read once, while tracing,
+    and recorded as a constant. With Pyro 1.9.2, `JitTrace_ELBO` on `kl_scaled` programs
     whose callable weight changed from 1 to 4 between calls returned the same loss at the same
     seed, bit for bit: the change is silently ignored. As a tensor argument the weight is an
     input of the graph (tested: the JIT loss equals the eager one at every weight, one compilation)."""
@@ -127,8 +127,8 @@ class MeanFieldEstimator(ReparameterizedELBO):
 class Enumerated(PyroELBO):
     """TraceEnum_ELBO: discrete latents marked for enumeration (M2's label) summed out exactly; else Trace_ELBO.
 
-    A guide site with ``infer={"enumerate": "parallel"}`` is not sampled but taken at all its
-    values at once, on a tensor dimension left of the plates (``max_plate_nesting = 1``:
+    A guide site with `infer={"enumerate": "parallel"}` is not sampled but taken at all its
+    values at once, on a tensor dimension left of the plates (`max_plate_nesting = 1`:
     the "data" plate), and the ELBO sums them weighted by q: for M2's label,
     sum_y q(y | x) [log p(x, y, z_y) - log q(z_y | x, y)] + H(q(y | x)), exactly.
     """
@@ -148,12 +148,12 @@ class Enumerated(PyroELBO):
 class StickingTheLanding(PyroELBO):
     """Sticking the landing (Roeder et al. 2017): pathwise ELBO gradient without the score term of log q.
 
-    Computed from the per data point log weights (``log_weights``, the guide wrapped in
-    ``PathDerivative``; ``direct_log_weights`` for the library's own programs): loss =
+    Computed from the per data point log weights (`log_weights`, the guide wrapped in
+    `PathDerivative`; `direct_log_weights` for the library's own programs): loss =
     -sum_n mean_k [log p(x_n, z_nk) - log q~(z_nk | x_n)], with q~ at detached parameters.
     For a guide whose sites are all reparameterized this is Pyro's
-    ``Trace_ELBO`` surrogate (tested equal), without its ``.item()`` per site, so it never
-    reads from the device (a CUDA graph can capture it). ``jit = true`` uses Pyro's JIT ELBO.
+    `Trace_ELBO` surrogate (tested equal), without its `.item()` per site, so it never
+    reads from the device (a CUDA graph can capture it). `jit = true` uses Pyro's JIT ELBO.
     """
 
     guide_wrapper = PathDerivative
@@ -165,7 +165,7 @@ class StickingTheLanding(PyroELBO):
         return -(log_p - log_q).mean(0).sum()
 
     def direct_loss(self, vae, x, kl_weight):
-        """The same, from :func:`direct_log_weights` (the library's own programs, not under ``jit``)."""
+        """The same, from `direct_log_weights` (the library's own programs, not under `jit`)."""
         if self.jit:
             return None
         log_w, _ = direct_log_weights(vae, x, self.num_particles, kl_weight, self.guide_wrapper)

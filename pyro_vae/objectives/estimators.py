@@ -1,10 +1,10 @@
 """The estimators' base class and registry: what every estimator does the same way.
 
-An estimator turns ``(model, guide, x)`` into a differentiable loss, summed over the minibatch,
+An estimator turns `(model, guide, x)` into a differentiable loss, summed over the minibatch,
 whose gradient is the chosen estimator of the objective's gradient. The registered ones live by
-family, as in ``pyro.infer``: ``elbos`` (one of Pyro's ELBOs: trace, meanfield, enum, stl)
-and ``particles`` (built on per data point log weights: score, renyi, iwae, dreg, tail_adaptive).
-Adding one is one class and one ``@ESTIMATORS.register`` line: the messages below and the tests'
+family, as in `pyro.infer`: `elbos` (one of Pyro's ELBOs: trace, meanfield, enum, stl)
+and `particles` (built on per data point log weights: score, renyi, iwae, dreg, tail_adaptive).
+Adding one is one class and one `@ESTIMATORS.register` line: the messages below and the tests'
 parametrizations read the registry and the class attributes.
 """
 
@@ -31,12 +31,12 @@ ESTIMATORS = Registry("estimator")
 
 
 class Estimator(nn.Module):
-    """Base class: ``loss(model, guide, x, kl_weight=None)``, a differentiable loss summed over x.
+    """Base class: `loss(model, guide, x, kl_weight=None)`, a differentiable loss summed over x.
 
-    ``loss`` applies the KL weight (see the docstring of the package, ``pyro_vae.objectives``) and
-    calls the subclass's ``differentiable_loss(model, guide, x)``; a subclass that can compute the
-    loss of the library's own VAE programs without tracing them defines ``direct_loss(vae, x, kl_weight)``.
-    An ``nn.Module`` only so that estimators with state (baselines) move, train and
+    `loss` applies the KL weight (see the docstring of the package, `pyro_vae.objectives`) and
+    calls the subclass's `differentiable_loss(model, guide, x)`; a subclass that can compute the
+    loss of the library's own VAE programs without tracing them defines `direct_loss(vae, x, kl_weight)`.
+    An `nn.Module` only so that estimators with state (baselines) move, train and
     checkpoint like the VAE; most have none.
     """
 
@@ -87,12 +87,12 @@ class Estimator(nn.Module):
         y: torch.Tensor | None = None,
         sites: Iterable[str] | None = None,
     ) -> torch.Tensor:
-        """The loss of ``model``/``guide`` on ``x`` with the latent sites' log-densities scaled by
-        ``kl_weight`` (None or 1: unweighted; a number, 0-dim tensor, or a callable read once);
-        with a ``kl_penalty``, -(reconstruction - kl_weight * kl_penalty(KL)) instead.
+        """The loss of `model`/`guide` on `x` with the latent sites' log-densities scaled by
+        `kl_weight` (None or 1: unweighted; a number, 0-dim tensor, or a callable read once);
+        with a `kl_penalty`, -(reconstruction - kl_weight * kl_penalty(KL)) instead.
 
-        ``y``: labels, passed on as the programs' second argument, ``model(x, y)``, by the
-        estimators that ``support_labels``. ``sites``: the latent sites the weight scales
+        `y`: labels, passed on as the programs' second argument, `model(x, y)`, by the
+        estimators that `support_labels`. `sites`: the latent sites the weight scales
         (None: all of them)."""
         if callable(kl_weight):
             kl_weight = kl_weight()
@@ -127,10 +127,10 @@ class Estimator(nn.Module):
         raise NotImplementedError
 
     def capture_obstacle(self, vae: Programs) -> str | None:
-        """Why a CUDA graph cannot capture this estimator's step for ``vae``, or None if it can:
-        the loss must never read a value from the device (``.item()``, a Python branch on a
-        tensor). Capture is opt-in: an estimator declares ``capturable = True`` (the particle
-        estimators' losses are tensor arithmetic on ``log_weights``)."""
+        """Why a CUDA graph cannot capture this estimator's step for `vae`, or None if it can:
+        the loss must never read a value from the device (`.item()`, a Python branch on a
+        tensor). Capture is opt-in: an estimator declares `capturable = True` (the particle
+        estimators' losses are tensor arithmetic on `log_weights`)."""
         if self.jit:
             return "objective.jit = true compiles the loss with torch.jit, which is not captured"
         if not self.capturable:
@@ -150,7 +150,7 @@ class Estimator(nn.Module):
             )
 
     def check_kl_weight(self, constant: float | None = None) -> None:
-        """Refuse a KL weight this estimator cannot honour (``constant`` None: a schedule)."""
+        """Refuse a KL weight this estimator cannot honour (`constant` None: a schedule)."""
         if not self.supports_kl_weight and constant != 1.0:
             raise UserError(
                 f"estimator {self.registered_name!r} cannot weight the KL term: inside an importance "
@@ -158,7 +158,7 @@ class Estimator(nn.Module):
             )
 
     def check_kl_penalty(self, what: str = "capacity") -> None:
-        """Refuse a KL penalty (``what``: "capacity" or "free bits") this estimator cannot honour."""
+        """Refuse a KL penalty (`what`: "capacity" or "free bits") this estimator cannot honour."""
         if not self.supports_kl_penalty:
             able = ", ".join(ESTIMATORS.names(supports_kl_penalty=True))
             raise UserError(

@@ -1,4 +1,4 @@
-"""``factorvae`` (Kim & Mnih 2018): the ELBO minus gamma TC, TC estimated by a discriminator
+"""`factorvae` (Kim & Mnih 2018): the ELBO minus gamma TC, TC estimated by a discriminator
 D(z) that tells codes z ~ q(z) from codes with each dimension permuted across the minibatch
 (draws of prod_j q(z_j)): at its optimum logit D(z) = log q(z) / prod_j q(z_j), so
 TC = E_q(z) logit D(z). The discriminator has its own optimizer (Adam, lr 1e-4, betas
@@ -60,9 +60,9 @@ def density_ratio_tc(discriminator, z):
 class FactorVAE(TotalCorrelationEstimator):
     """FactorVAE (Kim & Mnih 2018): the ELBO minus gamma times the total correlation, estimated by a discriminator.
 
-    Options: ``gamma`` (weight of the total correlation, default 10), ``hidden`` (the
+    Options: `gamma` (weight of the total correlation, default 10), `hidden` (the
     discriminator's hidden widths, default [256, 256]; Kim & Mnih: six layers of 1000),
-    ``lr`` (its Adam learning rate, default 1e-4, betas (0.5, 0.9)). Its parameters and its
+    `lr` (its Adam learning rate, default 1e-4, betas (0.5, 0.9)). Its parameters and its
     optimizer's state are checkpointed with the estimator; it is trained by its own optimizer, not the VAE's.
     """
 
@@ -87,7 +87,7 @@ class FactorVAE(TotalCorrelationEstimator):
             self._pending_state = None
 
     def parameters(self, recurse=True):
-        """None for the VAE's optimizer: the discriminator is trained by its own (``self.optimizer``)."""
+        """None for the VAE's optimizer: the discriminator is trained by its own (`self.optimizer`)."""
         return iter(())
 
     def get_extra_state(self):

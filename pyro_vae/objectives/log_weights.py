@@ -1,10 +1,10 @@
 """Per data point log weights, log w_k = log p(x, z_k) - log q(z_k | x), traced and direct, side by side.
 
-The traced weights (:func:`log_weights`) work for any model and guide whose sample sites hold one
-value per data point; the direct ones (:func:`direct_log_weights`) compute the same numbers for the
-library's own ``VAE.model``/``VAE.guide`` (:func:`standard_vae`) without tracing them. The particle
+The traced weights (`log_weights`) work for any model and guide whose sample sites hold one
+value per data point; the direct ones (`direct_log_weights`) compute the same numbers for the
+library's own `VAE.model`/`VAE.guide` (`standard_vae`) without tracing them. The particle
 estimators train on them, evaluation's importance-sampled log-likelihood estimates log p(x) from them,
-and :func:`importance_weighted_bound` turns them into the IWAE and Renyi bounds.
+and `importance_weighted_bound` turns them into the IWAE and Renyi bounds.
 """
 
 import math
@@ -23,19 +23,19 @@ from .rewrap import RewrapLatents
 
 
 def repeat_particles(x, num_particles):
-    """``x`` repeated K times along its first dimension: row k * N + n is particle k of data point n."""
+    """`x` repeated K times along its first dimension: row k * N + n is particle k of data point n."""
     return x.repeat(num_particles, *([1] * (x.dim() - 1))) if num_particles > 1 else x
 
 
 def particle_traces(model, guide, x, num_particles=1, guide_wrapper=None, labels=(), encode_once=False):
     """The guide's trace for K particles per data point of x, and the model's replayed against it on x
     repeated K times (row k * N + n is particle k of data point n, the model's networks and plates
-    seeing an ordinary batch of K * N). ``guide_wrapper`` re-wraps the guide's latent sites
-    (:class:`RewrapLatents`); ``labels`` are the programs' further arguments (a conditional model's
+    seeing an ordinary batch of K * N). `guide_wrapper` re-wraps the guide's latent sites
+    (`RewrapLatents`); `labels` are the programs' further arguments (a conditional model's
     y), repeated likewise.
 
-    The guide runs on x repeated K times too, or, with ``encode_once``, once on x inside a
-    ``"particles"`` plate (dim -2, left of the ``"data"`` plate), so its encoder sees each data point
+    The guide runs on x repeated K times too, or, with `encode_once`, once on x inside a
+    `"particles"` plate (dim -2, left of the `"data"` plate), so its encoder sees each data point
     once and draws K codes for it, shape (K, N, ...); the model is then replayed against those codes
     flattened particle-major.
     """
@@ -56,10 +56,10 @@ def particle_traces(model, guide, x, num_particles=1, guide_wrapper=None, labels
 
 def log_weights(model, guide, x, num_particles=1, guide_wrapper=None, labels=(), encode_once=False, scaled=True):
     """log p(x_i, z_ki) and log q(z_ki | x_i) for K particles z_ki ~ q(z | x_i), each (K, N), and the
-    guide's trace (:func:`particle_traces` draws them: ``guide_wrapper``, ``labels``, ``encode_once``).
+    guide's trace (`particle_traces` draws them: `guide_wrapper`, `labels`, `encode_once`).
 
-    ``scaled``: each site's log-density carries its handlers' scale and mask (a KL weight: what the
-    training bounds optimize); else it is read from the site's distribution, ``fn.log_prob(value)``,
+    `scaled`: each site's log-density carries its handlers' scale and mask (a KL weight: what the
+    training bounds optimize); else it is read from the site's distribution, `fn.log_prob(value)`,
     so no KL weight or subsampling scale around the programs can leak into the numbers (evaluation's
     estimate of log p(x)). Every sample site must hold one value per data point (in the plate).
     """
@@ -106,9 +106,9 @@ def importance_weighted_bound(log_w, alpha=0.0):
 
 
 def standard_vae(model, guide):
-    """The VAE whose own, unmodified ``model`` and ``guide`` these are, run under no handler; else None.
+    """The VAE whose own, unmodified `model` and `guide` these are, run under no handler; else None.
 
-    Only then do the direct computations (:func:`direct_log_weights`, ``terms.reparameterized_loss``)
+    Only then do the direct computations (`direct_log_weights`, `terms.reparameterized_loss`)
     compute exactly what Pyro would: a subclass may redefine the programs, a wrapper or an enclosing
     handler may change them.
     """
@@ -119,18 +119,18 @@ def standard_vae(model, guide):
 
 
 def direct_log_weights(vae, x, num_particles, kl_weight=None, guide_wrapper=None):
-    """log w_k = log p(x, z_k) - log q(z_k | x) for ``VAE.model``/``VAE.guide``, shape ``(K, N)``,
-    computed directly: what the traced particle path (:func:`log_weights`, x repeated K times)
+    """log w_k = log p(x, z_k) - log q(z_k | x) for `VAE.model`/`VAE.guide`, shape `(K, N)`,
+    computed directly: what the traced particle path (`log_weights`, x repeated K times)
     computes for those programs, without tracing them and with the encoder run once per data point.
     Under a KL weight w, as under the handler that scales the latent sites,
-    log w_k = log p(x | z_k) - w (log q(z_k | x) - log p(z_k)); ``guide_wrapper`` wraps q as
-    :class:`RewrapLatents` wraps the guide's site (``PathDerivative``: log q at detached parameters).
-    Also returns the draws z, shape ``(K, N, latent_dim)``.
+    log w_k = log p(x | z_k) - w (log q(z_k | x) - log p(z_k)); `guide_wrapper` wraps q as
+    `RewrapLatents` wraps the guide's site (`PathDerivative`: log q at detached parameters).
+    Also returns the draws z, shape `(K, N, latent_dim)`.
 
-    The guide's draw for K particles, ``q(z | x).rsample((K,))``, takes the same standard normals
+    The guide's draw for K particles, `q(z | x).rsample((K,))`, takes the same standard normals
     in the same order as the traced path's draw for x repeated K times (row k * N + n is
-    particle k of data point n), and every density is the VAE's own (``guide_dist``,
-    ``prior_dist``, ``likelihood_dist``), so values and gradients are the same.
+    particle k of data point n), and every density is the VAE's own (`guide_dist`,
+    `prior_dist`, `likelihood_dist`), so values and gradients are the same.
     """
     n = x.shape[0]
     guide = vae.guide_dist(x)

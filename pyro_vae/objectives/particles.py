@@ -1,8 +1,8 @@
-"""Estimators built on per data point log weights (``log_weights``): score, renyi, iwae, dreg, tail_adaptive.
+"""Estimators built on per data point log weights (`log_weights`): score, renyi, iwae, dreg, tail_adaptive.
 
 Each computes its loss from log w_k = log p(x, z_k) - log q(z_k | x) for K particles per data
-point, traced (:func:`log_weights`) or, for the library's own programs, direct
-(:func:`direct_log_weights`): tensor arithmetic only, so a CUDA graph can capture every one.
+point, traced (`log_weights`) or, for the library's own programs, direct
+(`direct_log_weights`): tensor arithmetic only, so a CUDA graph can capture every one.
 """
 
 import math
@@ -19,9 +19,9 @@ from .rewrap import PathDerivative, ScoreFunctionOnly
 
 
 class ParticleEstimator(Estimator):
-    """Base class for estimators built on per data point log weights (``log_weights``).
+    """Base class for estimators built on per data point log weights (`log_weights`).
 
-    The K particles are always drawn as one batch of K * N, whatever ``vectorize_particles`` says.
+    The K particles are always drawn as one batch of K * N, whatever `vectorize_particles` says.
     """
 
     capturable = True  # tensor arithmetic on the log weights, whatever the model
@@ -39,11 +39,11 @@ class ScoreFunction(ParticleEstimator):
     has the gradient E_q[d log p] + E_q[(log w - b) d log q], unbiased for any b that
     does not depend on z. The baseline is one number per data point:
 
-    - ``decaying_average``: one scalar, the running mean of log w over past steps
+    - `decaying_average`: one scalar, the running mean of log w over past steps
       (b <- decay b + (1 - decay) mean(log w)), the same for every data point, so a
       short last batch is neither a crash nor a mix-up of positions (Pyro's is kept
       per batch position);
-    - ``neural``: b(x) from a small MLP of x, fitted by least squares to log w.
+    - `neural`: b(x) from a small MLP of x, fitted by least squares to log w.
 
     The score term uses the *unscaled* log q: under a KL weight beta the objective is
     E_q[log p(x|z)] + beta E_q[log p(z) - log q], whose score gradient is
@@ -111,7 +111,7 @@ class Renyi(ParticleEstimator):
         return -importance_weighted_bound(log_p - log_q, self.alpha).sum()
 
     def direct_loss(self, vae, x, kl_weight):
-        """The same bound from :func:`direct_log_weights` (the library's own programs). Training
+        """The same bound from `direct_log_weights` (the library's own programs). Training
         passes the weight as a tensor (1 here: a config refuses any other for this estimator)."""
         log_w, _ = direct_log_weights(vae, x, self.num_particles, kl_weight)
         return -importance_weighted_bound(log_w, self.alpha).sum()
@@ -146,14 +146,14 @@ class DReG(ParticleEstimator):
         return self._loss(log_p - log_q, codes, particle_dims=1)  # a site's rows: k * N + n
 
     def direct_loss(self, vae, x, kl_weight):
-        """The same, from :func:`direct_log_weights` (z of shape (K, N, d))."""
+        """The same, from `direct_log_weights` (z of shape (K, N, d))."""
         log_w, z = direct_log_weights(vae, x, self.num_particles, kl_weight, PathDerivative)
         return self._loss(log_w, [z], particle_dims=2)
 
     @staticmethod
     def _loss(log_w, codes, particle_dims):
-        """The surrogate from log weights (K, N) and the draws ``codes``, whose first
-        ``particle_dims`` dimensions hold the K * N (particle, data point) pairs, particle-major."""
+        """The surrogate from log weights (K, N) and the draws `codes`, whose first
+        `particle_dims` dimensions hold the K * N (particle, data point) pairs, particle-major."""
         normalized = torch.softmax(log_w.detach(), 0)
         for z in codes:
             if z.requires_grad:
@@ -170,7 +170,7 @@ class TailAdaptive(ParticleEstimator):
     For each data point, particle k gets the weight gamma_k = F(w_k)^beta, F(w_k) the
     fraction of particles j with w_j >= w_k (so beta < 0 favours heavy-tailed w), and
     the gradient is sum_k gamma_k d log w_k / sum_k gamma_k. The loss value is the
-    K-particle average ELBO. Unlike Pyro's ``TraceTailAdaptive_ELBO`` (which ranks the
+    K-particle average ELBO. Unlike Pyro's `TraceTailAdaptive_ELBO` (which ranks the
     whole minibatch jointly and needs vectorized particles), weights are per data point,
     so minibatches are an unbiased sum of per data point objectives.
     """
@@ -187,7 +187,7 @@ class TailAdaptive(ParticleEstimator):
         return self._loss(log_p - log_q)
 
     def direct_loss(self, vae, x, kl_weight):
-        """The same, from :func:`direct_log_weights`."""
+        """The same, from `direct_log_weights`."""
         return self._loss(direct_log_weights(vae, x, self.num_particles, kl_weight)[0])
 
     def _loss(self, log_w):

@@ -12,11 +12,11 @@ if TYPE_CHECKING:
 
 
 class Programs(Protocol):
-    """A model as the estimators see it: its Pyro programs ``model`` and ``guide`` (what every
-    estimator traces), whether they are its class's own, unmodified ones (``has_standard_programs``:
+    """A model as the estimators see it: its Pyro programs `model` and `guide` (what every
+    estimator traces), whether they are its class's own, unmodified ones (`has_standard_programs`:
     only then may an estimator compute their loss directly, without tracing), and the densities
-    the direct computations read: ``prior_dist()`` p(z), ``likelihood_dist(z, x)`` p(x | z) and
-    ``guide_dist(x)`` q(z | x). The library's ``models.VAE`` is one."""
+    the direct computations read: `prior_dist()` p(z), `likelihood_dist(z, x)` p(x | z) and
+    `guide_dist(x)` q(z | x). The library's `models.VAE` is one."""
 
     def model(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> None: ...
 

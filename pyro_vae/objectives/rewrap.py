@@ -1,7 +1,7 @@
 """The guide's latent distributions, re-wrapped to change only a gradient path.
 
-``ScoreFunctionOnly`` cuts the reparameterized path (the score estimator), ``PathDerivative``
-scores z at detached parameters (stl, dreg); ``RewrapLatents`` applies either to every latent
+`ScoreFunctionOnly` cuts the reparameterized path (the score estimator), `PathDerivative`
+scores z at detached parameters (stl, dreg); `RewrapLatents` applies either to every latent
 site of a program.
 """
 
@@ -13,10 +13,10 @@ from ..registry import UserError
 
 
 class _Rewrapped(TorchDistribution):
-    """A distribution that samples and scores like ``base``; subclasses change one gradient path.
+    """A distribution that samples and scores like `base`; subclasses change one gradient path.
 
-    A subclass, not ``base.has_rsample_(False)``: Pyro 1.9 refuses ``has_rsample_`` on
-    an ``Independent`` that a plate has already expanded.
+    A subclass, not `base.has_rsample_(False)`: Pyro 1.9 refuses `has_rsample_` on
+    an `Independent` that a plate has already expanded.
     """
 
     arg_constraints = {}
@@ -40,7 +40,7 @@ class _Rewrapped(TorchDistribution):
 
 
 class ScoreFunctionOnly(_Rewrapped):
-    """``base`` marked non-reparameterized: z is drawn without a gradient path, so an ELBO
+    """`base` marked non-reparameterized: z is drawn without a gradient path, so an ELBO
     differentiates it only through the score, E_q[f(z) d/dphi log q(z)]."""
 
     has_rsample = False
@@ -55,7 +55,7 @@ class ScoreFunctionOnly(_Rewrapped):
 
 
 class PathDerivative(_Rewrapped):
-    """``base`` with log q(z) evaluated at detached parameters (Roeder et al. 2017).
+    """`base` with log q(z) evaluated at detached parameters (Roeder et al. 2017).
 
     The pathwise gradient of log q(z(phi); phi) is the path term (through z) plus the
     score term d/dphi log q, whose expectation is 0; dropping the score term leaves an
@@ -90,7 +90,7 @@ def detach_parameters(distribution):
 
 
 class RewrapLatents(Messenger):
-    """Wrap every unobserved sample site's distribution in ``wrapper`` (a ``_Rewrapped`` class)."""
+    """Wrap every unobserved sample site's distribution in `wrapper` (a `_Rewrapped` class)."""
 
     def __init__(self, wrapper):
         super().__init__()

@@ -1,7 +1,7 @@
-"""``tcvae`` (beta-TCVAE, Chen et al. 2018): the loss -sum_n [log p(x_n | z_n) - (alpha MI_n +
-beta TC_n + gamma DW_n)], the KL term split three ways (``aggregate``), with q(z_n) and q(z_nj)
-estimated from the minibatch (``aggregate.minibatch_log_densities``). With alpha = beta = gamma = 1
-it is ``trace``'s loss exactly (tested); beta > 1 penalizes only the total correlation.
+"""`tcvae` (beta-TCVAE, Chen et al. 2018): the loss -sum_n [log p(x_n | z_n) - (alpha MI_n +
+beta TC_n + gamma DW_n)], the KL term split three ways (`aggregate`), with q(z_n) and q(z_nj)
+estimated from the minibatch (`aggregate.minibatch_log_densities`). With alpha = beta = gamma = 1
+it is `trace`'s loss exactly (tested); beta > 1 penalizes only the total correlation.
 """
 
 from ..annealing import weighted
@@ -17,9 +17,9 @@ from .total_correlation import TotalCorrelationEstimator
 class TCVAE(TotalCorrelationEstimator):
     """beta-TCVAE (Chen et al. 2018): weights alpha, beta, gamma on the KL's MI, total correlation and dimension-wise terms.
 
-    Options: ``alpha`` (index-code MI, default 1), ``beta`` (total correlation, default 6),
-    ``gamma`` (dimension-wise KL, default 1), ``sampling`` ("mws" or "mss": how log q(z) is
-    estimated from the minibatch), ``dataset_size`` (N for "mss"; default: the training split's
+    Options: `alpha` (index-code MI, default 1), `beta` (total correlation, default 6),
+    `gamma` (dimension-wise KL, default 1), `sampling` ("mws" or "mss": how log q(z) is
+    estimated from the minibatch), `dataset_size` (N for "mss"; default: the training split's
     size, supplied by training). The cost is an (M, M, D) array per step: O(M^2 D).
     """
 

@@ -1,14 +1,14 @@
 """The ELBO's two terms, reconstruction and KL, apart: the one KL function, and the losses built on it.
 
-- :func:`kl_term`: KL(q(z | x) || p(z)) per data point (or per latent dimension), in closed form
-  where asked and available, else the Monte Carlo value at the drawn z; :func:`analytic_kl` is
+- `kl_term`: KL(q(z | x) || p(z)) per data point (or per latent dimension), in closed form
+  where asked and available, else the Monte Carlo value at the drawn z; `analytic_kl` is
   its closed form alone (None where there is none).
-- :func:`reparameterized_loss`: ``Trace_ELBO``'s (``TraceMeanField_ELBO``'s) loss for the
+- `reparameterized_loss`: `Trace_ELBO`'s (`TraceMeanField_ELBO`'s) loss for the
   library's own programs, computed directly.
-- :func:`elbo_parts` and :func:`penalized_loss`: the terms for any model and guide, and the loss
+- `elbo_parts` and `penalized_loss`: the terms for any model and guide, and the loss
   with the KL term replaced by a penalty of it (capacity, free bits).
 
-A KL weight multiplies the KL term by ``annealing.weighted`` (a weight of 0 drops it).
+A KL weight multiplies the KL term by `annealing.weighted` (a weight of 0 drops it).
 """
 
 import torch
@@ -30,9 +30,9 @@ def analytic_kl(guide_dist, prior_dist):
 
 def kl_term(guide_dist, prior_dist, z, analytic=False, per_dimension=False):
     """KL(q(z | x) || p(z)) per data point, shape (N,), or per data point and latent dimension,
-    shape (N, d) with ``per_dimension``: in closed form under ``analytic`` where it has one,
-    else the Monte Carlo value log q(z | x) - log p(z) at the drawn ``z``. A guide marked
-    ``PathDerivative`` (stl) is scored at detached parameters, as its own ``log_prob`` is."""
+    shape (N, d) with `per_dimension`: in closed form under `analytic` where it has one,
+    else the Monte Carlo value log q(z | x) - log p(z) at the drawn `z`. A guide marked
+    `PathDerivative` (stl) is scored at detached parameters, as its own `log_prob` is."""
     if isinstance(guide_dist, PathDerivative):
         guide_dist = detach_parameters(guide_dist.base)
     if per_dimension:
@@ -54,13 +54,13 @@ def factors(distribution, what="prior"):
 
 
 def reparameterized_loss(vae, x, kl_weight=None, analytic=False):
-    """``Trace_ELBO``'s loss (``TraceMeanField_ELBO``'s with ``analytic``) for ``vae.model`` and
-    ``vae.guide``, computed directly: the same noise, value and gradients, without tracing.
+    """`Trace_ELBO`'s loss (`TraceMeanField_ELBO`'s with `analytic`) for `vae.model` and
+    `vae.guide`, computed directly: the same noise, value and gradients, without tracing.
 
         loss = -sum_n [ log p(x_n | z_n) - w (log q(z_n | x_n) - log p(z_n)) ],  z_n ~ q(z | x_n) reparameterized
 
-    with the KL term in closed form under ``analytic`` where it has one, and every density
-    from the VAE's own ``guide_dist``, ``prior_dist`` and ``likelihood_dist`` (the ones its
+    with the KL term in closed form under `analytic` where it has one, and every density
+    from the VAE's own `guide_dist`, `prior_dist` and `likelihood_dist` (the ones its
     programs sample from). Pyro's trace bookkeeping costs about as much as a small
     network's step on a CPU; this path removes it. A weight of 0 drops the KL term, as the
     masking handler does (a tensor weight: where(w > 0, w KL, 0), with no host read).
@@ -73,12 +73,12 @@ def reparameterized_loss(vae, x, kl_weight=None, analytic=False):
 
 def elbo_parts(model, guide, x, analytic=False, per_dimension=False, num_particles=1, guide_wrapper=None):
     """The ELBO's two terms, differentiable (pathwise), for each data point:
-    ``(reconstruction, kl)`` = (E_q log p(x_n | z), KL(q(z | x_n) || p(z))) as ``kl_term`` computes it,
-    shapes (N,) and (N,) or (N, d), averaged over ``num_particles`` draws of z.
+    `(reconstruction, kl)` = (E_q log p(x_n | z), KL(q(z | x_n) || p(z))) as `kl_term` computes it,
+    shapes (N,) and (N,) or (N, d), averaged over `num_particles` draws of z.
 
     For the library's own VAE (one particle) they are computed directly from its densities;
-    otherwise from a trace of the guide (wrapped in ``guide_wrapper``) and the model replayed
-    against it, reading each site's unscaled ``fn.log_prob``. Every latent site must be
+    otherwise from a trace of the guide (wrapped in `guide_wrapper`) and the model replayed
+    against it, reading each site's unscaled `fn.log_prob`. Every latent site must be
     reparameterized: these terms carry no score-function gradient.
     """
     vae = standard_vae(model, guide)
@@ -109,6 +109,6 @@ def elbo_parts(model, guide, x, analytic=False, per_dimension=False, num_particl
 
 def penalized_loss(model, guide, x, kl_penalty, kl_weight=None, analytic=False, num_particles=1, guide_wrapper=None):
     """-(sum_n E_q log p(x_n | z) - w * kl_penalty(KL)): the loss with the KL term replaced by a penalty
-    of the minibatch's KL (``penalties.Capacity``, ``penalties.FreeBits``), w the KL weight."""
+    of the minibatch's KL (`penalties.Capacity`, `penalties.FreeBits`), w the KL weight."""
     reconstruction, kl = elbo_parts(model, guide, x, analytic, kl_penalty.per_dimension, num_particles, guide_wrapper)
     return -(reconstruction.sum() - weighted(kl_weight, kl_penalty(kl)))

@@ -1,12 +1,12 @@
-"""The base of the estimators that penalize the total correlation of the codes (``tcvae``: beta-TCVAE,
-``factorvae``: FactorVAE), which split the KL term (``aggregate``).
+"""The base of the estimators that penalize the total correlation of the codes (`tcvae`: beta-TCVAE,
+`factorvae`: FactorVAE), which split the KL term (`aggregate`).
 
-Both are estimators (``objective.estimator = { name = "tcvae", beta = 6.0 }``): the KL weight
-(``objective.kl_weight``) multiplies their KL terms as it does the ELBO's; capacity and free bits
+Both are estimators (`objective.estimator = { name = "tcvae", beta = 6.0 }`): the KL weight
+(`objective.kl_weight`) multiplies their KL terms as it does the ELBO's; capacity and free bits
 are other KL terms and are refused. Their loss is not the ELBO, so the trainer's true ELBO,
 measured every epoch (metrics.csv), is what tells how good a density model they train.
-Both need the library's own VAE (``model.kind = "vae"``, one latent layer, a guide that
-factorizes over dimensions, e.g. ``normal``).
+Both need the library's own VAE (`model.kind = "vae"`, one latent layer, a guide that
+factorizes over dimensions, e.g. `normal`).
 """
 
 from ..registry import UserError
