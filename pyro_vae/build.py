@@ -9,6 +9,7 @@
 import dataclasses
 import os
 import sys
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -66,7 +67,10 @@ def check_memory(config, data, device):
     if available is None:
         return
     try:
-        with torch.device("meta"):
+        with torch.device("meta"), warnings.catch_warnings():
+            # M1+M2 loads its trained M1 into the meta model: a no-op copy torch warns about, harmless
+            # here, where only the parameters' sizes are read
+            warnings.filterwarnings("ignore", message=".*copying from a non-meta parameter", category=UserWarning)
             model = build_model(config, data.shape, data.levels)
     except (NotImplementedError, RuntimeError):  # a model that reads real tensors while it is built
         return
