@@ -49,9 +49,10 @@ from pyro.infer import SVI, Trace_ELBO
 from pyro_vae.build import build_data
 from pyro_vae.config import load_config
 from pyro_vae.data import Data, Split, load_data
+from pyro_vae.devices import resolve_threads
 from pyro_vae.evaluation import log_likelihood
 from pyro_vae.guides import gaussian_parameters
-from pyro_vae.training import Trainer, resolve_threads, train
+from pyro_vae.training import Trainer, train
 
 ROOT = Path(__file__).resolve().parent.parent
 # binarized MNIST: beside the checkout (../shared), inside it (shared/), or carried to a GPU machine (.gpu/)

@@ -161,7 +161,7 @@ def build_estimator(config, data_shape=None, dataset_size=None):
 
 
 @dataclasses.dataclass
-class Parts:
+class TrainingComponents:
     """What a training run is made of (all built from one config)."""
 
     vae: VAE
@@ -195,7 +195,7 @@ def build(config, data, device, batch_size=None):
     estimator can honour, before anything is trained. `batch_size` (default
     `train.batch_size`) sets the steps per epoch that epoch-long schedules count in.
     """
-    tc, objective = config["train"], config["objective"]
+    train_config, objective = config["train"], config["objective"]
     check_memory(config, data, device)
     vae = build_model(config, data.shape, data.levels).to(device)
     check_density(vae.likelihood, data)
@@ -207,7 +207,7 @@ def build(config, data, device, batch_size=None):
             print(f"warning: {warning}", file=sys.stderr)
     estimator = build_estimator(config, data.shape, len(data.train)).to(device)
     vae.check_setup(config, data, estimator)
-    steps_per_epoch = vae.training_steps(data, batch_size or tc["batch_size"])
+    steps_per_epoch = vae.training_steps(data, batch_size or train_config["batch_size"])
     kl_schedule = build_schedule(objective["kl_weight"], steps_per_epoch)
     features_per_term = vae.num_features if objective["reduction"] == "mean" else 1
     penalty_schedule = build_kl_penalty(objective, steps_per_epoch)
@@ -220,20 +220,22 @@ def build(config, data, device, batch_size=None):
             factors(vae.prior_dist(), "prior")
     estimator.check_guide(vae.guide_family)
     parameters = [*vae.parameters(), *estimator.parameters()]
-    optimizer = OPTIMIZERS.get(tc["optimizer"])(parameters, tc["lr"])
-    lr_schedule = LR_SCHEDULES.build(tc["lr_schedule"], "train.lr_schedule", optimizer=optimizer,
-                                     total_steps=tc["epochs"] * steps_per_epoch, warmup_steps=tc["lr_warmup_steps"])
-    parts = Parts(vae, estimator, kl_schedule, penalty_schedule, features_per_term, optimizer, lr_schedule, steps_per_epoch)
-    estimator.check_kl_weight(parts.effective_kl_weight(0) if isinstance(kl_schedule, Constant) else None)
-    return parts
+    optimizer = OPTIMIZERS.get(train_config["optimizer"])(parameters, train_config["lr"])
+    lr_schedule = LR_SCHEDULES.build(train_config["lr_schedule"], "train.lr_schedule", optimizer=optimizer,
+                                     total_steps=train_config["epochs"] * steps_per_epoch,
+                                     warmup_steps=train_config["lr_warmup_steps"])
+    components = TrainingComponents(vae, estimator, kl_schedule, penalty_schedule, features_per_term, optimizer, lr_schedule,
+                                    steps_per_epoch)
+    estimator.check_kl_weight(components.effective_kl_weight(0) if isinstance(kl_schedule, Constant) else None)
+    return components
 
 
 @dataclasses.dataclass
 class Training:
-    """How a run trains, decided once from its config, data and device: its `Parts`, the loss
+    """How a run trains, decided once from its config, data and device: its `TrainingComponents`, the loss
     module (inside `DistributedDataParallel` under torchrun) and the step that optimizes it."""
 
-    parts: Parts
+    components: TrainingComponents
     loss: nn.Module  # the model kind's training loss (``VAE.training_loss``), per data point
     step: Step  # one optimizer step: ``CapturedStep`` (a CUDA graph) or the eager ``Step``
     capture_obstacle: str | None  # why the step is not captured in a CUDA graph; None: it is
@@ -247,27 +249,28 @@ def build_training(config, data, device, world_size=1):
     """`build` plus the decisions of how to train: the loss, data-parallel or not, and a captured
     or an eager step (`train.cuda_graph`: "auto" captures where `capture_obstacle` finds
     nothing against it and falls back to eager if the capture fails; true refuses to run without it)."""
-    tc = config["train"]
-    if tc["batch_size"] % world_size:
-        raise UserError(f"train.batch_size ({tc['batch_size']}) must be divisible by the number of processes ({world_size})")
-    parts = build(config, data, device)
-    vae = parts.vae
+    train_config = config["train"]
+    if train_config["batch_size"] % world_size:
+        raise UserError(f"train.batch_size ({train_config['batch_size']}) must be divisible by the number of processes "
+                        f"({world_size})")
+    components = build(config, data, device)
+    vae = components.vae
     if world_size > 1 and vae.takes_labels:
         raise UserError(f"model.kind = {vae.kind!r} trains in one process; "
                         "data-parallel training (torchrun) is for model.kind = \"vae\"")
-    loss = vae.training_loss(parts.estimator, parts.features_per_term, config["objective"], data)
+    loss = vae.training_loss(components.estimator, components.features_per_term, config["objective"], data)
     if world_size > 1:
         loss = nn.parallel.DistributedDataParallel(loss, device_ids=[device.index] if device.type == "cuda" else None)
-    if tc["cuda_graph"] is False:
+    if train_config["cuda_graph"] is False:
         obstacle = "train.cuda_graph = false"
     else:
-        obstacle = capture_obstacle(config, vae, parts.estimator, parts.optimizer, device, world_size)
-    if tc["cuda_graph"] is True and obstacle:
+        obstacle = capture_obstacle(config, vae, components.estimator, components.optimizer, device, world_size)
+    if train_config["cuda_graph"] is True and obstacle:
         raise UserError(f"train.cuda_graph = true is not possible: {obstacle}; set train.cuda_graph = \"auto\" or false")
-    step_class, options = (CapturedStep, {"fall_back": tc["cuda_graph"] == "auto"}) if obstacle is None else (Step, {})
-    step = step_class(loss, parts.optimizer, parts.lr_schedule, parts.parameters(), device,
-                      tc["clip_grad_norm"], tc["precision"], **options)
-    return Training(parts, loss, step, obstacle)
+    step_class, options = (CapturedStep, {"fall_back": train_config["cuda_graph"] == "auto"}) if obstacle is None else (Step, {})
+    step = step_class(loss, components.optimizer, components.lr_schedule, components.parameters(), device,
+                      train_config["clip_grad_norm"], train_config["precision"], **options)
+    return Training(components, loss, step, obstacle)
 
 
 def capture_obstacle(config, vae, estimator, optimizer, device, world_size):

@@ -5,7 +5,7 @@ The row's columns (every logger receives the same rows):
 
 - `epoch`, `step`: epochs and optimizer steps done;
 - `kl_weight`: beta at the epoch's last step; `effective_kl_weight`: the weight the KL term
-  carried in the loss, D beta under `objective.reduction = "mean"` (`build.Parts`);
+  carried in the loss, D beta under `objective.reduction = "mean"` (`build.TrainingComponents`);
 - `lr`: the learning rate of the epoch's last step; `capacity`: C(t) where capacity is in force;
 - `train_loss`: the mean training loss (the objective optimized, per data point);
 - `train_elbo`, `train_reconstruction`, `train_kl` (on `train.train_eval_examples`

@@ -24,7 +24,7 @@ import torch
 from .registry import UserError
 
 if TYPE_CHECKING:
-    from .build import Parts
+    from .build import TrainingComponents
     from .steps import Step
 
 # What torch says of NaN or infinite distribution parameters (a model that diverged); a guide's
@@ -35,8 +35,8 @@ DIVERGED = ("found invalid values", "expects all elements of std >= 0", "not pos
 class Faults:
     """The fault checks of one run: its step's counters, its parameters and its run directory."""
 
-    def __init__(self, step_fn: Step, parts: Parts, train_config: dict[str, Any], out: Path) -> None:
-        self.step_fn, self.parts, self.train_config, self.out = step_fn, parts, train_config, Path(out)
+    def __init__(self, step_fn: Step, components: TrainingComponents, train_config: dict[str, Any], out: Path) -> None:
+        self.step_fn, self.components, self.train_config, self.out = step_fn, components, train_config, Path(out)
 
     def checkpoint_kept(self) -> str:
         """What a run stopped by a fault leaves to resume from, in words (the steps are checked
@@ -49,19 +49,19 @@ class Faults:
         """Stop with a one-line error if more steps were non-finite (and skipped) than
         `train.max_skipped_steps` allows."""
         skipped, step_number, loss, was_loss = self.step_fn.faults()
-        tc = self.train_config
-        if skipped <= tc["max_skipped_steps"]:
+        if skipped <= self.train_config["max_skipped_steps"]:
             return
         raise UserError(
             f"non-finite {'loss' if was_loss else 'gradient'} ({loss}) at step {step_number + 1} "
-            f"(epoch {step_number // self.parts.steps_per_epoch + 1}, "
-            f"kl_weight {self.parts.kl_schedule(step_number):.3g}); likely causes: train.lr = {tc['lr']:g} too high, "
+            f"(epoch {step_number // self.components.steps_per_epoch + 1}, "
+            f"kl_weight {self.components.kl_schedule(step_number):.3g}); "
+            f"likely causes: train.lr = {self.train_config['lr']:g} too high, "
             f"a likelihood scale collapsing (raise its min_scale), or extreme data; {self.checkpoint_kept()}"
         )
 
     def check_parameters(self, epoch: int, steps: int) -> None:
         """Stop with a one-line error if a parameter is NaN or infinite (one read from the device)."""
-        if not torch.stack([p.detach().isfinite().all() for p in self.parts.parameters()]).all():
+        if not torch.stack([p.detach().isfinite().all() for p in self.components.parameters()]).all():
             self.diverged("parameters", epoch, steps)
 
     def diverged(self, what: str, epoch: int, steps: int) -> None:

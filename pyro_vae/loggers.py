@@ -30,6 +30,7 @@ import os
 import sys
 import time
 import uuid
+from typing import Any
 
 from tqdm.auto import tqdm
 
@@ -145,6 +146,12 @@ def _is_terminal(stream):
         return False
 
 
+def tracked_values(row: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    """A metrics row as the trackers log it: its epoch, and its other columns that hold a value
+    (not None)."""
+    return int(row["epoch"]), {key: value for key, value in row.items() if key != "epoch" and value is not None}
+
+
 @LOGGERS.register("csv")
 class CSVLogger(Logger):
     """metrics.csv in the run directory, one row per epoch."""
@@ -171,11 +178,9 @@ class TensorBoardLogger(Logger):
         self.best = None
 
     def epoch(self, rows):
-        row = rows[-1]
-        epoch = int(row["epoch"])
-        for key, value in row.items():
-            if key != "epoch" and value is not None:
-                self.writer.add_scalar(f"epoch/{key}", value, epoch)
+        epoch, values = tracked_values(rows[-1])
+        for key, value in values.items():
+            self.writer.add_scalar(f"epoch/{key}", value, epoch)
         self.best = max(r["val_elbo"] for r in rows)
         self.writer.flush()
 
@@ -245,9 +250,8 @@ class MLflowLogger(Logger):
     def epoch(self, rows):
         from mlflow.entities import Metric
 
-        row, now = rows[-1], int(time.time() * 1000)
-        epoch = int(row["epoch"])
-        metrics = [Metric(key, float(value), now, epoch) for key, value in row.items() if key != "epoch" and value is not None]
+        (epoch, values), now = tracked_values(rows[-1]), int(time.time() * 1000)
+        metrics = [Metric(key, float(value), now, epoch) for key, value in values.items()]
         self.client.log_batch(self.run_id, metrics=metrics)
 
     def step(self, step, loss):
@@ -291,9 +295,8 @@ class WandbLogger(Logger):
         self.run.define_metric("step/*", step_metric="step")
 
     def epoch(self, rows):
-        row = rows[-1]
-        self.run.log({"epoch": int(row["epoch"]),
-                      **{f"epoch/{key}": value for key, value in row.items() if key != "epoch" and value is not None}})
+        epoch, values = tracked_values(rows[-1])
+        self.run.log({"epoch": epoch, **{f"epoch/{key}": value for key, value in values.items()}})
 
     def step(self, step, loss):
         if self.due(step):

@@ -6,7 +6,7 @@ capacity or free bits, the KL penalty of that step: `penalties`) passed as an
 argument; the estimator applies it as a handler on the latent sites (or, for the
 library's own programs, computes the same loss directly: `objectives`). A torch
 optimizer updates the parameters. This is Pyro's ELBO used as a torch module
-(`NegativeELBO`), which is what lets `DistributedDataParallel` wrap it.
+(`losses.NegativeELBO`), which is what lets `DistributedDataParallel` wrap it.
 
 `Trainer` is the loop and the state a checkpoint holds, nothing else. What a run is made of
 and how it steps (the loss, data-parallel or not, a captured or an eager step) is decided by
@@ -51,11 +51,11 @@ from .annealing import Constant
 from .build import build_data, build_training
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .config import apply_overrides, check_config, load_config, save_config
+from .devices import distributed_context, resolve_device, torch_threads
 from .epoch_metrics import metrics_row
 from .evaluation import evaluate_elbo
 from .faults import Faults
 from .loggers import LOGGERS, Console
-from .losses import NegativeELBO  # noqa: F401  (its import path before losses.py)
 from .registry import UserError
 from .runs import (
     check_resumable,
@@ -82,14 +82,6 @@ class TrainingStopped(Exception):
         self.exit_status = exit_status
 
 
-def resolve_device(name):
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"train.device = {name!r} but no CUDA device is available; use \"auto\" or \"cpu\"")
-    return torch.device(name)
-
-
 class Trainer:
     """One training run: the loop over epochs and steps, and the state its checkpoints hold.
 
@@ -101,11 +93,12 @@ class Trainer:
         self.config, self.data, self.out, self.device = config, data, out, device
         self.rank, self.world_size = rank, world_size
         training = build_training(config, data, device, world_size)
-        self.faults = Faults(training.step, training.parts, config["train"], out)
-        self.parts, self.loss, self.train_step_fn = training.parts, training.loss, training.step
+        self.faults = Faults(training.step, training.components, config["train"], out)
+        self.components, self.loss, self.train_step_fn = training.components, training.loss, training.step
         self.captured, self.capture_obstacle = training.captured, training.capture_obstacle
-        self.vae, self.optimizer, self.lr_schedule = self.parts.vae, self.parts.optimizer, self.parts.lr_schedule
-        self.steps_per_epoch = self.parts.steps_per_epoch
+        components = self.components
+        self.vae, self.optimizer, self.lr_schedule = components.vae, components.optimizer, components.lr_schedule
+        self.steps_per_epoch = components.steps_per_epoch
         # dynamic binarization draws its noise on the training device
         self.noise = torch.Generator(device=device).manual_seed(config["train"]["seed"] * 7919 + rank)
         self.step, self.epoch, self.batch_in_epoch = 0, 0, 0
@@ -127,11 +120,11 @@ class Trainer:
     # ---- the loop ----
 
     def fit(self):
-        tc = self.config["train"]
-        with self.stop_requests, contextlib.ExitStack() as opened, pyro.validation_enabled(tc["validate"]):
+        train_config = self.config["train"]
+        with self.stop_requests, contextlib.ExitStack() as opened, pyro.validation_enabled(train_config["validate"]):
             self._open_loggers(opened)
             start = time.perf_counter() - (self.rows[-1]["seconds"] if self.rows else 0.0)  # after the trackers' set-up
-            for epoch in range(self.epoch + 1, tc["epochs"] + 1):
+            for epoch in range(self.epoch + 1, train_config["epochs"] + 1):
                 if self.stopped_early():
                     break
                 self._train_epoch(epoch)
@@ -143,10 +136,10 @@ class Trainer:
                     logger.figures(paths)
 
     def _train_epoch(self, epoch):
-        tc = self.config["train"]
+        train_config = self.config["train"]
         batches = self.vae.training_batches(
-            self.data, tc["batch_size"], tc["seed"] * 100003 + epoch, self.noise, self.device,
-            self.rank, self.world_size, skip=self.batch_in_epoch, labeled_batch_size=tc["labeled_batch_size"],
+            self.data, train_config["batch_size"], train_config["seed"] * 100003 + epoch, self.noise, self.device,
+            self.rank, self.world_size, skip=self.batch_in_epoch, labeled_batch_size=train_config["labeled_batch_size"],
         )
         self.vae.train()
         for x in batches:
@@ -157,7 +150,7 @@ class Trainer:
             loss = functools.cache(self.read_loss)  # read from the device once, and only if a logger asks
             for logger in self.loggers:
                 logger.step(self.step, loss)
-            if tc["checkpoint_every"] and self.step % tc["checkpoint_every"] == 0:
+            if train_config["checkpoint_every"] and self.step % train_config["checkpoint_every"] == 0:
                 self.save()
             if self.stop_requests.received is not None:
                 self._stop()
@@ -168,13 +161,13 @@ class Trainer:
         Nothing is read from the device (`steps`): the loss and the non-finite check are
         counted there, and read by `Faults.check_steps` and the epoch's metrics."""
         try:
-            self.train_step_fn(x, self.parts.effective_kl_weight(self.step), self.parts.kl_penalty(self.step))
+            self.train_step_fn(x, self.components.effective_kl_weight(self.step), self.components.kl_penalty(self.step))
         except CaptureFailed as error:  # train.cuda_graph = true: stop before any checkpoint of this step
             raise UserError(f"{error} at step {self.step + 1}; {self.faults.checkpoint_kept()}; "
                             "resume with --set train.cuda_graph=false (or \"auto\") to train eagerly") from error
 
     def _end_epoch(self, epoch, seconds):
-        tc = self.config["train"]
+        train_config = self.config["train"]
         self.faults.check_steps()
         self.faults.check_parameters(epoch, self.step)
         self.vae.eval()
@@ -187,12 +180,12 @@ class Trainer:
         self.train_step_fn.set_epoch_loss([0.0, 0.0])
 
         def evaluate(split, limit=None):
-            batches = self.data.batches(split, tc["eval_batch_size"], self.device, limit, self.rank, self.world_size,
+            batches = self.data.batches(split, train_config["eval_batch_size"], self.device, limit, self.rank, self.world_size,
                                         self.vae.takes_labels)
             return evaluate_elbo(self.vae, batches, all_reduce=all_reduce)
 
         with self.faults.stopped_if_diverged(epoch, self.step):
-            train, val = evaluate("train", tc["train_eval_examples"]), evaluate("valid")
+            train, val = evaluate("train", train_config["train_eval_examples"]), evaluate("valid")
         for name, result in (("training ELBO", train), ("validation ELBO", val)):
             if not math.isfinite(result["elbo"]):
                 self.faults.diverged(f"{name} ({result['elbo']})", epoch, self.step)
@@ -201,8 +194,9 @@ class Trainer:
         if not self.is_main:
             return
         last = max(self.step - 1, 0)  # the epoch's last step: its KL weight and capacity are the row's
-        self.rows.append(metrics_row(epoch, self.step, self.parts.kl_schedule(last), self.parts.effective_kl_weight(last),
-                                     lr, getattr(self.parts.kl_penalty(last), "capacity", None), epoch_loss, train, val,
+        components = self.components
+        self.rows.append(metrics_row(epoch, self.step, components.kl_schedule(last), components.effective_kl_weight(last),
+                                     lr, getattr(components.kl_penalty(last), "capacity", None), epoch_loss, train, val,
                                      seconds))
         for logger in self.loggers:
             logger.epoch(self.rows)
@@ -231,9 +225,9 @@ class Trainer:
         """The console and the `train.loggers`, on the main process; each one built is closed by `opened`."""
         if not self.is_main:
             return
-        tc = self.config["train"]
-        self.console = Console(self.out, self.config, tc["epochs"] * self.steps_per_epoch, self.step,
-                               loss_name(self.parts, self.estimator), self.progress_status)
+        train_config = self.config["train"]
+        self.console = Console(self.out, self.config, train_config["epochs"] * self.steps_per_epoch, self.step,
+                               loss_name(self.components, self.estimator), self.progress_status)
         self.loggers = [self.console]
         opened.callback(self.console.close)
         for logger_class in self.logger_classes:
@@ -248,9 +242,9 @@ class Trainer:
 
     def progress_status(self, loss):
         """The progress bar's text after a step whose loss is `loss`."""
-        last = max(self.step - 1, 0)
-        weight = "" if isinstance(self.parts.kl_schedule, Constant) else f" kl_weight {self.parts.kl_schedule(last):.3g}"
-        capacity = getattr(self.parts.kl_penalty(last), "capacity", None)
+        last, components = max(self.step - 1, 0), self.components
+        weight = "" if isinstance(components.kl_schedule, Constant) else f" kl_weight {components.kl_schedule(last):.3g}"
+        capacity = getattr(components.kl_penalty(last), "capacity", None)
         return f"epoch {self.epoch + 1} loss {loss:.3f}{weight}" + ("" if capacity is None else f" C {capacity:.3g}")
 
     # ---- checkpoints ----
@@ -306,28 +300,15 @@ class Trainer:
         )
 
 
-def loss_name(parts, estimator):
+def loss_name(components, estimator):
     """What the progress bar's loss is: -ELBO, the KL-weighted -ELBO, or minus another bound."""
-    penalty = parts.kl_penalty(0)
+    penalty = components.kl_penalty(0)
     if penalty is not None:  # -(reconstruction - KL term), the KL term a penalty of the KL
         return f"-(reconstruction - {penalty.name} penalty)"
     bound = "ELBO" if estimator.reports_elbo else f"{estimator.registered_name} bound"
-    weighted = not isinstance(parts.kl_schedule, Constant) or parts.effective_kl_weight(0) != 1
-    per = " per feature" if parts.features_per_term != 1 else ""
+    weighted = not isinstance(components.kl_schedule, Constant) or components.effective_kl_weight(0) != 1
+    per = " per feature" if components.features_per_term != 1 else ""
     return f"-{bound}{' (KL-weighted)' if weighted else ''}{per}"
-
-
-def distributed_context(device):
-    """(rank, world_size, device) under torchrun; (0, 1, device) otherwise."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if world_size == 1:
-        return 0, 1, device
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    if device.type == "cuda":
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-        torch.cuda.set_device(device)
-    return dist.get_rank(), world_size, device
 
 
 def train(
@@ -399,43 +380,6 @@ def _train(config, out, force, resume, state, data):
             discard_run(out, created)
         raise
     return out
-
-
-def resolve_threads(threads: int | str) -> int:
-    """The number of torch threads `train.threads` asks for; 0: torch's default.
-
-    "auto" is what the machine's load leaves free when the run starts: round(cores - the
-    1-minute load average), at least 1 and at most torch's default (one per core, or
-    `OMP_NUM_THREADS`). On an idle machine that is torch's default; on a busy two-core machine
-    it is 1, which measured 8-27x faster per step than two threads there (docs/speed.md,
-    `experiments/speed.py --threads-default`). Where the load average cannot be read (Windows),
-    torch's default."""
-    if threads != "auto":
-        return int(threads)
-    default = torch.get_num_threads()
-    try:
-        load = os.getloadavg()[0]
-    except (AttributeError, OSError):
-        return default
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return min(default, max(1, round(cores - load)))
-
-
-@contextlib.contextmanager
-def torch_threads(threads):
-    """torch's intra-op threads set to `threads` (`train.threads`: `resolve_threads`) while the
-    block runs, then restored; 0 leaves torch's default (one per core). On a shared or busy machine
-    one thread can be several times faster than torch's default: threads that wait for a core stall
-    every operation that splits its work among them."""
-    previous = torch.get_num_threads()
-    threads = resolve_threads(threads)
-    if threads:
-        torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        if threads:
-            torch.set_num_threads(previous)
 
 
 def _as_config(config, overrides):

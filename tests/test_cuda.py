@@ -55,10 +55,10 @@ def _steps(estimator_spec, particles, clip=0.0):
     import copy
 
     from pyro_vae import VAE
+    from pyro_vae.losses import NegativeELBO
     from pyro_vae.objectives import ESTIMATORS
     from pyro_vae.optimizers import OPTIMIZERS
     from pyro_vae.steps import CapturedStep, Step
-    from pyro_vae.training import NegativeELBO
 
     torch.manual_seed(0)
     vae = VAE(SHAPE, latent_dim=4, encoder={"name": "mlp", "hidden": [32]},

@@ -88,7 +88,7 @@ def test_mean_reduction_is_an_explicit_kl_weight_of_D(tmp_path):
     trainer = Trainer(config, data, tmp_path, torch.device("cpu"))
     x = data.valid.x[:20]
     pyro.set_rng_seed(5)
-    loss = trainer.loss(x, trainer.parts.effective_kl_weight(trainer.step))  # the weight of the step: D * 0.5
+    loss = trainer.loss(x, trainer.components.effective_kl_weight(trainer.step))  # the weight of the step: D * 0.5
     # the same z as the loss drew: recompute the two terms at it, Monte Carlo KL (trace estimator)
     pyro.set_rng_seed(5)
     guide = poutine.trace(trainer.vae.guide).get_trace(x)

@@ -144,7 +144,7 @@ def test_a_fixed_gaussian_scale_on_data_far_outside_the_unit_interval_is_warned_
 
 @pytest.mark.parametrize("load, expected", [(0.1, 2), (0.9, 1), (1.2, 1), (4.5, 1)])
 def test_auto_threads_are_the_cores_the_load_leaves_free_at_most_torchs_default(monkeypatch, load, expected):
-    from pyro_vae.training import resolve_threads
+    from pyro_vae.devices import resolve_threads
 
     monkeypatch.setattr(os, "getloadavg", lambda: (load, load, load))
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
@@ -156,7 +156,7 @@ def test_auto_threads_are_the_cores_the_load_leaves_free_at_most_torchs_default(
 
 
 def test_auto_threads_without_a_load_average_are_torchs_default(monkeypatch):
-    from pyro_vae.training import resolve_threads
+    from pyro_vae.devices import resolve_threads
 
     def unavailable():
         raise OSError("no load average")
