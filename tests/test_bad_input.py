@@ -31,7 +31,7 @@ def files(tmp_path_factory):
 CASES = {
     "nan in data": (["--set", "data.name=npz", "--set", "data.path={root}/nan.npz", "--set", "data.binarize=none"], "NaN or inf"),
     "wrong shape for network": (["--set", "data.name=npz", "--set", "data.path={root}/flat.npz", "--set", "data.binarize=none",
-                                 "--set", 'model.encoder={{type="conv"}}'], "needs images shaped (channels, height, width)"),
+                                 "--set", 'model.encoder={{name="conv"}}'], "needs images shaped (channels, height, width)"),
     "outside the support": (["--set", "data.name=npz", "--set", "data.path={root}/grey.npz", "--set", "data.binarize=none"],
                             "continuous_bernoulli"),
     "empty split": (["--set", "data.name=npz", "--set", "data.path={root}/empty.npz"], "train split is empty"),

@@ -13,7 +13,7 @@ from pyro_vae import VAE, plots
 
 def small_vae(latent_dim):
     torch.manual_seed(0)
-    return VAE((1, 8, 8), latent_dim, encoder={"type": "mlp", "hidden": [8]}, decoder={"type": "mlp", "hidden": [8]})
+    return VAE((1, 8, 8), latent_dim, encoder={"name": "mlp", "hidden": [8]}, decoder={"name": "mlp", "hidden": [8]})
 
 
 def tick_labels(axis):

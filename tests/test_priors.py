@@ -43,8 +43,8 @@ def name_of(spec):
 
 
 def small_vae(prior="normal", likelihood="continuous_bernoulli", latent_dim=2, **kwargs):
-    return VAE((1, 8, 8), latent_dim=latent_dim, encoder={"type": "mlp", "hidden": [16]},
-               decoder={"type": "mlp", "hidden": [16]}, likelihood=likelihood, prior=prior, **kwargs)
+    return VAE((1, 8, 8), latent_dim=latent_dim, encoder={"name": "mlp", "hidden": [16]},
+               decoder={"name": "mlp", "hidden": [16]}, likelihood=likelihood, prior=prior, **kwargs)
 
 
 def digits(likelihood, n=32):
@@ -149,8 +149,8 @@ def test_bad_prior_options_are_user_errors(spec, message):
 
 
 def test_swapping_the_prior_changes_only_the_z_sites_distribution():
-    encoder = VAE((1, 8, 8), 2, encoder={"type": "mlp", "hidden": [16]}).encoder
-    decoder = VAE((1, 8, 8), 2, decoder={"type": "mlp", "hidden": [16]}, likelihood="continuous_bernoulli").decoder
+    encoder = VAE((1, 8, 8), 2, encoder={"name": "mlp", "hidden": [16]}).encoder
+    decoder = VAE((1, 8, 8), 2, decoder={"name": "mlp", "hidden": [16]}, likelihood="continuous_bernoulli").decoder
     x = digits("continuous_bernoulli", 5)
     traces = {}
     guide_trace = None
