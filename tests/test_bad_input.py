@@ -37,7 +37,7 @@ CASES = {
     "empty split": (["--set", "data.name=npz", "--set", "data.path={root}/empty.npz"], "train split is empty"),
     "missing data file": (["--set", "data.name=npz", "--set", "data.path={root}/nowhere.npz"], "no such file"),
     "corrupt data file": (["--set", "data.name=npz", "--set", "data.path={root}/corrupt.npz"], "cannot read"),
-    # issue 23: labels that do not line up with their images never train
+    # labels that do not line up with their images never train
     "fewer labels than images": (["--set", "data.name=npz", "--set", "data.path={root}/short_labels.npz"],
                                  "train_labels has 150 entries but train has 200 examples"),
     "more labels than images": (["--set", "data.name=npz", "--set", "data.path={root}/long_labels.npz"],

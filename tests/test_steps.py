@@ -12,11 +12,11 @@ from estimator_cases import capturable_cases, spec_id
 from pyro.infer import Trace_ELBO
 
 from pyro_vae import VAE, train
+from pyro_vae.losses import NegativeELBO
 from pyro_vae.objectives import ESTIMATORS, Estimator, PathDerivative, RewrapLatents
 from pyro_vae.optimizers import OPTIMIZERS
 from pyro_vae.registry import UserError
 from pyro_vae.steps import Step
-from pyro_vae.training import NegativeELBO
 
 SHAPE = (1, 4, 4)
 
