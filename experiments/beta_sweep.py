@@ -65,8 +65,8 @@ def base_config(quick, epochs=None, train_examples=20000, latent_dim=None):
         "data": data,
         "model": {
             "latent_dim": latent_dim or latent,
-            "encoder": {"type": "mlp", "hidden": hidden},
-            "decoder": {"type": "mlp", "hidden": hidden},
+            "encoder": {"name": "mlp", "hidden": hidden},
+            "decoder": {"name": "mlp", "hidden": hidden},
             "likelihood": "bernoulli",
         },
         "objective": {"estimator": "trace", "kl_weight": 1.0},

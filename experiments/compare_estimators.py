@@ -81,7 +81,7 @@ def settings(quick):
 
 def build_vae(data_shape, s, seed):
     pyro.set_rng_seed(seed)  # the same initialization for every estimator
-    net = {"type": "mlp", "hidden": s["hidden"], "activation": "elu"}
+    net = {"name": "mlp", "hidden": s["hidden"], "activation": "elu"}
     return VAE(data_shape, latent_dim=s["latent_dim"], encoder=net, decoder=net)
 
 

@@ -1,4 +1,4 @@
-"""Richer guides and two stochastic layers on statically binarized MNIST (issue 16).
+"""Richer guides and two stochastic layers on statically binarized MNIST.
 
 Five models, the same MLPs (300-300, ELU), Bernoulli likelihood, Adam, batch 100, the
 same epochs and KL warm-up, differing only in the guide or the latent layers:

@@ -114,8 +114,8 @@ def config_for(likelihood, data_path, quick, epochs):
         "data": {"name": "npz", "path": str(data_path), "binarize": "none"},
         "model": {
             "latent_dim": latent_dim,
-            "encoder": {"type": "mlp", "hidden": hidden},
-            "decoder": {"type": "mlp", "hidden": hidden},
+            "encoder": {"name": "mlp", "hidden": hidden},
+            "decoder": {"name": "mlp", "hidden": hidden},
             "likelihood": likelihood,
         },
         "train": {"epochs": epochs, "batch_size": batch_size, "lr": 1e-3, "seed": 0, "device": "cpu", "progress": False},

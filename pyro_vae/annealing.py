@@ -27,9 +27,8 @@ kl_weight = { name = "linear", start = 0.0, end = 1.0, epochs = 10 }
 kl_weight = { name = "cyclical", cycles = 4, ratio = 0.5, shape = "cosine", epochs = 40 }
 ```
 
-(`schedule = "linear"` is read as the name too, as in configs written before the
-registries shared one key.) Capacity annealing's target C(t) is one of these schedules too;
-it and free bits change the KL term itself rather than its weight (`penalties`).
+Capacity annealing's target C(t) is one of these schedules too; it and free bits change the KL
+term itself rather than its weight (`penalties`).
 """
 
 from __future__ import annotations
@@ -45,7 +44,7 @@ from .checks import integer as _integer
 from .checks import number as _number
 from .registry import Registry, UserError
 
-SCHEDULES = Registry("schedule", legacy_key="schedule")
+SCHEDULES = Registry("schedule")
 # A KL weight: a number >= 0, a 0-dim tensor, or a zero-argument callable read at every site.
 KLWeight: TypeAlias = "float | torch.Tensor | Callable[[], float | torch.Tensor]"
 UNITS = ("step", "epoch")

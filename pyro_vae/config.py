@@ -333,9 +333,6 @@ def parse_override(text):
     return keys, value
 
 
-NAME_KEYS = ("name", "type", "schedule")  # "type" and "schedule": older spellings of "name"
-
-
 def apply_overrides(config, overrides):
     """Apply `--set` overrides in order. Setting a component's name (`model.decoder.name=conv`)
     to a different one starts that table from the new class's defaults: the old class's
@@ -350,12 +347,9 @@ def apply_overrides(config, overrides):
             table = table.setdefault(key, {})
             if not isinstance(table, dict):
                 raise UserError(f"--set {text!r}: {'.'.join(keys[: depth + 1])} is not a table")
-        if len(keys) >= 3 and keys[-1] in NAME_KEYS:
-            current = next((table[k] for k in NAME_KEYS if k in table), None)
-            if current != value:
+        if len(keys) >= 3 and keys[-1] == "name":
+            if table.get("name") != value:
                 table.clear()
-            for k in NAME_KEYS:
-                table.pop(k, None)
             table["name"] = value
         else:
             table[keys[-1]] = value

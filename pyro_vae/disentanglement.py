@@ -206,8 +206,7 @@ def dci_from_importance(importance, completeness="weighted"):
 
     (H_K: entropy in base K, so each is in [0, 1]): each code's and each factor's score weighted by
     its share of the total importance. `completeness="mean"` gives the unweighted
-    (1/K) sum_k C_k instead (this library's definition before it followed disentanglement_lib),
-    which counts a factor no code holds as C_k = 0. A row or column of zeros scores 0; an
+    (1/K) sum_k C_k instead, which counts a factor no code holds as C_k = 0. A row or column of zeros scores 0; an
     all-zero matrix (nothing predicted) gives D = C = 0.
     """
     _check_completeness(completeness)

@@ -19,8 +19,8 @@ from torch import nn
 from .checks import sizes
 from .registry import Registry, UserError
 
-ENCODERS = Registry("encoder", legacy_key="type")
-DECODERS = Registry("decoder", legacy_key="type")
+ENCODERS = Registry("encoder")
+DECODERS = Registry("decoder")
 
 ACTIVATIONS = {
     "relu": nn.ReLU,
@@ -86,14 +86,14 @@ class MLPDecoder(Net):
 def _image_shape(data_shape, channels, where):
     if len(data_shape) != 3:
         raise UserError(
-            f"{where} type 'conv' needs images shaped (channels, height, width), "
-            f"but the data has shape {tuple(data_shape)}; use type = \"mlp\""
+            f"{where} 'conv' needs images shaped (channels, height, width), "
+            f"but the data has shape {tuple(data_shape)}; use name = \"mlp\""
         )
     factor = 2 ** len(channels)
     _, height, width = data_shape
     if height % factor or width % factor:
         raise UserError(
-            f"{where} type 'conv' with {len(channels)} stride-2 layers needs height and width "
+            f"{where} 'conv' with {len(channels)} stride-2 layers needs height and width "
             f"divisible by {factor}, but the images are {height}x{width}; use fewer channels entries"
         )
     return height // factor, width // factor

@@ -86,7 +86,7 @@ def capacity_schedule(spec, steps_per_epoch, where="objective.capacity"):
     if "gamma" not in spec:
         raise UserError(f"{where} needs gamma, the weight of |KL - C|, e.g. {CAPACITY_EXAMPLE}")
     gamma = number(spec.pop("gamma"), f"{where}.gamma", minimum=0, exclusive=True)
-    if "name" not in spec and "schedule" not in spec:
+    if "name" not in spec:
         spec["name"] = "linear"
     return gamma, build_schedule(spec, steps_per_epoch, where)
 

@@ -43,17 +43,16 @@ class Registry:
 
     A *spec* is a name (`"gaussian"`), a table with a `name` and options
     (`{"name": "gaussian", "scale": 0.1}`), or an already built object, which is
-    returned unchanged. Networks and schedules also read their older table keys
-    (`type`, `schedule`) as the name, so existing config files keep working.
+    returned unchanged. Only `name` names the class: a table that gives a registered
+    name under another key (`{"type": "gaussian"}`) is refused with a line saying so.
 
     The library supplies some constructor arguments itself (the data's shape, the
     latent dimension): a class lists them in `context_arguments`, and `build` passes
     exactly those. Every other keyword argument is an option a config table may set.
     """
 
-    def __init__(self, kind: str, legacy_key: str | None = None) -> None:
+    def __init__(self, kind: str) -> None:
         self.kind = kind
-        self.legacy_key = legacy_key  # an older spelling of "name" in tables ("type", "schedule")
         self._classes: dict[str, Callable[..., Any]] = {}
 
     def register(self, name: str) -> Callable[[T], T]:
@@ -110,11 +109,14 @@ class Registry:
             if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and option not in context
         ]
 
-    def name_key(self, table: dict[str, Any]) -> str:
-        """The key of `table` that holds the name: `name`, or the legacy key where only it is there."""
-        if "name" not in table and self.legacy_key is not None and self.legacy_key in table:
-            return self.legacy_key
-        return "name"
+    def misplaced_name(self, table: dict[str, Any], where: str) -> None:
+        """Refuse a table that gives a registered name under a key other than `name`
+        (`{"type": "gaussian"}`): said plainly, rather than as a missing name or an unknown option.
+        A key that is some class's option (a cyclical schedule's `shape = "linear"`) is not one."""
+        options = {option for name in self._classes for option in self.options(name)}
+        for key, value in table.items():
+            if key != "name" and key not in options and isinstance(value, str) and value in self._classes:
+                raise UserError(f'{where}: the key "{key}" is not read; name the component with name = "{value}"')
 
     def split_spec(self, spec: object, where: str | None = None) -> tuple[str, dict[str, Any]]:
         """Return `(name, options)` for a name or a table, validating the options."""
@@ -122,17 +124,18 @@ class Registry:
         if isinstance(spec, str):
             name, options = spec, {}
         elif isinstance(spec, dict):
-            key = self.name_key(spec)
-            if key not in spec:
+            if "name" not in spec:
+                self.misplaced_name(spec, where)
                 raise UserError(f"{where}: a table needs a 'name' key")
             options = dict(spec)
-            name = options.pop(key)
+            name = options.pop("name")
         else:
             raise UserError(f"{where}: expected a name or a table, got {type(spec).__name__}")
         self.get(name, where)
         allowed = self.options(name)
         unknown = sorted(set(options) - set(allowed))
         if unknown:
+            self.misplaced_name({key: options[key] for key in unknown}, where)
             raise UserError(
                 f"{where}.{unknown[0]}: unknown option for {self.kind} {name!r}; "
                 f"allowed: {', '.join(allowed) or '(none)'}"

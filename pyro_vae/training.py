@@ -276,8 +276,7 @@ class Trainer:
             self.optimizer.load_state_dict(state["optimizer"])
         except (RuntimeError, ValueError, KeyError) as error:
             raise UserError(f"the checkpoint does not fit this model: {str(error).splitlines()[0][:200]}") from None
-        if state["lr_schedule"]:  # {}: a checkpoint written before constant rates had a schedule object
-            self.lr_schedule.load_state_dict(state["lr_schedule"])
+        self.lr_schedule.load_state_dict(state["lr_schedule"])
         self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
         self.train_step_fn.set_epoch_loss(state["epoch_loss"])
         self.train_step_fn.set_faults(state["skipped_steps"], self.step)

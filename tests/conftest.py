@@ -23,8 +23,8 @@ def tiny_config(tmp_path=None, **sections):
         "data": {"name": "digits", "binarize": "static"},
         "model": {
             "latent_dim": 4,
-            "encoder": {"type": "mlp", "hidden": [32]},
-            "decoder": {"type": "mlp", "hidden": [32]},
+            "encoder": {"name": "mlp", "hidden": [32]},
+            "decoder": {"name": "mlp", "hidden": [32]},
         },
         "train": {"epochs": 2, "batch_size": 128, "progress": False, "device": "cpu"},
     }

@@ -85,8 +85,8 @@ def linear_encoder_vae():
     generator = torch.Generator().manual_seed(5)
     directions = torch.nn.functional.normalize(torch.randn(len(CODE_VARIANCES), FEATURES, generator=generator), dim=1)
     A = directions * torch.tensor(CODE_VARIANCES).sqrt()[:, None]
-    vae = VAE((FEATURES,), latent_dim=len(CODE_VARIANCES), encoder={"type": "mlp", "hidden": []},
-              decoder={"type": "mlp", "hidden": []}, likelihood={"name": "gaussian", "scale": 1.0})
+    vae = VAE((FEATURES,), latent_dim=len(CODE_VARIANCES), encoder={"name": "mlp", "hidden": []},
+              decoder={"name": "mlp", "hidden": []}, likelihood={"name": "gaussian", "scale": 1.0})
     latent = len(CODE_VARIANCES)
     with torch.no_grad():
         layer = vae.encoder.net[0]

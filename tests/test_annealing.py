@@ -113,7 +113,7 @@ def test_a_gaussian_scale_is_a_kl_weight_only_beta_sigma_squared_counts(name, nu
     particle) and Pyro's traced one (two particles; stl). A 1% change of beta is seen."""
     n, d = 16, 10
     x = 0.5 * torch.randn(n, d, generator=torch.Generator().manual_seed(2))
-    networks = {"latent_dim": 3, "encoder": {"type": "mlp", "hidden": [16]}, "decoder": {"type": "mlp", "hidden": [16]}}
+    networks = {"latent_dim": 3, "encoder": {"name": "mlp", "hidden": [16]}, "decoder": {"name": "mlp", "hidden": [16]}}
     reference = VAE(d, **networks)
     estimator = ESTIMATORS.build(name, num_particles=num_particles)
 
@@ -195,26 +195,26 @@ def test_poutine_scale_refuses_zero_and_the_handler_refuses_bad_weights():
 
 
 def test_linear_warm_up_then_hold():
-    schedule = build_schedule({"schedule": "linear", "start": 0.1, "end": 0.9, "steps": 8}, steps_per_epoch=5)
+    schedule = build_schedule({"name": "linear", "start": 0.1, "end": 0.9, "steps": 8}, steps_per_epoch=5)
     assert [schedule(t) for t in (0, 2, 4, 8, 9, 1000)] == pytest.approx([0.1, 0.3, 0.5, 0.9, 0.9, 0.9])
     # epochs count steps_per_epoch steps each: T = 2 * 5 = 10 steps
-    schedule = build_schedule({"schedule": "linear", "epochs": 2}, steps_per_epoch=5)
+    schedule = build_schedule({"name": "linear", "epochs": 2}, steps_per_epoch=5)
     assert [schedule(t) for t in (0, 1, 5, 7, 10, 11)] == pytest.approx([0.0, 0.1, 0.5, 0.7, 1.0, 1.0])
 
 
 def test_per_epoch_stepping_is_constant_within_an_epoch():
-    schedule = build_schedule({"schedule": "linear", "epochs": 4, "unit": "epoch"}, steps_per_epoch=3)
+    schedule = build_schedule({"name": "linear", "epochs": 4, "unit": "epoch"}, steps_per_epoch=3)
     values = [schedule(t) for t in range(15)]
     assert values == pytest.approx([0.0] * 3 + [0.25] * 3 + [0.5] * 3 + [0.75] * 3 + [1.0] * 3)
     cyclical = build_schedule(
-        {"schedule": "cyclical", "epochs": 4, "cycles": 2, "ratio": 1.0, "unit": "epoch"}, steps_per_epoch=3
+        {"name": "cyclical", "epochs": 4, "cycles": 2, "ratio": 1.0, "unit": "epoch"}, steps_per_epoch=3
     )
     assert [cyclical(t) for t in range(12)] == pytest.approx([0.0] * 3 + [0.5] * 3 + [0.0] * 3 + [0.5] * 3)
 
 
 def test_sigmoid_runs_exactly_from_start_to_end_through_the_logistic():
     k = 6.0
-    schedule = build_schedule({"schedule": "sigmoid", "start": 0.0, "end": 2.0, "steps": 10, "steepness": k}, 1)
+    schedule = build_schedule({"name": "sigmoid", "start": 0.0, "end": 2.0, "steps": 10, "steepness": k}, 1)
     logistic = lambda a: 1 / (1 + math.exp(-a))  # noqa: E731
     for t in (0, 3, 5, 7, 10, 20):
         u = min(t / 10, 1.0)
@@ -227,7 +227,7 @@ def test_sigmoid_runs_exactly_from_start_to_end_through_the_logistic():
 def test_cyclical_follows_fu_et_al_and_repeats(shape):
     # 4 cycles over 40 steps: period 10; rising over the first 5 steps (ratio 0.5), then hold.
     schedule = build_schedule(
-        {"schedule": "cyclical", "steps": 40, "cycles": 4, "ratio": 0.5, "shape": shape, "start": 0.2, "end": 1.2}, 1
+        {"name": "cyclical", "steps": 40, "cycles": 4, "ratio": 0.5, "shape": shape, "start": 0.2, "end": 1.2}, 1
     )
     rise = {
         "linear": lambda r: r,
@@ -244,16 +244,16 @@ def test_cyclical_follows_fu_et_al_and_repeats(shape):
 
 def test_constant_and_numbers():
     assert build_schedule(0.3, 7)(12345) == 0.3
-    assert build_schedule({"schedule": "constant", "value": 2}, 7)(0) == 2.0
+    assert build_schedule({"name": "constant", "value": 2}, 7)(0) == 2.0
     assert build_schedule(0, 7)(0) == 0.0
 
 
 def test_schedules_are_pure_functions_of_the_step():
     """Resuming at step t restores the position: the value depends on t alone."""
     for spec in (
-        {"schedule": "linear", "epochs": 3},
-        {"schedule": "cyclical", "epochs": 3, "cycles": 3, "shape": "cosine"},
-        {"schedule": "sigmoid", "steps": 17, "unit": "epoch"},
+        {"name": "linear", "epochs": 3},
+        {"name": "cyclical", "epochs": 3, "cycles": 3, "shape": "cosine"},
+        {"name": "sigmoid", "steps": 17, "unit": "epoch"},
     ):
         first, second = build_schedule(spec, 7), build_schedule(spec, 7)
         forward = [first(t) for t in range(30)]
@@ -263,20 +263,20 @@ def test_schedules_are_pure_functions_of_the_step():
 @pytest.mark.parametrize(
     "spec, message",
     [
-        ({"schedule": "linear"}, r"objective\.kl_weight: give the schedule's length as exactly one of"),
-        ({"schedule": "linear", "epochs": 2, "steps": 3}, "exactly one of"),
-        ({"schedule": "linaer", "epochs": 2},
+        ({"name": "linear"}, r"objective\.kl_weight: give the schedule's length as exactly one of"),
+        ({"name": "linear", "epochs": 2, "steps": 3}, "exactly one of"),
+        ({"name": "linaer", "epochs": 2},
          r"objective\.kl_weight: unknown schedule 'linaer'; choose one of: constant, linear"),
         ({"epochs": 2}, r"objective\.kl_weight: a table needs a 'name' key"),
-        ({"schedule": "linear", "epochs": 0}, r"objective\.kl_weight\.epochs must be >= 1"),
-        ({"schedule": "linear", "epochs": 2.5}, r"objective\.kl_weight\.epochs must be an integer"),
-        ({"schedule": "linear", "epochs": 2, "start": -1}, r"objective\.kl_weight\.start must be >= 0"),
-        ({"schedule": "linear", "epochs": 2, "unit": "batch"}, r"objective\.kl_weight\.unit: unknown value 'batch'"),
-        ({"schedule": "linear", "epochs": 2, "cycles": 2}, r"objective\.kl_weight\.cycles: unknown option"),
-        ({"schedule": "cyclical", "epochs": 2, "ratio": 0}, r"objective\.kl_weight\.ratio must be > 0"),
-        ({"schedule": "cyclical", "epochs": 2, "ratio": 1.5}, r"objective\.kl_weight\.ratio must be in \(0, 1\]"),
-        ({"schedule": "cyclical", "epochs": 2, "shape": "saw"}, r"objective\.kl_weight\.shape: unknown value 'saw'"),
-        ({"schedule": "constant", "value": -2}, r"objective\.kl_weight\.value must be >= 0"),
+        ({"name": "linear", "epochs": 0}, r"objective\.kl_weight\.epochs must be >= 1"),
+        ({"name": "linear", "epochs": 2.5}, r"objective\.kl_weight\.epochs must be an integer"),
+        ({"name": "linear", "epochs": 2, "start": -1}, r"objective\.kl_weight\.start must be >= 0"),
+        ({"name": "linear", "epochs": 2, "unit": "batch"}, r"objective\.kl_weight\.unit: unknown value 'batch'"),
+        ({"name": "linear", "epochs": 2, "cycles": 2}, r"objective\.kl_weight\.cycles: unknown option"),
+        ({"name": "cyclical", "epochs": 2, "ratio": 0}, r"objective\.kl_weight\.ratio must be > 0"),
+        ({"name": "cyclical", "epochs": 2, "ratio": 1.5}, r"objective\.kl_weight\.ratio must be in \(0, 1\]"),
+        ({"name": "cyclical", "epochs": 2, "shape": "saw"}, r"objective\.kl_weight\.shape: unknown value 'saw'"),
+        ({"name": "constant", "value": -2}, r"objective\.kl_weight\.value must be >= 0"),
         ("linear", r"objective\.kl_weight must be a number >= 0 or a schedule table"),
         (-0.5, r"objective\.kl_weight must be >= 0"),
         (True, r"objective\.kl_weight must be a number >= 0 or a schedule table"),
@@ -289,7 +289,7 @@ def test_bad_kl_weights_are_one_line_user_errors(spec, message):
 
 
 def test_config_keeps_tables_and_checks_reduction():
-    spec = {"schedule": "cyclical", "epochs": 8, "cycles": 2, "shape": "cosine"}
+    spec = {"name": "cyclical", "epochs": 8, "cycles": 2, "shape": "cosine"}
     objective = check_config({"objective": {"kl_weight": spec}})["objective"]
     assert objective["kl_weight"] == spec and objective["reduction"] == "sum"
     assert check_config({"objective": {"reduction": "mean"}})["objective"]["reduction"] == "mean"
@@ -305,7 +305,7 @@ def test_svi_script_with_a_schedule_from_zero_trains():
     """The script of docs/kl-annealing.md ("In your own SVI script"): the weight is read from the schedule at every step."""
     vae = small_vae()
     x = torch.bernoulli(torch.full((32, 1, 8, 8), 0.3))
-    schedule = build_schedule({"schedule": "linear", "start": 0.0, "end": 1.0, "steps": 20}, steps_per_epoch=1)
+    schedule = build_schedule({"name": "linear", "start": 0.0, "end": 1.0, "steps": 20}, steps_per_epoch=1)
     step = 0
     weight = lambda: schedule(step)  # noqa: E731
     svi = SVI(kl_scaled(vae.model, weight), kl_scaled(vae.guide, weight), pyro.optim.Adam({"lr": 1e-2}), Trace_ELBO())
@@ -330,7 +330,7 @@ def test_svi_script_with_a_schedule_from_zero_trains():
 
 
 def test_trainer_follows_a_schedule_from_zero_per_epoch(tmp_path):
-    schedule = {"schedule": "linear", "start": 0.0, "end": 1.0, "epochs": 2, "unit": "epoch"}
+    schedule = {"name": "linear", "start": 0.0, "end": 1.0, "epochs": 2, "unit": "epoch"}
     config = tiny_config(objective={"kl_weight": schedule}, train={"epochs": 3, "lr": 3e-3})
     rows = read_metrics(train(config, out=tmp_path / "run") / "metrics.csv")
     assert [r["kl_weight"] for r in rows] == [0.0, 0.5, 1.0]

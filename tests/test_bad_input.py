@@ -31,13 +31,13 @@ def files(tmp_path_factory):
 CASES = {
     "nan in data": (["--set", "data.name=npz", "--set", "data.path={root}/nan.npz", "--set", "data.binarize=none"], "NaN or inf"),
     "wrong shape for network": (["--set", "data.name=npz", "--set", "data.path={root}/flat.npz", "--set", "data.binarize=none",
-                                 "--set", 'model.encoder={{type="conv"}}'], "needs images shaped (channels, height, width)"),
+                                 "--set", 'model.encoder={{name="conv"}}'], "needs images shaped (channels, height, width)"),
     "outside the support": (["--set", "data.name=npz", "--set", "data.path={root}/grey.npz", "--set", "data.binarize=none"],
                             "continuous_bernoulli"),
     "empty split": (["--set", "data.name=npz", "--set", "data.path={root}/empty.npz"], "train split is empty"),
     "missing data file": (["--set", "data.name=npz", "--set", "data.path={root}/nowhere.npz"], "no such file"),
     "corrupt data file": (["--set", "data.name=npz", "--set", "data.path={root}/corrupt.npz"], "is not an .npz file"),
-    # issue 23: labels that do not line up with their images never train
+    # labels that do not line up with their images never train
     "fewer labels than images": (["--set", "data.name=npz", "--set", "data.path={root}/short_labels.npz"],
                                  "train_labels has 150 entries but train has 200 examples"),
     "more labels than images": (["--set", "data.name=npz", "--set", "data.path={root}/long_labels.npz"],

@@ -5,7 +5,9 @@ import sys
 
 import pytest
 
-from pyro_vae.config import load_config
+from pyro_vae.cli import main
+from pyro_vae.config import check_config, load_config
+from pyro_vae.models import VAE
 from pyro_vae.registry import UserError
 
 BAD = [
@@ -20,7 +22,7 @@ BAD = [
     ('[train]\nepoch = 3\n', "unknown key train.epoch; allowed in [train]: epochs"),
     ('[trian]\nepochs = 3\n', "unknown config section [trian]"),
     ('[data]\nbinarize = "yes"\n', "data.binarize: unknown value 'yes'; choose one of: auto, none, static, dynamic"),
-    ('[model]\nencoder = { type = "resnet" }\n', "model.encoder: unknown encoder 'resnet'; choose one of: mlp, conv"),
+    ('[model]\nencoder = { name = "resnet" }\n', "model.encoder: unknown encoder 'resnet'; choose one of: mlp, conv"),
     ('[train]\ndevice = "tpu"\n', "train.device: unknown device 'tpu'"),
     ('[train\nepochs = 3\n', "is not valid TOML"),
 ]
@@ -62,15 +64,58 @@ def test_defaults_are_complete_and_valid():
 
 
 def test_changing_a_components_name_starts_from_the_new_classs_defaults():
-    # the MLP's hidden sizes mean nothing to a conv decoder; the old spelling "type" works too
-    for key in ("name", "type"):
-        config = load_config(None, ["data.name=npz", f"model.decoder.{key}=conv"])
-        assert config["model"]["decoder"] == {"name": "conv"}
+    # the MLP's hidden sizes mean nothing to a conv decoder
+    config = load_config(None, ["data.name=npz", "model.decoder.name=conv"])
+    assert config["model"]["decoder"] == {"name": "conv"}
     config = load_config(None, ["model.decoder.name=conv", "model.decoder.channels=[8]"])
     assert config["model"]["decoder"] == {"name": "conv", "channels": [8]}
     # the same name again keeps the options
     config = load_config(None, ["model.decoder.hidden=[7]", "model.decoder.name=mlp"])
     assert config["model"]["decoder"]["hidden"] == [7]
-    # and a legacy table key is read as the name
-    config = load_config(None, ['model.encoder={type="mlp", hidden=[5]}'])
-    assert config["model"]["encoder"] == {"type": "mlp", "hidden": [5]}
+    config = load_config(None, ['model.encoder={name="mlp", hidden=[5]}'])
+    assert config["model"]["encoder"] == {"name": "mlp", "hidden": [5]}
+
+
+MISPLACED_NAMES = [
+    ('[model]\nlikelihood = { type = "gaussian" }\n', [],
+     'model.likelihood: the key "type" is not read; name the component with name = "gaussian"'),
+    ('[model]\nencoder = { type = "mlp", hidden = [5] }\n', [],
+     'model.encoder: the key "type" is not read; name the component with name = "mlp"'),
+    ('[objective]\nkl_weight = { schedule = "linear", epochs = 2 }\n', [],
+     'objective.kl_weight: the key "schedule" is not read; name the component with name = "linear"'),
+    ('[objective]\ncapacity = { schedule = "cyclical", epochs = 2, gamma = 10.0 }\n', [],
+     'objective.capacity: the key "schedule" is not read; name the component with name = "cyclical"'),
+    ("", ["model.decoder.type=conv"],
+     'model.decoder: the key "type" is not read; name the component with name = "conv"'),
+    ("", ['model.likelihood={type="gaussian"}'],
+     'model.likelihood: the key "type" is not read; name the component with name = "gaussian"'),
+]
+
+
+@pytest.mark.parametrize("text, overrides, message", MISPLACED_NAMES)
+def test_a_name_under_another_key_is_refused_naming_name(tmp_path, text, overrides, message):
+    path = tmp_path / "config.toml"
+    path.write_text(text)
+    with pytest.raises(UserError) as error:
+        load_config(path, overrides)
+    assert str(error.value) == message
+
+
+def test_a_name_under_another_key_is_refused_from_python():
+    with pytest.raises(UserError) as error:
+        check_config({"model": {"encoder": {"type": "conv"}}})
+    assert str(error.value) == 'model.encoder: the key "type" is not read; name the component with name = "conv"'
+    with pytest.raises(UserError) as error:
+        VAE((1, 8, 8), latent_dim=2, likelihood={"type": "gaussian"})
+    assert str(error.value) == 'model.likelihood: the key "type" is not read; name the component with name = "gaussian"'
+    # an option of another class in the registry is an unknown option, not a misplaced name
+    with pytest.raises(UserError, match=r"objective\.kl_weight\.shape: unknown option for schedule 'linear'"):
+        check_config({"objective": {"kl_weight": {"name": "linear", "epochs": 2, "shape": "linear"}}})
+
+
+def test_a_name_under_another_key_on_the_command_line_is_one_line_and_exit_2(tmp_path, capsys):
+    code = main(["train", "--set", 'model.likelihood={type="gaussian"}', "--out", str(tmp_path / "run")])
+    assert code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines == ['error: model.likelihood: the key "type" is not read; name the component with name = "gaussian"']
+    assert not (tmp_path / "run").exists()

@@ -23,28 +23,28 @@ from pyro_vae.runs import read_metrics
 
 # ---- early stopping: the rules ----
 
-# The issue's run (patience 2, min_delta 0.2), up to where it stopped: epoch 16 was the last gain of
+# A run's validation ELBOs (patience 2, min_delta 0.2), up to where it stopped: epoch 16 was the last gain of
 # more than 0.2, epoch 18 the best ELBO (epochs numbered from 1, list indices from 0).
-ISSUE = [-30.0 + 0.3 * k for k in range(15)] + [-24.921, -24.95, -24.825]
+STOPPED_RUN = [-30.0 + 0.3 * k for k in range(15)] + [-24.921, -24.95, -24.825]
 
 
 def test_best_is_the_highest_elbo_and_min_delta_plays_no_part_in_it():
-    assert stopping.best_epoch(ISSUE) == (17, -24.825)
+    assert stopping.best_epoch(STOPPED_RUN) == (17, -24.825)
     assert stopping.best_epoch([-3.0, -1.0, -1.0, -2.0]) == (1, -1.0)  # the first of ties, as best.pt is written
 
 
 def test_patience_counts_from_the_last_gain_of_more_than_min_delta():
-    assert stopping.last_improvement(ISSUE, 0.2) == (15, -24.921)  # -24.825 is only 0.096 better
-    assert stopping.last_improvement(ISSUE, 0.0) == (17, -24.825)
-    assert stopping.should_stop(ISSUE, patience=2, min_delta=0.2)  # epochs 17 and 18 after epoch 16
-    assert not stopping.should_stop(ISSUE[:17], patience=2, min_delta=0.2)  # only epoch 17 after it
-    assert not stopping.should_stop(ISSUE, patience=2, min_delta=0.0)  # epoch 18 itself improved
+    assert stopping.last_improvement(STOPPED_RUN, 0.2) == (15, -24.921)  # -24.825 is only 0.096 better
+    assert stopping.last_improvement(STOPPED_RUN, 0.0) == (17, -24.825)
+    assert stopping.should_stop(STOPPED_RUN, patience=2, min_delta=0.2)  # epochs 17 and 18 after epoch 16
+    assert not stopping.should_stop(STOPPED_RUN[:17], patience=2, min_delta=0.2)  # only epoch 17 after it
+    assert not stopping.should_stop(STOPPED_RUN, patience=2, min_delta=0.0)  # epoch 18 itself improved
     # small gains add up: each step gains 0.1 < min_delta, but three of them 0.3 > 0.2
     assert stopping.last_improvement([-1.0, -0.9, -0.8, -0.7], 0.2) == (3, -0.7)
 
 
 def test_the_stop_message_names_what_best_pt_holds():
-    assert stopping.stop_message(ISSUE, patience=2, min_delta=0.2) == (
+    assert stopping.stop_message(STOPPED_RUN, patience=2, min_delta=0.2) == (
         "early stopping after epoch 18: the validation ELBO has not improved by more than 0.2 for 2 epochs "
         "(last improvement -24.921 at epoch 16); best -24.825 at epoch 18, in best.pt")
 
@@ -137,7 +137,7 @@ def test_the_data_summary_counts_the_kept_labels():
 
 def test_the_readmes_m2_loop_runs_without_a_warning():
     """The README's M2 example, verbatim but for fewer epochs and batches: the labeled step (y observed,
-    nothing to enumerate) used to make TraceEnum_ELBO warn that it found no sites to enumerate."""
+    nothing to enumerate) must not make TraceEnum_ELBO warn that it found no sites to enumerate."""
     import pyro
     from pyro.infer import SVI, TraceEnum_ELBO
 

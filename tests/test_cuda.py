@@ -22,7 +22,7 @@ def test_training_on_cuda_improves_and_matches_its_own_evaluation(tmp_path, on_d
                          data={"on_device": on_device, "binarize": "dynamic"})
     run = train(config, out=tmp_path / "run")
     rows = read_metrics(run / "metrics.csv")
-    # Measured on an H100 (torch 2.11, issue 12): +2.3 to +2.8 nats over these epochs; margin below.
+    # Measured on an H100 (torch 2.11): +2.3 to +2.8 nats over these epochs; margin below.
     assert rows[-1]["val_elbo"] > rows[0]["val_elbo"] + 1.5
     vae = load_run(run, device="cuda")
     assert next(vae.parameters()).is_cuda

@@ -1,4 +1,4 @@
-"""Data that do not line up never train (issue 23): labels and other per-example arrays match
+"""Data that do not line up never train: labels and other per-example arrays match
 their images one to one and are integers in range; image layouts are read by a stated rule,
 and a shape that rule cannot read is refused in one line."""
 
@@ -46,7 +46,7 @@ def test_per_example_problems_are_one_line_naming_both_arrays(array, kwargs, mes
 
 def test_labels_are_checked_before_a_split_is_cut(tmp_path):
     """With no valid/test arrays, train and its labels are shuffled together and cut: 150 labels for
-    200 images used to be an IndexError there, 250 labels a silent misalignment."""
+    200 images would be an IndexError there, 250 labels a silent misalignment."""
     x = images(200)
     for labels, found in ((np.arange(150) % 10, 150), (np.arange(250) % 10, 250)):
         np.savez(tmp_path / "d.npz", train=x, train_labels=labels)

@@ -1,6 +1,6 @@
 """data.dequantize: integer data k of L levels as (k + u) / L under a continuous likelihood, and the
 log-likelihood of the discrete data, log P(k) >= log p((k + u) / L) - D log L (Theis et al. 2016),
-in the units of discretized_logistic's (issue 23)."""
+in the units of discretized_logistic's."""
 
 import json
 import math

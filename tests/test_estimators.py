@@ -25,8 +25,8 @@ def digits():
 
 
 def small_vae(data_shape, latent_dim=4):
-    return VAE(data_shape, latent_dim=latent_dim, encoder={"type": "mlp", "hidden": [32]},
-               decoder={"type": "mlp", "hidden": [32]})
+    return VAE(data_shape, latent_dim=latent_dim, encoder={"name": "mlp", "hidden": [32]},
+               decoder={"name": "mlp", "hidden": [32]})
 
 
 def build(name, num_particles=None, **options):

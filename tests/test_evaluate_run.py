@@ -1,5 +1,5 @@
 """The library behind `pyro-vae evaluate` and `pyro-vae plot`: `report.evaluate_run` and
-`runs.plot_run`, and a run trained on arrays from Python (issue 32): its error names the calls
+`runs.plot_run`, and a run trained on arrays from Python: its error names the calls
 that take the arrays again, and those calls work."""
 
 import json

@@ -53,8 +53,8 @@ class PPCA:
         self.posterior_std = SIGMA / precision.sqrt()
         self.vae = VAE(
             (D,), LATENT,
-            encoder={"type": "mlp", "hidden": []},
-            decoder={"type": "mlp", "hidden": []},
+            encoder={"name": "mlp", "hidden": []},
+            decoder={"name": "mlp", "hidden": []},
             likelihood={"name": "gaussian", "scale": SIGMA},
         )
         self.guide_loc_shift = loc_shift
@@ -173,7 +173,7 @@ def test_no_kl_weight_or_scale_leaks_in():
 ])
 def test_direct_weights_equal_the_traced_ones(likelihood, prior, guide):
     vae = VAE((1, 4, 4), latent_dim=2, likelihood=likelihood, prior=prior, guide=guide,
-              encoder={"type": "mlp", "hidden": [8]}, decoder={"type": "mlp", "hidden": [8]})
+              encoder={"name": "mlp", "hidden": [8]}, decoder={"name": "mlp", "hidden": [8]})
     x = torch.bernoulli(torch.full((5, 1, 4, 4), 0.4))
     pyro.set_rng_seed(1)
     direct = direct_log_importance_weights(vae, x, 7)
@@ -218,7 +218,7 @@ def test_bad_arguments_are_one_line_user_errors():
 def test_evaluate_reports_bits_per_dim_only_for_discrete_data():
     ppca = PPCA()
     assert evaluate(ppca.vae, ppca.sample(20), num_samples=5)["bits_per_dim"] is None
-    vae = VAE((1, 8, 8), 3, encoder={"type": "mlp", "hidden": [16]}, decoder={"type": "mlp", "hidden": [16]})
+    vae = VAE((1, 8, 8), 3, encoder={"name": "mlp", "hidden": [16]}, decoder={"name": "mlp", "hidden": [16]})
     x = torch.bernoulli(torch.full((20, 1, 8, 8), 0.3))
     result = evaluate(vae, x, num_samples=5)
     assert result["bits_per_dim"] == pytest.approx(-result["log_likelihood"] / (64 * math.log(2)))
@@ -301,8 +301,8 @@ class RedefinedGuide(VAE):
 def test_one_encoder_pass_gives_what_separate_passes_give(prior, guide):
     """evaluate_elbo reads the codes and the KL per dimension off the guide's trace for the
     standard programs; a redefined guide takes the separate passes. Both from one state."""
-    kwargs = dict(latent_dim=3, prior=prior, guide=guide, encoder={"type": "mlp", "hidden": [8]},
-                  decoder={"type": "mlp", "hidden": [8]})
+    kwargs = dict(latent_dim=3, prior=prior, guide=guide, encoder={"name": "mlp", "hidden": [8]},
+                  decoder={"name": "mlp", "hidden": [8]})
     pyro.set_rng_seed(0)
     standard = VAE((1, 4, 4), **kwargs)
     redefined = RedefinedGuide((1, 4, 4), **kwargs)

@@ -29,7 +29,7 @@ CASES = [
 
 def make_vae(likelihood, prior, guide="normal"):
     return VAE((1, 4, 4), latent_dim=3, likelihood=likelihood, prior=prior, guide=guide,
-               encoder={"type": "mlp", "hidden": [8]}, decoder={"type": "mlp", "hidden": [8]})
+               encoder={"name": "mlp", "hidden": [8]}, decoder={"name": "mlp", "hidden": [8]})
 
 
 def loss_and_grads(vae, compute, seed=11):
@@ -110,7 +110,7 @@ class TemperedLikelihood(VAE):
 @pytest.mark.parametrize("estimator", ["trace", "meanfield"])
 def test_a_redefined_model_program_is_traced_never_replaced_by_the_direct_loss(estimator):
     options = dict(latent_dim=3, likelihood={"name": "gaussian", "scale": "optimal"},
-                   encoder={"type": "mlp", "hidden": [8]}, decoder={"type": "mlp", "hidden": [8]})
+                   encoder={"name": "mlp", "hidden": [8]}, decoder={"name": "mlp", "hidden": [8]})
     x = torch.rand(6, 1, 4, 4)
     pyro.set_rng_seed(3)
     changed = LikelihoodWithoutObservation((1, 4, 4), **options)
@@ -127,7 +127,7 @@ def test_a_redefined_model_program_is_traced_never_replaced_by_the_direct_loss(e
 
 def test_a_redefined_density_reaches_the_direct_loss_and_the_traced_one_alike():
     options = dict(latent_dim=3, likelihood={"name": "gaussian", "scale": 0.3},
-                   encoder={"type": "mlp", "hidden": [8]}, decoder={"type": "mlp", "hidden": [8]})
+                   encoder={"name": "mlp", "hidden": [8]}, decoder={"name": "mlp", "hidden": [8]})
     vae = TemperedLikelihood((1, 4, 4), **options)
     x = torch.rand(6, 1, 4, 4)
     assert standard_vae(vae.model, vae.guide) is vae  # programs unchanged: the direct loss is used
@@ -170,7 +170,7 @@ def test_direct_losses_equal_the_traced_ones(likelihood, prior, guide, estimator
         pytest.skip(f"{estimator['name']} refuses a flow guide (it cannot score z at detached parameters)")
     weight = torch.tensor(1.0) if weight == "tensor 1" else weight
     options = dict(latent_dim=3, likelihood=likelihood, prior=prior, guide=guide,
-                   encoder={"type": "mlp", "hidden": [8]}, decoder={"type": "mlp", "hidden": [8]})
+                   encoder={"name": "mlp", "hidden": [8]}, decoder={"name": "mlp", "hidden": [8]})
     x = torch.bernoulli(torch.full((6, 1, 4, 4), 0.4)) if likelihood == "bernoulli" else torch.rand(6, 1, 4, 4) * 0.9 + 0.05
     pyro.set_rng_seed(5)
     standard = VAE((1, 4, 4), **options)

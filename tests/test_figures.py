@@ -13,7 +13,7 @@ from pyro_vae import VAE, plots
 
 def small_vae(latent_dim):
     torch.manual_seed(0)
-    return VAE((1, 8, 8), latent_dim, encoder={"type": "mlp", "hidden": [8]}, decoder={"type": "mlp", "hidden": [8]})
+    return VAE((1, 8, 8), latent_dim, encoder={"name": "mlp", "hidden": [8]}, decoder={"name": "mlp", "hidden": [8]})
 
 
 def tick_labels(axis):
@@ -63,7 +63,7 @@ def test_traversal_axes_carry_offsets_and_each_rows_z_values(tmp_path):
 
 def test_every_row_of_a_factor_traversal_is_labelled(tmp_path):
     # 10 latent dimensions: 10 rows, each labelled with its dimension and factor (the axes of
-    # the other grids keep every k-th label beyond 9 cells: 10 rows used to get 5 labels)
+    # the other grids keep every k-th label beyond 9 cells, which would label 5 of the 10 rows)
     vae = small_vae(10)
     codes = torch.randn(300, 10) * torch.linspace(2.0, 0.2, 10)
     factors = np.c_[np.arange(300) % 3, np.arange(300) % 5]

@@ -1,4 +1,4 @@
-"""Property-based tests (Hypothesis) of the command line's input handling (issue 23): random
+"""Property-based tests (Hypothesis) of the command line's input handling: random
 malformed configs, data arrays, label arrays and arguments thrown at ``train``, ``evaluate`` and
 ``sample``. Whatever is drawn, the command either runs (exit 0, its outputs written) or stops
 with a one-line error (exit 2); never a traceback, and on an error nothing already written is
@@ -304,7 +304,7 @@ def test_sample_with_random_arguments_runs_or_says_one_line(trained, tmp_path_fa
                                                             label, checkpoint, out, where, junk):
     scratch = tmp_path_factory.mktemp("samples")
     run = trained if where == "run" else trained.parent / "nowhere"
-    target = scratch / out  # never into the run: where sample writes by default is another matter (issue 23)
+    target = scratch / out  # never into the run: this test is about the arguments, not where sample writes by default
     argv = ["sample", str(run), "--n", str(n), "--checkpoint", checkpoint, "--out", str(target),
             *flag("--seed", seed), *flag("--label", label), *junk]
     note(f"argv: {argv}")

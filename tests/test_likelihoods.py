@@ -312,7 +312,7 @@ def test_linear_gaussian_vae_reaches_the_ppca_optimum():
     x = torch.randn(n, q, generator=generator) @ W.T + 0.5 * torch.randn(n, d, generator=generator) + 1.0
     best_log_likelihood, best_sigma2 = ppca_optimum(x, q)
 
-    vae = VAE(d, latent_dim=q, encoder={"type": "mlp", "hidden": []}, decoder={"type": "mlp", "hidden": []},
+    vae = VAE(d, latent_dim=q, encoder={"name": "mlp", "hidden": []}, decoder={"name": "mlp", "hidden": []},
               likelihood={"name": "gaussian", "scale": "learned"})
     elbo = TraceMeanField_ELBO(max_plate_nesting=1)  # closed-form KL: less noise per full-batch step
     optimizer = torch.optim.Adam(vae.parameters(), lr=0.03)

@@ -23,8 +23,8 @@ def small_vae(likelihood="bernoulli", **kwargs):
     return VAE(
         (1, 8, 8),
         latent_dim=3,
-        encoder={"type": "mlp", "hidden": [16]},
-        decoder={"type": "mlp", "hidden": [16]},
+        encoder={"name": "mlp", "hidden": [16]},
+        decoder={"name": "mlp", "hidden": [16]},
         likelihood=likelihood,
         **kwargs,
     )
@@ -139,8 +139,8 @@ def test_a_vae_owns_its_parameters_nothing_stays_in_the_global_store():
 def test_conv_networks_on_images():
     vae = VAE(
         (1, 8, 8), latent_dim=2,
-        encoder={"type": "conv", "channels": [4, 8]},
-        decoder={"type": "conv", "channels": [8, 4]},
+        encoder={"name": "conv", "channels": [4, 8]},
+        decoder={"name": "conv", "channels": [8, 4]},
     )
     x = torch.bernoulli(torch.full((3, 1, 8, 8), 0.5))
     loss = Trace_ELBO().differentiable_loss(vae.model, vae.guide, x)
@@ -151,9 +151,9 @@ def test_conv_networks_on_images():
 
 def test_conv_rejects_flat_data_and_odd_sizes():
     with pytest.raises(UserError, match="needs images"):
-        VAE(64, encoder={"type": "conv"})
+        VAE(64, encoder={"name": "conv"})
     with pytest.raises(UserError, match="divisible by 8"):
-        VAE((1, 12, 12), encoder={"type": "conv", "channels": [4, 4, 4]})
+        VAE((1, 12, 12), encoder={"name": "conv", "channels": [4, 4, 4]})
 
 
 def test_names_tables_and_instances_are_accepted():
@@ -165,10 +165,10 @@ def test_names_tables_and_instances_are_accepted():
         VAE(10, likelihood="gausian")
 
 
-@pytest.mark.parametrize("net", [{"type": "mlp", "hidden": [8]}, {"type": "conv", "channels": [8, 4]}])
+@pytest.mark.parametrize("net", [{"name": "mlp", "hidden": [8]}, {"name": "conv", "channels": [8, 4]}])
 @pytest.mark.parametrize("likelihood", ["bernoulli", {"name": "discretized_logistic", "components": 2}])
 def test_decoders_and_likelihoods_take_leading_particle_dimensions(net, likelihood):
-    encoder = {"type": "conv", "channels": [4, 8]} if net["type"] == "conv" else net
+    encoder = {"name": "conv", "channels": [4, 8]} if net["name"] == "conv" else net
     vae = VAE((1, 8, 8), latent_dim=3, encoder=encoder, decoder=net, likelihood=likelihood)
     z = torch.randn(4, 5, 3)  # (particles, data points, latent)
     params = vae.decoder(z)

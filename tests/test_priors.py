@@ -33,7 +33,7 @@ LIKELIHOOD_SPECS = [
     {"name": "gaussian", "scale": "optimal"},
     {"name": "laplace", "scale": "learned_per_feature"},
     {"name": "beta", "squeeze": 1e-3},
-    {"name": "discretized_logistic", "components": 2, "levels": 17},  # digits are k / 16
+    {"name": "discretized_logistic", "components": 2, "levels": 17},  # noise_images are k / 16
 ]
 CLOSED_FORM_KL = ("normal", "learned_normal")
 
@@ -43,13 +43,15 @@ def name_of(spec):
 
 
 def small_vae(prior="normal", likelihood="continuous_bernoulli", latent_dim=2, **kwargs):
-    return VAE((1, 8, 8), latent_dim=latent_dim, encoder={"type": "mlp", "hidden": [16]},
-               decoder={"type": "mlp", "hidden": [16]}, likelihood=likelihood, prior=prior, **kwargs)
+    return VAE((1, 8, 8), latent_dim=latent_dim, encoder={"name": "mlp", "hidden": [16]},
+               decoder={"name": "mlp", "hidden": [16]}, likelihood=likelihood, prior=prior, **kwargs)
 
 
-def digits(likelihood, n=32):
+def noise_images(likelihood, n=32):
+    """`n` seeded uniform-noise 8x8 images on the digits data's grid k / 16 (binary draws from them
+    for `bernoulli`): inputs of the digits' shape and values, not digits."""
     x = torch.rand(n, 1, 8, 8, generator=torch.Generator().manual_seed(0))
-    x = (x * 16).round() / 16  # on the digits' grid k / 16
+    x = (x * 16).round() / 16
     return torch.bernoulli(x) if likelihood == "bernoulli" else x
 
 
@@ -126,7 +128,7 @@ def test_learned_normal_starts_standard_and_keeps_the_closed_form_kl():
     z = torch.randn(4, 3)
     standard = torch.distributions.Normal(0.0, 1.0).log_prob(z).sum(-1)
     assert torch.allclose(vae.prior_dist().log_prob(z), standard)
-    loc, scale = gaussian_parameters(vae.encoder(digits("continuous_bernoulli", 4)))
+    loc, scale = gaussian_parameters(vae.encoder(noise_images("continuous_bernoulli", 4)))
     guide = pyro.distributions.Normal(loc, scale).to_event(1)
     assert analytic_kl(guide, vae.prior_dist()) is not None
 
@@ -149,9 +151,9 @@ def test_bad_prior_options_are_user_errors(spec, message):
 
 
 def test_swapping_the_prior_changes_only_the_z_sites_distribution():
-    encoder = VAE((1, 8, 8), 2, encoder={"type": "mlp", "hidden": [16]}).encoder
-    decoder = VAE((1, 8, 8), 2, decoder={"type": "mlp", "hidden": [16]}, likelihood="continuous_bernoulli").decoder
-    x = digits("continuous_bernoulli", 5)
+    encoder = VAE((1, 8, 8), 2, encoder={"name": "mlp", "hidden": [16]}).encoder
+    decoder = VAE((1, 8, 8), 2, decoder={"name": "mlp", "hidden": [16]}, likelihood="continuous_bernoulli").decoder
+    x = noise_images("continuous_bernoulli", 5)
     traces = {}
     guide_trace = None
     for spec in PRIOR_SPECS:
@@ -182,7 +184,7 @@ def test_swapping_the_prior_changes_only_the_z_sites_distribution():
 def test_meanfield_uses_the_closed_form_kl_or_falls_back_to_monte_carlo(spec):
     vae = small_vae(spec)
     perturb(vae.prior)
-    x = digits("continuous_bernoulli", 8)
+    x = noise_images("continuous_bernoulli", 8)
     losses = {}
     for elbo in (Trace_ELBO(max_plate_nesting=1), TraceMeanField_ELBO(max_plate_nesting=1)):
         pyro.set_rng_seed(5)
@@ -207,7 +209,7 @@ def test_meanfield_uses_the_closed_form_kl_or_falls_back_to_monte_carlo(spec):
 @pytest.mark.parametrize("estimator", ESTIMATORS.names())
 def test_every_estimator_works_with_every_prior(estimator, prior):
     vae = small_vae(prior)
-    loss = ESTIMATORS.build(estimator).loss(vae.model, vae.guide, digits("continuous_bernoulli", 8))
+    loss = ESTIMATORS.build(estimator).loss(vae.model, vae.guide, noise_images("continuous_bernoulli", 8))
     loss.backward()
     assert torch.isfinite(loss)
     for name, parameter in vae.prior.named_parameters():  # the prior is trained by every estimator
@@ -218,7 +220,7 @@ def test_every_estimator_works_with_every_prior(estimator, prior):
 @pytest.mark.parametrize("likelihood", LIKELIHOOD_SPECS, ids=lambda s: str(s))
 def test_every_likelihood_and_prior_pair_takes_an_svi_step(likelihood, prior):
     vae = small_vae(prior, likelihood)
-    x = digits(name_of(likelihood) if isinstance(likelihood, dict) else likelihood, 16)
+    x = noise_images(name_of(likelihood) if isinstance(likelihood, dict) else likelihood, 16)
     vae.likelihood.check_support(x)
     learned = {name: p.detach().clone() for name, p in vae.named_parameters() if not name.startswith(("encoder", "decoder"))}
     svi = SVI(vae.model, vae.guide, pyro.optim.Adam({"lr": 0.01}), Trace_ELBO(max_plate_nesting=1))

@@ -25,7 +25,7 @@ def resumable_config(**train_options):
     # what must resume.
     return tiny_config(
         data={"binarize": "dynamic"},
-        objective={"kl_weight": {"schedule": "linear", "start": 0.0, "end": 1.0, "epochs": 2}},
+        objective={"kl_weight": {"name": "linear", "start": 0.0, "end": 1.0, "epochs": 2}},
         train={"epochs": 4, "batch_size": 32, "checkpoint_every": 7, "lr_schedule": "cosine", **train_options},
     )
 

@@ -50,7 +50,7 @@ def test_cli_train_and_sample_end_to_end(tmp_path):
     config = tmp_path / "tiny.toml"
     config.write_text(
         '[data]\nname = "digits"\nbinarize = "dynamic"\n'
-        '[model]\nlatent_dim = 2\nencoder = { type = "mlp", hidden = [16] }\n'
+        '[model]\nlatent_dim = 2\nencoder = { name = "mlp", hidden = [16] }\n'
         '[train]\nepochs = 1\nprogress = false\n'
     )
     run = tmp_path / "run"

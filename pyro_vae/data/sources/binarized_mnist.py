@@ -7,8 +7,7 @@ import numpy as np
 from ...registry import UserError
 from ..containers import SPLITS
 from ..splits import raw_splits
-from .arrays import read_npz
-from .base import DATASETS, Source
+from .base import DATASETS, Source, read_npz
 from .download import download_file
 
 
