@@ -65,7 +65,9 @@ def _fallback(path):
 
 def rng_state():
     """Every RNG a run draws from, as plain tensors and numbers (safe for weights_only)."""
-    name, keys, position, has_gauss, cached = np.random.get_state()
+    state = np.random.get_state(legacy=True)
+    assert isinstance(state, tuple)  # legacy form: numpy's global RandomState is always an MT19937
+    name, keys, position, has_gauss, cached = state
     return {
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],

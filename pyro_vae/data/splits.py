@@ -73,5 +73,6 @@ def given_splits(arrays, fractions, where):
         for i, name in enumerate(SPLITS):
             if name == "train" or name not in arrays:
                 parts[i], labels[i], factors[i] = cut[i], cut_labels[i], cut_factors[i]
-    return raw_splits(*parts, labels, factors)
+    train, valid, test = parts
+    return raw_splits(train, valid, test, labels, factors)
 
