@@ -9,7 +9,7 @@
 import dataclasses
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, cast
 
@@ -40,7 +40,7 @@ def build_data(config, data=None):
     return load_data(**options, likelihood=likelihood)
 
 
-def build_model(config, data_shape, data_levels=None):
+def build_model(config: dict[str, Any], data_shape: int | Sequence[int], data_levels: int | None = None) -> VAE:
     """The model a checked config describes (`model.kind`: a class of `MODEL_KINDS`, which reads
     its own options from the `[model]` section: `VAE.from_config`), for data of shape
     `data_shape` (and `data_levels`). The two rules kept here: the "vae" kind with

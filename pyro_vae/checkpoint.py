@@ -13,6 +13,7 @@ import pickle
 import random
 import struct
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -63,7 +64,7 @@ def _fallback(path):
     return "the run has no other checkpoint (best.pt) to fall back on; train it again"
 
 
-def rng_state():
+def rng_state() -> dict[str, Any]:
     """Every RNG a run draws from, as plain tensors and numbers (safe for weights_only)."""
     state = np.random.get_state(legacy=True)
     assert isinstance(state, tuple)  # legacy form: numpy's global RandomState is always an MT19937

@@ -119,7 +119,7 @@ class Estimator(nn.Module):
         with_labels: Callable[..., torch.Tensor] = self.differentiable_loss
         return with_labels(model, guide, x, y)
 
-    # None, or a method (vae, x, kl_weight) -> the loss, or None where it does not apply
+    # None, or a method (vae, x, kl_weight) -> the loss (None where it does not apply)
     direct_loss: Callable[[Any, torch.Tensor, Any], torch.Tensor | None] | None = None
     analytic_kl = False  # whether the KL term is taken in closed form where it has one
     guide_wrapper: type | None = None  # a _Rewrapped class applied to the guide's latent sites
