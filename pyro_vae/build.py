@@ -10,9 +10,9 @@ import dataclasses
 import os
 import sys
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -41,7 +41,7 @@ def build_data(config, data=None):
     return load_data(**options, likelihood=likelihood)
 
 
-def build_model(config, data_shape, data_levels=None):
+def build_model(config: dict[str, Any], data_shape: int | Sequence[int], data_levels: int | None = None) -> VAE:
     """The model a checked config describes (`model.kind`: a class of `MODEL_KINDS`, which reads
     its own options from the `[model]` section: `VAE.from_config`), for data of shape
     `data_shape` (and `data_levels`). The two rules kept here: the "vae" kind with
@@ -53,7 +53,8 @@ def build_model(config, data_shape, data_levels=None):
         model_class = HierarchicalVAE
     elif model_class is M2 and model["features"]:
         model_class = StackedM2
-    return model_class.from_config(model, data_shape, data_levels, load_features)
+    # every model kind is a VAE class (its registry holds Callables to mypy)
+    return cast("type[VAE]", model_class).from_config(model, data_shape, data_levels, load_features)
 
 
 def check_memory(config, data, device):
@@ -169,7 +170,7 @@ class TrainingComponents:
     kl_schedule: Callable[[int], float]  # step -> beta, the config's objective.kl_weight (annealing.Schedule)
     penalty_schedule: Callable[[int], Any] | None  # step -> the KL term's penalty (penalties.build_kl_penalty)
     features_per_term: int  # D under reduction = "mean" (an effective KL weight of D beta), else 1
-    optimizer: object  # torch.optim.Optimizer over the VAE's and the estimator's parameters
+    optimizer: torch.optim.Optimizer  # over the VAE's and the estimator's parameters
     lr_schedule: object  # torch LRScheduler, stepped once per optimizer step
     steps_per_epoch: int
 

@@ -13,6 +13,7 @@ import pickle
 import random
 import struct
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -63,9 +64,11 @@ def _fallback(path):
     return "the run has no other checkpoint (best.pt) to fall back on; train it again"
 
 
-def rng_state():
+def rng_state() -> dict[str, Any]:
     """Every RNG a run draws from, as plain tensors and numbers (safe for weights_only)."""
-    name, keys, position, has_gauss, cached = np.random.get_state()
+    state = np.random.get_state(legacy=True)
+    assert isinstance(state, tuple)  # legacy form: numpy's global RandomState is always an MT19937
+    name, keys, position, has_gauss, cached = state
     return {
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],

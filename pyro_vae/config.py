@@ -103,7 +103,8 @@ def spec(registry):
         registry.split_spec(value, key)
         return value
 
-    check.registry = registry  # read by the generated config reference (docs/hooks.py)
+    # read by the generated config reference (docs/hooks.py); mypy does not model attributes set on a function
+    check.registry = registry  # type: ignore[attr-defined]
     return check
 
 
@@ -142,7 +143,8 @@ def name_in(registry):
         registry.get(string(value, key), key)
         return value
 
-    check.registry = registry  # read by the generated config reference (docs/hooks.py)
+    # read by the generated config reference (docs/hooks.py); mypy does not model attributes set on a function
+    check.registry = registry  # type: ignore[attr-defined]
     return check
 
 

@@ -368,6 +368,7 @@ def evaluate_disentanglement(vae, data, splits=("train", "valid", "test"), limit
     vae.eval()
     try:
         codes = _encode(vae, pool.x)
+        assert pool.factors is not None  # the pool was built with factors, and a subset keeps them
         factors = pool.factors.numpy()
         mig_value, gaps = mig(codes, factors, per_factor=True)
         informative = [name for name, column in zip(data.factor_names, factors.T) if len(np.unique(column)) > 1]

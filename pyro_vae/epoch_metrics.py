@@ -19,11 +19,12 @@ The row's columns (every logger receives the same rows):
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 
 def metrics_row(epoch: int, step: int, beta: float, effective_kl_weight: float, lr: float,
-                capacity: float | None, train_loss: tuple[float, float], train: dict[str, Any],
+                capacity: float | None, train_loss: Sequence[float], train: dict[str, Any],
                 val: dict[str, Any], seconds: float) -> dict[str, float]:
     """The `metrics.csv` row of an epoch. `train_loss` is (sum, count) over its steps;
     `train` and `val` are `evaluation.evaluate_elbo`'s results on the two splits."""

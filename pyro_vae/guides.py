@@ -23,6 +23,9 @@ falls back to the Monte Carlo term log q(z | x) - log p(z) at the drawn z, exact
 full or low-rank Gaussian against a diagonal one, and a flow has none).
 """
 
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, cast
+
 import torch
 from pyro import distributions as dist
 from pyro.distributions import transforms
@@ -31,6 +34,9 @@ from torch.nn import functional as F
 
 from .checks import integer, sizes
 from .registry import Registry, UserError
+
+if TYPE_CHECKING:
+    from pyro.distributions.conditional import ConditionalTransformModule
 
 GUIDES = Registry("guide")
 
@@ -66,7 +72,10 @@ class GuideFamily(nn.Module):
         super().__init__()
         self.latent_dim = latent_dim
 
-    num_params = None
+    @property
+    def num_params(self) -> int:
+        """How many numbers per data point the encoder outputs for this family (each family's own)."""
+        raise NotImplementedError
 
     def forward(self, params):
         raise NotImplementedError
@@ -177,7 +186,8 @@ class InverseAutoregressiveFlow(GuideFamily):
         base = dist.Normal(loc, scale).to_event(1)
         # Conditioned steps are new transforms per call, each caching its last (input, output):
         # scoring the distribution's own draws then needs no inversion.
-        return dist.TransformedDistribution(base, [flow.condition(context) for flow in self.flows])
+        steps = cast("Iterable[ConditionalTransformModule]", self.flows)  # a ModuleList's items are Modules to mypy
+        return dist.TransformedDistribution(base, [flow.condition(context) for flow in steps])
 
     def mean(self, q):
         return q.sample((self.mean_samples,)).mean(0)

@@ -214,16 +214,20 @@ class LocationScale(Likelihood):
 
     distribution: type[TorchDistribution] | None = None  # a Pyro location-scale distribution class
     continuous = True
+    # buffers (register_buffer), present by `scale`: tensors to mypy, not nn.Module's Tensor | Module
+    fixed_scale: torch.Tensor
+    running_statistic: torch.Tensor
+    running_weight: torch.Tensor
 
     def __init__(self, data_shape, scale=1.0, min_scale=1e-3):
         super().__init__(data_shape)
         name = self.registered_name
-        if not isinstance(min_scale, numbers.Real) or isinstance(min_scale, bool) or not min_scale > 0:
+        if not isinstance(min_scale, numbers.Real) or isinstance(min_scale, bool) or not float(min_scale) > 0:
             raise UserError(f"{name} min_scale must be a positive number, got {min_scale!r}")
         self.scale = scale
         self.min_scale = float(min_scale)
         if isinstance(scale, numbers.Real) and not isinstance(scale, bool):
-            if not (math.isfinite(scale) and scale > 0):
+            if not (math.isfinite(scale) and float(scale) > 0):
                 raise UserError(f"{name} scale must be a positive number, got {scale!r}")
             self.register_buffer("fixed_scale", torch.tensor(float(scale)))
         elif scale == "learned":
@@ -282,6 +286,7 @@ class LocationScale(Likelihood):
     def forward(self, params, x=None):
         loc = self.parameter(params, 0)
         scale = self.scale_for(loc, x).expand_as(loc)
+        assert self.distribution is not None  # LocationScale is a base: each registered subclass sets it
         return self.distribution(loc, scale).to_event(self.event_dim)
 
     def mean(self, params):
@@ -353,7 +358,7 @@ class Beta(Likelihood):
 
     def __init__(self, data_shape, squeeze=0.0):
         super().__init__(data_shape)
-        if not isinstance(squeeze, numbers.Real) or isinstance(squeeze, bool) or not 0 <= squeeze < 0.5:
+        if not isinstance(squeeze, numbers.Real) or isinstance(squeeze, bool) or not 0 <= float(squeeze) < 0.5:
             raise UserError(f"beta squeeze must be a number in [0, 0.5), got {squeeze!r}")
         self.squeeze = float(squeeze)
         # x = (x' - eps) / (1 - 2 eps): the map from Beta's (0, 1) to the data
@@ -490,7 +495,7 @@ class DiscretizedLogistic(Likelihood):
         self.levels = levels
         self.num_params = 3 * components
 
-    def split(self, params):
+    def split(self, params: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(N, 3K, *data_shape) -> logits, loc, log_scale, each (N, *data_shape, K)."""
         logits, loc, log_scale = params.movedim(-1 - self.event_dim, -1).chunk(3, dim=-1)
         return logits, loc, log_scale.clamp(min=MIN_LOG_SCALE)

@@ -284,7 +284,9 @@ class WandbLogger(Logger):
         run_id = _run_id(folder) or uuid.uuid4().hex[:8]  # os.urandom: no RNG of the run is touched
         self.run = wandb.init(
             project=os.environ.get("WANDB_PROJECT", "pyro-vae"), dir=str(out), name=out.name, id=run_id,
-            resume="allow", config=config, mode=os.environ.get("WANDB_MODE", "offline"), reinit="create_new",
+            resume="allow", config=config, reinit="create_new",
+            # WANDB_MODE as given: wandb.init refuses a mode it does not know (mypy wants its Literal)
+            mode=os.environ.get("WANDB_MODE", "offline"),  # type: ignore[arg-type]
             # console="off": wandb leaves sys.stdout and sys.stderr as they are
             settings=wandb.Settings(console="off", quiet=True, x_disable_stats=True, save_code=False),
         )

@@ -16,10 +16,18 @@ state alone (and matplotlib is imported only when a figure is drawn). Every
 callers and tests can look at what was drawn.
 """
 
+from __future__ import annotations
+
 import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 # Grid figures: 0.8 inch per image, shrunk so the longer side stays within 12 inches.
 CELL_INCHES = 0.8
@@ -79,7 +87,9 @@ def _label_cells(axis, size, labels, name, set_ticks, set_labels, set_name, limi
     set_name(name, fontsize=8)
 
 
-def save_grid(x, path, columns=None, title=None, x_axis=None, y_axis=None, label_every_row=False):
+def save_grid(x: torch.Tensor, path: str | Path, columns: int | None = None, title: str | None = None,
+              x_axis: tuple[Sequence[str], str] | None = None, y_axis: tuple[Sequence[str], str] | None = None,
+              label_every_row: bool = False) -> Figure | None:
     """Save a grid of images, `columns` per row (default: a near-square grid).
 
     `x_axis` / `y_axis`, each `(labels, name)`, tick the columns / rows with labels

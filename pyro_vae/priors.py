@@ -99,6 +99,9 @@ class DiagonalNormalMixture(dist.TorchDistribution):
 class StandardNormal(Prior):
     """Standard normal N(0, I): the classic VAE prior; the KL to a Gaussian guide is closed form."""
 
+    loc: torch.Tensor  # buffers (register_buffer): a tensor to mypy, not nn.Module's Tensor | Module
+    scale: torch.Tensor
+
     def __init__(self, latent_dim, data_shape=None):
         super().__init__(latent_dim)
         # Built once, so no step allocates them (they move with .to(device)).
@@ -159,6 +162,8 @@ class VampPrior(Prior):
 
     built_from_guide = True
 
+    logits: torch.Tensor  # a buffer (register_buffer): a tensor to mypy, not nn.Module's Tensor | Module
+
     def __init__(self, latent_dim, data_shape=None, components=50):
         super().__init__(latent_dim)
         integer(components, "model.prior.components", minimum=1)
@@ -189,6 +194,9 @@ class FlowPrior(Prior):
     density of the guide's z, needed every step, costs one network pass per transform;
     sampling from the prior (figures only) costs latent_dim passes.
     """
+
+    loc: torch.Tensor  # buffers (register_buffer): a tensor to mypy, not nn.Module's Tensor | Module
+    scale: torch.Tensor
 
     def __init__(self, latent_dim, data_shape=None, num_transforms=2, transform="affine_autoregressive", hidden=None):
         super().__init__(latent_dim)

@@ -165,12 +165,15 @@ class CapturedStep(Step):
         if not self.skips_on_device:
             raise UserError("train.cuda_graph = true needs an optimizer that skips non-finite steps on the device (adam, adamw)")
         self.fall_back = fall_back
-        self.graph, self.static_x, self.warmed_up = None, None, 0
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.static_x: torch.Tensor | None = None
+        self.warmed_up = 0
         self.failure = None  # why capture failed (then every step runs eagerly)
         self.stage = None  # the attempt under way: "warm-up", "capture" or "first replay"
 
     def run(self, x, cache_enabled=True):
-        if self.graph is not None and x.shape == self.static_x.shape and x.dtype == self.static_x.dtype:
+        if (self.graph is not None and self.static_x is not None  # set together (static_x first), cleared together
+                and x.shape == self.static_x.shape and x.dtype == self.static_x.dtype):
             self.static_x.copy_(x)
             self.graph.replay()
             return

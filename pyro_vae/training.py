@@ -40,7 +40,7 @@ import sys
 import time
 from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import pyro
 import torch
@@ -55,7 +55,7 @@ from .devices import distributed_context, resolve_device, torch_threads
 from .epoch_metrics import metrics_row
 from .evaluation import evaluate_elbo
 from .faults import Faults
-from .loggers import LOGGERS, Console
+from .loggers import LOGGERS, Console, Logger
 from .registry import UserError
 from .runs import (
     check_resumable,
@@ -104,7 +104,8 @@ class Trainer:
         self.step, self.epoch, self.batch_in_epoch = 0, 0, 0
         self.rows = []  # the metrics rows so far; early stopping and best.pt read them (``stopping``)
         self.stop_requests = StopRequests()
-        self.logger_classes = [LOGGERS.get(name) for name in dict.fromkeys(config["train"]["loggers"])]
+        # each a Logger class (its registry holds Callables to mypy)
+        self.logger_classes = [cast("type[Logger]", LOGGERS.get(name)) for name in dict.fromkeys(config["train"]["loggers"])]
         for logger_class in self.logger_classes:
             logger_class.check_available()
         self.loggers, self.console = [], None  # built when training starts, on the main process
@@ -216,6 +217,7 @@ class Trainer:
         if not stopping.should_stop(elbos, patience, min_delta):
             return False
         if self.is_main:
+            assert self.console is not None  # opened on the main process before the first epoch
             self.console.say(stopping.stop_message(elbos, patience, min_delta))
         return True
 
@@ -292,6 +294,7 @@ class Trainer:
     def _stop(self):
         self.save()  # metrics.csv already holds every finished epoch
         signum = self.stop_requests.received
+        assert signum is not None  # _stop is called once a stop signal was received
         raise TrainingStopped(
             f"stopped by {signal.Signals(signum).name} at step {self.step}; checkpoint written to "
             f"{self.out / 'checkpoint.pt'}; continue with: pyro-vae train --resume {self.out}",

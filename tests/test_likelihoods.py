@@ -2,6 +2,8 @@
 errors outside their support, and a linear Gaussian VAE that reaches the pPCA optimum."""
 
 import math
+import re
+from fractions import Fraction
 
 import numpy as np
 import pytest
@@ -329,3 +331,15 @@ def test_linear_gaussian_vae_reaches_the_ppca_optimum():
     assert sigma2 == pytest.approx(best_sigma2, rel=0.05)
     assert mean_elbo <= best_log_likelihood + 0.01  # a lower bound (up to Monte Carlo noise)
     assert abs(mean_elbo - best_log_likelihood) < 0.005 * abs(best_log_likelihood)
+
+
+@pytest.mark.parametrize("spec, message", [
+    ({"name": "gaussian", "min_scale": Fraction(1, 10**400)}, "min_scale must be a positive number"),
+    ({"name": "laplace", "scale": Fraction(1, 10**400)}, "scale must be a positive number"),
+    ({"name": "beta", "squeeze": Fraction(1, 2) - Fraction(1, 10**30)}, "squeeze must be a number in [0, 0.5)"),
+])
+def test_a_number_is_checked_as_the_float_that_is_stored(spec, message):
+    # Each is in range as an exact Fraction but not as the float the likelihood keeps: a zero
+    # scale floor, a zero fixed scale (log p = nan), a squeeze of 0.5 (a division by zero).
+    with pytest.raises(UserError, match=re.escape(message)):
+        LIKELIHOODS.build(spec, data_shape=(1,))

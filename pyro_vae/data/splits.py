@@ -3,6 +3,9 @@ named in an .npz or a dict like it (`given_splits`)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+from typing import Any
+
 import numpy as np
 import torch
 
@@ -46,7 +49,7 @@ def split_off(x, labels, fractions, seed=0):
     return pick(x), pick(labels)
 
 
-def given_splits(arrays, fractions, where):
+def given_splits(arrays: Mapping[str, Any], fractions: Sequence[float], where: str) -> dict[str, Split]:
     """Splits from arrays named like an .npz's: `"train"`, and optionally `"valid"`,
     `"test"` and `"<split>_labels"`. A split not given is cut from a seeded shuffle of
     train by its fraction (`fractions` = valid, test)."""
@@ -73,5 +76,6 @@ def given_splits(arrays, fractions, where):
         for i, name in enumerate(SPLITS):
             if name == "train" or name not in arrays:
                 parts[i], labels[i], factors[i] = cut[i], cut_labels[i], cut_factors[i]
-    return raw_splits(*parts, labels, factors)
+    train, valid, test = parts
+    return raw_splits(train, valid, test, labels, factors)
 

@@ -91,7 +91,9 @@ class StackedM2(M2):
 
     # ---- the densities: M2's on codes, M1's on data ----
 
-    def likelihood_dist(self, z, y, x=None):
+    # Conditioned on y, as LabeledVAE's (whose signature these keep): one argument more than VAE's.
+    def likelihood_dist(self, z: torch.Tensor, y: torch.Tensor,  # type: ignore[override]
+                        x: torch.Tensor | None = None) -> TorchDistribution:
         """p(z1 | z, y); `x` here is the code z1 observed, if any."""
         return self.code_likelihood(self.decoder(z, y), x)
 
@@ -104,7 +106,7 @@ class StackedM2(M2):
         """q(y | z1) at a draw z1 ~ q(z1 | x): J_alpha's classification term on a code, as M2 sees them."""
         return self.classifier_dist(self.features.guide_dist(x).sample())
 
-    def guide_dist(self, codes, y):
+    def guide_dist(self, codes: torch.Tensor, y: torch.Tensor) -> TorchDistribution:  # type: ignore[override]
         """q(z | z1, y), codes `(..., code_dim)` with labels of shape `codes.shape[:-1]` or
         broadcasting against its one batch dimension (enumerated y: `(C, 1)`)."""
         if codes.dim() > 2:  # extra batch dimensions (particles): flatten them for the networks

@@ -7,6 +7,7 @@ For the library's own programs trace and meanfield compute the same loss directl
 
 import contextlib
 import warnings
+from typing import Any
 
 import torch
 from pyro.infer import ELBO, Trace_ELBO, TraceEnum_ELBO, TraceMeanField_ELBO
@@ -55,7 +56,8 @@ class PyroELBO(Estimator):
         options = {"num_particles": num_particles, "vectorize_particles": vectorize_particles, "max_plate_nesting": 1}
         if jit:
             options["ignore_jit_warnings"] = True
-        self.elbo = (self.jit_class if jit else self.elbo_class)(**options)
+        # Any: loss and differentiable_loss are each Pyro ELBO subclass's own, not the ELBO base's
+        self.elbo: Any = (self.jit_class if jit else self.elbo_class)(**options)
         self._options = options
         self._compiled = {}  # (model, guide) -> (its own JIT ELBO, weighted model, weighted guide)
 
@@ -94,7 +96,7 @@ class PyroELBO(Estimator):
             self._compiled[key] = (elbo, _weight_as_argument(model), _weight_as_argument(self._guide(guide)))
         elbo, weighted_model, weighted_guide = self._compiled[key]
         # The compiled loss looks its parameters up in Pyro's global store by name.
-        owner = getattr(model, "__self__", None)
+        owner: Any = getattr(model, "__self__", None)  # a bound method's object, if it is one
         with owner.param_store() if hasattr(owner, "param_store") else contextlib.nullcontext():
             return elbo.differentiable_loss(weighted_model, weighted_guide, x, weight, batch_size=len(x))
 

@@ -115,15 +115,18 @@ class Estimator(nn.Module):
             return self.differentiable_loss(model, guide, x)
         if not self.supports_labels:
             raise UserError(f"estimator {self.registered_name!r} cannot pass labels to the model; {label_estimators()}")
-        return self.differentiable_loss(model, guide, x, y)
+        # An estimator that supports labels takes them after x: (model, guide, x, *labels).
+        with_labels: Callable[..., torch.Tensor] = self.differentiable_loss
+        return with_labels(model, guide, x, y)
 
-    direct_loss = None  # or a method (vae, x, kl_weight) -> the loss, or None where it does not apply
+    # None, or a method (vae, x, kl_weight) -> the loss (None where it does not apply)
+    direct_loss: Callable[[Any, torch.Tensor, Any], torch.Tensor | None] | None = None
     analytic_kl = False  # whether the KL term is taken in closed form where it has one
     guide_wrapper: type | None = None  # a _Rewrapped class applied to the guide's latent sites
 
-    def differentiable_loss(
-        self, model: Callable[..., Any], guide: Callable[..., Any], x: torch.Tensor, *labels: torch.Tensor
-    ) -> torch.Tensor:
+    def differentiable_loss(self, model: Callable[..., Any], guide: Callable[..., Any], x: torch.Tensor) -> torch.Tensor:
+        """The loss of `model`/`guide` on `x`; an estimator that `supports_labels` takes them
+        too, `(model, guide, x, *labels)`."""
         raise NotImplementedError
 
     def capture_obstacle(self, vae: Programs) -> str | None:

@@ -6,6 +6,8 @@ TC = E_q(z) logit D(z). The discriminator has its own optimizer (Adam, lr 1e-4, 
 (detached), before the VAE's loss reads it.
 """
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -67,6 +69,9 @@ class FactorVAE(TotalCorrelationEstimator):
     """
 
     context_arguments = (*TotalCorrelationEstimator.context_arguments, "latent_dim")
+    discriminator: Discriminator | None  # built with the optimizer once the latent dimension is known
+    optimizer: torch.optim.Optimizer | None
+    _pending_state: dict[str, Any] | None  # an optimizer state loaded before the optimizer was built
 
     def __init__(self, *, gamma=10.0, hidden=(256, 256), lr=1e-4, latent_dim=None, dataset_size=None, **context):
         super().__init__(**context)
@@ -82,8 +87,9 @@ class FactorVAE(TotalCorrelationEstimator):
     def _build(self, latent_dim, device=None):
         self.discriminator = Discriminator(latent_dim, self.hidden).to(device)
         self.optimizer = fastest(torch.optim.Adam, self.discriminator.parameters(), self.lr, betas=(0.5, 0.9))
-        if getattr(self, "_pending_state", None) is not None:
-            self.optimizer.load_state_dict(self._pending_state)
+        pending = getattr(self, "_pending_state", None)  # set only by set_extra_state
+        if pending is not None:
+            self.optimizer.load_state_dict(pending)
             self._pending_state = None
 
     def parameters(self, recurse=True):
@@ -110,6 +116,7 @@ class FactorVAE(TotalCorrelationEstimator):
             self._build(z.shape[-1], z.device)
         # The discriminator's step first, on this step's codes: then its parameters are not
         # changed in place while the VAE's loss below still needs them for its backward pass.
+        assert self.discriminator is not None and self.optimizer is not None  # built just above, if not before
         if self.training:  # a loss evaluated for analysis (estimator.eval()) leaves D as it is
             with torch.enable_grad():
                 self.optimizer.zero_grad(set_to_none=True)

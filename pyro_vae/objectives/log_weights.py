@@ -79,7 +79,7 @@ def _sum_sites(trace, num_particles, n, scaled):
     """The sum of the sample sites' log-densities, shape (K, N)."""
     if scaled:
         trace.compute_log_prob()
-    total = 0.0
+    total: torch.Tensor | float = 0.0
     for site in sample_sites(trace):
         log_prob = site["log_prob"] if scaled else site["fn"].log_prob(site["value"])
         if log_prob.shape not in ((num_particles * n,), (num_particles, n), ()):
@@ -88,6 +88,7 @@ def _sum_sites(trace, num_particles, n, scaled):
                 "estimators need every sample site to hold one value per data point"
             )
         total = total + (log_prob if log_prob.dim() == 0 else log_prob.reshape(num_particles, n))
+    assert isinstance(total, torch.Tensor)  # a model and its guide each have a sample site (z)
     return total.expand(num_particles, n) if total.dim() == 0 else total
 
 

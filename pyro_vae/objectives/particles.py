@@ -50,6 +50,9 @@ class ScoreFunction(ParticleEstimator):
     E_q[(log p(x|z) + beta (log p(z) - log q)) d log q], not beta times it.
     """
 
+    average: torch.Tensor  # a buffer (register_buffer): a tensor to mypy, not nn.Module's Tensor | Module
+    net: nn.Module | None
+
     def __init__(self, *, baseline="none", decay=0.9, hidden=64, **context):
         super().__init__(**context)
         data_shape = self.data_shape
@@ -88,6 +91,7 @@ class ScoreFunction(ParticleEstimator):
                 self.average.copy_(torch.where(first, mean, self.decay * previous + (1 - self.decay) * mean))
             return torch.where(first, torch.zeros_like(previous), previous), 0.0
         if self.baseline == "neural":
+            assert self.net is not None  # built in __init__ for the neural baseline
             b = self.net(x).squeeze(-1)
             return b, (log_w - b).pow(2).mean(0).sum()  # least squares: b(x) -> E_q[log w]
         return 0.0, 0.0

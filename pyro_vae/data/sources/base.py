@@ -24,6 +24,7 @@ class Source:
     context_arguments = ("path", "download")
     levels: int | None = None  # the integer levels of float data, where the source knows them
     factor_names: tuple[str, ...] | None = None  # the names of the splits' factors of variation, where it has them
+    registered_name: str  # set by `DATASETS.register`
 
     def __init__(self, path="", download=False):
         self.path = Path(path) if path else None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from ...registry import UserError
@@ -91,7 +93,7 @@ class Folder(Source):
         labelled = {name: bool(fs[0][1] is not None) for name, fs in files.items()}
         if len(set(labelled.values())) > 1:
             raise UserError(f"{self.path}: train/ and the other splits must all have class subfolders, or none")
-        first = []  # (path, (H, W)) of the first image read: every other must match it
+        first: list[tuple[Path, tuple[int, ...]]] = []  # (path, (H, W)) of the first image read: every other must match it
         arrays = {}
         for name, fs in files.items():
             arrays[name] = np.stack([self._read(Image, path, first) for path, _ in fs])
