@@ -7,10 +7,10 @@ import pyro.distributions as dist
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import tiny_config
+from conftest import small_vae, tiny_config
 from pyro import poutine
 from pyro.infer import SVI, Trace_ELBO, TraceMeanField_ELBO
-from test_model import hand_terms, small_vae
+from test_model import hand_terms
 
 from pyro_vae import train
 from pyro_vae.annealing import SCHEDULES, ScaleLatents, build_schedule, kl_scaled, sigmoid_rise

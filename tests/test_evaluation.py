@@ -12,7 +12,7 @@ import math
 import pyro
 import pytest
 import torch
-from conftest import tiny_config
+from conftest import inverse_softplus, tiny_config
 from pyro import poutine
 from pyro.infer import RenyiELBO
 from torch.distributions import MultivariateNormal, Normal, kl_divergence
@@ -33,10 +33,6 @@ from pyro_vae.registry import UserError
 from pyro_vae.training import train
 
 D, LATENT, SIGMA = 5, 2, 0.5
-
-
-def inverse_softplus(y):
-    return y + torch.log(-torch.expm1(-y))
 
 
 class PPCA:

@@ -15,6 +15,7 @@ import numpy as np
 import pyro
 import pytest
 import torch
+from conftest import inverse_softplus
 from pyro.distributions import MultivariateNormal
 from pyro.infer import Trace_ELBO
 
@@ -28,10 +29,6 @@ from pyro_vae.objectives import ESTIMATORS
 from pyro_vae.registry import UserError
 
 D, LATENT, SIGMA = 5, 3, 0.4
-
-
-def inverse_softplus(y):
-    return y + torch.log(-torch.expm1(-y))
 
 
 def exact_posterior(W, b, sigma, x):

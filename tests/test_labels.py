@@ -22,11 +22,6 @@ CONV_ENCODER = {"name": "conv", "channels": [8]}
 CONV_DECODER = {"name": "conv", "channels": [8]}
 
 
-@pytest.fixture(scope="module")
-def digits():
-    return load_data("digits", binarize="static")
-
-
 def grads(module, loss):
     parameters = [p for p in module.parameters() if p.requires_grad]
     return torch.autograd.grad(loss, parameters, allow_unused=True)

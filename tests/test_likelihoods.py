@@ -6,6 +6,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import inverse_softplus
 from pyro.infer import TraceMeanField_ELBO
 from scipy import integrate, stats
 
@@ -35,10 +36,6 @@ def density_1d(likelihood, params):
 def quad(f, a, b, points=None):
     value, error = integrate.quad(f, a, b, points=points, limit=200, epsabs=1e-11, epsrel=1e-10)
     return value
-
-
-def inverse_softplus(y):
-    return math.log(math.expm1(y))
 
 
 # ---- normalization -----------------------------------------------------------------------

@@ -10,6 +10,7 @@ import pyro
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import small_vae
 from pyro import poutine
 from pyro.infer import SVI, Trace_ELBO, TraceMeanField_ELBO
 
@@ -17,17 +18,6 @@ from pyro_vae import VAE
 from pyro_vae.guides import gaussian_parameters
 from pyro_vae.nets import DECODERS, ENCODERS
 from pyro_vae.registry import UserError
-
-
-def small_vae(likelihood="bernoulli", **kwargs):
-    return VAE(
-        (1, 8, 8),
-        latent_dim=3,
-        encoder={"type": "mlp", "hidden": [16]},
-        decoder={"type": "mlp", "hidden": [16]},
-        likelihood=likelihood,
-        **kwargs,
-    )
 
 
 def hand_terms(vae, x, z):
@@ -51,7 +41,7 @@ def loss_and_z(elbo, vae, x, seed=3):
 
 @pytest.mark.parametrize("elbo_class", [Trace_ELBO, TraceMeanField_ELBO])
 def test_gaussian_loss_is_half_squared_error_plus_kl_plus_constant(elbo_class):
-    vae = small_vae({"name": "gaussian", "scale": 1.0})
+    vae = small_vae(likelihood={"name": "gaussian", "scale": 1.0})
     x = torch.rand(5, 1, 8, 8)
     loss, z = loss_and_z(elbo_class(), vae, x)
     mu, log_q, log_p, analytic_kl = hand_terms(vae, x, z)
@@ -63,7 +53,7 @@ def test_gaussian_loss_is_half_squared_error_plus_kl_plus_constant(elbo_class):
 
 @pytest.mark.parametrize("elbo_class", [Trace_ELBO, TraceMeanField_ELBO])
 def test_bernoulli_loss_is_bce_plus_kl(elbo_class):
-    vae = small_vae("bernoulli")
+    vae = small_vae(likelihood="bernoulli")
     x = torch.bernoulli(torch.full((5, 1, 8, 8), 0.3))
     loss, z = loss_and_z(elbo_class(), vae, x)
     logits, log_q, log_p, analytic_kl = hand_terms(vae, x, z)

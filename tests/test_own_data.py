@@ -105,6 +105,7 @@ def test_a_run_keeps_the_data_levels_through_load_run(tmp_path):
     assert load_run(run).likelihood.levels == 17
 
 
+@pytest.mark.trains
 def test_a_grey_uint8_npz_trains_under_a_continuous_likelihood_from_the_cli(tmp_path):
     images = grey_uint8(n=60, h=8, w=8)
     np.savez(tmp_path / "grey.npz", train=images)

@@ -7,7 +7,7 @@ import copy
 import pyro
 import pytest
 import torch
-from conftest import tiny_config
+from conftest import small_vae, tiny_config
 from estimator_cases import capturable_cases, spec_id
 from pyro.infer import Trace_ELBO
 
@@ -19,11 +19,6 @@ from pyro_vae.steps import Step
 from pyro_vae.training import NegativeELBO
 
 SHAPE = (1, 4, 4)
-
-
-def small_vae(prior="normal"):
-    return VAE(SHAPE, latent_dim=3, prior=prior, encoder={"name": "mlp", "hidden": [8]},
-               decoder={"name": "mlp", "hidden": [8]})
 
 
 def binary(n, seed=0):
@@ -56,7 +51,7 @@ def no_reads_from_tensors(monkeypatch):
 @pytest.mark.parametrize("prior", ["normal", {"name": "vamp", "components": 3}])
 def test_every_capturable_estimators_step_reads_nothing_from_the_device(monkeypatch, spec, particles, prior):
     """Every estimator that declares ``capturable = True`` (read from the registry)."""
-    vae = small_vae(prior)
+    vae = small_vae(SHAPE, hidden=8, prior=prior)
     estimator = ESTIMATORS.build(spec, num_particles=particles, data_shape=SHAPE)
     assert estimator.capture_obstacle(vae) is None
     step = make_step(vae, estimator, clip=5.0)
@@ -76,9 +71,9 @@ def test_capture_is_opt_in_for_a_new_estimator():
         def differentiable_loss(self, model, guide, x):
             return model(x)
 
-    assert "does not declare its loss capturable" in Unsure().capture_obstacle(small_vae())
+    assert "does not declare its loss capturable" in Unsure().capture_obstacle(small_vae(SHAPE, hidden=8))
     for name in ESTIMATORS.names(capturable=False):  # each gives its reason (the default one, or its own)
-        assert ESTIMATORS.build(name).capture_obstacle(small_vae())
+        assert ESTIMATORS.build(name).capture_obstacle(small_vae(SHAPE, hidden=8))
 
 
 def test_pyro_trace_elbo_is_named_as_the_obstacle_to_capture_for_a_redefined_program():
@@ -89,12 +84,12 @@ def test_pyro_trace_elbo_is_named_as_the_obstacle_to_capture_for_a_redefined_pro
 
     vae = Redefined(SHAPE, latent_dim=2)
     assert "reads every site's log-density with .item()" in ESTIMATORS.build("trace").capture_obstacle(vae)
-    assert "torch.jit" in ESTIMATORS.build("trace", jit=True).capture_obstacle(small_vae())
+    assert "torch.jit" in ESTIMATORS.build("trace", jit=True).capture_obstacle(small_vae(SHAPE, hidden=8))
 
 
 @pytest.mark.parametrize("optimizer", ["adam", "rmsprop"])  # fused: skipped on the device; rmsprop: read each step
 def test_a_non_finite_step_is_skipped_exactly_and_counted(optimizer):
-    vae = small_vae()
+    vae = small_vae(SHAPE, hidden=8)
     step = make_step(vae, ESTIMATORS.build("trace"), optimizer)
     assert step.skips_on_device == (optimizer == "adam")
     step(binary(8), 1.0)
@@ -117,7 +112,7 @@ def test_a_non_finite_step_is_skipped_exactly_and_counted(optimizer):
 
 
 def test_the_step_with_a_weight_equals_the_estimators_loss_with_that_weight():
-    vae = small_vae()
+    vae = small_vae(SHAPE, hidden=8)
     x = binary(8)
     reference = copy.deepcopy(vae)
     step = make_step(vae, ESTIMATORS.build("stl"))
@@ -129,7 +124,7 @@ def test_the_step_with_a_weight_equals_the_estimators_loss_with_that_weight():
 
 
 def test_stl_own_elbo_equals_pyros_trace_elbo_on_the_path_derivative_guide():
-    vae = small_vae({"name": "mog", "components": 2})
+    vae = small_vae(SHAPE, hidden=8, prior={"name": "mog", "components": 2})
     x = binary(8)
 
     def loss_and_grads(compute):
@@ -199,7 +194,7 @@ def test_cuda_graph_true_without_a_gpu_is_a_one_line_error_and_auto_trains_eager
 def test_a_penalized_step_reads_nothing_from_the_device_either(monkeypatch, penalty, name):
     from pyro_vae.penalties import Capacity, FreeBits
 
-    vae = small_vae()
+    vae = small_vae(SHAPE, hidden=8)
     step = make_step(vae, ESTIMATORS.build(name))
     kl_penalty = Capacity(gamma=10.0, capacity=2.0) if penalty == "capacity" else FreeBits(0.5)
     with pyro.validation_enabled(False), no_reads_from_tensors(monkeypatch):

@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 import pyro
+import pytest
 import torch
 from conftest import tiny_config
 from pyro import poutine
@@ -46,6 +47,7 @@ def test_load_run_round_trip_reproduces_the_logged_validation_elbo(tmp_path):
     assert torch.equal(vae.reconstruct(x), again.reconstruct(x))
 
 
+@pytest.mark.trains
 def test_cli_train_and_sample_end_to_end(tmp_path):
     config = tmp_path / "tiny.toml"
     config.write_text(
