@@ -303,6 +303,7 @@ def test_neural_baseline_needs_the_data_shape():
 
 
 @pytest.mark.parametrize("spec", list(specs()), ids=spec_id)
+@pytest.mark.trains
 def test_each_estimator_trains_a_small_model(digits, spec):
     """Every registered estimator (each option variant), read from the registry."""
     vae = small_vae(digits.shape, latent_dim=4, hidden=32)

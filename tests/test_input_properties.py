@@ -29,6 +29,8 @@ from pyro_vae.objectives import ESTIMATORS
 from pyro_vae.optimizers import LR_SCHEDULES, OPTIMIZERS
 from pyro_vae.priors import PRIORS
 
+pytestmark = pytest.mark.trains  # drawn configs train for an epoch; the other tests read a run trained here
+
 # PYRO_VAE_PROPERTY_SCALE = k runs k times the cases, freshly random (to hunt for new failures).
 SCALE = int(os.environ.get("PYRO_VAE_PROPERTY_SCALE", "1"))
 CASES = {name: SCALE * n for name, n in {"train": 30, "evaluate": 25, "sample": 25}.items()}

@@ -302,6 +302,7 @@ def ppca_optimum(x, q):
     return log_likelihood.item(), sigma2.item()
 
 
+@pytest.mark.trains
 def test_linear_gaussian_vae_reaches_the_ppca_optimum():
     d, q, n = 8, 2, 3000
     generator = torch.Generator().manual_seed(1)

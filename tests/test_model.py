@@ -80,6 +80,7 @@ def svi_losses(vae, x, steps, seed=0):
     return [svi.step(x) for _ in range(steps)]
 
 
+@pytest.mark.trains
 def test_plain_pyro_svi_script_trains_the_vae():
     vae = small_vae()
     x = torch.bernoulli(torch.full((64, 1, 8, 8), 0.3))
@@ -89,6 +90,7 @@ def test_plain_pyro_svi_script_trains_the_vae():
     assert sum(losses[-10:]) / 10 < sum(losses[:10]) / 10 - 5 * 64 * 0.05
 
 
+@pytest.mark.trains
 def test_two_vaes_share_no_parameters_through_the_param_store():
     x = torch.bernoulli(torch.full((32, 1, 8, 8), 0.3))
     first = small_vae()
@@ -106,6 +108,7 @@ def test_two_vaes_share_no_parameters_through_the_param_store():
     assert all(torch.equal(a, b) for a, b in zip(second.parameters(), twin.parameters()))
 
 
+@pytest.mark.trains
 def test_a_vae_owns_its_parameters_nothing_stays_in_the_global_store():
     x = torch.bernoulli(torch.full((16, 1, 8, 8), 0.3))
     pyro.get_param_store().clear()
@@ -181,6 +184,7 @@ def test_vectorized_particles_give_the_same_expected_loss():
 # ---- a linear autoencoder with squared error spans the principal subspace (Baldi & Hornik 1989) ----
 
 
+@pytest.mark.trains
 def test_linear_autoencoder_spans_the_principal_subspace():
     """The library's encoder and decoder with no hidden layer (linear maps) trained on squared error:
     the decoder's columns span the top-k eigenvectors of the data covariance (every principal

@@ -201,6 +201,7 @@ def test_meanfield_uses_the_closed_form_kl_or_falls_back_to_monte_carlo(spec):
 
 @pytest.mark.parametrize("prior", PRIOR_SPECS, ids=lambda s: str(s))
 @pytest.mark.parametrize("estimator", ESTIMATORS.names())
+@pytest.mark.trains
 def test_every_estimator_works_with_every_prior(estimator, prior):
     vae = small_vae(latent_dim=2, prior=prior, likelihood="continuous_bernoulli")
     loss = ESTIMATORS.build(estimator).loss(vae.model, vae.guide, digits("continuous_bernoulli", 8))
@@ -212,6 +213,7 @@ def test_every_estimator_works_with_every_prior(estimator, prior):
 
 @pytest.mark.parametrize("prior", PRIOR_SPECS, ids=lambda s: str(s))
 @pytest.mark.parametrize("likelihood", LIKELIHOOD_SPECS, ids=lambda s: str(s))
+@pytest.mark.trains
 def test_every_likelihood_and_prior_pair_takes_an_svi_step(likelihood, prior):
     vae = small_vae(latent_dim=2, prior=prior, likelihood=likelihood)
     x = digits(name_of(likelihood) if isinstance(likelihood, dict) else likelihood, 16)
@@ -238,6 +240,7 @@ def toml(value):
 
 
 @pytest.mark.parametrize("likelihood, prior", cli_pairs(), ids=lambda s: str(s))
+@pytest.mark.trains
 def test_likelihood_and_prior_pairs_train_for_an_epoch_from_the_cli(tmp_path, likelihood, prior):
     binarize = "static" if likelihood == "bernoulli" else "none"
     args = ["train", "--out", str(tmp_path / "run")]

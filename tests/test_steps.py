@@ -49,6 +49,7 @@ def no_reads_from_tensors(monkeypatch):
 
 @pytest.mark.parametrize("spec, particles", list(capturable_cases(3, SHAPE)), ids=spec_id)
 @pytest.mark.parametrize("prior", ["normal", {"name": "vamp", "components": 3}])
+@pytest.mark.trains
 def test_every_capturable_estimators_step_reads_nothing_from_the_device(monkeypatch, spec, particles, prior):
     """Every estimator that declares ``capturable = True`` (read from the registry)."""
     vae = small_vae(SHAPE, hidden=8, prior=prior)
@@ -88,6 +89,7 @@ def test_pyro_trace_elbo_is_named_as_the_obstacle_to_capture_for_a_redefined_pro
 
 
 @pytest.mark.parametrize("optimizer", ["adam", "rmsprop"])  # fused: skipped on the device; rmsprop: read each step
+@pytest.mark.trains
 def test_a_non_finite_step_is_skipped_exactly_and_counted(optimizer):
     vae = small_vae(SHAPE, hidden=8)
     step = make_step(vae, ESTIMATORS.build("trace"), optimizer)
@@ -111,6 +113,7 @@ def test_a_non_finite_step_is_skipped_exactly_and_counted(optimizer):
     assert step.faults()[:2] == (1, 1) and step.epoch_loss()[1] == 16
 
 
+@pytest.mark.trains
 def test_the_step_with_a_weight_equals_the_estimators_loss_with_that_weight():
     vae = small_vae(SHAPE, hidden=8)
     x = binary(8)
@@ -178,6 +181,7 @@ def pyro_vae_scaled(fn, weight):
     return kl_scaled(fn, weight)
 
 
+@pytest.mark.trains
 def test_cuda_graph_true_without_a_gpu_is_a_one_line_error_and_auto_trains_eagerly(tmp_path):
     config = tiny_config(train={"cuda_graph": True, "epochs": 1})
     with pytest.raises(UserError, match=r"train.cuda_graph = true is not possible: the training device is cpu"):
@@ -191,6 +195,7 @@ def test_cuda_graph_true_without_a_gpu_is_a_one_line_error_and_auto_trains_eager
 
 @pytest.mark.parametrize("penalty", ["capacity", "free_bits"])
 @pytest.mark.parametrize("name", ESTIMATORS.names(supports_kl_penalty=True, capturable=True))
+@pytest.mark.trains
 def test_a_penalized_step_reads_nothing_from_the_device_either(monkeypatch, penalty, name):
     from pyro_vae.penalties import Capacity, FreeBits
 
@@ -260,6 +265,7 @@ def parameters_of(run):
 
 
 @pytest.mark.parametrize("stage", ["warm-up", "capture", "first replay"])
+@pytest.mark.trains
 def test_a_failed_capture_under_auto_warns_once_and_trains_exactly_as_eager(tmp_path, capsys, failing_capture, stage):
     from pyro_vae.runs import read_metrics
     from pyro_vae.steps import CapturedStep
@@ -286,6 +292,7 @@ def test_a_failed_capture_under_auto_warns_once_and_trains_exactly_as_eager(tmp_
     assert drop_time(read_metrics(auto / "metrics.csv")) == drop_time(read_metrics(eager / "metrics.csv"))  # train loss too
 
 
+@pytest.mark.trains
 def test_a_failed_capture_under_true_stops_with_one_line_and_the_checkpoint_intact(tmp_path, capsys, failing_capture):
     from pyro_vae.cli import main
     from pyro_vae.runs import read_metrics
@@ -309,6 +316,7 @@ def test_a_failed_capture_under_true_stops_with_one_line_and_the_checkpoint_inta
     assert all(torch.equal(a, b) for a, b in zip(parameters_of(run), parameters_of(straight), strict=True))
 
 
+@pytest.mark.trains
 def test_a_failed_capture_whose_state_cannot_be_restored_stops_with_one_line_even_under_auto(tmp_path, monkeypatch,
                                                                                            failing_capture):
     import pyro_vae.steps
