@@ -66,7 +66,8 @@ register_optimizer_step_pre_hook(_forbid_unmarked_training)
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """One finished tiny run per test module (1 epoch on digits), for the CLI tests to read."""
+    """One finished tiny run per test module (1 epoch on digits), for the CLI tests to read; it
+    trains, so a test using it (or `run`) is marked `trains`."""
     from pyro_vae import train
 
     return train(tiny_config(train={"epochs": 1}), out=tmp_path_factory.mktemp("trained") / "run")
