@@ -7,10 +7,10 @@ import pyro.distributions as dist
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import tiny_config
+from conftest import small_vae, tiny_config
 from pyro import poutine
 from pyro.infer import SVI, Trace_ELBO, TraceMeanField_ELBO
-from test_model import hand_terms, small_vae
+from test_model import hand_terms
 
 from pyro_vae import train
 from pyro_vae.annealing import SCHEDULES, ScaleLatents, build_schedule, kl_scaled, sigmoid_rise
@@ -301,6 +301,7 @@ def test_config_keeps_tables_and_checks_reduction():
 # ---- a schedule in a plain Pyro SVI script ----
 
 
+@pytest.mark.trains
 def test_svi_script_with_a_schedule_from_zero_trains():
     """The script of docs/kl-annealing.md ("In your own SVI script"): the weight is read from the schedule at every step."""
     vae = small_vae()
@@ -329,6 +330,7 @@ def test_svi_script_with_a_schedule_from_zero_trains():
 # ---- the trainer, from config ----
 
 
+@pytest.mark.trains
 def test_trainer_follows_a_schedule_from_zero_per_epoch(tmp_path):
     schedule = {"name": "linear", "start": 0.0, "end": 1.0, "epochs": 2, "unit": "epoch"}
     config = tiny_config(objective={"kl_weight": schedule}, train={"epochs": 3, "lr": 3e-3})
@@ -338,6 +340,7 @@ def test_trainer_follows_a_schedule_from_zero_per_epoch(tmp_path):
     assert rows[-1]["val_elbo"] > rows[0]["val_elbo"] + 1
 
 
+@pytest.mark.trains
 def test_mean_reduction_reports_an_effective_kl_weight_of_d(tmp_path):
     config = tiny_config(objective={"kl_weight": 0.5, "reduction": "mean"}, train={"epochs": 1})
     (row,) = read_metrics(train(config, out=tmp_path / "run") / "metrics.csv")

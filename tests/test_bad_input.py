@@ -1,13 +1,17 @@
 """Every kind of bad input: one line naming the problem, exit status 2, no traceback,
-and an existing run directory left exactly as it was."""
+and an existing run directory left exactly as it was. The cases run `main` in this process;
+one test runs the real entry point (`python -m pyro_vae`) in a subprocess."""
 
 import subprocess
 import sys
 
 import numpy as np
 import pytest
+from conftest import cli_error
 
-CLI = [sys.executable, "-m", "pyro_vae", "train"]
+from pyro_vae.cli import main
+
+TRAIN = ["train"]
 SMALL = ["--set", "train.epochs=1", "--set", "train.progress=false", "--set", "model.decoder.hidden=[8]"]
 
 
@@ -64,7 +68,7 @@ CASES = {
 
 
 @pytest.mark.parametrize("case", list(CASES))
-def test_bad_input_is_one_line_exit_2_and_touches_nothing(tmp_path, files, case):
+def test_bad_input_is_one_line_exit_2_and_touches_nothing(tmp_path, capsys, files, case):
     arguments, message = CASES[case]
     existing = tmp_path / "run"
     existing.mkdir()
@@ -73,26 +77,30 @@ def test_bad_input_is_one_line_exit_2_and_touches_nothing(tmp_path, files, case)
     case_arguments = [a.format(root=files) for a in arguments]
     config = [a for a in case_arguments if a.endswith(".toml")]
     options = [a for a in case_arguments if not a.endswith(".toml")]
-    command = CLI + config + SMALL + options + ["--out", str(existing), "--force"]
-    done = subprocess.run(command, capture_output=True, text=True)
-    assert done.returncode == 2, done.stderr
-    lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), done.stderr
-    assert message in lines[0]
+    assert message in cli_error(capsys, TRAIN + config + SMALL + options + ["--out", str(existing), "--force"])
     assert {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in existing.iterdir()} == before
 
 
-def test_non_empty_out_without_force_and_incompatible_resume(tmp_path):
+@pytest.mark.trains
+def test_non_empty_out_without_force_and_incompatible_resume(tmp_path, capsys):
     run = tmp_path / "run"
-    done = subprocess.run(CLI + SMALL + ["--out", str(run)], capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
+    assert main(TRAIN + SMALL + ["--out", str(run)]) == 0
+    capsys.readouterr()
     before = {p.name: p.stat().st_mtime_ns for p in run.iterdir()}
-    for command, message in [
-        (CLI + SMALL + ["--out", str(run)], "already holds files"),
-        (CLI + ["--resume", str(run), "--set", "model.latent_dim=3"], "cannot resume"),
-        (CLI + ["--resume", str(tmp_path / "nothing")], "not a run directory"),
+    for argv, message in [
+        (TRAIN + SMALL + ["--out", str(run)], "already holds files"),
+        (TRAIN + ["--resume", str(run), "--set", "model.latent_dim=3"], "cannot resume"),
+        (TRAIN + ["--resume", str(tmp_path / "nothing")], "not a run directory"),
     ]:
-        done = subprocess.run(command, capture_output=True, text=True)
-        assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
-        assert message in done.stderr
+        assert message in cli_error(capsys, argv)
     assert {p.name: p.stat().st_mtime_ns for p in run.iterdir()} == before
+
+
+def test_the_real_entry_point_prints_one_line_and_exits_2(tmp_path):
+    """`python -m pyro_vae` (what the `pyro-vae` script runs): a user mistake is one line on stderr and exit status 2."""
+    command = [sys.executable, "-m", "pyro_vae", "train", "--set", "model.likelihood=gausian", "--out", str(tmp_path / "run")]
+    done = subprocess.run(command, capture_output=True, text=True)
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "unknown likelihood 'gausian'" in lines[0], done.stderr
+    assert not (tmp_path / "run").exists()

@@ -14,12 +14,14 @@ from pyro_vae.cli import main
 
 
 @pytest.mark.parametrize("n", ["0", "-3"])
+@pytest.mark.trains
 def test_sample_n_below_one_is_a_one_line_error(run, capsys, n):
     assert main(["sample", str(run), "--n", n]) == 2
     assert f"--n must be an integer >= 1, got {n}" in one_line_error(capsys)
     assert main(["sample", str(run), "--n", "3", "--out", str(run / "three.png")]) == 0
 
 
+@pytest.mark.trains
 def test_evaluate_fails_before_computing_when_it_cannot_write(run, capsys, monkeypatch):
     import pyro_vae.evaluation
 
@@ -43,6 +45,7 @@ def writes_into_read_only_directories(tmp_path):
         probe.chmod(0o755)
 
 
+@pytest.mark.trains
 def test_evaluate_fails_before_computing_in_a_read_only_run(run, capsys, monkeypatch, tmp_path):
     import pyro_vae.evaluation
 
@@ -58,12 +61,14 @@ def test_evaluate_fails_before_computing_in_a_read_only_run(run, capsys, monkeyp
     assert "cannot write" in one_line_error(capsys) and calls == []
 
 
+@pytest.mark.trains
 def test_plot_into_an_unwritable_out_is_a_one_line_error(run, capsys):
     (run / "file").write_text("")
     assert main(["plot", str(run), "--out", str(run / "file" / "figures")]) == 2
     assert "cannot create --out" in one_line_error(capsys)
 
 
+@pytest.mark.trains
 def test_evaluate_prints_the_result_before_writing_it(run, capsys, monkeypatch):
     import pyro_vae.report
 
@@ -81,6 +86,7 @@ def test_evaluate_prints_the_result_before_writing_it(run, capsys, monkeypatch):
     assert json.loads((run / "evaluation.json").read_text())["num_examples"] == 20
 
 
+@pytest.mark.trains
 def test_a_truncated_checkpoint_says_so_in_full_and_points_at_best_pt(run, capsys):
     data = (run / "checkpoint.pt").read_bytes()
     (run / "checkpoint.pt").write_bytes(data[: len(data) // 2])
@@ -108,6 +114,7 @@ def test_help_imports_nothing_heavy():
     assert done.stdout.strip() == "[]"
 
 
+@pytest.mark.trains
 def test_evaluate_limit_is_a_seeded_random_subset_recorded_in_the_json(run):
     from pyro_vae.evaluation import EVALUATION_SEED, evaluate
     from pyro_vae.runs import load_run_split
@@ -169,6 +176,7 @@ def test_a_normal_model_passes_the_memory_check(tmp_path):
 
 
 @pytest.mark.parametrize("existing", [False, True])
+@pytest.mark.trains
 def test_a_run_that_stops_before_its_first_checkpoint_can_be_run_again(tmp_path, capsys, existing):
     out = tmp_path / "run"
     if existing:

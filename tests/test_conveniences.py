@@ -49,6 +49,7 @@ def test_the_stop_message_names_what_best_pt_holds():
         "(last improvement -24.921 at epoch 16); best -24.825 at epoch 18, in best.pt")
 
 
+@pytest.mark.trains
 def test_early_stopping_line_best_pt_and_metrics_agree(tmp_path, capsys):
     # min_delta 1000: no epoch after the first counts as an improvement, so patience 2 stops after
     # epoch 3, while the ELBO does improve: the best state is epoch 3's, not epoch 1's.
@@ -68,6 +69,7 @@ def test_early_stopping_line_best_pt_and_metrics_agree(tmp_path, capsys):
 # ---- the learning rate in metrics.csv ----
 
 
+@pytest.mark.trains
 def test_the_learning_rate_of_each_epochs_last_step_is_in_metrics_csv(tmp_path):
     config = tiny_config(train={"epochs": 3, "lr": 2e-3, "lr_warmup_steps": 15, "lr_schedule": "cosine"})
     rows = read_metrics(train(config, out=tmp_path / "run") / "metrics.csv")
@@ -78,6 +80,7 @@ def test_the_learning_rate_of_each_epochs_last_step_is_in_metrics_csv(tmp_path):
     assert [row["lr"] for row in rows] == pytest.approx(expected, rel=1e-12)
 
 
+@pytest.mark.trains
 def test_a_plateau_cut_shows_from_the_next_epochs_row(tmp_path):
     # min_delta 1000: every epoch after the first is a plateau; patience 1 halves the rate each time
     config = tiny_config(train={"epochs": 4, "lr_schedule": {"name": "plateau", "patience": 1, "min_delta": 1000.0}})
@@ -88,6 +91,7 @@ def test_a_plateau_cut_shows_from_the_next_epochs_row(tmp_path):
 # ---- progress without a terminal ----
 
 
+@pytest.mark.trains
 def test_without_a_terminal_progress_is_one_line_per_epoch(tmp_path, capsys):
     train(tiny_config(train={"epochs": 3, "progress": True}), out=tmp_path / "run")
     out, err = capsys.readouterr()
@@ -95,6 +99,7 @@ def test_without_a_terminal_progress_is_one_line_per_epoch(tmp_path, capsys):
     assert [line.split(":")[0] for line in out.splitlines() if line.startswith("epoch ")] == ["epoch 1", "epoch 2", "epoch 3"]
 
 
+@pytest.mark.trains
 def test_on_a_terminal_the_bar_is_drawn(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
     train(tiny_config(train={"epochs": 1, "progress": True}), out=tmp_path / "run")
@@ -105,6 +110,7 @@ def test_on_a_terminal_the_bar_is_drawn(tmp_path, capsys, monkeypatch):
 
 
 @pytest.mark.parametrize("threads", [0, 3])
+@pytest.mark.trains
 def test_train_threads_sets_torchs_threads_while_training_and_restores_them(tmp_path, monkeypatch, threads):
     from pyro_vae.training import Trainer
 
@@ -121,6 +127,7 @@ def test_train_threads_sets_torchs_threads_while_training_and_restores_them(tmp_
 # ---- messages that say what is so ----
 
 
+@pytest.mark.trains
 def test_a_fault_before_the_first_checkpoint_says_there_is_none(tmp_path):
     run = tmp_path / "run"
     with pytest.raises(UserError, match=r"no checkpoint was written yet") as error:
@@ -135,6 +142,7 @@ def test_the_data_summary_counts_the_kept_labels():
     assert "(1, 8, 8), 50 of 1297 labelled;" in load_data("digits", binarize="static", labeled=50).summary()
 
 
+@pytest.mark.trains
 def test_the_readmes_m2_loop_runs_without_a_warning():
     """The README's M2 example, verbatim but for fewer epochs and batches: the labeled step (y observed,
     nothing to enumerate) must not make TraceEnum_ELBO warn that it found no sites to enumerate."""
@@ -160,6 +168,7 @@ def test_the_readmes_m2_loop_runs_without_a_warning():
 # ---- sample ----
 
 
+@pytest.mark.trains
 def test_sample_leaves_the_runs_own_figures_alone_unless_forced(run, capsys):
     figure = (run / "samples.png").read_bytes()
     assert main(["sample", str(run), "--n", "9", "--seed", "1"]) == 0
@@ -175,6 +184,7 @@ def test_sample_leaves_the_runs_own_figures_alone_unless_forced(run, capsys):
     assert (run / "samples.png").read_bytes() != figure
 
 
+@pytest.mark.trains
 def test_sample_refuses_more_than_one_grid_holds_at_once(run, capsys):
     assert main(["sample", str(run), "--n", "100000000"]) == 2
     assert f"at most {cli.MAX_SAMPLES}" in one_line_error(capsys)
@@ -197,6 +207,7 @@ def test_samples_are_drawn_a_batch_at_a_time(monkeypatch):
 
 
 @pytest.mark.parametrize("name", ["grid.txt", "grid"])
+@pytest.mark.trains
 def test_sample_refuses_an_out_that_names_no_image_format(run, tmp_path, capsys, name):
     assert main(["sample", str(run), "--n", "4", "--out", str(tmp_path / name)]) == 2
     assert "name an image file ending in one of" in one_line_error(capsys)
@@ -216,6 +227,7 @@ def unwritable(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("which", range(4))
+@pytest.mark.trains
 def test_every_unwritable_out_is_one_line(run, tmp_path, monkeypatch, capsys, which):
     out = unwritable(tmp_path, monkeypatch)[which]
     assert main(["sample", str(run), "--n", "4", "--out", str(out)]) == 2
@@ -225,6 +237,7 @@ def test_every_unwritable_out_is_one_line(run, tmp_path, monkeypatch, capsys, wh
     assert not (tmp_path / "locked" / "y.png").exists()
 
 
+@pytest.mark.trains
 def test_evaluate_into_a_run_folder_without_permission_is_one_line(run, monkeypatch, capsys):
     real_access = files.os.access
     monkeypatch.setattr(files.os, "access", lambda path, mode: real_access(path, mode) and Path(path) != run)

@@ -12,6 +12,7 @@ from pyro_vae.runs import read_metrics
 
 pytestmark = [
     pytest.mark.cuda,
+    pytest.mark.trains,
     pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device"),
 ]
 

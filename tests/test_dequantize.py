@@ -156,6 +156,7 @@ def test_a_uniform_density_scores_exactly_8_bits_per_dim_on_8_bit_data():
     assert -result["reconstruction"] / (16 * math.log(2)) == pytest.approx(8.0, abs=1e-5)
 
 
+@pytest.mark.trains
 def test_dequantized_and_discretized_runs_land_on_one_scale(tmp_path, capsys):
     """The same 8-bit images (the digits' 0..16 scaled to 0..255), a short training under a
     dequantized continuous Bernoulli and under discretized_logistic: both bits/dim below a uniform

@@ -226,6 +226,7 @@ def test_aggregate_posterior_total_correlation_matches_the_closed_form():
     assert total_correlation(loc[:, :1], scale[:, :1]) == 0.0  # one dimension: nothing to correlate
 
 
+@pytest.mark.trains
 def test_discriminator_density_ratio_estimates_the_total_correlation():
     torch.manual_seed(0)
     rho = 0.8
@@ -334,6 +335,7 @@ def test_tcvae_and_factorvae_refuse_what_they_cannot_do(tmp_path):
 # ---- training through Python ----
 
 
+@pytest.mark.trains
 def test_factorvae_trains_its_discriminator_and_checkpoints_it(tmp_path):
     config = tiny_config(objective={"estimator": {"name": "factorvae", "gamma": 5.0, "hidden": [16]}})
     run = train(config, out=tmp_path / "run")
@@ -363,6 +365,7 @@ def test_factorvae_discriminator_is_not_in_the_vaes_optimizer(tmp_path):
 # ---- through the command line ----
 
 
+@pytest.mark.trains
 def test_cli_trains_tcvae_on_dsprites_and_evaluates_and_plots_the_factors(tmp_path, monkeypatch):
     import json
 
@@ -388,6 +391,7 @@ def test_cli_trains_tcvae_on_dsprites_and_evaluates_and_plots_the_factors(tmp_pa
     assert (run / "factor_traversals.png").is_file()
 
 
+@pytest.mark.trains
 def test_evaluate_without_factors_writes_no_disentanglement(tmp_path):
     import json
 

@@ -20,6 +20,8 @@ from pyro_vae.data import load_data
 from pyro_vae.runs import read_metrics
 from pyro_vae.training import Trainer
 
+pytestmark = pytest.mark.trains  # every test trains (one in two gloo processes)
+
 
 @pytest.mark.slow
 def test_two_gloo_processes_match_one_process(tmp_path):

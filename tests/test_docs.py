@@ -167,6 +167,7 @@ def test_the_build_warns_on_sphinx_markup_in_a_documented_module_and_on_a_render
 # ---- the README's Python example ----
 
 
+@pytest.mark.trains
 def test_the_readmes_python_example_runs_without_a_warning(tmp_path, monkeypatch):
     """The README's Python block as written but for 1 epoch in each half (pytest makes any warning an
     error): it once trained a Gaussian on the 17-level digits, which warns that its ELBO is no

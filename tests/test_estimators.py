@@ -8,25 +8,14 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
+from conftest import small_vae
 from estimator_cases import particles, spec_id, specs
 
 from pyro_vae.build import build_estimator
 from pyro_vae.config import load_config
-from pyro_vae.data import load_data
 from pyro_vae.evaluation import evaluate_elbo, gradient_variance
-from pyro_vae.models import VAE
 from pyro_vae.objectives import ESTIMATORS, importance_weighted_bound, log_weights, tail_fraction
 from pyro_vae.registry import UserError
-
-
-@pytest.fixture(scope="module")
-def digits():
-    return load_data("digits", binarize="static")
-
-
-def small_vae(data_shape, latent_dim=4):
-    return VAE(data_shape, latent_dim=latent_dim, encoder={"name": "mlp", "hidden": [32]},
-               decoder={"name": "mlp", "hidden": [32]})
 
 
 def build(name, num_particles=None, **options):
@@ -133,7 +122,7 @@ def test_score_gradient_under_a_kl_weight_matches_the_closed_form(beta, baseline
 
 def test_all_estimators_estimate_the_same_loss(digits):
     x = digits.train.x[:32]
-    vae = small_vae(digits.shape)
+    vae = small_vae(digits.shape, latent_dim=4, hidden=32)
     draws = 60
     means = {}
     with torch.no_grad():
@@ -154,7 +143,7 @@ def test_all_estimators_estimate_the_same_loss(digits):
 ])
 def test_gradient_means_agree(digits, name, reference, num_particles, draws):
     x = digits.train.x[:16]
-    vae = small_vae(digits.shape)
+    vae = small_vae(digits.shape, latent_dim=4, hidden=32)
     options = {"baseline": "decaying_average"} if name == "score" else {}
     ours = gradient_variance(vae, build(name, num_particles, **options), x, num_draws=draws, params="all", seed=1)
     theirs = gradient_variance(vae, build(reference, num_particles), x, num_draws=draws, params="all", seed=2)
@@ -173,7 +162,7 @@ def same_noise_loss_and_gradients(estimator, vae, x, seed=3):
 @pytest.mark.parametrize("name, reference", [("iwae", "trace"), ("renyi", "trace"), ("dreg", "stl")])
 def test_one_particle_bounds_equal_their_single_sample_estimator(digits, name, reference):
     x = digits.train.x[:20]
-    vae = small_vae(digits.shape)
+    vae = small_vae(digits.shape, latent_dim=4, hidden=32)
     options = {"alpha": 0.5} if name == "renyi" else {}
     loss, grads = same_noise_loss_and_gradients(build(name, 1, **options), vae, x)
     expected_loss, expected_grads = same_noise_loss_and_gradients(build(reference), vae, x)
@@ -184,7 +173,7 @@ def test_one_particle_bounds_equal_their_single_sample_estimator(digits, name, r
 
 def test_iwae_bound_rises_with_the_number_of_particles(digits):
     x = digits.train.x[:50]
-    vae = small_vae(digits.shape)
+    vae = small_vae(digits.shape, latent_dim=4, hidden=32)
     with torch.no_grad():
         bounds = [
             sum(-build("iwae", k).loss(vae.model, vae.guide, x).item() for _ in range(20)) / 20 / len(x)
@@ -207,7 +196,7 @@ def test_tail_fraction_counts_particles_at_least_as_heavy():
 
 
 def test_decaying_average_baseline_is_one_number_and_survives_a_short_batch(digits):
-    vae = small_vae(digits.shape)
+    vae = small_vae(digits.shape, latent_dim=4, hidden=32)
     estimator = build("score", baseline="decaying_average", decay=0.9)
     with torch.no_grad():
         first = -estimator.loss(vae.model, vae.guide, digits.train.x[:64]).item() / 64  # mean log w
@@ -217,7 +206,7 @@ def test_decaying_average_baseline_is_one_number_and_survives_a_short_batch(digi
 
 
 def test_neural_baseline_is_trained_by_the_loss(digits):
-    vae = small_vae(digits.shape)
+    vae = small_vae(digits.shape, latent_dim=4, hidden=32)
     estimator = build("score", baseline="neural")
     x = digits.train.x[:64]
     estimator.loss(vae.model, vae.guide, x).backward()
@@ -240,7 +229,7 @@ def count_compilations():
 
 @pytest.mark.parametrize("name", ESTIMATORS.names(supports_jit=True))
 def test_changing_weight_changes_the_jit_loss_exactly_as_the_eager_loss(digits, name):
-    vae = small_vae(digits.shape)
+    vae = small_vae(digits.shape, latent_dim=4, hidden=32)
     x = digits.train.x[:32]
     jit, eager = ESTIMATORS.build(name, jit=True), ESTIMATORS.build(name)
     weights = [1.0, 0.5, 0.0, 2.0, torch.tensor(0.25)]
@@ -314,9 +303,10 @@ def test_neural_baseline_needs_the_data_shape():
 
 
 @pytest.mark.parametrize("spec", list(specs()), ids=spec_id)
+@pytest.mark.trains
 def test_each_estimator_trains_a_small_model(digits, spec):
     """Every registered estimator (each option variant), read from the registry."""
-    vae = small_vae(digits.shape)
+    vae = small_vae(digits.shape, latent_dim=4, hidden=32)
     estimator = ESTIMATORS.build(spec, num_particles=particles(spec, 3), data_shape=(1, 8, 8))
     optimizer = torch.optim.Adam([*vae.parameters(), *estimator.parameters()], lr=3e-3)
     before = evaluate_elbo(vae, digits.batches("valid", 500, "cpu"))["elbo"]

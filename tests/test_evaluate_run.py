@@ -18,6 +18,8 @@ from pyro_vae.registry import UserError
 from pyro_vae.report import evaluate_run
 from pyro_vae.runs import plot_run
 
+pytestmark = pytest.mark.trains  # every test evaluates a run it trains
+
 
 def test_evaluate_run_is_the_commands_record(run, tmp_path):
     """The record the command writes is `evaluate_run`'s, number for number; `out` puts it elsewhere."""

@@ -12,7 +12,7 @@ import math
 import pyro
 import pytest
 import torch
-from conftest import tiny_config
+from conftest import inverse_softplus, tiny_config
 from pyro import poutine
 from pyro.infer import RenyiELBO
 from torch.distributions import MultivariateNormal, Normal, kl_divergence
@@ -33,10 +33,6 @@ from pyro_vae.registry import UserError
 from pyro_vae.training import train
 
 D, LATENT, SIGMA = 5, 2, 0.5
-
-
-def inverse_softplus(y):
-    return y + torch.log(-torch.expm1(-y))
 
 
 class PPCA:
@@ -227,6 +223,7 @@ def test_evaluate_reports_bits_per_dim_only_for_discrete_data():
 
 @pytest.mark.parametrize("latent_dim, figures", [(2, ["manifold.png", "latent_space.png"]),
                                                  (4, ["traversals.png", "codes_pca.png"])])
+@pytest.mark.trains
 def test_cli_evaluate_and_plot_on_a_trained_run(tmp_path, capsys, latent_dim, figures):
     run = train(tiny_config(model={"latent_dim": latent_dim}, train={"epochs": 1}), out=tmp_path / "run")
     assert main(["evaluate", str(run), "--samples", "20", "--split", "valid", "--batch-size", "64"]) == 0

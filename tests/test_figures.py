@@ -7,13 +7,9 @@ import sys
 import numpy as np
 import pytest
 import torch
+from conftest import small_vae
 
-from pyro_vae import VAE, plots
-
-
-def small_vae(latent_dim):
-    torch.manual_seed(0)
-    return VAE((1, 8, 8), latent_dim, encoder={"name": "mlp", "hidden": [8]}, decoder={"name": "mlp", "hidden": [8]})
+from pyro_vae import plots
 
 
 def tick_labels(axis):
@@ -37,7 +33,7 @@ def test_h_w_data_are_one_channel_images_and_other_shapes_draw_nothing(tmp_path)
 
 
 def test_manifold_axes_carry_the_z_grid(tmp_path):
-    vae = small_vae(2)
+    vae = small_vae(latent_dim=2, hidden=8)
     codes = torch.stack([torch.linspace(-2, 2, 101), torch.linspace(-1, 3, 101)], dim=1)
     fig = plots.save_manifold(vae, codes, tmp_path / "m.png", steps=5)
     ax = fig.axes[0]
@@ -49,7 +45,7 @@ def test_manifold_axes_carry_the_z_grid(tmp_path):
 
 
 def test_traversal_axes_carry_offsets_and_each_rows_z_values(tmp_path):
-    vae = small_vae(3)
+    vae = small_vae(latent_dim=3, hidden=8)
     codes = torch.randn(200, 3) * torch.tensor([0.1, 2.0, 1.0])
     fig = plots.save_traversals(vae, codes, tmp_path / "t.png", steps=5, span=2.0)
     ax = fig.axes[0]
@@ -64,7 +60,7 @@ def test_traversal_axes_carry_offsets_and_each_rows_z_values(tmp_path):
 def test_every_row_of_a_factor_traversal_is_labelled(tmp_path):
     # 10 latent dimensions: 10 rows, each labelled with its dimension and factor (the axes of
     # the other grids keep every k-th label beyond 9 cells, which would label 5 of the 10 rows)
-    vae = small_vae(10)
+    vae = small_vae(latent_dim=10, hidden=8)
     codes = torch.randn(300, 10) * torch.linspace(2.0, 0.2, 10)
     factors = np.c_[np.arange(300) % 3, np.arange(300) % 5]
     fig = plots.save_factor_traversals(vae, codes, factors, ["shape", "x"], tmp_path / "f.png", steps=5)

@@ -6,9 +6,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
+@pytest.mark.trains  # in its subprocess: each published configuration, two epochs
 def test_the_gpu_checks_dry_run_runs_every_part_and_writes_its_report(tmp_path):
     out = tmp_path / "check"
     environment = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}

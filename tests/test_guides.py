@@ -15,6 +15,7 @@ import numpy as np
 import pyro
 import pytest
 import torch
+from conftest import inverse_softplus
 from pyro.distributions import MultivariateNormal
 from pyro.infer import Trace_ELBO
 
@@ -28,10 +29,6 @@ from pyro_vae.objectives import ESTIMATORS
 from pyro_vae.registry import UserError
 
 D, LATENT, SIGMA = 5, 3, 0.4
-
-
-def inverse_softplus(y):
-    return y + torch.log(-torch.expm1(-y))
 
 
 def exact_posterior(W, b, sigma, x):
@@ -122,6 +119,7 @@ def test_the_best_diagonal_guide_stays_below_by_the_closed_form_gap():
     assert standard_error < gap / 10  # the test resolves the gap
 
 
+@pytest.mark.trains
 def test_cli_training_of_a_full_guide_reaches_the_exact_marginal_of_its_decoder(tmp_path):
     generator = torch.Generator().manual_seed(0)
     W = torch.randn(D, 2, generator=generator) * torch.tensor([1.5, 1.0]) + 0.8  # correlated columns

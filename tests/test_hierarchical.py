@@ -10,6 +10,7 @@ import math
 import pyro
 import pytest
 import torch
+from conftest import inverse_softplus
 from pyro import poutine
 from pyro.distributions import MultivariateNormal
 
@@ -24,10 +25,6 @@ from pyro_vae.registry import UserError
 
 D, Z1, Z2, SIGMA, S1 = 4, 2, 1, 0.5, 0.6
 OVERDISPERSION = 1.4  # the guide's scales, in units of the conditional's largest standard deviation
-
-
-def inverse_softplus(y):
-    return y + torch.log(-torch.expm1(-y))
 
 
 class LinearGaussian:

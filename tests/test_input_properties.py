@@ -29,6 +29,8 @@ from pyro_vae.objectives import ESTIMATORS
 from pyro_vae.optimizers import LR_SCHEDULES, OPTIMIZERS
 from pyro_vae.priors import PRIORS
 
+pytestmark = pytest.mark.trains  # drawn configs train for an epoch; the other tests read a run trained here
+
 # PYRO_VAE_PROPERTY_SCALE = k runs k times the cases, freshly random (to hunt for new failures).
 SCALE = int(os.environ.get("PYRO_VAE_PROPERTY_SCALE", "1"))
 CASES = {name: SCALE * n for name, n in {"train": 30, "evaluate": 25, "sample": 25}.items()}
@@ -241,7 +243,7 @@ def test_train_on_random_data_and_configs_runs_or_says_one_line(tmp_path_factory
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
+def dequantized_run(tmp_path_factory):
     """A finished run on a user's 8-bit images with labels, dequantized under a continuous density."""
     root = tmp_path_factory.mktemp("trained")
     rng = np.random.RandomState(0)
@@ -276,19 +278,19 @@ def flag(name, value):
          where="run", junk=[])
 @example(samples=2, split="valid", seed=None, batch_size=None, limit=None, subset_seed=None, checkpoint="metrics.csv",
          where="run", junk=[])
-def test_evaluate_with_random_arguments_runs_or_says_one_line(trained, tmp_path_factory, samples, split, seed, batch_size,
-                                                             limit, subset_seed, checkpoint, where, junk):
-    run = {"run": trained, "file": trained / "config.toml", "nowhere": trained.parent / "nowhere",
-           "empty": tmp_path_factory.mktemp("empty")}[where]
+def test_evaluate_with_random_arguments_runs_or_says_one_line(dequantized_run, tmp_path_factory, samples, split, seed,
+                                                             batch_size, limit, subset_seed, checkpoint, where, junk):
+    run = {"run": dequantized_run, "file": dequantized_run / "config.toml",
+           "nowhere": dequantized_run.parent / "nowhere", "empty": tmp_path_factory.mktemp("empty")}[where]
     argv = ["evaluate", str(run), "--samples", str(samples), "--split", split, "--checkpoint", checkpoint,
             *flag("--seed", seed), *flag("--batch-size", batch_size), *flag("--limit", limit),
             *flag("--subset-seed", subset_seed), *junk]
     note(f"argv: {argv}")
-    before = snapshot(trained)
+    before = snapshot(dequantized_run)
     status, _, err = run_cli(argv)
-    check_outcome(status, err, before, snapshot(trained))
+    check_outcome(status, err, before, snapshot(dequantized_run))
     if status == 0:
-        result = json.loads((trained / "evaluation.json").read_text())
+        result = json.loads((dequantized_run / "evaluation.json").read_text())
         assert result["num_samples"] == samples and result["dequantization_levels"] == 256
         assert result["bits_per_dim"] == -result["log_likelihood"] / (16 * np.log(2)) or np.isclose(
             result["bits_per_dim"], -result["log_likelihood"] / (16 * np.log(2)), rtol=1e-12)
@@ -300,17 +302,17 @@ def test_evaluate_with_random_arguments_runs_or_says_one_line(trained, tmp_path_
        where=mostly(["run"], ["nowhere"]), junk=JUNK)
 @example(n=3, seed=2**64, label=None, checkpoint="checkpoint.pt", out="s.png", where="run", junk=[])
 @example(n=3, seed=None, label=None, checkpoint="metrics.csv", out="s.png", where="run", junk=[])
-def test_sample_with_random_arguments_runs_or_says_one_line(trained, tmp_path_factory, n, seed,
+def test_sample_with_random_arguments_runs_or_says_one_line(dequantized_run, tmp_path_factory, n, seed,
                                                             label, checkpoint, out, where, junk):
     scratch = tmp_path_factory.mktemp("samples")
-    run = trained if where == "run" else trained.parent / "nowhere"
+    run = dequantized_run if where == "run" else dequantized_run.parent / "nowhere"
     target = scratch / out  # never into the run: this test is about the arguments, not where sample writes by default
     argv = ["sample", str(run), "--n", str(n), "--checkpoint", checkpoint, "--out", str(target),
             *flag("--seed", seed), *flag("--label", label), *junk]
     note(f"argv: {argv}")
-    before = snapshot(trained)
+    before = snapshot(dequantized_run)
     status, _, err = run_cli(argv)
-    check_outcome(status, err, before, snapshot(trained))
+    check_outcome(status, err, before, snapshot(dequantized_run))
     if status == 0:
         assert target.read_bytes()[:4] == b"\x89PNG"
 

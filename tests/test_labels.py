@@ -22,11 +22,6 @@ CONV_ENCODER = {"name": "conv", "channels": [8]}
 CONV_DECODER = {"name": "conv", "channels": [8]}
 
 
-@pytest.fixture(scope="module")
-def digits():
-    return load_data("digits", binarize="static")
-
-
 def grads(module, loss):
     parameters = [p for p in module.parameters() if p.requires_grad]
     return torch.autograd.grad(loss, parameters, allow_unused=True)
@@ -156,6 +151,7 @@ def test_enumerated_elbo_on_a_labeled_batch_equals_trace_elbo_with_y_observed(di
     torch.testing.assert_close(traced, -elbo.sum())
 
 
+@pytest.mark.trains
 def test_a_users_own_svi_loop_trains_m2(digits):
     """model and guide are Pyro programs: the loop of docs/semi-supervised.md, labeled and unlabeled steps."""
     data = load_data("digits", binarize="static", labeled=100)
@@ -191,6 +187,7 @@ def train_m2(data, epochs, seed, hidden=64):
 
 
 @pytest.mark.slow  # about 7 s on one idle core: M2 needs 30 epochs on digits to pull ahead
+@pytest.mark.trains
 def test_m2_with_50_labels_beats_the_same_classifier_trained_on_the_labels_alone():
     """Measured on digits (static binarization), 50 labels, 30 epochs; test errors over seeds 0, 1, 2
     (each seed also picks the labels): M2 0.232, 0.224, 0.268; the classifier alone 0.400, 0.340,
@@ -209,6 +206,7 @@ def test_m2_with_50_labels_beats_the_same_classifier_trained_on_the_labels_alone
     assert alone_error - m2_error > 0.046
 
 
+@pytest.mark.trains
 def test_cvae_samples_of_a_label_are_classified_as_that_label(digits):
     """A classifier trained on the data (86% test accuracy) names the class of CVAE samples
     E[x | z, y]: measured 100% over seeds 0-4 after 10 epochs; an untrained CVAE's are near chance."""
@@ -237,6 +235,7 @@ def test_cvae_samples_of_a_label_are_classified_as_that_label(digits):
 # ---- training and the command line ----
 
 
+@pytest.mark.trains
 def test_m2_trains_from_a_config_and_the_cli_samples_and_evaluates_it(tmp_path, capsys):
     config = tiny_config(model={"kind": "m2", "classifier": SMALL}, objective={"estimator": "enum"},
                          data={"labeled": 50})
@@ -257,6 +256,7 @@ def test_m2_trains_from_a_config_and_the_cli_samples_and_evaluates_it(tmp_path, 
     capsys.readouterr()
 
 
+@pytest.mark.trains
 def test_cvae_trains_on_labeled_pairs_and_its_evaluation_is_conditional(tmp_path):
     run = train(tiny_config(model={"kind": "cvae"}, data={"labeled": 100}), out=tmp_path / "cvae")
     rows = read_metrics(run / "metrics.csv")
@@ -293,6 +293,7 @@ def test_labeled_batch_size_revisits_the_labeled_set_with_the_weight_kept_exact(
         assert sorted(map(tuple, drawn[50 * k : 50 * (k + 1)].tolist())) == labeled
 
 
+@pytest.mark.trains
 def test_m2_resumed_run_ends_bit_identical(tmp_path):
     """The labeled and unlabeled order of an epoch is a function of the seed and the epoch: one
     epoch, then ``--resume`` to two, ends with the parameters of two epochs straight."""
@@ -306,6 +307,7 @@ def test_m2_resumed_run_ends_bit_identical(tmp_path):
     assert all(torch.equal(first[k], second[k]) for k in first)
 
 
+@pytest.mark.trains
 def test_a_run_from_before_the_label_keys_resumes(tmp_path):
     """A checkpoint whose config predates model.kind and data.labeled resumes: a missing key is its default."""
     run = train(tiny_config(train={"epochs": 1}), out=tmp_path / "old")
@@ -388,6 +390,7 @@ def m1m2_config(m1_run, **train_options):
                        objective={"estimator": "enum"}, data={"labeled": 50}, train=train_options)
 
 
+@pytest.mark.trains
 def test_m1_m2_trains_m2_on_codes_drawn_from_the_frozen_m1(tmp_path, m1_run, capsys):
     """The stacked loss is M2's loss on z1 ~ q(z1 | x) (same draw) minus M1's log p(x | z1) - log q(z1 | x),
     and has M2's gradients; training leaves M1 as it was; classify, sample, evaluate and plot take images."""
@@ -428,6 +431,7 @@ def test_m1_m2_trains_m2_on_codes_drawn_from_the_frozen_m1(tmp_path, m1_run, cap
     capsys.readouterr()
 
 
+@pytest.mark.trains
 def test_m1_m2_refuses_what_it_cannot_stack(tmp_path, m1_run):
     with pytest.raises(UserError, match="not a run directory"):
         train(m1m2_config(tmp_path / "nowhere"), out=tmp_path / "a")

@@ -8,6 +8,7 @@ from fractions import Fraction
 import numpy as np
 import pytest
 import torch
+from conftest import inverse_softplus
 from pyro.infer import TraceMeanField_ELBO
 from scipy import integrate, stats
 
@@ -37,10 +38,6 @@ def density_1d(likelihood, params):
 def quad(f, a, b, points=None):
     value, error = integrate.quad(f, a, b, points=points, limit=200, epsabs=1e-11, epsrel=1e-10)
     return value
-
-
-def inverse_softplus(y):
-    return math.log(math.expm1(y))
 
 
 # ---- normalization -----------------------------------------------------------------------
@@ -307,6 +304,7 @@ def ppca_optimum(x, q):
     return log_likelihood.item(), sigma2.item()
 
 
+@pytest.mark.trains
 def test_linear_gaussian_vae_reaches_the_ppca_optimum():
     d, q, n = 8, 2, 3000
     generator = torch.Generator().manual_seed(1)

@@ -8,6 +8,7 @@ import signal
 import sys
 import threading
 
+import pytest
 import torch
 from conftest import tiny_config
 
@@ -103,6 +104,7 @@ def test_trackers_are_due_every_log_every_steps(tmp_path):
     assert [step for step in range(1, 101) if logger.due(step)] == [25, 50, 75, 100]
 
 
+@pytest.mark.trains
 def test_training_without_a_bar_or_tracker_never_reads_the_loss(tmp_path, monkeypatch):
     from pyro_vae.training import Trainer
 

@@ -10,6 +10,7 @@ import pyro
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import small_vae
 from pyro import poutine
 from pyro.infer import SVI, Trace_ELBO, TraceMeanField_ELBO
 
@@ -17,17 +18,6 @@ from pyro_vae import VAE
 from pyro_vae.guides import gaussian_parameters
 from pyro_vae.nets import DECODERS, ENCODERS
 from pyro_vae.registry import UserError
-
-
-def small_vae(likelihood="bernoulli", **kwargs):
-    return VAE(
-        (1, 8, 8),
-        latent_dim=3,
-        encoder={"name": "mlp", "hidden": [16]},
-        decoder={"name": "mlp", "hidden": [16]},
-        likelihood=likelihood,
-        **kwargs,
-    )
 
 
 def hand_terms(vae, x, z):
@@ -51,7 +41,7 @@ def loss_and_z(elbo, vae, x, seed=3):
 
 @pytest.mark.parametrize("elbo_class", [Trace_ELBO, TraceMeanField_ELBO])
 def test_gaussian_loss_is_half_squared_error_plus_kl_plus_constant(elbo_class):
-    vae = small_vae({"name": "gaussian", "scale": 1.0})
+    vae = small_vae(likelihood={"name": "gaussian", "scale": 1.0})
     x = torch.rand(5, 1, 8, 8)
     loss, z = loss_and_z(elbo_class(), vae, x)
     mu, log_q, log_p, analytic_kl = hand_terms(vae, x, z)
@@ -63,7 +53,7 @@ def test_gaussian_loss_is_half_squared_error_plus_kl_plus_constant(elbo_class):
 
 @pytest.mark.parametrize("elbo_class", [Trace_ELBO, TraceMeanField_ELBO])
 def test_bernoulli_loss_is_bce_plus_kl(elbo_class):
-    vae = small_vae("bernoulli")
+    vae = small_vae(likelihood="bernoulli")
     x = torch.bernoulli(torch.full((5, 1, 8, 8), 0.3))
     loss, z = loss_and_z(elbo_class(), vae, x)
     logits, log_q, log_p, analytic_kl = hand_terms(vae, x, z)
@@ -90,6 +80,7 @@ def svi_losses(vae, x, steps, seed=0):
     return [svi.step(x) for _ in range(steps)]
 
 
+@pytest.mark.trains
 def test_plain_pyro_svi_script_trains_the_vae():
     vae = small_vae()
     x = torch.bernoulli(torch.full((64, 1, 8, 8), 0.3))
@@ -99,6 +90,7 @@ def test_plain_pyro_svi_script_trains_the_vae():
     assert sum(losses[-10:]) / 10 < sum(losses[:10]) / 10 - 5 * 64 * 0.05
 
 
+@pytest.mark.trains
 def test_two_vaes_share_no_parameters_through_the_param_store():
     x = torch.bernoulli(torch.full((32, 1, 8, 8), 0.3))
     first = small_vae()
@@ -116,6 +108,7 @@ def test_two_vaes_share_no_parameters_through_the_param_store():
     assert all(torch.equal(a, b) for a, b in zip(second.parameters(), twin.parameters()))
 
 
+@pytest.mark.trains
 def test_a_vae_owns_its_parameters_nothing_stays_in_the_global_store():
     x = torch.bernoulli(torch.full((16, 1, 8, 8), 0.3))
     pyro.get_param_store().clear()
@@ -191,6 +184,7 @@ def test_vectorized_particles_give_the_same_expected_loss():
 # ---- a linear autoencoder with squared error spans the principal subspace (Baldi & Hornik 1989) ----
 
 
+@pytest.mark.trains
 def test_linear_autoencoder_spans_the_principal_subspace():
     """The library's encoder and decoder with no hidden layer (linear maps) trained on squared error:
     the decoder's columns span the top-k eigenvectors of the data covariance (every principal

@@ -39,6 +39,7 @@ def toy_kind():
     MODEL_KINDS.unregister("toy")
 
 
+@pytest.mark.trains
 def test_a_kind_registered_at_run_time_trains_evaluates_and_samples_through_the_cli(toy_kind, tmp_path, capsys):
     config = tmp_path / "toy.toml"
     save_config(tiny_config(train={"epochs": 2}), config)

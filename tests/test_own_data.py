@@ -98,6 +98,7 @@ def test_discretized_logistic_takes_its_levels_from_the_data(tmp_path):
     assert build_model(explicit, digits.shape, digits.levels).likelihood.levels == 5
 
 
+@pytest.mark.trains
 def test_a_run_keeps_the_data_levels_through_load_run(tmp_path):
     config = tiny_config(data={"binarize": "none"}, model={"likelihood": {"name": "discretized_logistic", "components": 2}},
                          train={"epochs": 1})
@@ -105,6 +106,7 @@ def test_a_run_keeps_the_data_levels_through_load_run(tmp_path):
     assert load_run(run).likelihood.levels == 17
 
 
+@pytest.mark.trains
 def test_a_grey_uint8_npz_trains_under_a_continuous_likelihood_from_the_cli(tmp_path):
     images = grey_uint8(n=60, h=8, w=8)
     np.savez(tmp_path / "grey.npz", train=images)
@@ -238,6 +240,7 @@ def test_print_data_is_a_short_summary():
     assert repr(load_data("digits").train) == "Split(1297 examples of shape (1, 8, 8), labelled)"
 
 
+@pytest.mark.trains
 def test_train_on_h_w_arrays_makes_image_figures_and_samples(tmp_path, capsys):
     images = grey_uint8(n=60, h=8, w=8)
     config = tiny_config(model={"likelihood": "continuous_bernoulli"}, train={"epochs": 1})

@@ -19,17 +19,11 @@ import pyro
 import pytest
 import torch
 
-from pyro_vae.data import load_data
 from pyro_vae.models import VAE
 from pyro_vae.objectives import ESTIMATORS
 
 SMALL = {"name": "mlp", "hidden": [16]}
 GUIDES = ["full", {"name": "lowrank", "rank": 2}, "normal"]
-
-
-@pytest.fixture(scope="module")
-def digits():
-    return load_data("digits", binarize="static")
 
 
 def detached_log_q(q, z):

@@ -135,6 +135,7 @@ def test_particles_average_the_terms_per_data_point():
     torch.testing.assert_close(loss, -(reconstruction.sum() - N * 2.0 * (kl.mean() - 1.0).abs()), rtol=1e-6, atol=1e-4)
 
 
+@pytest.mark.trains
 def test_metrics_log_c_of_t_and_the_true_elbo(tmp_path):
     capacity = {"start": 0.0, "end": 6.0, "epochs": 2, "gamma": 50.0}
     run = train(tiny_config(objective={"capacity": capacity}, train={"epochs": 3}), out=tmp_path / "run")
@@ -146,6 +147,7 @@ def test_metrics_log_c_of_t_and_the_true_elbo(tmp_path):
         assert float(row["val_elbo"]) == pytest.approx(float(row["val_reconstruction"]) - float(row["val_kl"]), abs=1e-3)
 
 
+@pytest.mark.trains
 def test_resumed_run_resumes_c_of_t(tmp_path):
     config = tiny_config(objective={"capacity": {"start": 0.0, "end": 6.0, "epochs": 3, "gamma": 50.0}},
                          train={"epochs": 3, "seed": 3})
@@ -198,6 +200,7 @@ def test_capacity_is_refused_by_an_estimator_without_separate_terms():
         estimator.loss(vae.model, vae.guide, data(), kl_penalty=Capacity(1.0, 0.0))
 
 
+@pytest.mark.trains
 def test_a_run_written_before_these_keys_existed_still_resumes(tmp_path):
     """Its config has no objective.capacity or objective.free_bits: they count as their defaults (off)."""
     from pyro_vae.checkpoint import load_checkpoint, save_checkpoint

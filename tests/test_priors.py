@@ -8,6 +8,7 @@ import math
 import pyro
 import pytest
 import torch
+from conftest import small_vae
 from pyro import poutine
 from pyro.infer import SVI, Trace_ELBO, TraceMeanField_ELBO
 
@@ -42,11 +43,6 @@ def name_of(spec):
     return spec if isinstance(spec, str) else spec["name"]
 
 
-def small_vae(prior="normal", likelihood="continuous_bernoulli", latent_dim=2, **kwargs):
-    return VAE((1, 8, 8), latent_dim=latent_dim, encoder={"name": "mlp", "hidden": [16]},
-               decoder={"name": "mlp", "hidden": [16]}, likelihood=likelihood, prior=prior, **kwargs)
-
-
 def noise_images(likelihood, n=32):
     """`n` seeded uniform-noise 8x8 images on the digits data's grid k / 16 (binary draws from them
     for `bernoulli`): inputs of the digits' shape and values, not digits."""
@@ -67,7 +63,7 @@ def perturb(module, size=0.3):
 
 @pytest.mark.parametrize("spec", PRIOR_SPECS, ids=lambda s: str(s))
 def test_prior_integrates_to_one_in_two_dimensions(spec):
-    vae = small_vae(spec)
+    vae = small_vae(latent_dim=2, prior=spec, likelihood="continuous_bernoulli")
     perturb(vae.prior, 0.1)  # larger moves give the spline kinks this grid no longer resolves
     prior = vae.prior_dist()
     assert prior.batch_shape == () and prior.event_shape == (2,)
@@ -81,7 +77,7 @@ def test_prior_integrates_to_one_in_two_dimensions(spec):
 
 
 def test_mixture_of_gaussians_is_its_formula():
-    vae = small_vae({"name": "mog", "components": 3}, latent_dim=4)
+    vae = small_vae(latent_dim=4, prior={"name": "mog", "components": 3}, likelihood="continuous_bernoulli")
     perturb(vae.prior)
     z = torch.randn(10, 4)
     prior = vae.prior
@@ -93,7 +89,7 @@ def test_mixture_of_gaussians_is_its_formula():
 
 
 def test_vamp_prior_is_the_mean_of_the_guides_posteriors_at_the_pseudo_inputs():
-    vae = small_vae({"name": "vamp", "components": 5}, latent_dim=3)
+    vae = small_vae(latent_dim=3, prior={"name": "vamp", "components": 5}, likelihood="continuous_bernoulli")
     z = torch.randn(7, 3)
     loc, scale = gaussian_parameters(vae.encoder(vae.prior.pseudo_inputs))  # (5, 3) each
     log_q = torch.distributions.Normal(loc, scale).log_prob(z[:, None]).sum(-1)  # (7, 5)
@@ -106,7 +102,7 @@ def test_vamp_prior_is_the_mean_of_the_guides_posteriors_at_the_pseudo_inputs():
 
 
 def test_flow_prior_is_a_change_of_variables_of_a_standard_normal():
-    vae = small_vae({"name": "flow", "num_transforms": 2}, latent_dim=3)
+    vae = small_vae(latent_dim=3, prior={"name": "flow", "num_transforms": 2}, likelihood="continuous_bernoulli")
     perturb(vae.prior)
     prior = vae.prior_dist()
     z = torch.randn(6, 3)
@@ -124,7 +120,7 @@ def test_flow_prior_is_a_change_of_variables_of_a_standard_normal():
 
 
 def test_learned_normal_starts_standard_and_keeps_the_closed_form_kl():
-    vae = small_vae("learned_normal", latent_dim=3)
+    vae = small_vae(latent_dim=3, prior="learned_normal", likelihood="continuous_bernoulli")
     z = torch.randn(4, 3)
     standard = torch.distributions.Normal(0.0, 1.0).log_prob(z).sum(-1)
     assert torch.allclose(vae.prior_dist().log_prob(z), standard)
@@ -144,7 +140,7 @@ def test_learned_normal_starts_standard_and_keeps_the_closed_form_kl():
 )
 def test_bad_prior_options_are_user_errors(spec, message):
     with pytest.raises(UserError, match=message):
-        small_vae(spec)
+        small_vae(latent_dim=2, prior=spec, likelihood="continuous_bernoulli")
 
 
 # ---- swapping, estimators, training --------------------------------------------------------
@@ -182,7 +178,7 @@ def test_swapping_the_prior_changes_only_the_z_sites_distribution():
 
 @pytest.mark.parametrize("spec", PRIOR_SPECS, ids=lambda s: str(s))
 def test_meanfield_uses_the_closed_form_kl_or_falls_back_to_monte_carlo(spec):
-    vae = small_vae(spec)
+    vae = small_vae(latent_dim=2, prior=spec, likelihood="continuous_bernoulli")
     perturb(vae.prior)
     x = noise_images("continuous_bernoulli", 8)
     losses = {}
@@ -207,8 +203,9 @@ def test_meanfield_uses_the_closed_form_kl_or_falls_back_to_monte_carlo(spec):
 
 @pytest.mark.parametrize("prior", PRIOR_SPECS, ids=lambda s: str(s))
 @pytest.mark.parametrize("estimator", ESTIMATORS.names())
+@pytest.mark.trains
 def test_every_estimator_works_with_every_prior(estimator, prior):
-    vae = small_vae(prior)
+    vae = small_vae(latent_dim=2, prior=prior, likelihood="continuous_bernoulli")
     loss = ESTIMATORS.build(estimator).loss(vae.model, vae.guide, noise_images("continuous_bernoulli", 8))
     loss.backward()
     assert torch.isfinite(loss)
@@ -218,8 +215,9 @@ def test_every_estimator_works_with_every_prior(estimator, prior):
 
 @pytest.mark.parametrize("prior", PRIOR_SPECS, ids=lambda s: str(s))
 @pytest.mark.parametrize("likelihood", LIKELIHOOD_SPECS, ids=lambda s: str(s))
+@pytest.mark.trains
 def test_every_likelihood_and_prior_pair_takes_an_svi_step(likelihood, prior):
-    vae = small_vae(prior, likelihood)
+    vae = small_vae(latent_dim=2, prior=prior, likelihood=likelihood)
     x = noise_images(name_of(likelihood) if isinstance(likelihood, dict) else likelihood, 16)
     vae.likelihood.check_support(x)
     learned = {name: p.detach().clone() for name, p in vae.named_parameters() if not name.startswith(("encoder", "decoder"))}
@@ -244,6 +242,7 @@ def toml(value):
 
 
 @pytest.mark.parametrize("likelihood, prior", cli_pairs(), ids=lambda s: str(s))
+@pytest.mark.trains
 def test_likelihood_and_prior_pairs_train_for_an_epoch_from_the_cli(tmp_path, likelihood, prior):
     binarize = "static" if likelihood == "bernoulli" else "none"
     args = ["train", "--out", str(tmp_path / "run")]

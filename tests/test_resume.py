@@ -42,6 +42,7 @@ def wait_for(path, process, timeout=60):
         time.sleep(0.005)
 
 
+@pytest.mark.trains
 def test_sigkill_mid_epoch_then_resume_is_bit_identical(tmp_path):
     config = tmp_path / "config.toml"
     save_config(resumable_config(), config)
@@ -78,6 +79,7 @@ def test_sigterm_finishes_the_step_writes_a_checkpoint_and_exits_cleanly(tmp_pat
     assert state["step"] > 0
 
 
+@pytest.mark.trains
 def test_resume_extends_a_finished_run_and_refuses_incompatible_changes(tmp_path):
     run = train(tiny_config(), out=tmp_path / "run")
     train(None, resume=run, overrides=["train.epochs=3"])
@@ -114,6 +116,7 @@ def test_checkpoints_are_replaced_atomically(tmp_path, monkeypatch):
     assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]
 
 
+@pytest.mark.trains
 def test_non_finite_loss_stops_at_its_step_and_keeps_the_last_good_checkpoint(tmp_path):
     run = tmp_path / "run"
     config = tiny_config(train={"lr": 1e30, "epochs": 3, "optimizer": "sgd"})
@@ -129,6 +132,7 @@ def test_non_finite_loss_stops_at_its_step_and_keeps_the_last_good_checkpoint(tm
     {"guide": "full"},
     {"latent_dim": [4, 3], "prior": {"name": "vamp", "components": 5}},
 ])
+@pytest.mark.trains
 def test_new_guides_and_two_layers_resume_bit_identically(tmp_path, model):
     def config(epochs):
         base = tiny_config(train={"epochs": epochs, "batch_size": 256})

@@ -7,7 +7,7 @@ import copy
 import pyro
 import pytest
 import torch
-from conftest import tiny_config
+from conftest import small_vae, tiny_config
 from estimator_cases import capturable_cases, spec_id
 from pyro.infer import Trace_ELBO
 
@@ -19,11 +19,6 @@ from pyro_vae.registry import UserError
 from pyro_vae.steps import Step
 
 SHAPE = (1, 4, 4)
-
-
-def small_vae(prior="normal"):
-    return VAE(SHAPE, latent_dim=3, prior=prior, encoder={"name": "mlp", "hidden": [8]},
-               decoder={"name": "mlp", "hidden": [8]})
 
 
 def binary(n, seed=0):
@@ -54,9 +49,10 @@ def no_reads_from_tensors(monkeypatch):
 
 @pytest.mark.parametrize("spec, particles", list(capturable_cases(3, SHAPE)), ids=spec_id)
 @pytest.mark.parametrize("prior", ["normal", {"name": "vamp", "components": 3}])
+@pytest.mark.trains
 def test_every_capturable_estimators_step_reads_nothing_from_the_device(monkeypatch, spec, particles, prior):
     """Every estimator that declares ``capturable = True`` (read from the registry)."""
-    vae = small_vae(prior)
+    vae = small_vae(SHAPE, hidden=8, prior=prior)
     estimator = ESTIMATORS.build(spec, num_particles=particles, data_shape=SHAPE)
     assert estimator.capture_obstacle(vae) is None
     step = make_step(vae, estimator, clip=5.0)
@@ -76,9 +72,9 @@ def test_capture_is_opt_in_for_a_new_estimator():
         def differentiable_loss(self, model, guide, x):
             return model(x)
 
-    assert "does not declare its loss capturable" in Unsure().capture_obstacle(small_vae())
+    assert "does not declare its loss capturable" in Unsure().capture_obstacle(small_vae(SHAPE, hidden=8))
     for name in ESTIMATORS.names(capturable=False):  # each gives its reason (the default one, or its own)
-        assert ESTIMATORS.build(name).capture_obstacle(small_vae())
+        assert ESTIMATORS.build(name).capture_obstacle(small_vae(SHAPE, hidden=8))
 
 
 def test_pyro_trace_elbo_is_named_as_the_obstacle_to_capture_for_a_redefined_program():
@@ -89,12 +85,13 @@ def test_pyro_trace_elbo_is_named_as_the_obstacle_to_capture_for_a_redefined_pro
 
     vae = Redefined(SHAPE, latent_dim=2)
     assert "reads every site's log-density with .item()" in ESTIMATORS.build("trace").capture_obstacle(vae)
-    assert "torch.jit" in ESTIMATORS.build("trace", jit=True).capture_obstacle(small_vae())
+    assert "torch.jit" in ESTIMATORS.build("trace", jit=True).capture_obstacle(small_vae(SHAPE, hidden=8))
 
 
 @pytest.mark.parametrize("optimizer", ["adam", "rmsprop"])  # fused: skipped on the device; rmsprop: read each step
+@pytest.mark.trains
 def test_a_non_finite_step_is_skipped_exactly_and_counted(optimizer):
-    vae = small_vae()
+    vae = small_vae(SHAPE, hidden=8)
     step = make_step(vae, ESTIMATORS.build("trace"), optimizer)
     assert step.skips_on_device == (optimizer == "adam")
     step(binary(8), 1.0)
@@ -116,8 +113,9 @@ def test_a_non_finite_step_is_skipped_exactly_and_counted(optimizer):
     assert step.faults()[:2] == (1, 1) and step.epoch_loss()[1] == 16
 
 
+@pytest.mark.trains
 def test_the_step_with_a_weight_equals_the_estimators_loss_with_that_weight():
-    vae = small_vae()
+    vae = small_vae(SHAPE, hidden=8)
     x = binary(8)
     reference = copy.deepcopy(vae)
     step = make_step(vae, ESTIMATORS.build("stl"))
@@ -129,7 +127,7 @@ def test_the_step_with_a_weight_equals_the_estimators_loss_with_that_weight():
 
 
 def test_stl_own_elbo_equals_pyros_trace_elbo_on_the_path_derivative_guide():
-    vae = small_vae({"name": "mog", "components": 2})
+    vae = small_vae(SHAPE, hidden=8, prior={"name": "mog", "components": 2})
     x = binary(8)
 
     def loss_and_grads(compute):
@@ -183,6 +181,7 @@ def pyro_vae_scaled(fn, weight):
     return kl_scaled(fn, weight)
 
 
+@pytest.mark.trains
 def test_cuda_graph_true_without_a_gpu_is_a_one_line_error_and_auto_trains_eagerly(tmp_path):
     config = tiny_config(train={"cuda_graph": True, "epochs": 1})
     with pytest.raises(UserError, match=r"train.cuda_graph = true is not possible: the training device is cpu"):
@@ -196,10 +195,11 @@ def test_cuda_graph_true_without_a_gpu_is_a_one_line_error_and_auto_trains_eager
 
 @pytest.mark.parametrize("penalty", ["capacity", "free_bits"])
 @pytest.mark.parametrize("name", ESTIMATORS.names(supports_kl_penalty=True, capturable=True))
+@pytest.mark.trains
 def test_a_penalized_step_reads_nothing_from_the_device_either(monkeypatch, penalty, name):
     from pyro_vae.penalties import Capacity, FreeBits
 
-    vae = small_vae()
+    vae = small_vae(SHAPE, hidden=8)
     step = make_step(vae, ESTIMATORS.build(name))
     kl_penalty = Capacity(gamma=10.0, capacity=2.0) if penalty == "capacity" else FreeBits(0.5)
     with pyro.validation_enabled(False), no_reads_from_tensors(monkeypatch):
@@ -265,6 +265,7 @@ def parameters_of(run):
 
 
 @pytest.mark.parametrize("stage", ["warm-up", "capture", "first replay"])
+@pytest.mark.trains
 def test_a_failed_capture_under_auto_warns_once_and_trains_exactly_as_eager(tmp_path, capsys, failing_capture, stage):
     from pyro_vae.runs import read_metrics
     from pyro_vae.steps import CapturedStep
@@ -291,6 +292,7 @@ def test_a_failed_capture_under_auto_warns_once_and_trains_exactly_as_eager(tmp_
     assert drop_time(read_metrics(auto / "metrics.csv")) == drop_time(read_metrics(eager / "metrics.csv"))  # train loss too
 
 
+@pytest.mark.trains
 def test_a_failed_capture_under_true_stops_with_one_line_and_the_checkpoint_intact(tmp_path, capsys, failing_capture):
     from pyro_vae.cli import main
     from pyro_vae.runs import read_metrics
@@ -314,6 +316,7 @@ def test_a_failed_capture_under_true_stops_with_one_line_and_the_checkpoint_inta
     assert all(torch.equal(a, b) for a, b in zip(parameters_of(run), parameters_of(straight), strict=True))
 
 
+@pytest.mark.trains
 def test_a_failed_capture_whose_state_cannot_be_restored_stops_with_one_line_even_under_auto(tmp_path, monkeypatch,
                                                                                            failing_capture):
     import pyro_vae.steps

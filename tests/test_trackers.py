@@ -36,6 +36,7 @@ def tracked(tmp_path_factory):
     return run
 
 
+@pytest.mark.trains
 def test_mlflow_records_config_metrics_lr_step_losses_and_figures_and_a_resume_continues_it(tracked):
     from mlflow.tracking import MlflowClient
 
@@ -80,6 +81,7 @@ def wandb_records(path):
             yield record
 
 
+@pytest.mark.trains
 def test_wandb_offline_records_config_metrics_lr_step_losses_and_figures(tracked):
     run = tracked
     rows = read_metrics(run / "metrics.csv")
@@ -102,6 +104,7 @@ def test_wandb_offline_records_config_metrics_lr_step_losses_and_figures(tracked
     assert images == FIGURES
 
 
+@pytest.mark.trains
 def test_trackers_change_no_number_of_the_run(tracked, tmp_path):
     plain = read_metrics(train(tiny_config(train={"epochs": 3}), out=tmp_path / "plain") / "metrics.csv")
     assert [{k: v for k, v in row.items() if k != "seconds"} for row in read_metrics(tracked / "metrics.csv")] == [

@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 import pyro
+import pytest
 import torch
 from conftest import tiny_config
 from pyro import poutine
@@ -18,6 +19,7 @@ from pyro_vae.training import Trainer
 RUN_FILES = ["config.toml", "checkpoint.pt", "metrics.csv", "reconstructions.png", "samples.png", "curves.png"]
 
 
+@pytest.mark.trains
 def test_training_on_digits_improves_the_validation_elbo(tmp_path):
     config = tiny_config(train={"epochs": 6, "batch_size": 32, "lr": 3e-3})
     rows = read_metrics(train(config, out=tmp_path / "run") / "metrics.csv")
@@ -27,6 +29,7 @@ def test_training_on_digits_improves_the_validation_elbo(tmp_path):
     assert all(abs(r["val_elbo"] - (r["val_reconstruction"] - r["val_kl"])) < 1e-3 for r in rows)
 
 
+@pytest.mark.trains
 def test_training_is_reproducible_under_a_seed(tmp_path):
     a = read_metrics(train(tiny_config(), out=tmp_path / "a") / "metrics.csv")
     b = read_metrics(train(tiny_config(), out=tmp_path / "b") / "metrics.csv")
@@ -34,6 +37,7 @@ def test_training_is_reproducible_under_a_seed(tmp_path):
     assert strip(a) == strip(b)
 
 
+@pytest.mark.trains
 def test_load_run_round_trip_reproduces_the_logged_validation_elbo(tmp_path):
     config = tiny_config()
     run = train(config, out=tmp_path / "run")
@@ -46,6 +50,7 @@ def test_load_run_round_trip_reproduces_the_logged_validation_elbo(tmp_path):
     assert torch.equal(vae.reconstruct(x), again.reconstruct(x))
 
 
+@pytest.mark.trains
 def test_cli_train_and_sample_end_to_end(tmp_path):
     config = tmp_path / "tiny.toml"
     config.write_text(
@@ -81,6 +86,7 @@ def test_existing_run_directory_is_never_overwritten_without_force(tmp_path):
     assert [p.name for p in run.iterdir()] == ["keep.txt"]
 
 
+@pytest.mark.trains
 def test_mean_reduction_is_an_explicit_kl_weight_of_D(tmp_path):
     """Averaging log p(x|z) over the D features = summing it with a KL weight of D * beta, divided by D."""
     config = check_config(tiny_config(objective={"reduction": "mean", "kl_weight": 0.5}))

@@ -29,6 +29,7 @@ def rates(optimizer, lr_schedule, steps):
     return seen
 
 
+@pytest.mark.trains
 def test_warm_up_is_linear_then_the_schedule_takes_over():
     optimizer, lr_schedule = schedule("cosine", total_steps=20, warmup_steps=4)
     seen = rates(optimizer, lr_schedule, 20)
@@ -37,6 +38,7 @@ def test_warm_up_is_linear_then_the_schedule_takes_over():
         assert rate == pytest.approx(expected, rel=1e-12)
 
 
+@pytest.mark.trains
 def test_plateau_cuts_the_rate_after_patience_epochs_without_improvement_and_resumes():
     optimizer, lr_schedule = schedule({"name": "plateau", "patience": 2, "factor": 0.5})
     for elbo in (-10.0, -9.0, -9.0, -9.5):  # best at epoch 2; two epochs without improvement
@@ -52,6 +54,7 @@ def test_plateau_cuts_the_rate_after_patience_epochs_without_improvement_and_res
         schedule({"name": "plateau", "factor": 2.0})
 
 
+@pytest.mark.trains
 def test_early_stopping_stops_when_the_validation_elbo_stalls(tmp_path):
     # A learning rate this small cannot improve the ELBO by 1000 nats: patience 2 stops after epoch 3.
     config = tiny_config(train={"epochs": 10, "lr": 1e-9, "early_stopping": {"patience": 2, "min_delta": 1000.0}})
@@ -61,6 +64,7 @@ def test_early_stopping_stops_when_the_validation_elbo_stalls(tmp_path):
         train(tiny_config(train={"early_stopping": {"min_delta": 1.0}}), out=tmp_path / "bad")
 
 
+@pytest.mark.trains
 def test_tensorboard_logs_every_metric_the_step_loss_and_the_figures(tmp_path):
     pytest.importorskip("tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -84,6 +88,7 @@ def test_an_unknown_logger_is_a_one_line_error(tmp_path):
         train(tiny_config(train={"loggers": ["neptune"]}), out=tmp_path / "run")
 
 
+@pytest.mark.trains
 def test_force_removes_what_an_earlier_run_wrote_and_keeps_other_files(tmp_path, capsys):
     run = tmp_path / "run"
     train(tiny_config(train={"epochs": 1}), out=run)
@@ -100,6 +105,7 @@ def test_force_removes_what_an_earlier_run_wrote_and_keeps_other_files(tmp_path,
     assert {path.name: path.stat().st_mtime_ns for path in run.iterdir()} == before
 
 
+@pytest.mark.trains
 def test_a_batch_larger_than_the_training_split_is_announced(tmp_path, capsys):
     train(tiny_config(train={"epochs": 1, "batch_size": 5000}), out=tmp_path / "run")
     assert ("train.batch_size (5000) is larger than the training split (1297 examples): one step per epoch"
@@ -125,6 +131,7 @@ def test_the_python_api_names_force_true_for_an_existing_out(tmp_path):
         train(tiny_config(), out=tmp_path / "run")
 
 
+@pytest.mark.trains
 def test_a_fixed_gaussian_scale_on_data_far_outside_the_unit_interval_is_warned_about(tmp_path, capsys):
     import numpy as np
 
@@ -166,6 +173,7 @@ def test_auto_threads_without_a_load_average_are_torchs_default(monkeypatch):
     assert resolve_threads("auto") == 4
 
 
+@pytest.mark.trains
 def test_threads_default_to_auto_and_a_resumed_run_may_change_them(tmp_path, monkeypatch):
     from pyro_vae.config import load_config
     from pyro_vae.training import Trainer
