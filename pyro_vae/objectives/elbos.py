@@ -135,6 +135,7 @@ class Enumerated(PyroELBO):
 
     elbo_class = TraceEnum_ELBO
     supports_jit = False
+    handles_discrete_latents = True
 
     def differentiable_loss(self, model, guide, x, *labels):
         with warnings.catch_warnings():  # a labeled batch has nothing to enumerate, rightly
