@@ -144,6 +144,8 @@ def save_figures(vae, data, rows, out, device):
         torch.manual_seed(0)
         if labeled:
             drawn = save_class_samples(vae, out / "samples.png")
+        elif vae.clusters:
+            drawn = save_component_samples(vae, out / "samples.png")
         else:
             drawn = plots.save_grid(vae.sample(64), out / "samples.png", title="samples: E[x | z], z ~ p(z)")
         if drawn:
@@ -158,6 +160,14 @@ def save_class_samples(vae, path, per_class=8):
     return plots.save_grid(
         vae.sample(per_class * vae.num_classes), path, columns=per_class,
         title="samples: E[x | z, y], z ~ p(z); row y = 0, 1, ...",
+    )
+
+
+def save_component_samples(vae, path, per_component=8):
+    """Samples of a model with mixture components (the gmvae), one row per component y (z ~ p(z | y))."""
+    return plots.save_grid(
+        vae.sample_by_component(per_component), path, columns=per_component,
+        title="samples: E[x | z], z ~ p(z | y); row y = 0, 1, ...",
     )
 
 

@@ -119,6 +119,13 @@ class GMVAE(VAE):
         return {"components": model["components"], "component_prior": model["component_prior"]}
 
     @classmethod
+    def refuse_features(cls, model: Mapping[str, Any]) -> None:
+        """`model.features` is M2's; the components are this kind's own."""
+        if model["features"]:
+            raise UserError("model.features (M1+M2: M2 on a trained VAE's codes) is for model.kind = \"m2\", "
+                            "not 'gmvae'")
+
+    @classmethod
     def from_config(cls, model, data_shape, data_levels=None, load_features=None):
         options = cls.config_options(model)
         return cls(data_shape, latent_dim=model["latent_dim"], encoder=model["encoder"], decoder=model["decoder"],
