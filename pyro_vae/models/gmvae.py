@@ -201,6 +201,21 @@ class GMVAE(VAE):
             y = pyro.sample("y", self.classifier_dist(x, h), infer={"enumerate": "parallel"})
             pyro.sample("z", self.guide_dist(x, y, h))
 
+    def enumerated_loss(self, x: torch.Tensor) -> torch.Tensor:
+        """-ELBO summed over the minibatch, y summed out and one z drawn per (x, y), shape `(K, N, d)`:
+        what `TraceEnum_ELBO` computes for these programs, the same draw, value and gradients (tested),
+        without tracing them (the `enum` estimator asks for it: `elbos.Enumerated.loss`)."""
+        x = self._check_batch(x)
+        h = self.features(x)
+        log_q_y = torch.log_softmax(self.classifier(h), -1)  # (N, K)
+        every = self._every_component(x.device)
+        q_z = self.guide_dist(x, every, h)
+        z = q_z.rsample()  # (K, N, d)
+        log_w = self.likelihood_dist(z, x).log_prob(x) + self.component_dist(every).log_prob(z) - q_z.log_prob(z)
+        log_pi = torch.log_softmax(self.component_logits, -1)
+        q_y = log_q_y.exp()
+        return -((q_y.T * log_w).sum() + (q_y * (log_pi - log_q_y)).sum())
+
     # ---- uses ----
 
     def _every_component(self, device: torch.device) -> torch.Tensor:

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from pyro.distributions import TorchDistribution, constraints
 from pyro.poutine.messenger import Messenger
+from pyro.poutine.runtime import Message
 from torch.nn import functional as F
 
 from ..annealing import Schedule, build_schedule
@@ -83,11 +84,11 @@ class RelaxDiscrete(Messenger):
         super().__init__()
         self.temperature, self.straight_through = temperature, straight_through
 
-    def _process_message(self, msg: dict[str, Any]) -> None:
+    def _process_message(self, msg: Message) -> None:
         fn = msg["fn"]
         if msg["type"] == "sample" and not msg["is_observed"] and isinstance(fn, torch.distributions.OneHotCategorical):
             msg["fn"] = RelaxedOneHot(fn.logits, self.temperature, self.straight_through)
-            msg["infer"] = {k: v for k, v in msg["infer"].items() if k != "enumerate"}
+            msg["infer"] = {k: v for k, v in (msg["infer"] or {}).items() if k != "enumerate"}  # type: ignore[typeddict-item]
 
 
 @ESTIMATORS.register("relaxed")
@@ -114,6 +115,7 @@ class Relaxed(PyroELBO):
             raise UserError(f"objective.estimator.temperature must be > 0, got {temperature!r}")
         self.temperature_spec = temperature
         self.schedule: Schedule = build_schedule(temperature, 1, "objective.estimator.temperature")
+        self.steps: torch.Tensor
         self.register_buffer("steps", torch.tensor(0))  # optimizer steps taken: where the schedule is
 
     def set_steps_per_epoch(self, steps_per_epoch: int) -> None:
