@@ -74,8 +74,11 @@ class GMVAE(VAE):
     clusters = True
 
     def __init__(self, data_shape: int | Sequence[int], latent_dim: int = 16, encoder: Spec = "mlp",
-                 decoder: Spec = "mlp", likelihood: Spec = "bernoulli", components: int = 10,
+                 decoder: Spec = "mlp", likelihood: Spec = "bernoulli", prior: Spec = "normal", components: int = 10,
                  component_prior: str = "uniform", data_levels: int | None = None) -> None:
+        if prior != "normal":
+            raise UserError("model.kind = \"gmvae\" has its own prior, the mixture p(y) p(z | y) "
+                            "(model.components, model.component_prior); leave model.prior = \"normal\"")
         data_shape = (data_shape,) if isinstance(data_shape, int) else tuple(data_shape)
         latent_dim = integer(latent_dim, "model.latent_dim", minimum=1)
         num_components = integer(components, "model.components", minimum=2)
@@ -109,9 +112,6 @@ class GMVAE(VAE):
         if GUIDES.split_spec(model["guide"], "model.guide")[0] != "normal" or is_two_layer(model["latent_dim"]):
             raise UserError("model.kind = \"gmvae\" has one latent layer with a diagonal Gaussian guide q(z | x, y); "
                             "use guide = \"normal\" and an integer latent_dim")
-        if model["prior"] != "normal":
-            raise UserError("model.kind = \"gmvae\" has its own prior, the mixture p(y) p(z | y) "
-                            "(model.components, model.component_prior); leave model.prior = \"normal\"")
         if model["link_hidden"] != LINK_HIDDEN:
             raise UserError("model.link_hidden sets the links between two latent layers; "
                             "it needs model.latent_dim = [z1, z2] (and model.kind = \"vae\")")
@@ -124,12 +124,6 @@ class GMVAE(VAE):
         if model["features"]:
             raise UserError("model.features (M1+M2: M2 on a trained VAE's codes) is for model.kind = \"m2\", "
                             "not 'gmvae'")
-
-    @classmethod
-    def from_config(cls, model, data_shape, data_levels=None, load_features=None):
-        options = cls.config_options(model)
-        return cls(data_shape, latent_dim=model["latent_dim"], encoder=model["encoder"], decoder=model["decoder"],
-                   likelihood=model["likelihood"], data_levels=data_levels, **options)
 
     def check_setup(self, config: Mapping[str, Any], data: Data, estimator: Estimator) -> None:
         """Refuse an estimator that cannot train y, a KL penalty, and JIT."""

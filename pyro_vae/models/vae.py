@@ -113,9 +113,9 @@ class VAE(PyroModule):
     conditional = False  # whether its ELBO is conditional on y (a CVAE's is)
     classifies = False  # whether it has a classifier q(y | x) (``classify``), scored by its accuracy
     # the discrete latent sites its guide samples (the gmvae's "y"): an estimator must be able to train
-    # them (``Estimator.handles_discrete_latents``), and ``elbo_terms(x)`` sums them out exactly
+    # them (`Estimator.handles_discrete_latents`), and `elbo_terms(x)` sums them out exactly
     discrete_latents: tuple[str, ...] = ()
-    clusters = False  # whether it assigns data points to clusters (``cluster``, ``sample(n, component=k)``)
+    clusters = False  # whether it assigns data points to clusters (`cluster`, `sample(n, component=k)`)
 
     def __init__(
         self,

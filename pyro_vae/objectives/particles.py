@@ -71,7 +71,7 @@ class ScoreFunction(ParticleEstimator):
             self.net = nn.Sequential(nn.Flatten(), nn.Linear(math.prod(data_shape), hidden), nn.ELU(), nn.Linear(hidden, 1))
 
     handles_discrete_latents = True
-    _scored: tuple[str, ...] = ()  # the model's discrete latents (``loss`` reads them): scored alone
+    _scored: tuple[str, ...] = ()  # the model's discrete latents (`loss` reads them): scored alone
 
     def loss(self, model, guide, x, kl_weight=None, kl_penalty=None, y=None, sites=None):
         # read from the model before a KL weight wraps its programs (`discrete.discrete_latents`)
