@@ -20,6 +20,7 @@ from pyro_vae.evaluation import (
     prior_responsibility_clusters,
 )
 from pyro_vae.models import GMVAE, VAE
+from pyro_vae.models.gmvae import FEATURES
 from pyro_vae.objectives import ESTIMATORS
 from pyro_vae.registry import UserError
 
@@ -223,3 +224,10 @@ def test_direct_enumerated_loss_is_trace_enums_value_and_gradient():
     torch.manual_seed(4)
     weighted = estimator("enum").loss(model.model, model.guide, X, kl_weight=0.5)
     assert weighted.item() != pytest.approx(direct.item(), rel=1e-3)
+
+
+def test_gradient_variance_of_q_y_needs_a_model_with_q_y():
+    with pytest.raises(UserError, match="q\\(y \\| x\\)'s parameters"):
+        gradient_variance(VAE(D, latent_dim=2), estimator("trace"), X, num_draws=2, params="classifier")
+    result = gradient_variance(tiny_gmvae(), estimator("enum"), X, num_draws=3, params="classifier")
+    assert result["num_parameters"] == FEATURES * K + K  # the linear layer of q(y | x): weights and biases
