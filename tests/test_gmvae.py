@@ -231,3 +231,22 @@ def test_gradient_variance_of_q_y_needs_a_model_with_q_y():
         gradient_variance(VAE(D, latent_dim=2), estimator("trace"), X, num_draws=2, params="classifier")
     result = gradient_variance(tiny_gmvae(), estimator("enum"), X, num_draws=3, params="classifier")
     assert result["num_parameters"] == FEATURES * K + K  # the linear layer of q(y | x): weights and biases
+
+
+def test_score_on_the_gmvae_is_trace_elbos_estimator_for_y():
+    """Without a baseline, `score` on a discrete latent is Pyro's `Trace_ELBO` surrogate (score function
+    for the non-reparameterized y, pathwise z): the same value and gradients for the same draws."""
+    from pyro.infer import Trace_ELBO
+
+    model = tiny_gmvae()
+    parameters = list(model.parameters())
+    torch.manual_seed(6)
+    ours = estimator("score").loss(model.model, model.guide, X)
+    ours_grads = torch.autograd.grad(ours, parameters)
+    torch.manual_seed(6)
+    with pytest.warns(UserWarning, match="TraceEnum_ELBO instead"):  # Pyro's note on y's enumeration mark
+        pyros = Trace_ELBO(max_plate_nesting=1).differentiable_loss(model.model, model.guide, X)
+    pyros_grads = torch.autograd.grad(pyros, parameters)
+    assert ours.item() == pytest.approx(pyros.item(), rel=1e-6)
+    for a, b in zip(ours_grads, pyros_grads):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-6)

@@ -31,8 +31,9 @@ class ParticleEstimator(Estimator):
 class ScoreFunction(ParticleEstimator):
     """REINFORCE: score-function gradients for z, with a baseline (none, decaying_average, neural).
 
-    On a model with discrete latents (`discrete_latents`: the gmvae's y) only those are scored;
-    the continuous ones keep their pathwise gradient (the surrogate adds log p - log q, not log p).
+    On a model with discrete latents (`discrete_latents`: the gmvae's y) only those are scored and
+    the continuous ones keep their pathwise gradient: the surrogate is Pyro's `Trace_ELBO`'s,
+    log p(x, y, z) - log q(z | x, y) + (log w - b) log q(y | x), plus the baseline.
 
     For each data point and particle, with w = p(x, z) / q(z | x) and z drawn with no
     gradient path, the surrogate
@@ -84,12 +85,16 @@ class ScoreFunction(ParticleEstimator):
         wrapper = None if scored else ScoreFunctionOnly
         log_p, log_q, guide_trace = log_weights(model, guide, x, self.num_particles, wrapper)
         log_w = (log_p - log_q).detach()
-        unscaled_log_q = sum(
-            site["unscaled_log_prob"] for site in guide_trace.nodes.values()
-            if site["type"] == "sample" and (not scored or site["name"] in scored)
-        ).view_as(log_w)
+        sites = [site for site in guide_trace.nodes.values()
+                 if site["type"] == "sample" and (not scored or site["name"] in scored)]
+        unscaled_log_q = sum(site["unscaled_log_prob"] for site in sites).view_as(log_w)
         baseline, baseline_loss = self._baseline(x, log_w)
-        pathwise = log_p - log_q if scored else log_p
+        if scored:
+            # as Trace_ELBO's surrogate (tested equal): the continuous latents' log q pathwise, the scored
+            # ones' only through the score term (their direct gradient has mean 0)
+            pathwise = log_p - (log_q - sum(site["log_prob"] for site in sites).view_as(log_w))
+        else:
+            pathwise = log_p
         surrogate = pathwise + (log_w - baseline).detach() * unscaled_log_q
         elbo = log_w.mean(0).sum()
         return -value_with_gradient(elbo, surrogate.mean(0).sum() - baseline_loss)
