@@ -49,6 +49,7 @@ from pyro_vae.evaluation import (  # noqa: E402
 from pyro_vae.losses import NegativeELBO  # noqa: E402
 from pyro_vae.models import GMVAE, VAE  # noqa: E402
 from pyro_vae.objectives import ESTIMATORS  # noqa: E402
+from pyro_vae.registry import UserError  # noqa: E402
 
 RESULTS = ROOT / "experiments" / "results" / "discrete_latents"
 QUICK = ROOT / "runs" / "discrete_latents" / "quick"
@@ -232,8 +233,10 @@ def main():
     s = settings(args.quick, args.seconds)
     if args.seeds:
         s["seeds"] = args.seeds
-    config = check_config({"data": s["data"]})
-    data = build_data(config)
+    try:
+        data = build_data(check_config({"data": s["data"]}))
+    except UserError as error:
+        sys.exit(f"error: {error} (or run with --quick to use the digits data)")
     if data.test.labels is None:
         sys.exit("error: the data carry no labels to score clusters against")
     rows = []
