@@ -194,6 +194,8 @@ def test_gmvae_trains_evaluates_samples_and_resumes_through_the_cli(spec, tmp_pa
     capsys.readouterr()
     assert main(["sample", str(run), "--n", "4", "--component", "9", "--out", str(tmp_path / "d.png")]) == 2
     assert "--component must be an integer in 0..3" in one_line_error(capsys)
+    assert main(["plot", str(run), "--limit", "50"]) == 0
+    assert (run / "components.png").is_file()
     assert main(["train", "--resume", str(run), "--set", "train.epochs=2"]) == 0
     assert len((run / "metrics.csv").read_text().strip().splitlines()) == 3  # header and two epochs
 
