@@ -208,7 +208,9 @@ def build(config, data, device, batch_size=None):
             print(f"warning: {warning}", file=sys.stderr)
     estimator = build_estimator(config, data.shape, len(data.train)).to(device)
     vae.check_setup(config, data, estimator)
+    estimator.check_model(vae)
     steps_per_epoch = vae.training_steps(data, batch_size or train_config["batch_size"])
+    estimator.set_steps_per_epoch(steps_per_epoch)
     kl_schedule = build_schedule(objective["kl_weight"], steps_per_epoch)
     features_per_term = vae.num_features if objective["reduction"] == "mean" else 1
     penalty_schedule = build_kl_penalty(objective, steps_per_epoch)

@@ -1,7 +1,7 @@
 """The `pyro-vae` command line.
 
     pyro-vae train [CONFIG] [--set section.key=value ...] [--out DIR] [--force] [--resume RUN]
-    pyro-vae sample RUN [--n 64] [--out FILE.png] [--force] [--seed S] [--label Y]
+    pyro-vae sample RUN [--n 64] [--out FILE.png] [--force] [--seed S] [--label Y] [--component K]
     pyro-vae evaluate RUN [--samples 5000] [--split test|valid] [--seed S] [--batch-size B] [--limit N [--subset-seed S]]
                       [--checkpoint best.pt]
     pyro-vae plot RUN [--split test|valid] [--out DIR] [--limit N] [--checkpoint best.pt]
@@ -50,6 +50,7 @@ SAMPLE_BATCH = 512
 def default_sample_path(run, args):
     """Where `sample` writes without `--out`: RUN/sampled/, never over the run's own samples.png."""
     label = "" if args.label is None else f"-label{args.label}"
+    label += "" if args.component is None else f"-component{args.component}"
     checkpoint = "" if args.checkpoint == "checkpoint.pt" else f"-{Path(args.checkpoint).stem}"
     return Path(run) / "sampled" / f"samples-n{args.n}-seed{args.seed}{label}{checkpoint}.png"
 
@@ -76,6 +77,8 @@ def command_sample(args):
     labeled = vae.takes_labels
     if args.label is not None and not labeled:
         raise UserError("--label needs a model with labels (model.kind = \"cvae\" or \"m2\")")
+    if args.component is not None and not vae.clusters:
+        raise UserError("--component needs a model with components (model.kind = \"gmvae\")")
     out = Path(args.out) if args.out else default_sample_path(args.run, args)
     if not args.out:
         make_directory(out.parent)
@@ -91,6 +94,9 @@ def command_sample(args):
         elif labeled:
             drawn = plots.save_grid(draw_in_batches(vae, args.n, label=args.label), out,
                                     title=f"{args.n} samples of class {args.label}")
+        elif args.component is not None:
+            drawn = plots.save_grid(draw_in_batches(vae, args.n, component=args.component), out,
+                                    title=f"{args.n} samples of component {args.component}: z ~ p(z | y)")
         else:
             drawn = plots.save_grid(draw_in_batches(vae, args.n), out, title=f"{args.n} samples from the prior")
     if not drawn:
@@ -166,6 +172,7 @@ def parser():
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--checkpoint", default="checkpoint.pt", help="checkpoint.pt (last) or best.pt (best validation ELBO)")
     s.add_argument("--label", type=int, help="draw this class (cvae, m2); default: one row per class")
+    s.add_argument("--component", type=int, help="draw from this mixture component y (gmvae): z ~ p(z | y)")
     s.set_defaults(func=command_sample)
 
     e = sub.add_parser("evaluate", help="importance-sampled log-likelihood and diagnostics of a run -> RUN/evaluation.json")

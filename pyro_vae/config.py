@@ -25,7 +25,7 @@ from .data import BINARIZATIONS, DATASETS
 from .guides import GUIDES
 from .likelihoods import LIKELIHOODS
 from .loggers import LOGGERS
-from .models import CLASSIFIERS, LINK_HIDDEN, MODEL_KINDS
+from .models import CLASSIFIERS, COMPONENTS, LINK_HIDDEN, MODEL_KINDS
 from .nets import DECODERS, ENCODERS
 from .objectives import ESTIMATORS
 from .optimizers import LR_SCHEDULES, OPTIMIZERS
@@ -172,6 +172,8 @@ SCHEMA = {
         "classifier": ({"name": "mlp", "hidden": [256, 256], "activation": "elu"}, spec(CLASSIFIERS)),  # m2: q(y | x)
         # m2: "" (M2 on the data), or a trained VAE run whose frozen codes M2 models (M1+M2)
         "features": ("", string),
+        "components": (COMPONENTS, at_least(integer, 2)),  # gmvae: K, the values of the discrete latent y
+        "component_prior": ("uniform", one_of("uniform", "learned")),  # gmvae: p(y) = 1/K or learned pi
     },
     "objective": {
         # a name, or a table with the estimator's own options: { name = "renyi", alpha = 0.5 }
@@ -232,7 +234,8 @@ DESCRIPTIONS = {
         "labeled_seed": "Which N labels are kept (and how the remainder is spread over classes).",
     },
     "model": {
-        "kind": "`vae`, `cvae` (conditional VAE) or `m2` (semi-supervised, Kingma et al. 2014).",
+        "kind": "`vae`, `cvae` (conditional VAE), `m2` (semi-supervised, Kingma et al. 2014) or `gmvae` "
+                "(Gaussian-mixture VAE: a discrete latent y, clustering).",
         "latent_dim": "The latent size, or `[z1, z2]`: two stochastic layers (a `HierarchicalVAE`).",
         "encoder": "The network of q(z | x): an encoder name or a table with its options.",
         "decoder": "The network of p(x | z): a decoder name or a table with its options.",
@@ -244,6 +247,8 @@ DESCRIPTIONS = {
         "classifier": "`m2`: the network of q(y | x), a classifier name or a table with its options.",
         "features": "`m2`: a trained VAE run (its folder); M2 is then trained on that frozen VAE's codes "
                     "z1 ~ q(z1 | x) (M1+M2, Kingma et al. 2014). Empty: on the data.",
+        "components": "`gmvae`: K, the number of mixture components, the values of the discrete latent y.",
+        "component_prior": "`gmvae`: p(y), `uniform` (1/K) or `learned` (pi trained with the rest).",
     },
     "objective": {
         "estimator": "How the gradient is estimated: an estimator name or a table with its options, "

@@ -72,6 +72,15 @@ class DiagonalNormalMixture(dist.TorchDistribution):
         return (weights * (self.scale**2 + self.loc**2)).sum(-2) - self.mean**2
 
     def log_prob(self, value):
+        # The cancellation is over in log_joint; the logsumexp is safe (and twice as fast) in the value's precision.
+        return torch.logsumexp(self._log_joint(value), -1)
+
+    def responsibilities(self, value):
+        """p(k | z) for each component k, shape `(*value.shape[:-1], K)`: how VaDE clusters by a mixture prior."""
+        return torch.softmax(self._log_joint(value), -1)
+
+    def _log_joint(self, value):
+        """log pi_k + log N(z; m_k, s_k) for each component, shape `(*value.shape[:-1], K)`, in the value's dtype."""
         shape, dim = value.shape[:-1], value.shape[-1]
         z = value.reshape(-1, dim).double()
         precision = self.scale.double().pow(-2)
@@ -86,8 +95,7 @@ class DiagonalNormalMixture(dist.TorchDistribution):
         )
         log_joint = torch.addmm(bias, z * z, precision.T, alpha=-0.5)
         log_joint = torch.addmm(log_joint, z, (loc * precision).T)
-        # The cancellation is over; the logsumexp is safe (and twice as fast) in the value's precision.
-        return torch.logsumexp(log_joint.to(value.dtype), -1).reshape(shape)
+        return log_joint.to(value.dtype).reshape(*shape, -1)
 
     def sample(self, sample_shape=torch.Size()):
         with torch.no_grad():

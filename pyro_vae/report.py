@@ -37,7 +37,9 @@ def evaluate_run(run: str | os.PathLike[str], num_samples: int = 5000, split: st
     noise from `seed` (default `EVALUATION_SEED`), on `limit` data points of the split drawn at
     random with `subset_seed` (`runs.limited_split`; default: all of them), plus `split`,
     `split_size`, `subset_seed` (None: the whole split), `seed`, `checkpoint` and `seconds`, and
-    `disentanglement` where the data carry factors of variation (a model without labels).
+    `disentanglement` where the data carry factors of variation (a model without labels), and
+    `clustering` (`evaluation.clustering_metrics` of argmax q(y | x): accuracy, NMI, cluster sizes)
+    for a model that clusters (`clusters`), where the data carry labels.
     `data`: the arrays a run trained on arrays from Python was given, `train(config, data=...)`
     (a config cannot load them). `verbose` shows a progress bar and prints the table before the
     record is written. Runs on CUDA where there is one. `out` is checked before the computation.
@@ -69,6 +71,9 @@ def evaluate_run(run: str | os.PathLike[str], num_samples: int = 5000, split: st
     if verbose:
         subset = "" if subset_seed is None else f" (a random subset, seed {subset_seed}, of {split_size})"
         print(f"{run}: {split} split, {result['num_examples']} data points{subset}, K = {num_samples}")
+    if getattr(vae, "clusters", False) and part.labels is not None:  # a clustering model, data with classes
+        clusters = evaluation.model_clusters(vae, x, batch_size=max(batch_size, 1000), seed=seed)
+        result["clustering"] = evaluation.clustering_metrics(clusters, part.labels, vae.components)
     rows = report_rows(result, vae)
     factored = split_with_factors(loaded, part)
     if factored is not None and not vae.takes_labels:
@@ -109,6 +114,11 @@ def report_rows(result: dict[str, Any], vae: VAE) -> list[tuple[str, str]]:
         rows.append(("bits per dimension", f"{result['bits_per_dim']:.4f}"))
     if "accuracy" in result:
         rows.append(("accuracy of q(y | x)", f"{result['accuracy']:.4f}"))
+    clustering = result.get("clustering")
+    if clustering is not None:
+        rows.append(("clustering accuracy (Hungarian)", f"{clustering['clustering_accuracy']:.4f}"))
+        rows.append(("NMI of clusters and classes", f"{clustering['nmi']:.4f}"))
+        rows.append(("cluster sizes", " ".join(map(str, clustering["cluster_sizes"]))))
     return rows
 
 

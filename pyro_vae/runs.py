@@ -52,7 +52,7 @@ RESUMABLE_KEYS = {
 RUN_OUTPUTS = (
     "config.toml", "checkpoint.pt", "best.pt", "metrics.csv", "reconstructions.png", "samples.png",
     "curves.png", "evaluation.json", "manifold.png", "latent_space.png", "traversals.png", "codes_pca.png",
-    "analogies.png", "factor_traversals.png", "tensorboard", "mlflow", "wandb", "sampled",
+    "analogies.png", "factor_traversals.png", "components.png", "tensorboard", "mlflow", "wandb", "sampled",
 )
 
 
@@ -144,6 +144,8 @@ def save_figures(vae, data, rows, out, device):
         torch.manual_seed(0)
         if labeled:
             drawn = save_class_samples(vae, out / "samples.png")
+        elif vae.clusters:
+            drawn = save_component_samples(vae, out / "samples.png")
         else:
             drawn = plots.save_grid(vae.sample(64), out / "samples.png", title="samples: E[x | z], z ~ p(z)")
         if drawn:
@@ -158,6 +160,14 @@ def save_class_samples(vae, path, per_class=8):
     return plots.save_grid(
         vae.sample(per_class * vae.num_classes), path, columns=per_class,
         title="samples: E[x | z, y], z ~ p(z); row y = 0, 1, ...",
+    )
+
+
+def save_component_samples(vae, path, per_component=8):
+    """Samples of a model with mixture components (the gmvae), one row per component y (z ~ p(z | y))."""
+    return plots.save_grid(
+        vae.sample_by_component(per_component), path, columns=per_component,
+        title="samples: E[x | z], z ~ p(z | y); row y = 0, 1, ...",
     )
 
 
@@ -238,8 +248,9 @@ def plot_run(run: str | os.PathLike[str], split: str = "test", out: str | os.Pat
 def plot_figures(vae: VAE, split: Split, out: Path, factor_names: Sequence[str] | None = None) -> list[Path]:
     """The latent-space figures of `split` into the directory `out`: for a model with labels,
     analogies and the codes' PCA; for 2-D codes the decoded manifold and the codes; else traversals
-    and the codes' PCA; and the factor traversals where the split carries factors of variation
-    (named `factor_names`). Returns the paths written."""
+    and the codes' PCA; the factor traversals where the split carries factors of variation
+    (named `factor_names`); and for a model with mixture components (the gmvae) samples by
+    component, `components.png`. Returns the paths written."""
     x = split.x
     if vae.takes_labels:  # a model with labels: codes given the true labels, and analogies
         y = split.labels
@@ -265,4 +276,9 @@ def plot_figures(vae: VAE, split: Split, out: Path, factor_names: Sequence[str] 
     if split.factors is not None:  # each dimension's traversal and the factor it is most informative about
         plots.save_factor_traversals(vae, codes, split.factors.numpy(), factor_names, out / "factor_traversals.png")
         written.append(out / "factor_traversals.png")
+    if vae.clusters:  # samples by component, one row each (a fixed seed: the same figure every time)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            if save_component_samples(vae, out / "components.png"):
+                written.append(out / "components.png")
     return written

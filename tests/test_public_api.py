@@ -15,7 +15,7 @@ import pytest
 import pyro_vae
 from pyro_vae import annealing, data, evaluation, registry, report, runs, training
 from pyro_vae.data import Data, LabeledBatch, SemiSupervisedBatch, Split
-from pyro_vae.models import CVAE, M2, VAE, HierarchicalVAE, LabeledVAE, fit_classifier
+from pyro_vae.models import CVAE, GMVAE, M2, VAE, HierarchicalVAE, LabeledVAE, fit_classifier
 from pyro_vae.objectives.estimators import Estimator
 from pyro_vae.registry import Registry
 
@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # nn.Module or the dataclass machinery).
 PUBLIC_DUNDERS = ("__init__", "__len__", "__repr__", "__contains__", "__iter__")
 
-CLASSES = [VAE, HierarchicalVAE, LabeledVAE, CVAE, M2, Estimator, Registry, Data, Split, LabeledBatch,
+CLASSES = [VAE, HierarchicalVAE, LabeledVAE, CVAE, M2, GMVAE, Estimator, Registry, Data, Split, LabeledBatch,
            SemiSupervisedBatch]
 FUNCTIONS = [
     training.train,

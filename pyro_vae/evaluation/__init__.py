@@ -9,6 +9,9 @@
   point (Burda et al. 2015), the figure VAEs are compared by (K = 5000 on the test set).
 - `units`: bits per dimension, and the offset (`dequantization_offset`) that turns a density's
   figures on dequantized data into those of the discrete data.
+- `clustering`: clustering accuracy (Hungarian matching), NMI and cluster sizes against the true
+  classes, for a model that clusters (the gmvae) and the baselines (k-means, a mixture prior's
+  responsibilities);
 - `summary`: `evaluate`, all of the above for one data set, with bits per dimension where
   the data are discrete: under a mass function, or under a density on dequantized data.
 
@@ -19,6 +22,17 @@ Every function draws its noise from a fixed seed on a forked RNG with the model 
 
 from ..objectives.gradient_variance import GRADIENT_GROUPS, gradient_variance
 from ..seeding import EVALUATION_SEED, eval_mode
+from .clustering import (
+    clustering_accuracy,
+    clustering_metrics,
+    code_clusters,
+    contingency,
+    kmeans_clusters,
+    mean_codes,
+    model_clusters,
+    nmi,
+    prior_responsibility_clusters,
+)
 from .elbo import (
     ACTIVE_UNIT_THRESHOLD,
     PRIOR_VARIANCE_SAMPLES,
@@ -41,7 +55,9 @@ from .units import bits_per_dim, dequantization_offset, has_discrete_data
 
 __all__ = [
     "ACTIVE_UNIT_THRESHOLD", "EVALUATION_BATCH_SIZE", "EVALUATION_SEED", "GRADIENT_GROUPS", "PARTICLES_PER_PASS",
-    "PRIOR_VARIANCE_SAMPLES", "bits_per_dim", "dequantization_offset", "direct_log_importance_weights", "elbo_terms",
+    "PRIOR_VARIANCE_SAMPLES", "bits_per_dim", "clustering_accuracy", "clustering_metrics", "code_clusters",
+    "contingency", "dequantization_offset", "direct_log_importance_weights", "elbo_terms",
     "eval_mode", "evaluate", "evaluate_elbo", "gradient_variance", "has_discrete_data", "kl_per_dimension",
-    "labeled_terms", "log_importance_weights", "log_likelihood", "prior_variances", "traced_log_importance_weights",
+    "kmeans_clusters", "labeled_terms", "log_importance_weights", "log_likelihood", "mean_codes", "model_clusters",
+    "nmi", "prior_responsibility_clusters", "prior_variances", "traced_log_importance_weights",
 ]

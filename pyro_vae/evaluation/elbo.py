@@ -38,7 +38,8 @@ def evaluate_elbo(vae: VAE, batches: Iterable[torch.Tensor | LabeledBatch], seed
 
     `batches` may yield `data.LabeledBatch` for a model with labels (`labeled_terms`): then
     `kl_per_dimension` is None, and a model with a classifier adds `accuracy` on the points
-    whose label is known.
+    whose label is known. A model with a discrete latent (`discrete_latents`: the gmvae) is scored
+    on its exact ELBO, the latent summed out (its `elbo_terms`).
     """
     sums: dict[str, torch.Tensor] = {}
 
@@ -56,6 +57,8 @@ def evaluate_elbo(vae: VAE, batches: Iterable[torch.Tensor | LabeledBatch], seed
                 if x is None:
                     continue
                 layers = {"z": codes}
+            elif vae.discrete_latents:  # y summed out exactly: the model's own ELBO, whatever trained it
+                x, terms, layers = batch, vae.elbo_terms(batch), vae.encode_layers(batch)
             else:
                 x, guide_trace = batch, poutine.trace(vae.guide).get_trace(batch)
                 terms = elbo_terms(vae, x, guide_trace)

@@ -6,6 +6,7 @@
 - `labeled`: `LabeledVAE`, the base of the models with labels, and its networks that see y one-hot;
 - `conditional`: the conditional VAE (kind "cvae");
 - `m2`: Kingma et al.'s semi-supervised M2 (kind "m2");
+- `gmvae`: the Gaussian-mixture VAE, a discrete latent y (kind "gmvae");
 - `m1m2`: M1+M2, M2 on a trained VAE's codes (kind "m2" with `model.features`);
 - `classifier`: the classifiers q(y | x) by name (`CLASSIFIERS`) and the supervised baseline `fit_classifier`.
 
@@ -13,11 +14,12 @@ A new kind is one new module: a subclass of `VAE` (or `LabeledVAE`) with one
 `@MODEL_KINDS.register("name")` line, imported here (the import order is the listing's).
 """
 
-# The registered kinds in the listing's order ("vae", "cvae", "m2"): the order of these imports.
+# The registered kinds in the listing's order ("vae", "cvae", "m2", "gmvae"): the order of these imports.
 # isort: off
-from .vae import LINK_HIDDEN, MODEL_KINDS, VAE, check_prior_fits_guide, is_two_layer
+from .vae import COMPONENTS, LINK_HIDDEN, MODEL_KINDS, VAE, check_prior_fits_guide, is_two_layer, refuse_components
 from .conditional import CVAE
 from .m2 import M2
+from .gmvae import GMVAE
 # isort: on
 from .classifier import CLASSIFIERS, MLPClassifier, fit_classifier
 from .hierarchical import HierarchicalVAE
@@ -26,7 +28,9 @@ from .m1m2 import StackedM2
 
 __all__ = [
     "CLASSIFIERS",
+    "COMPONENTS",
     "CVAE",
+    "GMVAE",
     "LINK_HIDDEN",
     "M2",
     "MODEL_KINDS",
@@ -41,4 +45,5 @@ __all__ = [
     "fit_classifier",
     "is_two_layer",
     "one_hot",
+    "refuse_components",
 ]

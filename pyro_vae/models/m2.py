@@ -42,7 +42,7 @@ from ..objectives import kl_term
 from ..registry import UserError
 from .classifier import CLASSIFIERS
 from .labeled import LabeledVAE
-from .vae import MODEL_KINDS
+from .vae import MODEL_KINDS, refuse_components
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Mapping
@@ -81,7 +81,8 @@ class M2(LabeledVAE):
 
     @classmethod
     def refuse_features(cls, model: Mapping[str, Any]) -> None:
-        """M2 takes `model.features` (M1+M2)."""
+        """M2 takes `model.features` (M1+M2), not the gmvae's components."""
+        refuse_components(model)
 
     def check_setup(self, config: Mapping[str, Any], data: Data, estimator: Estimator) -> None:
         """`LabeledVAE`'s checks, then M2's: a sum reduction, y summed out exactly by `enum`."""

@@ -66,6 +66,9 @@ if TYPE_CHECKING:
 # M1+M2, ``m1m2.StackedM2`` (a subclass of M2: M2 naming it would import in a circle).
 MODEL_KINDS = Registry("model kind")
 
+# The gmvae's default number of components (config: model.components).
+COMPONENTS = 10
+
 # The hidden widths of a two-layer model's two z2 -> z1 links (config: model.link_hidden).
 LINK_HIDDEN = [256]
 
@@ -100,7 +103,8 @@ class VAE(PyroModule):
     (its ELBO is conditional on y), `classifies` (it has a classifier q(y | x): `classify`),
     `config_options` and `from_config` (its constructor from the `[model]` section, with the
     section's checks), `check_setup` (what it refuses of the data, estimator and objective),
-    `training_loss`, `training_batches` and `training_steps` (what it trains with and on).
+    `training_loss`, `training_batches` and `training_steps` (what it trains with and on),
+    `discrete_latents` and `clusters` (a discrete latent, and clustering by it: the gmvae).
     A new kind subclasses `VAE`, overrides what differs and adds one
     `@MODEL_KINDS.register("name")` line, in a module of its own in `pyro_vae.models`.
     """
@@ -108,6 +112,10 @@ class VAE(PyroModule):
     takes_labels = False  # trains on (x, y) pairs, and is evaluated and plotted with the true labels
     conditional = False  # whether its ELBO is conditional on y (a CVAE's is)
     classifies = False  # whether it has a classifier q(y | x) (``classify``), scored by its accuracy
+    # the discrete latent sites its guide samples (the gmvae's "y"): an estimator must be able to train
+    # them (`Estimator.handles_discrete_latents`), and `elbo_terms(x)` sums them out exactly
+    discrete_latents: tuple[str, ...] = ()
+    clusters = False  # whether it assigns data points to clusters (`cluster`, `sample(n, component=k)`)
 
     def __init__(
         self,
@@ -169,7 +177,9 @@ class VAE(PyroModule):
 
     @classmethod
     def refuse_features(cls, model: Mapping[str, Any]) -> None:
-        """`model.features` (M1+M2) is M2's; every other kind refuses it in one line."""
+        """`model.features` (M1+M2) is M2's, `model.components` and `model.component_prior` the gmvae's;
+        every other kind refuses them in one line."""
+        refuse_components(model)
         if model["features"]:
             raise UserError(f"model.features (M1+M2: M2 on a trained VAE's codes) is for model.kind = \"m2\", "
                             f"not {model['kind']!r}")
@@ -291,6 +301,13 @@ class VAE(PyroModule):
     def encode_layers(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """{site: E_q[code | x]} for every latent site (one, "z", here)."""
         return {"z": self.encode(x)}
+
+
+def refuse_components(model: Mapping[str, Any]) -> None:
+    """`model.components` and `model.component_prior` set the gmvae's mixture; any other kind refuses them."""
+    for key, default in (("components", COMPONENTS), ("component_prior", "uniform")):
+        if key in model and model[key] != default:
+            raise UserError(f"model.{key} sets the components of model.kind = \"gmvae\", not {model['kind']!r}")
 
 
 def check_prior_fits_guide(prior: nn.Module, guide_family: GuideFamily) -> None:

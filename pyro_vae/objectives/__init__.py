@@ -47,7 +47,8 @@ The package, one module per concern:
   so that the estimators need not know the model classes;
 - `estimators`: the base class `Estimator` and the registry `ESTIMATORS`; the registered
   estimators by family: `elbos` (trace, meanfield, enum, stl) and `particles`
-  (score, renyi, iwae, dreg, tail_adaptive); `tcvae` and `factorvae`, the estimators that penalize
+  (score, renyi, iwae, dreg, tail_adaptive); `discrete` (relaxed: a discrete latent relaxed to a
+  Concrete / Gumbel-softmax vector); `tcvae` and `factorvae`, the estimators that penalize
   the total correlation (their base: `total_correlation`), on the KL term split into index-code
   mutual information, total correlation and dimension-wise KL (`aggregate`, with its hand-written
   autograd kernel `aggregate_kernel`).
@@ -55,10 +56,11 @@ The package, one module per concern:
 
 # registers the estimators, in this order: the listing's
 # isort: off
-from . import elbos, particles, tcvae, factorvae  # noqa: F401
+from . import elbos, particles, tcvae, factorvae, discrete  # noqa: F401
 # isort: on
+from .discrete import RelaxDiscrete, Relaxed, RelaxedOneHot
 from .elbos import Enumerated, MeanFieldEstimator, PyroELBO, StickingTheLanding, TraceEstimator
-from .estimators import ESTIMATORS, Estimator, label_estimators
+from .estimators import ESTIMATORS, Estimator, discrete_latents, label_estimators
 from .log_weights import (
     direct_log_weights,
     importance_weighted_bound,
@@ -80,6 +82,9 @@ __all__ = [
     "IWAE",
     "MeanFieldEstimator",
     "ParticleEstimator",
+    "RelaxDiscrete",
+    "Relaxed",
+    "RelaxedOneHot",
     "PathDerivative",
     "Programs",
     "PyroELBO",
@@ -92,6 +97,7 @@ __all__ = [
     "TraceEstimator",
     "analytic_kl",
     "detach_parameters",
+    "discrete_latents",
     "direct_log_weights",
     "elbo_parts",
     "factors",

@@ -12,8 +12,8 @@ from typing import Any
 import torch
 from pyro.infer import ELBO, Trace_ELBO, TraceEnum_ELBO, TraceMeanField_ELBO
 
-from .._pyro_compat import FixedJitTrace_ELBO, FixedJitTraceMeanField_ELBO
-from ..annealing import kl_scaled
+from .._pyro_compat import FixedJitTrace_ELBO, FixedJitTraceMeanField_ELBO, handlers_active
+from ..annealing import is_unit_weight, kl_scaled
 from ..registry import UserError
 from .estimators import ESTIMATORS, Estimator
 from .log_weights import direct_log_weights, log_weights
@@ -137,6 +137,21 @@ class Enumerated(PyroELBO):
 
     elbo_class = TraceEnum_ELBO
     supports_jit = False
+    handles_discrete_latents = True
+
+    def loss(self, model, guide, x, kl_weight=None, kl_penalty=None, y=None, sites=None):
+        """A model that computes its enumerated loss itself (`enumerated_loss(x)`, the gmvae's: the same
+        value and gradients as `TraceEnum_ELBO`, tested, without tracing) is asked for it where nothing
+        else changes the programs: its own, unweighted, one particle, no labels, no enclosing handler."""
+        owner: Any = getattr(model, "__self__", None)  # a bound method's object, if it is one
+        direct = getattr(owner, "enumerated_loss", None)
+        if callable(kl_weight):
+            kl_weight = kl_weight()
+        if (direct is not None and model == owner.model and guide == owner.guide and is_unit_weight(kl_weight)
+                and kl_penalty is None and y is None and sites is None and self.num_particles == 1
+                and not handlers_active()):
+            return direct(x)
+        return super().loss(model, guide, x, kl_weight, kl_penalty, y, sites)
 
     def differentiable_loss(self, model, guide, x, *labels):
         with warnings.catch_warnings():  # a labeled batch has nothing to enumerate, rightly

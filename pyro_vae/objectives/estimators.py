@@ -52,6 +52,10 @@ class Estimator(nn.Module):
     # Opt-in: True only where the loss is tensor arithmetic that never reads from the device, so a
     # CUDA graph can capture the step; every estimator declaring it is tested sync-free and captured.
     capturable = False
+    # A discrete latent (a model's `discrete_latents`: the gmvae's component y): whether this estimator
+    # can train one (enum sums it out, score scores it, relaxed relaxes it), and whether it needs one.
+    handles_discrete_latents = False
+    needs_discrete_latent = False
 
     def __init__(
         self,
@@ -141,6 +145,19 @@ class Estimator(nn.Module):
                     "(capturable = True: it never reads a value from the device)")
         return None
 
+    def set_steps_per_epoch(self, steps_per_epoch: int) -> None:
+        """Told by `build.build` once the steps per epoch are known (a schedule in epochs of the
+        estimator's own, `relaxed`'s temperature); most estimators have none."""
+
+    def check_model(self, model: object) -> None:
+        """Refuse, in one line, a model without the discrete latent this estimator needs (`relaxed`)."""
+        if self.needs_discrete_latent and not getattr(model, "discrete_latents", ()):
+            kind = getattr(model, "kind", type(model).__name__)
+            raise UserError(
+                f"estimator {self.registered_name!r} relaxes a discrete latent, which model.kind = {kind!r} does not "
+                "have; use it with a model with one (model.kind = \"gmvae\")"
+            )
+
     detaches_guide_parameters = False  # scores z under log q at detached parameters (PathDerivative)
 
     def check_guide(self, guide_family: GuideFamily) -> None:
@@ -170,6 +187,12 @@ class Estimator(nn.Module):
             )
         if self.jit:
             raise UserError(f"objective.{what.replace(' ', '_')} is not available with objective.jit = true")
+
+
+def discrete_latents(program: Any) -> tuple[str, ...]:
+    """The discrete latent sites the model of `program` (a bound `model` or `guide`) names in its
+    `discrete_latents` (none for a function or a model without any)."""
+    return tuple(getattr(getattr(program, "__self__", None), "discrete_latents", ()))
 
 
 def label_estimators() -> str:

@@ -27,7 +27,8 @@ class TrainableVAE(Programs, Protocol):
 
     def parameters(self, recurse: bool = True) -> Iterator[torch.nn.Parameter]: ...
 
-GRADIENT_GROUPS = ("encoder", "decoder", "all")
+# "classifier": q(y | x)'s own parameters, in a model with one (the gmvae's discrete latent, M2's label)
+GRADIENT_GROUPS = ("encoder", "decoder", "all", "classifier")
 
 
 def gradient_variance(vae: TrainableVAE, estimator: Estimator, x: torch.Tensor, num_draws: int = 100, params: str = "encoder",
@@ -36,7 +37,8 @@ def gradient_variance(vae: TrainableVAE, estimator: Estimator, x: torch.Tensor, 
 
     Draws `num_draws` gradients g_1..g_n of the per data point loss
     `estimator.loss(vae.model, vae.guide, x) / len(x)` with respect to the `params`
-    group ("encoder", "decoder" or "all") and returns
+    group ("encoder", "decoder", "all", or "classifier": q(y | x)'s own parameters, in a model
+    with a discrete latent or a label) and returns
 
     - `trace_covariance`: tr Cov[g] = sum_j Var[g_j] (unbiased, over the draws),
     - `mean_norm_squared`: ||E[g]||^2 (from the sample mean),
@@ -52,6 +54,9 @@ def gradient_variance(vae: TrainableVAE, estimator: Estimator, x: torch.Tensor, 
     integer(num_draws, "num_draws", minimum=1)
     if num_draws < 2:
         raise UserError("num_draws must be at least 2 to estimate a variance")
+    if params == "classifier" and not isinstance(getattr(vae, "classifier", None), torch.nn.Module):
+        raise UserError("params = \"classifier\" is q(y | x)'s parameters, which this model does not have "
+                        "(model.kind = \"gmvae\" and \"m2\" do)")
     module = vae if params == "all" else getattr(vae, params)
     parameters = [p for p in module.parameters() if p.requires_grad]
     total = squares = None

@@ -13,7 +13,7 @@ from torch import nn
 from .._pyro_compat import value_with_gradient
 from ..checks import number
 from ..registry import UserError
-from .estimators import ESTIMATORS, Estimator
+from .estimators import ESTIMATORS, Estimator, discrete_latents
 from .log_weights import direct_log_weights, importance_weighted_bound, log_weights
 from .rewrap import PathDerivative, ScoreFunctionOnly
 
@@ -30,6 +30,10 @@ class ParticleEstimator(Estimator):
 @ESTIMATORS.register("score")
 class ScoreFunction(ParticleEstimator):
     """REINFORCE: score-function gradients for z, with a baseline (none, decaying_average, neural).
+
+    On a model with discrete latents (`discrete_latents`: the gmvae's y) only those are scored and
+    the continuous ones keep their pathwise gradient: the surrogate is Pyro's `Trace_ELBO`'s,
+    log p(x, y, z) - log q(z | x, y) + (log w - b) log q(y | x), plus the baseline.
 
     For each data point and particle, with w = p(x, z) / q(z | x) and z drawn with no
     gradient path, the surrogate
@@ -70,14 +74,31 @@ class ScoreFunction(ParticleEstimator):
                 raise UserError("the neural baseline needs the data shape: build the estimator with data_shape")
             self.net = nn.Sequential(nn.Flatten(), nn.Linear(math.prod(data_shape), hidden), nn.ELU(), nn.Linear(hidden, 1))
 
+    handles_discrete_latents = True
+    _scored: tuple[str, ...] = ()  # the model's discrete latents (`loss` reads them): scored alone
+
+    def loss(self, model, guide, x, kl_weight=None, kl_penalty=None, y=None, sites=None):
+        # read from the model before a KL weight wraps its programs (`discrete.discrete_latents`)
+        self._scored = discrete_latents(model)
+        return super().loss(model, guide, x, kl_weight, kl_penalty, y, sites)
+
     def differentiable_loss(self, model, guide, x):
-        log_p, log_q, guide_trace = log_weights(model, guide, x, self.num_particles, ScoreFunctionOnly)
+        scored = self._scored
+        # A model with discrete latents: the score function for those alone, the rest pathwise.
+        wrapper = None if scored else ScoreFunctionOnly
+        log_p, log_q, guide_trace = log_weights(model, guide, x, self.num_particles, wrapper)
         log_w = (log_p - log_q).detach()
-        unscaled_log_q = sum(
-            site["unscaled_log_prob"] for site in guide_trace.nodes.values() if site["type"] == "sample"
-        ).view_as(log_w)
+        sites = [site for site in guide_trace.nodes.values()
+                 if site["type"] == "sample" and (not scored or site["name"] in scored)]
+        unscaled_log_q = sum(site["unscaled_log_prob"] for site in sites).view_as(log_w)
         baseline, baseline_loss = self._baseline(x, log_w)
-        surrogate = log_p + (log_w - baseline).detach() * unscaled_log_q
+        if scored:
+            # as Trace_ELBO's surrogate (tested equal): the continuous latents' log q pathwise, the scored
+            # ones' only through the score term (their direct gradient has mean 0)
+            pathwise = log_p - (log_q - sum(site["log_prob"] for site in sites).view_as(log_w))
+        else:
+            pathwise = log_p
+        surrogate = pathwise + (log_w - baseline).detach() * unscaled_log_q
         elbo = log_w.mean(0).sum()
         return -value_with_gradient(elbo, surrogate.mean(0).sum() - baseline_loss)
 
