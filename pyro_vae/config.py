@@ -96,11 +96,13 @@ def device(value, key):
     return value
 
 
-def spec(registry):
-    """A registry name, or a table with the name and that class's options."""
+def spec(registry, empty=False):
+    """A registry name, or a table with the name and that class's options; with `empty`, also
+    `""`: none named yet, for `check_config` to fill in."""
 
     def check(value, key):
-        registry.split_spec(value, key)
+        if not (empty and value == ""):
+            registry.split_spec(value, key)
         return value
 
     # read by the generated config reference (docs/hooks.py); mypy does not model attributes set on a function
@@ -176,8 +178,9 @@ SCHEMA = {
         "component_prior": ("uniform", one_of("uniform", "learned")),  # gmvae: p(y) = 1/K or learned pi
     },
     "objective": {
-        # a name, or a table with the estimator's own options: { name = "renyi", alpha = 0.5 }
-        "estimator": ("trace", spec(ESTIMATORS)),
+        # a name, or a table with the estimator's own options: { name = "renyi", alpha = 0.5 };
+        # empty until checked, where the model kind's default fills it (check_config)
+        "estimator": ("", spec(ESTIMATORS, empty=True)),
         "num_particles": (1, at_least(integer, 1)),
         "vectorize_particles": (False, boolean),
         "jit": (False, boolean),
@@ -252,7 +255,8 @@ DESCRIPTIONS = {
     },
     "objective": {
         "estimator": "How the gradient is estimated: an estimator name or a table with its options, "
-        "e.g. `{ name = \"renyi\", alpha = 0.5 }`.",
+        "e.g. `{ name = \"renyi\", alpha = 0.5 }`. Empty (the default): the model kind's "
+        "own, `trace`, and `enum` for the gmvae.",
         "num_particles": "K, the number of particles (samples of z) per data point.",
         "vectorize_particles": "Draw the K particles in one vectorized pass (Pyro's `vectorize_particles`).",
         "jit": "Compile the loss with `torch.jit` (`trace`, `meanfield`, `stl`).",
@@ -322,6 +326,8 @@ def check_config(config):
             if key not in allowed:
                 raise UserError(f"unknown key {section}.{key}; allowed in [{section}]: {', '.join(allowed)}")
             checked[section][key] = allowed[key][1](value, f"{section}.{key}")
+    if checked["objective"]["estimator"] == "":  # none named: the model kind's own (the gmvae's: enum)
+        checked["objective"]["estimator"] = MODEL_KINDS.get(checked["model"]["kind"]).default_estimator
     return checked
 
 

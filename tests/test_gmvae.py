@@ -252,3 +252,12 @@ def test_score_on_the_gmvae_is_trace_elbos_estimator_for_y():
     assert ours.item() == pytest.approx(pyros.item(), rel=1e-6)
     for a, b in zip(ours_grads, pyros_grads):
         assert torch.allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_a_config_that_names_no_estimator_gets_the_model_kinds_own():
+    from pyro_vae.config import check_config
+
+    assert check_config({"model": {"kind": "gmvae"}})["objective"]["estimator"] == "enum"
+    assert check_config({})["objective"]["estimator"] == "trace"
+    named = {"model": {"kind": "gmvae"}, "objective": {"estimator": "score"}}
+    assert check_config(named)["objective"]["estimator"] == "score"

@@ -104,7 +104,8 @@ class VAE(PyroModule):
     `config_options` and `from_config` (its constructor from the `[model]` section, with the
     section's checks), `check_setup` (what it refuses of the data, estimator and objective),
     `training_loss`, `training_batches` and `training_steps` (what it trains with and on),
-    `discrete_latents` and `clusters` (a discrete latent, and clustering by it: the gmvae).
+    `discrete_latents` and `clusters` (a discrete latent, and clustering by it: the gmvae),
+    `default_estimator` (the `objective.estimator` of a config that names none).
     A new kind subclasses `VAE`, overrides what differs and adds one
     `@MODEL_KINDS.register("name")` line, in a module of its own in `pyro_vae.models`.
     """
@@ -116,6 +117,7 @@ class VAE(PyroModule):
     # them (`Estimator.handles_discrete_latents`), and `elbo_terms(x)` sums them out exactly
     discrete_latents: tuple[str, ...] = ()
     clusters = False  # whether it assigns data points to clusters (`cluster`, `sample(n, component=k)`)
+    default_estimator = "trace"  # `objective.estimator` where the config names none
 
     def __init__(
         self,
