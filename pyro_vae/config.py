@@ -11,6 +11,7 @@ are taken as strings), and may reach into tables: `--set model.encoder.hidden=[6
 
 import copy
 import functools
+from typing import cast
 
 try:
     import tomllib
@@ -20,12 +21,13 @@ import tomli_w
 
 from . import checks
 from .annealing import build_schedule
+from .atomic import atomic_write
 from .checks import boolean, integer, number, string, type_name
 from .data import BINARIZATIONS, DATASETS
 from .guides import GUIDES
 from .likelihoods import LIKELIHOODS
 from .loggers import LOGGERS
-from .models import CLASSIFIERS, COMPONENTS, LINK_HIDDEN, MODEL_KINDS
+from .models import CLASSIFIERS, COMPONENTS, LINK_HIDDEN, MODEL_KINDS, VAE
 from .nets import DECODERS, ENCODERS
 from .objectives import ESTIMATORS
 from .optimizers import LR_SCHEDULES, OPTIMIZERS
@@ -327,7 +329,8 @@ def check_config(config):
                 raise UserError(f"unknown key {section}.{key}; allowed in [{section}]: {', '.join(allowed)}")
             checked[section][key] = allowed[key][1](value, f"{section}.{key}")
     if checked["objective"]["estimator"] == "":  # none named: the model kind's own (the gmvae's: enum)
-        checked["objective"]["estimator"] = MODEL_KINDS.get(checked["model"]["kind"]).default_estimator
+        kind = cast("type[VAE]", MODEL_KINDS.get(checked["model"]["kind"]))  # every kind is a VAE subclass
+        checked["objective"]["estimator"] = kind.default_estimator
     return checked
 
 
@@ -393,5 +396,5 @@ def load_config(path=None, overrides=()):
 
 
 def save_config(config, path):
-    with open(path, "wb") as f:
+    with atomic_write(path, "wb") as f:
         tomli_w.dump(config, f)

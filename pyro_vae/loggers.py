@@ -34,7 +34,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from .atomic import atomic_write
+from .atomic import atomic_write, write_text_atomically
 from .epoch_metrics import epoch_summary
 from .registry import Registry, UserError
 
@@ -240,7 +240,7 @@ class MLflowLogger(Logger):
             location = (folder / "artifacts").resolve().as_uri() if local else None
             experiment_id = self.client.create_experiment(name, artifact_location=location)
         self.run_id = self.client.create_run(experiment_id, run_name=out.name).info.run_id
-        (folder / "run_id").write_text(self.run_id + "\n")
+        write_text_atomically(folder / "run_id", self.run_id + "\n")
         params = [Param(key, str(value)[:6000]) for key, value in flat_config(config).items()]
         for start in range(0, len(params), 100):  # MLflow takes at most 100 parameters a call
             self.client.log_batch(self.run_id, params=params[start : start + 100])
@@ -290,7 +290,7 @@ class WandbLogger(Logger):
             # console="off": wandb leaves sys.stdout and sys.stderr as they are
             settings=wandb.Settings(console="off", quiet=True, x_disable_stats=True, save_code=False),
         )
-        (folder / "run_id").write_text(run_id + "\n")
+        write_text_atomically(folder / "run_id", run_id + "\n")
         self.run.define_metric("epoch")
         self.run.define_metric("epoch/*", step_metric="epoch")
         self.run.define_metric("step")

@@ -26,6 +26,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from .atomic import atomic_write
+
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
@@ -43,7 +45,9 @@ def _figure(width, height):
 
 
 def _save(fig, path, **options):
-    fig.savefig(path, dpi=100, **options)
+    # through a temporary file: a figure being replaced is never seen half-written
+    with atomic_write(path, "wb") as f:
+        fig.savefig(f, format=Path(path).suffix.lstrip(".").lower() or None, dpi=100, **options)
     return fig
 
 
