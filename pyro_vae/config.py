@@ -337,52 +337,70 @@ NAME_KEYS = ("name", "type", "schedule")  # "type" and "schedule": older spellin
 
 
 def apply_overrides(config, overrides):
-    """Apply `--set` overrides in order. Setting a component's name (`model.decoder.name=conv`)
-    to a different one starts that table from the new class's defaults: the old class's
-    options (an MLP's `hidden`) mean nothing to it."""
+    """Apply `--set` overrides in order (`set_key`)."""
     config = copy.deepcopy(config)
     for text in overrides:
         keys, value = parse_override(text)
-        table = config
-        for depth, key in enumerate(keys[:-1]):
-            if isinstance(table.get(key), str) and depth >= 1:
-                table[key] = {"name": table[key]}  # a component given by name becomes a table
-            table = table.setdefault(key, {})
-            if not isinstance(table, dict):
-                raise UserError(f"--set {text!r}: {'.'.join(keys[: depth + 1])} is not a table")
-        if len(keys) >= 3 and keys[-1] in NAME_KEYS:
-            current = next((table[k] for k in NAME_KEYS if k in table), None)
-            if current != value:
-                table.clear()
-            for k in NAME_KEYS:
-                table.pop(k, None)
-            table["name"] = value
-        else:
-            table[keys[-1]] = value
+        set_key(config, keys, value, f"--set {text!r}")
     return config
+
+
+def set_key(config, keys, value, where):
+    """Set the dotted key `keys` (a list) of `config` to `value`, in place; `where` names the
+    setting in errors. Setting a component's name (`model.decoder.name=conv`) to a different one
+    starts that table from the new class's defaults: the old class's options (an MLP's `hidden`)
+    mean nothing to it."""
+    table = config
+    for depth, key in enumerate(keys[:-1]):
+        if isinstance(table.get(key), str) and depth >= 1:
+            table[key] = {"name": table[key]}  # a component given by name becomes a table
+        table = table.setdefault(key, {})
+        if not isinstance(table, dict):
+            raise UserError(f"{where}: {'.'.join(keys[: depth + 1])} is not a table")
+    if len(keys) >= 3 and keys[-1] in NAME_KEYS:
+        current = next((table[k] for k in NAME_KEYS if k in table), None)
+        if current != value:
+            table.clear()
+        for k in NAME_KEYS:
+            table.pop(k, None)
+        table["name"] = value
+    else:
+        table[keys[-1]] = value
 
 
 def load_config(path=None, overrides=()):
     """Read a TOML config (or start from the defaults), apply `--set` overrides, check it."""
-    config = {}
-    if path is not None:
-        try:
-            with open(path, "rb") as f:
-                config = tomllib.load(f)
-        except FileNotFoundError:
-            raise UserError(f"no such config file: {path}") from None
-        except IsADirectoryError:
-            raise UserError(f"{path} is a directory, not a config file: give a TOML file (a run's own is "
-                            f"{path}/config.toml), and the run directory with --out") from None
-        except tomllib.TOMLDecodeError as error:
-            raise UserError(f"{path} is not valid TOML: {error}") from None
+    return config_from_table({} if path is None else read_toml(path), overrides)
+
+
+def read_toml(path):
+    """The table of the TOML file `path`; a missing, unreadable or invalid file is a one-line error."""
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        raise UserError(f"no such config file: {path}") from None
+    except IsADirectoryError:
+        raise UserError(f"{path} is a directory, not a config file: give a TOML file (a run's own is "
+                        f"{path}/config.toml), and the run directory with --out") from None
+    except tomllib.TOMLDecodeError as error:
+        raise UserError(f"{path} is not valid TOML: {error}") from None
+
+
+def merged_with_defaults(config):
+    """The default config with the sections of `config` laid over it (unchecked)."""
     merged = default_config()
     for section, values in config.items():
         if isinstance(values, dict) and section in merged:
             merged[section].update(values)
         else:
             merged[section] = values
-    return check_config(apply_overrides(merged, overrides))
+    return merged
+
+
+def config_from_table(config, overrides=()):
+    """A config table (as read from TOML) over the defaults, with `--set` overrides, checked."""
+    return check_config(apply_overrides(merged_with_defaults(config), overrides))
 
 
 def save_config(config, path):
