@@ -116,10 +116,10 @@ def command_plot(args):
 
 
 def command_sweep(args):
-    from .sweeps import report, sweep
+    from .sweeps import sweep, sweep_report
 
     if args.report:
-        for path in report(args.spec, args.out, storage=args.storage):
+        for path in sweep_report(args.spec, args.out, storage=args.storage):
             print(path)
     else:
         sweep(args.spec, args.out, workers=args.workers, storage=args.storage)

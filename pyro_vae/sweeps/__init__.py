@@ -10,7 +10,7 @@ directory `DIR/trials/<number>/`; the study (`study`: SQLite `DIR/study.db` unle
 names another, e.g. PostgreSQL shared by many machines) records each trial's parameters, state,
 objective and run. Workers (`workers`) take trials until none is left; the same command again
 continues the study, and a killed worker's trial is resumed from its checkpoint by another.
-The report (`report`) is written at the end. Needs `pip install "pyro-vae[sweep]"` (Optuna);
+The report (`sweep_report`; module `report`) is written at the end. Needs `pip install "pyro-vae[sweep]"` (Optuna);
 `import pyro_vae` does not import it.
 """
 
@@ -24,7 +24,7 @@ from typing import Any
 from ..registry import UserError
 from .spec import Spec, load_spec
 
-__all__ = ["sweep", "report", "Spec", "load_spec"]
+__all__ = ["sweep", "sweep_report", "Spec", "load_spec"]
 
 
 def require_optuna() -> None:
@@ -64,7 +64,7 @@ def sweep(spec: Spec | dict[str, Any] | str | os.PathLike[str], out: str | os.Pa
     return out
 
 
-def report(spec: Spec | dict[str, Any] | str | os.PathLike[str], out: str | os.PathLike[str],
+def sweep_report(spec: Spec | dict[str, Any] | str | os.PathLike[str], out: str | os.PathLike[str],
            storage: str | None = None) -> list[Path]:
     """Write the report of the sweep `spec` in `out` (trials.csv, summary.csv, figures) from its
     study, without training; returns the paths written."""

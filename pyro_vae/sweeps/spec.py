@@ -64,7 +64,9 @@ class Spec:
         return list(self.grid or self.search)
 
     def grid_points(self) -> list[dict[str, Any]]:
-        """Every point of the grid ({dotted key: value}), the last key varying fastest."""
+        """Every point of the grid ({dotted key: value}), the last key varying fastest; none for a search."""
+        if not self.grid:
+            return []
         return [dict(zip(self.grid, values)) for values in itertools.product(*self.grid.values())]
 
     def trial_config(self, params: dict[str, Any], threads: int | None = None) -> dict[str, Any]:

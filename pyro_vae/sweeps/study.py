@@ -23,6 +23,7 @@ import os
 import threading
 import time
 import warnings
+from importlib.util import find_spec
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -37,8 +38,14 @@ READY_TIMEOUT = 120  # seconds a process waits for the study's creator to queue 
 
 
 def storage_url(out: str | os.PathLike[str], storage: str | None) -> str:
-    """The storage URL: `storage`, or the SQLite file `OUT/study.db`."""
-    return storage if storage else f"sqlite:///{(Path(out) / 'study.db').resolve()}"
+    """The storage URL: `storage`, or the SQLite file `OUT/study.db`. A `postgresql://` URL without
+    a driver means psycopg (3) to SQLAlchemy 2.1; where only psycopg2 (the sweep extra's) is
+    installed, it is that."""
+    if not storage:
+        return f"sqlite:///{(Path(out) / 'study.db').resolve()}"
+    if storage.startswith("postgresql://") and not find_spec("psycopg") and find_spec("psycopg2"):
+        return "postgresql+psycopg2://" + storage.removeprefix("postgresql://")
+    return storage
 
 
 @contextlib.contextmanager
@@ -56,12 +63,16 @@ def open_storage(url: str, heartbeat: int) -> optuna.storages.RDBStorage:
     import sqlalchemy.exc
 
     engine_kwargs = {"connect_args": {"timeout": 120}} if url.startswith("sqlite") else {}
-    try:
-        with quiet():
-            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat,
-                                              grace_period=3 * heartbeat, heartbeat_stale_trial_callback=retry)
-    except (sqlalchemy.exc.ArgumentError, sqlalchemy.exc.OperationalError, ImportError, ValueError) as error:
-        raise UserError(f"--storage {url}: {str(error).splitlines()[0]}") from None
+    for attempt in range(5):
+        try:
+            with quiet():
+                return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat,
+                                                  grace_period=3 * heartbeat, heartbeat_stale_trial_callback=retry)
+        except sqlalchemy.exc.IntegrityError:  # another process made the tables at the same moment: they exist now
+            time.sleep(0.5 * (attempt + 1))
+        except (sqlalchemy.exc.ArgumentError, sqlalchemy.exc.OperationalError, ImportError, ValueError) as error:
+            raise UserError(f"--storage {url}: {str(error).splitlines()[0]}") from None
+    raise UserError(f"--storage {url}: could not set up the tables (another process keeps writing them?)")
 
 
 def encode(value: Any) -> Any:

@@ -16,6 +16,7 @@ import multiprocessing
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -70,7 +71,9 @@ def work(spec: Spec, out: Path, url: str, threads: int | None) -> None:
         fail_stale(study)
         trial = claim(study)
         if trial is None and spec.search and draws_left(study, spec) > 0:
-            trial = study.ask()
+            with warnings.catch_warnings():  # our workers keep the heartbeat themselves (`study.heartbeat`)
+                warnings.filterwarnings("ignore", "Heartbeat of storage is supposed to be used with Study.optimize")
+                trial = study.ask()
         if trial is not None:
             run_trial(study, trial, spec, out, threads)
         elif study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
