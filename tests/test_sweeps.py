@@ -31,7 +31,15 @@ from tests.conftest import one_line_error, tiny_config
 optuna = pytest.importorskip("optuna", reason='the sweep extra: pip install "pyro-vae[sweep]"')
 
 ROOT = Path(__file__).resolve().parent.parent
-PG_BIN = Path("/usr/lib/postgresql/15/bin")
+
+def postgres_binaries():
+    """The folder of PostgreSQL's initdb and pg_ctl: Debian's newest, else the PATH's; None if absent."""
+    debian = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"), key=lambda p: int(p.parts[-3]))
+    found = debian[-1] if debian else shutil.which("initdb")
+    return Path(found).parent if found else None
+
+
+PG_BIN = postgres_binaries()
 
 
 def read_csv(path):
@@ -154,8 +162,8 @@ def free_port():
 @pytest.fixture(scope="module")
 def postgres():
     """A PostgreSQL server in a temporary directory (a Unix socket there); its URL."""
-    if not (PG_BIN / "initdb").is_file():
-        pytest.skip(f"PostgreSQL server binaries not found in {PG_BIN} (apt-get install postgresql)")
+    if PG_BIN is None:
+        pytest.skip("PostgreSQL's server binaries (initdb, pg_ctl) are not installed: apt-get install postgresql")
     pytest.importorskip("psycopg2", reason='the PostgreSQL driver: pip install "pyro-vae[sweep]"')
     folder = Path(tempfile.mkdtemp(prefix="pyro-vae-pg-"))
     as_postgres = []

@@ -166,8 +166,11 @@ def check_search(search: Any) -> dict[str, dict[str, Any]]:
         low, high = checks.number(space["low"], f"{where}.low"), checks.number(space["high"], f"{where}.high")
         if not low < high:
             raise UserError(f"{where}: low ({low}) must be below high ({high})")
-        if checks.boolean(space.get("log", False), f"{where}.log") and low <= 0:
+        log = checks.boolean(space.get("log", False), f"{where}.log")
+        if log and low <= 0:
             raise UserError(f"{where}: a log range needs low > 0, got {low}")
+        if "step" in space and (log or checks.number(space["step"], f"{where}.step", minimum=0, exclusive=True) > high - low):
+            raise UserError(f"{where}: step must be positive, at most high - low, and without log")
     return dict(search)
 
 

@@ -23,8 +23,8 @@ import os
 import threading
 import time
 import warnings
-from importlib.util import find_spec
 from collections.abc import Iterator
+from importlib.util import find_spec
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -119,8 +119,9 @@ def open_study(spec: Spec, url: str) -> optuna.Study:
     storage = open_storage(url, spec.heartbeat)
     sampler, pruner = sampler_and_pruner(spec)
     try:
-        study = optuna.create_study(storage=storage, study_name=spec.name, direction=spec.direction,
-                                    sampler=sampler, pruner=pruner)
+        direction = optuna.study.StudyDirection[spec.direction.upper()]
+        study = optuna.create_study(storage=storage, study_name=spec.name, directions=[direction], sampler=sampler,
+                                    pruner=pruner)
     except optuna.exceptions.DuplicatedStudyError:
         study = optuna.load_study(study_name=spec.name, storage=storage, sampler=sampler, pruner=pruner)
         wait_until_ready(study, spec, url)
@@ -208,7 +209,8 @@ def heartbeat(study: optuna.Study, trial: optuna.Trial, interval: int) -> Iterat
     """Record the trial's heartbeat now and every `interval` seconds while the block runs."""
     import sqlalchemy.exc
 
-    storage, trial_id = study._storage, trial._trial_id
+    storage: Any = study._storage  # an RDBStorage: it keeps heartbeats
+    trial_id = trial._trial_id
     storage.record_heartbeat(trial_id)
     stop = threading.Event()
 

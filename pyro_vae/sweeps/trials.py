@@ -30,7 +30,8 @@ class PruningReporter(Logger):
 
     def __init__(self, out: Path, config: dict[str, Any], trial: optuna.Trial, sign: float):
         super().__init__(out, config)
-        self.trial, self.sign, self.reported, self.pruned = trial, sign, set(), False
+        self.trial, self.sign, self.pruned = trial, sign, False
+        self.reported: set[int] = set()
 
     def epoch(self, rows: list[dict[str, float]]) -> None:
         for row in rows:  # a resumed run reports its earlier epochs too (the retried trial has none)
@@ -81,19 +82,35 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, spec: Spec, out: Path, t
             value = objective(spec, run)
         except optuna.TrialPruned:
             record_seconds(trial, run)
-            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+            tell(study, trial, state=optuna.trial.TrialState.PRUNED)
             return
         except TrainingStopped:
-            study.tell(trial, state=optuna.trial.TrialState.FAIL)
-            retry(study, study.trials[trial.number])
+            if tell(study, trial, state=optuna.trial.TrialState.FAIL):
+                retry(study, study.trials[trial.number])
             raise
         except UserError as error:  # a run that diverged, an objective the run lacks: this trial fails
             trial.set_user_attr("error", str(error))
-            study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            tell(study, trial, state=optuna.trial.TrialState.FAIL)
             print(f"trial {trial.number} failed: {error}", flush=True)
             return
     record_seconds(trial, run)
-    study.tell(trial, value)
+    tell(study, trial, value)
+
+
+def tell(study: optuna.Study, trial: optuna.Trial, value: float | None = None,
+         state: optuna.trial.TrialState | None = None) -> bool:
+    """Tell the study the trial's outcome; False if another worker failed the trial first (its
+    heartbeat came too late: a stalled machine) and queued it again."""
+    import optuna
+
+    try:
+        study.tell(trial, value, state=state)
+    except (optuna.exceptions.UpdateFinishedTrialError, ValueError) as error:
+        if isinstance(error, ValueError) and not str(error).startswith("Cannot tell a"):
+            raise
+        print(f"trial {trial.number} was failed by another worker (a late heartbeat) and queued again", flush=True)
+        return False
+    return True
 
 
 def train_run(config: dict[str, Any], run: Path, reporter: PruningReporter) -> None:

@@ -77,7 +77,7 @@ def work(spec: Spec, out: Path, url: str, threads: int | None) -> None:
         if trial is not None:
             run_trial(study, trial, spec, out, threads)
         elif study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-            time.sleep(min(spec.heartbeat, 5))  # another worker's trial may yet go stale and come back
+            time.sleep(1.0)  # another worker's trial may yet go stale and come back (or end: then stop soon)
         else:
             return
 
