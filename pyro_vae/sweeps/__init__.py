@@ -44,7 +44,7 @@ def sweep(spec: Spec | dict[str, Any] | str | os.PathLike[str], out: str | os.Pa
     spawned processes that import the script's module."""
     from .report import write_report
     from .study import open_study, storage_url
-    from .workers import plan, run_workers
+    from .workers import plan, run_workers, work_left
 
     spec = load_spec(spec)
     require_optuna()
@@ -55,10 +55,12 @@ def sweep(spec: Spec | dict[str, Any] | str | os.PathLike[str], out: str | os.Pa
     study = open_study(spec, url)  # here, not in a worker: a storage error is this process's one line
     print(f"sweep {spec.name!r}: {len(study.trials)} trials in {url}; {workers} worker(s)"
           + (f", {threads} thread(s) each" if threads else ""), flush=True)
-    failed = run_workers(spec, out, url, workers, threads)
+    failed = run_workers(spec, out, url, workers, threads) if work_left(study, spec) else []
+    left = work_left(study, spec)
     for code in failed:
-        print(f"a worker ended with {'signal ' + str(-code) if code < 0 else 'status ' + str(code)}"
-              "; its trial goes back to the queue (run the same command to continue)", file=sys.stderr)
+        print(f"a worker ended with {'signal ' + str(-code) if code < 0 else 'status ' + str(code)}; "
+              + ("trials are left: run the same command to continue" if left else "the others took up its trial"),
+              file=sys.stderr)
     for path in write_report(study, spec, out):
         print(path)
     return out

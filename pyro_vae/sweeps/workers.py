@@ -62,6 +62,14 @@ def draws_left(study: optuna.Study, spec: Spec) -> int:
     return spec.trials - len(drawn)
 
 
+def work_left(study: optuna.Study, spec: Spec) -> bool:
+    """Whether the study has trials waiting or running, or a search has draws left."""
+    import optuna
+
+    states = (optuna.trial.TrialState.WAITING, optuna.trial.TrialState.RUNNING)
+    return bool(study.get_trials(deepcopy=False, states=states)) or bool(spec.search and draws_left(study, spec) > 0)
+
+
 def work(spec: Spec, out: Path, url: str, threads: int | None) -> None:
     """One worker: trials until the study has none left for it."""
     import optuna
