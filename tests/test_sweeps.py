@@ -76,6 +76,20 @@ def test_a_wrong_spec_is_one_line_before_any_training(tmp_path, capsys, sweep, m
     assert not (tmp_path / "out").exists()
 
 
+def test_without_optuna_the_command_is_one_line_naming_the_extra(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "optuna", None)  # import optuna raises ImportError
+    spec = write_spec(tmp_path / "spec.toml", spec_table(grid={"train.seed": [0]}))
+    assert main(["sweep", str(spec), "--out", str(tmp_path / "out")]) == 2
+    assert one_line_error(capsys) == 'error: sweeps need Optuna: pip install "pyro-vae[sweep]"'
+
+
+def test_import_pyro_vae_imports_no_optuna():
+    code = "import sys, pyro_vae, pyro_vae.sweeps; pyro_vae.sweep; print('optuna' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert result.stdout.strip() == "False"
+
+
 def test_grid_points_take_tables_and_names():
     spec = load_spec(spec_table(grid={"model.decoder": ["mlp", {"name": "mlp", "hidden": [16]}], "train.seed": [0, 1]}))
     assert len(spec.grid_points()) == 4
@@ -180,6 +194,31 @@ def postgres():
     finally:
         run(str(PG_BIN / "pg_ctl"), "-D", str(folder / "data"), "-m", "immediate", "stop")
         shutil.rmtree(folder, ignore_errors=True)
+
+
+CLAIMER = """
+import sys
+from pyro_vae.sweeps import load_spec
+from pyro_vae.sweeps.study import claim, open_study
+study = open_study(load_spec(sys.argv[1]), sys.argv[2])
+while (trial := claim(study)) is not None:
+    print(trial.number, flush=True)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_racing_processes_claim_every_queued_point_exactly_once(tmp_path, request, backend):
+    points = 40
+    spec = write_spec(tmp_path / "spec.toml", spec_table(grid={"train.seed": list(range(points))}))
+    storage = request.getfixturevalue("postgres") if backend == "postgresql" else f"sqlite:///{tmp_path / 'study.db'}"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    url = storage_url(tmp_path, storage)
+    claimers = [subprocess.Popen([sys.executable, "-c", CLAIMER, str(spec), url], stdout=subprocess.PIPE, text=True,
+                                 env=env) for _ in range(4)]
+    claimed = [int(n) for process in claimers for n in process.communicate(timeout=600)[0].split()]
+    assert all(process.returncode == 0 for process in claimers)
+    assert sorted(claimed) == list(range(points))  # every queued trial taken, none twice (and the grid queued once)
 
 
 def start_worker(spec, out, storage, log):

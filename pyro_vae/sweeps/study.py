@@ -62,17 +62,38 @@ def open_storage(url: str, heartbeat: int) -> optuna.storages.RDBStorage:
     import optuna
     import sqlalchemy.exc
 
-    engine_kwargs = {"connect_args": {"timeout": 120}} if url.startswith("sqlite") else {}
-    for attempt in range(5):
+    sqlite = url.startswith("sqlite")
+    # isolation_level=None: Python's sqlite3 opens no transactions of its own (`serialize_sqlite`)
+    engine_kwargs = {"connect_args": {"timeout": 120, "isolation_level": None}} if sqlite else {}
+    for attempt in range(6):
         try:
             with quiet():
-                return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat,
-                                                  grace_period=3 * heartbeat, heartbeat_stale_trial_callback=retry)
-        except sqlalchemy.exc.IntegrityError:  # another process made the tables at the same moment: they exist now
-            time.sleep(0.5 * (attempt + 1))
-        except (sqlalchemy.exc.ArgumentError, sqlalchemy.exc.OperationalError, ImportError, ValueError) as error:
+                storage = optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat,
+                                                     grace_period=3 * heartbeat, heartbeat_stale_trial_callback=retry)
+            if sqlite:
+                serialize_sqlite(storage.engine)
+            return storage
+        except (sqlalchemy.exc.ArgumentError, ImportError, ValueError) as error:
             raise UserError(f"--storage {url}: {str(error).splitlines()[0]}") from None
-    raise UserError(f"--storage {url}: could not set up the tables (another process keeps writing them?)")
+        except sqlalchemy.exc.SQLAlchemyError as error:
+            # another process made the tables at the same moment ("already exists"): they exist now;
+            # or the server cannot be reached: say so after a few tries
+            if attempt == 5:
+                raise UserError(f"--storage {url}: {str(error).splitlines()[0]}") from None
+            time.sleep(0.5 * (attempt + 1))
+    raise AssertionError("unreachable")
+
+
+def serialize_sqlite(engine: Any) -> None:
+    """Make every transaction on the SQLite file `BEGIN IMMEDIATE`: it holds the write lock from its
+    first statement. Python's sqlite3 otherwise runs a transaction's reads before its first write
+    outside it, so two workers could both read a trial as WAITING and both set it RUNNING: a
+    compare-and-set that is not one (measured: 4 processes claimed 58 times 40 trials)."""
+    import sqlalchemy
+
+    @sqlalchemy.event.listens_for(engine, "begin")
+    def begin_immediate(connection: Any) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 def encode(value: Any) -> Any:
