@@ -7,6 +7,7 @@ resumed by the other worker, ends with exactly the parameters of an uninterrupte
 """
 
 import csv
+import json
 import os
 import shutil
 import signal
@@ -138,6 +139,28 @@ def test_a_search_with_a_pruner(tmp_path):
     assert (out / "history.png").is_file()
 
 
+@pytest.mark.trains
+def test_an_evaluation_key_as_the_objective(tmp_path):
+    from pyro_vae import sweep
+
+    spec = spec_table(grid={"train.seed": [3]}, objective="log_likelihood",
+                      evaluate={"samples": 3, "limit": 20, "split": "valid"})
+    spec["train"]["epochs"] = 1
+    out = sweep(spec, tmp_path / "out", workers=1)
+    row = read_csv(out / "trials.csv")[0]
+    record = json.loads((Path(row["run"]) / "evaluation.json").read_text())
+    assert record["num_examples"] == 20 and record["split"] == "valid" and record["checkpoint"] == "best.pt"
+    assert float(row["objective"]) == record["log_likelihood"]
+
+
+def test_evaluation_keys_are_found_by_name_or_path():
+    from pyro_vae.sweeps.trials import lookup
+
+    record = {"log_likelihood": -20.5, "disentanglement": {"mig": 0.1, "dci": {"disentanglement": 0.3}}}
+    assert lookup(record, "log_likelihood") == -20.5 and lookup(record, "mig") == 0.1
+    assert lookup(record, "dci.disentanglement") == 0.3 and lookup(record, "accuracy") is None
+
+
 class PruneAfter:
     """A stand-in for an Optuna trial whose pruner says stop after `epochs` epochs."""
 
@@ -210,7 +233,8 @@ while (trial := claim(study)) is not None:
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
 def test_racing_processes_claim_every_queued_point_exactly_once(tmp_path, request, backend):
     points = 40
-    spec = write_spec(tmp_path / "spec.toml", spec_table(grid={"train.seed": list(range(points))}))
+    # a study name of its own: the PostgreSQL server is the module's
+    spec = write_spec(tmp_path / "race.toml", spec_table(grid={"train.seed": list(range(points))}))
     storage = request.getfixturevalue("postgres") if backend == "postgresql" else f"sqlite:///{tmp_path / 'study.db'}"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     url = storage_url(tmp_path, storage)
