@@ -117,12 +117,17 @@ def command_plot(args):
 
 def command_sweep(args):
     from .sweeps import sweep, sweep_report
+    from .training import TrainingStopped
 
     if args.report:
         for path in sweep_report(args.spec, args.out, storage=args.storage):
             print(path)
-    else:
+        return
+    try:
         sweep(args.spec, args.out, workers=args.workers, storage=args.storage)
+    except TrainingStopped as stop:  # one worker here, stopped by a signal: its trial is queued again
+        print(f"{stop}; or run the same sweep command again", file=sys.stderr)
+        return stop.exit_status
 
 
 def registries():
