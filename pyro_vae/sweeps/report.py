@@ -75,8 +75,8 @@ def save(figure: Any, path: Path) -> Path:
 
 
 def plot_key(rows: list[dict[str, Any]], spec: Spec, key: str, path: Path) -> Path:
-    """The objective against `key`: per value, the mean over the other keys' points and seeds
-    with their standard deviation as an error bar; every trial as a dot."""
+    """The objective against `key`: for a grid, per value the mean over the other keys' points
+    (seeds among them) with their standard deviation as an error bar; every trial as a dot."""
     from matplotlib.figure import Figure
 
     done = [row for row in rows if row["state"] == "COMPLETE"]
@@ -91,8 +91,12 @@ def plot_key(rows: list[dict[str, Any]], spec: Spec, key: str, path: Path) -> Pa
         groups = [[row["objective"] for row in done if row[key] == v] for v, _ in points]
         axis.errorbar([x for _, x in points], [statistics.fmean(g) for g in groups],
                       yerr=[statistics.stdev(g) if len(g) > 1 else 0.0 for g in groups], marker="o", capsize=4)
+        others = [other for other in spec.grid if other != key and len(spec.grid[other]) > 1]
+        axis.set_title(f"mean and standard deviation over {', '.join(others)}" if others else "", fontsize=8)
     if not numeric:
         axis.set_xticks(list(where.values()), [str(v) for v in where], rotation=20, fontsize=7)
+    elif spec.grid:
+        axis.set_xticks(values)
     elif spec.search.get(key, {}).get("log"):
         axis.set_xscale("log")
     axis.set_xlabel(key)
