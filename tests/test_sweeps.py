@@ -208,7 +208,11 @@ def postgres():
         shutil.chown(folder, "postgres")
         as_postgres = ["runuser", "-u", "postgres", "--"]
     port = free_port()
-    run = lambda *args: subprocess.run([*as_postgres, *args], check=True, capture_output=True)  # noqa: E731
+
+    def run(*args):
+        done = subprocess.run([*as_postgres, *args], capture_output=True, text=True)
+        if done.returncode:
+            pytest.fail(f"{Path(args[0]).name} failed: {done.stderr.strip()[-500:]}")
     run(str(PG_BIN / "initdb"), "-D", str(folder / "data"), "-U", "postgres", "--auth=trust")
     run(str(PG_BIN / "pg_ctl"), "-D", str(folder / "data"), "-l", str(folder / "log"), "-w", "start",
         "-o", f"-k {folder} -p {port} -c listen_addresses=''")
