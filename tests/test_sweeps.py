@@ -121,6 +121,10 @@ def test_a_sweep_trains_each_point_once_and_again_nothing(tmp_path, capsys):
     assert "epoch 1" not in capsys.readouterr().out
     assert {p: p.stat().st_mtime_ns for p in out.glob("trials/*/checkpoint.pt")} == stamps
     assert main(["sweep", str(spec), "--out", str(out), "--report"]) == 0
+    from pyro_vae.sweeps import sweep_rows
+
+    assert [(r["number"], r["model.latent_dim"], r["objective"]) for r in sweep_rows(spec, out)] == [
+        (int(r["number"]), int(r["model.latent_dim"]), float(r["objective"])) for r in rows]
 
 
 @pytest.mark.trains

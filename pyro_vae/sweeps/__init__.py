@@ -24,7 +24,7 @@ from typing import Any
 from ..registry import UserError
 from .spec import Spec, load_spec
 
-__all__ = ["sweep", "sweep_report", "Spec", "load_spec"]
+__all__ = ["sweep", "sweep_report", "sweep_rows", "Spec", "load_spec"]
 
 
 def require_optuna() -> None:
@@ -64,6 +64,18 @@ def sweep(spec: Spec | dict[str, Any] | str | os.PathLike[str], out: str | os.Pa
     for path in write_report(study, spec, out):
         print(path)
     return out
+
+
+def sweep_rows(spec: Spec | dict[str, Any] | str | os.PathLike[str], out: str | os.PathLike[str],
+               storage: str | None = None) -> list[dict[str, Any]]:
+    """The rows of `trials.csv` (a dict a trial: `number`, the swept keys, `state`, `objective`,
+    `run`, `seconds`) read from the study: what an experiment's own tables start from."""
+    from .report import trial_rows
+    from .study import load_study, storage_url
+
+    spec = load_spec(spec)
+    require_optuna()
+    return trial_rows(load_study(spec, storage_url(out, storage)), spec, Path(out))
 
 
 def sweep_report(spec: Spec | dict[str, Any] | str | os.PathLike[str], out: str | os.PathLike[str],
