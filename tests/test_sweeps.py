@@ -217,13 +217,15 @@ def postgres():
         done = subprocess.run([*as_postgres, *args], capture_output=True, text=True)
         if done.returncode:
             pytest.fail(f"{Path(args[0]).name} failed: {done.stderr.strip()[-500:]}")
-    run(str(PG_BIN / "initdb"), "-D", str(folder / "data"), "-U", "postgres", "--auth=trust")
-    run(str(PG_BIN / "pg_ctl"), "-D", str(folder / "data"), "-l", str(folder / "log"), "-w", "start",
-        "-o", f"-k {folder} -p {port} -c listen_addresses=''")
     try:
-        yield f"postgresql://postgres@/postgres?host={folder}&port={port}"
+        run(str(PG_BIN / "initdb"), "-D", str(folder / "data"), "-U", "postgres", "--auth=trust")
+        run(str(PG_BIN / "pg_ctl"), "-D", str(folder / "data"), "-l", str(folder / "log"), "-w", "start",
+            "-o", f"-k {folder} -p {port} -c listen_addresses=''")
+        try:
+            yield f"postgresql://postgres@/postgres?host={folder}&port={port}"
+        finally:
+            run(str(PG_BIN / "pg_ctl"), "-D", str(folder / "data"), "-m", "immediate", "stop")
     finally:
-        run(str(PG_BIN / "pg_ctl"), "-D", str(folder / "data"), "-m", "immediate", "stop")
         shutil.rmtree(folder, ignore_errors=True)
 
 
