@@ -1,6 +1,6 @@
 """pyro_vae: variational autoencoders as Pyro programs.
 
-    from pyro_vae import VAE, CVAE, M2, GMVAE, train, load_run, kl_scaled
+    from pyro_vae import VAE, CVAE, M2, GMVAE, train, load_run, kl_scaled, sweep
 
 The names are imported on first use (PEP 562), so that `import pyro_vae` (and
 `pyro-vae --help`) does not pay for torch and Pyro until they are needed.
@@ -15,12 +15,13 @@ if TYPE_CHECKING:  # what the lazy names are, for type checkers; at run time the
     from .annealing import kl_scaled
     from .models import CVAE, GMVAE, M2, VAE
     from .runs import load_run
+    from .sweeps import sweep
     from .training import train
 
-_LAZY = {"VAE": ".models", "CVAE": ".models", "M2": ".models", "GMVAE": ".models", "kl_scaled": ".annealing", "load_run": ".runs",
-         "train": ".training"}
+_LAZY = {"VAE": ".models", "CVAE": ".models", "M2": ".models", "GMVAE": ".models", "kl_scaled": ".annealing",
+         "load_run": ".runs", "train": ".training", "sweep": ".sweeps"}
 
-__all__ = ["VAE", "CVAE", "M2", "GMVAE", "kl_scaled", "load_run", "train", "UserError"]
+__all__ = ["VAE", "CVAE", "M2", "GMVAE", "kl_scaled", "load_run", "train", "sweep", "UserError"]
 __version__ = "0.1.0"
 
 

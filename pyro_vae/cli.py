@@ -5,6 +5,7 @@
     pyro-vae evaluate RUN [--samples 5000] [--split test|valid] [--seed S] [--batch-size B] [--limit N [--subset-seed S]]
                       [--checkpoint best.pt]
     pyro-vae plot RUN [--split test|valid] [--out DIR] [--limit N] [--checkpoint best.pt]
+    pyro-vae sweep SPEC.toml --out DIR [--workers N] [--storage URL] [--report]
     pyro-vae list
 
 Problems with the input (config, data, files) are reported as one line,
@@ -120,6 +121,21 @@ def command_plot(args):
         print(path)
 
 
+def command_sweep(args):
+    from .sweeps import sweep, sweep_report
+    from .training import TrainingStopped
+
+    if args.report:
+        for path in sweep_report(args.spec, args.out, storage=args.storage):
+            print(path)
+        return
+    try:
+        sweep(args.spec, args.out, workers=args.workers, storage=args.storage)
+    except TrainingStopped as stop:  # one worker here, stopped by a signal: its trial is queued again
+        print(f"{stop}; or run the same sweep command again", file=sys.stderr)
+        return stop.exit_status
+
+
 def registries():
     """Every registry `pyro-vae list` shows, by title."""
     from .annealing import SCHEDULES
@@ -198,6 +214,15 @@ def parser():
     pl.add_argument("--out", help="directory for the PNGs (default: RUN)")
     pl.add_argument("--checkpoint", default="checkpoint.pt", help="checkpoint.pt (last) or best.pt (best validation ELBO)")
     pl.set_defaults(func=command_plot)
+
+    sw = sub.add_parser("sweep", help="a grid or search of runs over config keys (the spec's [sweep] table), "
+                        "on an Optuna study: resumable, any number of workers (docs/sweeps.md)")
+    sw.add_argument("spec", help="TOML config with a [sweep] table")
+    sw.add_argument("--out", required=True, help="sweep directory: trials/<number>/ runs, study.db, the report")
+    sw.add_argument("--workers", type=int, help="local worker processes (default: one per core on a CPU)")
+    sw.add_argument("--storage", metavar="URL", help="Optuna storage shared by all workers (default: sqlite:///OUT/study.db)")
+    sw.add_argument("--report", action="store_true", help="only write the report (trials.csv, summary.csv, figures)")
+    sw.set_defaults(func=command_sweep)
 
     ls = sub.add_parser("list", help="list every registered likelihood, prior, network, dataset and estimator")
     ls.set_defaults(func=command_list)

@@ -10,7 +10,6 @@ are taken as strings), and may reach into tables: `--set model.encoder.hidden=[6
 """
 
 import copy
-import functools
 from typing import cast
 
 try:
@@ -20,137 +19,33 @@ except ModuleNotFoundError:  # Python 3.10
 import tomli_w
 
 from . import checks
-from .annealing import build_schedule
 from .atomic import atomic_write
 from .checks import boolean, integer, number, string, type_name
+from .config_values import (
+    at_least,
+    auto_or_boolean,
+    capacity,
+    device,
+    early_stopping,
+    kl_weight,
+    labeled,
+    loggers,
+    model_kind,
+    name_in,
+    one_of,
+    spec,
+    threads,
+)
 from .data import BINARIZATIONS, DATASETS
 from .guides import GUIDES
 from .likelihoods import LIKELIHOODS
-from .loggers import LOGGERS
 from .models import CLASSIFIERS, COMPONENTS, LINK_HIDDEN, MODEL_KINDS, VAE
 from .nets import DECODERS, ENCODERS
 from .objectives import ESTIMATORS
 from .optimizers import LR_SCHEDULES, OPTIMIZERS
-from .penalties import capacity_schedule, check_free_bits
+from .penalties import check_free_bits
 from .priors import PRIORS
 from .registry import UserError
-
-# ---- the checks of SCHEMA: each is called as check(value, key) ----
-
-
-def at_least(check, minimum, exclusive=False):
-    """`check` (`checks.integer` or `checks.number`) with a lower bound."""
-    if exclusive:
-        return functools.partial(check, minimum=minimum, exclusive=True)
-    return functools.partial(check, minimum=minimum)
-
-
-def one_of(*allowed):
-    return functools.partial(checks.choice, allowed=allowed)
-
-
-def model_kind(value, key):
-    """A registered model kind, read from `MODEL_KINDS` when the config is checked (a kind
-    registered after import is one too)."""
-    return checks.choice(value, key, allowed=tuple(MODEL_KINDS))
-
-
-def auto_or_boolean(value, key):
-    if value != "auto" and not isinstance(value, bool):
-        raise UserError(f"{key} must be \"auto\", true or false, got {type_name(value)} {value!r}")
-    return value
-
-
-def threads(value, key):
-    if value != "auto" and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
-        raise UserError(f"{key} must be \"auto\" or an integer >= 0, got {type_name(value)} {value!r}")
-    return value
-
-
-def early_stopping(value, key):
-    """false, or a table { patience = N, min_delta = 0.0 }."""
-    if value is False:
-        return value
-    if not isinstance(value, dict):
-        raise UserError(f"{key} must be false or a table such as {{ patience = 10 }}, got {type_name(value)} {value!r}")
-    unknown = sorted(set(value) - {"patience", "min_delta"})
-    if unknown:
-        raise UserError(f"{key}.{unknown[0]}: unknown option; allowed: patience, min_delta")
-    if "patience" not in value:
-        raise UserError(f"{key} needs patience = N (epochs without a better validation ELBO)")
-    integer(value["patience"], f"{key}.patience", minimum=1)
-    number(value.get("min_delta", 0.0), f"{key}.min_delta", minimum=0)
-    return value
-
-
-def loggers(value, key):
-    if not isinstance(value, list):
-        raise UserError(f"{key} must be a list such as [\"csv\", \"tensorboard\"], got {type_name(value)} {value!r}")
-    for name in value:
-        LOGGERS.get(string(name, key), key)
-    return value
-
-
-def device(value, key):
-    checks.string(value, key)
-    if value not in ("auto", "cpu", "cuda") and not value.startswith("cuda:"):
-        raise UserError(f"{key}: unknown device {value!r}; choose one of: auto, cpu, cuda, cuda:N")
-    return value
-
-
-def spec(registry, empty=False):
-    """A registry name, or a table with the name and that class's options; with `empty`, also
-    `""`: none named yet, for `check_config` to fill in."""
-
-    def check(value, key):
-        if not (empty and value == ""):
-            registry.split_spec(value, key)
-        return value
-
-    # read by the generated config reference (docs/hooks.py); mypy does not model attributes set on a function
-    check.registry = registry  # type: ignore[attr-defined]
-    return check
-
-
-def kl_weight(value, key):
-    """A number >= 0 (a constant weight) or a schedule table, checked by building it."""
-    if isinstance(value, dict):
-        build_schedule(value, steps_per_epoch=1, where=key)
-        return value
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise UserError(
-            f"{key} must be a number >= 0 or a schedule table, e.g. "
-            f'{{ name = "linear", start = 0.0, end = 1.0, epochs = 10 }}; got {type_name(value)} {value!r}'
-        )
-    return number(value, key, minimum=0)
-
-
-def capacity(value, key):
-    """false (off) or a capacity table (gamma and C(t)'s schedule), checked by building it."""
-    if value is False:
-        return value
-    capacity_schedule(value, steps_per_epoch=1, where=key)
-    return value
-
-
-def labeled(value, key):
-    """"all", or how many training labels to keep (an integer >= 1)."""
-    if value == "all":
-        return value
-    if isinstance(value, str):
-        raise UserError(f"{key} must be \"all\" or an integer >= 1, got {value!r}")
-    return integer(value, key, minimum=1)
-
-
-def name_in(registry):
-    def check(value, key):
-        registry.get(string(value, key), key)
-        return value
-
-    # read by the generated config reference (docs/hooks.py); mypy does not model attributes set on a function
-    check.registry = registry  # type: ignore[attr-defined]
-    return check
-
 
 SCHEMA = {
     "data": {
@@ -350,49 +245,67 @@ def parse_override(text):
 
 
 def apply_overrides(config, overrides):
-    """Apply `--set` overrides in order. Setting a component's name (`model.decoder.name=conv`)
-    to a different one starts that table from the new class's defaults: the old class's
-    options (an MLP's `hidden`) mean nothing to it."""
+    """Apply `--set` overrides in order (`set_key`)."""
     config = copy.deepcopy(config)
     for text in overrides:
         keys, value = parse_override(text)
-        table = config
-        for depth, key in enumerate(keys[:-1]):
-            if isinstance(table.get(key), str) and depth >= 1:
-                table[key] = {"name": table[key]}  # a component given by name becomes a table
-            table = table.setdefault(key, {})
-            if not isinstance(table, dict):
-                raise UserError(f"--set {text!r}: {'.'.join(keys[: depth + 1])} is not a table")
-        if len(keys) >= 3 and keys[-1] == "name":
-            if table.get("name") != value:
-                table.clear()
-            table["name"] = value
-        else:
-            table[keys[-1]] = value
+        set_key(config, keys, value, f"--set {text!r}")
     return config
+
+
+def set_key(config, keys, value, where):
+    """Set the dotted key `keys` (a list) of `config` to `value`, in place; `where` names the
+    setting in errors. Setting a component's name (`model.decoder.name=conv`) to a different one
+    starts that table from the new class's defaults: the old class's options (an MLP's `hidden`)
+    mean nothing to it."""
+    table = config
+    for depth, key in enumerate(keys[:-1]):
+        if isinstance(table.get(key), str) and depth >= 1:
+            table[key] = {"name": table[key]}  # a component given by name becomes a table
+        table = table.setdefault(key, {})
+        if not isinstance(table, dict):
+            raise UserError(f"{where}: {'.'.join(keys[: depth + 1])} is not a table")
+    if len(keys) >= 3 and keys[-1] == "name":
+        if table.get("name") != value:
+            table.clear()
+        table["name"] = value
+    else:
+        table[keys[-1]] = value
 
 
 def load_config(path=None, overrides=()):
     """Read a TOML config (or start from the defaults), apply `--set` overrides, check it."""
-    config = {}
-    if path is not None:
-        try:
-            with open(path, "rb") as f:
-                config = tomllib.load(f)
-        except FileNotFoundError:
-            raise UserError(f"no such config file: {path}") from None
-        except IsADirectoryError:
-            raise UserError(f"{path} is a directory, not a config file: give a TOML file (a run's own is "
-                            f"{path}/config.toml), and the run directory with --out") from None
-        except tomllib.TOMLDecodeError as error:
-            raise UserError(f"{path} is not valid TOML: {error}") from None
+    return config_from_table({} if path is None else read_toml(path), overrides)
+
+
+def read_toml(path):
+    """The table of the TOML file `path`; a missing, unreadable or invalid file is a one-line error."""
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        raise UserError(f"no such config file: {path}") from None
+    except IsADirectoryError:
+        raise UserError(f"{path} is a directory, not a config file: give a TOML file (a run's own is "
+                        f"{path}/config.toml), and the run directory with --out") from None
+    except tomllib.TOMLDecodeError as error:
+        raise UserError(f"{path} is not valid TOML: {error}") from None
+
+
+def merged_with_defaults(config):
+    """The default config with the sections of `config` laid over it (unchecked)."""
     merged = default_config()
     for section, values in config.items():
         if isinstance(values, dict) and section in merged:
             merged[section].update(values)
         else:
             merged[section] = values
-    return check_config(apply_overrides(merged, overrides))
+    return merged
+
+
+def config_from_table(config, overrides=()):
+    """A config table (as read from TOML) over the defaults, with `--set` overrides, checked."""
+    return check_config(apply_overrides(merged_with_defaults(config), overrides))
 
 
 def save_config(config, path):

@@ -89,8 +89,9 @@ class Trainer:
     metrics row and the epoch's line are `epoch_metrics`'; early stopping and the best epoch
     `stopping`'s; signals `signals`'; the progress bar is a logger (`loggers.Console`)."""
 
-    def __init__(self, config, data, out, device, rank=0, world_size=1):
+    def __init__(self, config, data, out, device, rank=0, world_size=1, callbacks=()):
         self.config, self.data, self.out, self.device = config, data, out, device
+        self.callbacks = list(callbacks)  # loggers the caller built (`train(callbacks=...)`)
         self.rank, self.world_size = rank, world_size
         training = build_training(config, data, device, world_size)
         self.faults = Faults(training.step, training.components, config["train"], out)
@@ -236,6 +237,7 @@ class Trainer:
             logger = logger_class(self.out, self.config)
             self.loggers.append(logger)
             opened.callback(logger.close)
+        self.loggers.extend(self.callbacks)  # last: they see each epoch after metrics.csv is written
 
     def read_loss(self):
         """The last step's minibatch loss, read from the device (the fault counters are checked with it)."""
@@ -320,6 +322,7 @@ def train(
     overrides: Iterable[str] = (),
     resume: str | os.PathLike[str] | None = None,
     data: Data | torch.Tensor | np.ndarray | dict[str, Any] | None = None,
+    callbacks: Iterable[Logger] = (),
 ) -> Path:
     """Train a VAE from a config (a dict, a TOML path, or None for the defaults).
 
@@ -328,7 +331,9 @@ def train(
     `RESUMABLE_KEYS`, e.g. `train.epochs` to train longer). Returns the run
     directory. Config, data and checkpoint are all checked before any file is written.
     `data` trains on your own arrays, tensors or Data instead of `config["data"]`'s
-    dataset (`data.as_data`); the run records `data.name = "arrays"`.
+    dataset (`data.as_data`); the run records `data.name = "arrays"`. `callbacks`: loggers
+    (`loggers.Logger` instances) that see every epoch and step after the run's own, on the main
+    process, e.g. the sweeps' pruning reporter; the caller opens and closes them.
     """
     if resume is not None:
         run = Path(resume)
@@ -346,10 +351,10 @@ def train(
         config, state = _as_config(config, overrides), None
         out = prepare_run_directory(out, force)
     with torch_threads(config["train"]["threads"]):
-        return _train(config, out, force, resume, state, data)
+        return _train(config, out, force, resume, state, data, callbacks)
 
 
-def _train(config, out, force, resume, state, data):
+def _train(config, out, force, resume, state, data, callbacks=()):
     device = resolve_device(config["train"]["device"])
     rank, world_size, device = distributed_context(device)
     pyro.set_rng_seed(config["train"]["seed"] + rank)
@@ -361,7 +366,7 @@ def _train(config, out, force, resume, state, data):
         print(f"data: {data.summary()}")
     if config["data"]["on_device"]:
         data.to(device)
-    trainer = Trainer(config, data, out, device, rank, world_size)
+    trainer = Trainer(config, data, out, device, rank, world_size, callbacks)
     if resume is not None:
         trainer.load_state_dict(state)
     if len(data.train) < config["train"]["batch_size"] and trainer.is_main:

@@ -1,0 +1,122 @@
+"""Workers: processes that take trials from the study until none is left.
+
+`--workers N` starts N local processes (multiprocessing, spawn) on one study, each training with
+`train.threads` = cores // N on a CPU (two one-thread runs on two cores do nearly twice the work
+of one two-thread run), unless the spec sets `train.threads` itself. Any number of such commands
+on any machines, given the same `--storage`, share the study the same way.
+
+A worker loops: fail the trials whose worker died (`study.fail_stale`), take a WAITING trial
+(`study.claim`), or, in a search with trials left to draw, ask the sampler for a new one; with
+nothing to take it waits while other trials run (one may yet go stale and come back), then stops.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ..registry import UserError
+from .spec import Spec
+from .study import claim, fail_stale, open_study
+from .trials import run_trial
+
+if TYPE_CHECKING:
+    import optuna
+
+
+def cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def on_cpu(spec: Spec) -> bool:
+    device = spec.config.get("train", {}).get("device", "auto")
+    if device == "auto":
+        import torch
+
+        return not torch.cuda.is_available()
+    return str(device) == "cpu"
+
+
+def plan(spec: Spec, workers: int | None) -> tuple[int, int | None]:
+    """(workers, threads per worker): by default one worker per core on a CPU (one on a GPU)."""
+    cpu = on_cpu(spec)
+    if workers is None:
+        workers = cores() if cpu else 1
+    if workers < 1:
+        raise UserError(f"--workers must be >= 1, got {workers}")
+    return workers, max(1, cores() // workers) if cpu else None
+
+
+def draws_left(study: optuna.Study, spec: Spec) -> int:
+    """Trials a search may still draw: `trials` less those drawn, a trial failed and queued again
+    counting once (its retry does)."""
+    import optuna
+
+    drawn = [t for t in study.get_trials(deepcopy=False)
+             if t.state != optuna.trial.TrialState.FAIL or "error" in t.user_attrs]
+    return spec.trials - len(drawn)
+
+
+def work_left(study: optuna.Study, spec: Spec) -> bool:
+    """Whether the study has trials waiting or running, or a search has draws left."""
+    import optuna
+
+    states = (optuna.trial.TrialState.WAITING, optuna.trial.TrialState.RUNNING)
+    return bool(study.get_trials(deepcopy=False, states=states)) or bool(spec.search and draws_left(study, spec) > 0)
+
+
+def work(spec: Spec, out: Path, url: str, threads: int | None) -> None:
+    """One worker: trials until the study has none left for it."""
+    import optuna
+
+    study = open_study(spec, url)
+    while True:
+        fail_stale(study)
+        trial = claim(study)
+        if trial is None and spec.search and draws_left(study, spec) > 0:
+            with warnings.catch_warnings():  # our workers keep the heartbeat themselves (`study.heartbeat`)
+                warnings.filterwarnings("ignore", "Heartbeat of storage is supposed to be used with Study.optimize")
+                trial = study.ask()
+        if trial is not None:
+            run_trial(study, trial, spec, out, threads)
+        elif study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+            time.sleep(1.0)  # another worker's trial may yet go stale and come back (or end: then stop soon)
+        else:
+            return
+
+
+def worker_main(spec: Spec, out: Path, url: str, threads: int | None) -> None:
+    """A worker process: user errors as one line, exit status 2 (130 when interrupted)."""
+    from ..training import TrainingStopped
+
+    try:
+        work(spec, out, url, threads)
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+    except TrainingStopped as stop:
+        print(stop, file=sys.stderr)
+        sys.exit(stop.exit_status)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+def run_workers(spec: Spec, out: Path, url: str, workers: int, threads: int | None) -> list[int]:
+    """Run `workers` workers (in this process when one); returns the exit codes of the processes
+    that did not end well (a negative code: killed by that signal; the others took its trial)."""
+    if workers == 1:
+        work(spec, out, url, threads)
+        return []
+    context = multiprocessing.get_context("spawn")
+    processes = [context.Process(target=worker_main, args=(spec, out, url, threads), name=f"sweep-worker-{i}")
+                 for i in range(workers)]
+    for process in processes:
+        process.start()
+    for process in processes:
+        process.join()
+    return [p.exitcode for p in processes if p.exitcode]
