@@ -22,10 +22,17 @@ from typing import IO, Any
 def atomic_write(path: str | os.PathLike[str], mode: str = "wb", durable: bool = False, **open_kwargs: Any) -> Iterator[IO[Any]]:
     """Open a temporary file beside `path` for writing; on a clean exit rename it over `path`.
 
-    On an exception the temporary file is removed and `path` is left as it was.
+    On an exception the temporary file is removed and `path` is left as it was. A device or a
+    pipe (`/dev/null`) is written through, never replaced.
     `open_kwargs` go to `open` (`newline=""` for CSV, an `encoding`).
     """
     path = Path(path)
+    if path.exists() and not path.is_file() and not path.is_dir():
+        # a device or a pipe (/dev/null, /dev/stdout): there is no file to replace, and a rename
+        # would put a regular file where the device was; write through it
+        with open(path, mode, **open_kwargs) as f:
+            yield f
+        return
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, mode, **open_kwargs) as f:
