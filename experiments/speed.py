@@ -49,7 +49,7 @@ from pyro.infer import SVI, Trace_ELBO
 from pyro_vae.build import build_data
 from pyro_vae.config import load_config
 from pyro_vae.data import Data, Split, load_data
-from pyro_vae.devices import resolve_threads
+from pyro_vae.devices import busy_cores, resolve_threads
 from pyro_vae.evaluation import log_likelihood
 from pyro_vae.guides import gaussian_parameters
 from pyro_vae.training import Trainer, train
@@ -316,7 +316,8 @@ def compare_total_correlation(x, rounds, steps, batch_size=128, device="cpu"):
 def threads_default(rounds, steps, default):
     """ms per training step of the default job (`pyro-vae train`: digits, 64-256-256-16 MLPs, batch 64)
     and of the 784-400-20 MLP at batch 128, with torch threads = 1, 2 and "auto" (``resolve_threads``,
-    resolved before each timing from the load average of that moment and torch's default ``default``),
+    resolved before each timing as a fresh run would: from the cores the other processes keep busy
+    at that moment, and torch's default `default`),
     interleaved, the median of ``rounds`` rounds of ``steps`` steps; first as the machine is, then
     with one competing busy process (a Python loop, killed after). Ratios: auto / the best setting."""
     config = load_config(None, ["train.progress=false", "train.device='cpu'"])
@@ -333,29 +334,31 @@ def threads_default(rounds, steps, default):
                 time.sleep(5)  # let it take its core
             for job, (step, images, batch_size) in jobs.items():
                 batches = [images[i : i + batch_size] for i in range(0, min(len(images), steps * batch_size), batch_size)]
-                times, autos, loads = {"1": [], "2": [], "auto": []}, [], []
+                times, autos, busies = {"1": [], "2": [], "auto": []}, [], []
                 with pyro.validation_enabled(False):
                     torch.set_num_threads(1)
                     time_steps(step, batches[:10])  # warm-up
                     for _ in range(rounds):
                         for setting in times:
                             torch.set_num_threads(default)  # what "auto" starts from, as in a fresh run
-                            threads = resolve_threads("auto") if setting == "auto" else int(setting)
+                            busy = busy_cores()  # what a fresh run sees: the other processes, now
+                            threads = resolve_threads("auto", busy) if setting == "auto" else int(setting)
                             if setting == "auto":
                                 autos.append(threads)
-                                loads.append(os.getloadavg()[0])
+                                busies.append(busy)
                             torch.set_num_threads(threads)
                             times[setting].append(time_steps(step, batches))
                 ms = {setting: statistics.median(t) for setting, t in times.items()}
                 row = {"condition": condition, "job": job, "batch_size": batch_size, "steps": len(batches),
                        "rounds": rounds, **{f"threads_{k}_ms": v for k, v in ms.items()},
-                       "auto_resolved_to": autos, "load_average_1min": loads,
+                       "auto_resolved_to": autos, "busy_cores": busies,
                        "auto_over_best": ms["auto"] / min(ms["1"], ms["2"]),
                        "two_over_one": ms["2"] / ms["1"]}
                 rows.append(row)
                 print(f"{condition:>16} {job:>15}: 1 thread {ms['1']:.2f} ms, 2 threads {ms['2']:.2f} ms, auto "
                       f"({'/'.join(map(str, sorted(set(autos))))}) {ms['auto']:.2f} ms; auto / best "
-                      f"{row['auto_over_best']:.2f}, 2 / 1 {row['two_over_one']:.2f}; load {min(loads):.1f}-{max(loads):.1f}",
+                      f"{row['auto_over_best']:.2f}, 2 / 1 {row['two_over_one']:.2f}; "
+                      f"busy cores {min(busies):.1f}-{max(busies):.1f}",
                       flush=True)
         finally:
             if competitor is not None:
@@ -382,7 +385,7 @@ def main():
     default = torch.get_num_threads()
     torch.set_num_threads(args.threads)
     if args.threads_default:
-        rounds, steps = (2, 10) if args.quick else (5, 20)
+        rounds, steps = (2, 10) if args.quick else (9, 40)
         rows = threads_default(rounds, steps, default)
         if not args.quick:
             report = {"command": "python experiments/speed.py --threads-default", "rows": rows, "machine": {

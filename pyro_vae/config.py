@@ -178,10 +178,11 @@ DESCRIPTIONS = {
         "optimizer": "A registered optimizer name (see the optimizers below).",
         "seed": "Seeds the initialization, the data order and every random draw of the run.",
         "device": "`auto` (CUDA when present), `cpu`, `cuda` or `cuda:N`.",
-        "threads": "torch's intra-op threads while training. `auto`: the cores the machine's load leaves free "
-                   "when the run starts, round(cores - 1-minute load average), at least 1 and at most torch's default "
-                   "(one per core): torch's default on an idle machine, fewer on a busy one, where threads that wait "
-                   "for a core stall every operation (measured in docs/speed.md). 0: torch's default; N: N threads.",
+        "threads": "torch's intra-op threads while training. `auto`: the cores other processes leave free "
+                   "when the run starts, round(cores - busy cores, measured over 0.1 s), at least 1 and at most "
+                   "torch's default (one per core): torch's default on an idle machine, fewer on a busy one, where "
+                   "threads that wait for a core stall every operation (measured in docs/speed.md). 0: torch's "
+                   "default; N: N threads.",
         "progress": "Show a progress bar on a terminal (without one: one line per epoch).",
         "lr_schedule": "A learning-rate schedule name or a table with its options, e.g. "
         "`{ name = \"plateau\", patience = 5, factor = 0.5 }`.",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 from collections.abc import Iterator
 
 import torch
@@ -39,24 +40,54 @@ def distributed_context(device: torch.device) -> tuple[int, int, torch.device]:
     return dist.get_rank(), world_size, device
 
 
-def resolve_threads(threads: int | str) -> int:
+# How long "auto" watches the machine before it decides: 10 ticks of a 100 Hz kernel clock per core,
+# enough to tell one busy core from none.
+BUSY_SAMPLE_SECONDS = 0.1
+PROC_STAT = "/proc/stat"  # Linux's CPU time counters, since boot
+
+
+def busy_cores(seconds: float = BUSY_SAMPLE_SECONDS) -> float | None:
+    """How many of the machine's cores other processes keep busy now: the busy share of the CPU
+    time that passes in `seconds` (Linux's /proc/stat), times the cores; this process sleeps
+    meanwhile, so it counts only the others. Where /proc/stat cannot be read, the 1-minute load
+    average (which lags a minute behind and counts this process too); None where neither can be."""
+    def cpu_times() -> list[int]:
+        with open(PROC_STAT) as f:
+            return [int(v) for v in f.readline().split()[1:]]
+
+    try:
+        before = cpu_times()
+        time.sleep(seconds)
+        after = cpu_times()
+    except (OSError, ValueError):
+        try:
+            return os.getloadavg()[0]
+        except (AttributeError, OSError):
+            return None
+    delta = [b - a for a, b in zip(before, after)]
+    total = sum(delta[:8])  # user nice system idle iowait irq softirq steal (guest time is inside user)
+    idle = delta[3] + delta[4]
+    return (os.cpu_count() or 1) * (total - idle) / total if total > 0 else 0.0
+
+
+def resolve_threads(threads: int | str, busy: float | None = None) -> int:
     """The number of torch threads `train.threads` asks for; 0: torch's default.
 
-    "auto" is what the machine's load leaves free when the run starts: round(cores - the
-    1-minute load average), at least 1 and at most torch's default (one per core, or
-    `OMP_NUM_THREADS`). On an idle machine that is torch's default; on a busy two-core machine
-    it is 1, which measured 8-27x faster per step than two threads there (docs/speed.md,
-    `experiments/speed.py --threads-default`). Where the load average cannot be read (Windows),
-    torch's default."""
+    "auto" is what other processes leave free when the run starts: round(cores - busy cores),
+    at least 1 and at most torch's default (one per core, or `OMP_NUM_THREADS`); `busy` is
+    `busy_cores()` unless given. On an idle machine that is torch's default; on a two-core
+    machine with one busy process it is 1, which measured 3-5x faster per step than two threads
+    there (docs/speed.md, `experiments/speed.py --threads-default`). Where the machine's load
+    cannot be read, torch's default."""
     if threads != "auto":
         return int(threads)
     default = torch.get_num_threads()
-    try:
-        load = os.getloadavg()[0]
-    except (AttributeError, OSError):
+    if busy is None:
+        busy = busy_cores()
+    if busy is None:
         return default
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return min(default, max(1, round(cores - load)))
+    return min(default, max(1, round(cores - busy)))
 
 
 @contextlib.contextmanager

@@ -149,32 +149,56 @@ def test_a_fixed_gaussian_scale_on_data_far_outside_the_unit_interval_is_warned_
 # ---- train.threads = "auto" ----
 
 
-@pytest.mark.parametrize("load, expected", [(0.1, 2), (0.9, 1), (1.2, 1), (4.5, 1)])
-def test_auto_threads_are_the_cores_the_load_leaves_free_at_most_torchs_default(monkeypatch, load, expected):
+@pytest.mark.parametrize("busy, expected", [(0.1, 2), (0.6, 1), (1.0, 1), (4.5, 1)])
+def test_auto_threads_are_the_cores_others_leave_free_at_most_torchs_default(monkeypatch, busy, expected):
     from pyro_vae.devices import resolve_threads
 
-    monkeypatch.setattr(os, "getloadavg", lambda: (load, load, load))
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
     monkeypatch.setattr(torch, "get_num_threads", lambda: 2)  # torch's default on two cores
-    assert resolve_threads("auto") == expected
+    assert resolve_threads("auto", busy) == expected
     monkeypatch.setattr(torch, "get_num_threads", lambda: 1)  # OMP_NUM_THREADS=1: never more
-    assert resolve_threads("auto") == 1
+    assert resolve_threads("auto", busy) == 1
     assert resolve_threads(3) == 3 and resolve_threads(0) == 0
 
 
-def test_auto_threads_without_a_load_average_are_torchs_default(monkeypatch):
-    from pyro_vae.devices import resolve_threads
+@pytest.mark.skipif(not os.path.exists("/proc/stat"), reason="Linux's /proc/stat")
+def test_busy_cores_count_the_cpu_time_of_the_other_processes(monkeypatch, tmp_path):
+    from pyro_vae import devices
+
+    # two snapshots of /proc/stat's first line, 100 ticks apart on 2 cores: 50 busy (user 30,
+    # system 15, irq 5), 50 idle (idle 40, iowait 10): one core's worth of work
+    snapshots = iter(["cpu  100 0 50 1000 20 5 0 0 0 0\n", "cpu  130 0 65 1040 30 10 0 0 0 0\n"])
+    stat = tmp_path / "stat"
+
+    def next_snapshot(seconds):
+        stat.write_text(next(snapshots))
+
+    stat.write_text(next(snapshots))
+    monkeypatch.setattr(devices, "PROC_STAT", str(stat))
+    monkeypatch.setattr(devices.time, "sleep", next_snapshot)
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    assert devices.busy_cores() == pytest.approx(1.0)
+
+
+def test_without_proc_stat_auto_reads_the_load_average_and_without_that_torchs_default(monkeypatch, tmp_path):
+    from pyro_vae import devices
+
+    monkeypatch.setattr(devices, "PROC_STAT", str(tmp_path / "nowhere"))
+    monkeypatch.setattr(os, "getloadavg", lambda: (1.5, 1.0, 0.5))
+    assert devices.busy_cores() == 1.5
 
     def unavailable():
         raise OSError("no load average")
 
     monkeypatch.setattr(os, "getloadavg", unavailable)
+    assert devices.busy_cores() is None
     monkeypatch.setattr(torch, "get_num_threads", lambda: 4)
-    assert resolve_threads("auto") == 4
+    assert devices.resolve_threads("auto") == 4
 
 
 @pytest.mark.trains
 def test_threads_default_to_auto_and_a_resumed_run_may_change_them(tmp_path, monkeypatch):
+    from pyro_vae import devices
     from pyro_vae.config import load_config
     from pyro_vae.training import Trainer
 
@@ -183,7 +207,7 @@ def test_threads_default_to_auto_and_a_resumed_run_may_change_them(tmp_path, mon
         load_config(None, ["train.threads='many'"])
     seen, fit = [], Trainer.fit
     monkeypatch.setattr(Trainer, "fit", lambda self: (seen.append(torch.get_num_threads()), fit(self)))
-    monkeypatch.setattr(os, "getloadavg", lambda: (9.0, 9.0, 9.0))  # a busy machine: auto is 1
+    monkeypatch.setattr(devices, "busy_cores", lambda: 9.0)  # a busy machine: auto is 1
     run = train(tiny_config(train={"epochs": 1, "threads": 2}), out=tmp_path / "run")
     train(resume=run, overrides=["train.epochs=2", "train.threads='auto'"])
     assert seen == [2, 1]
