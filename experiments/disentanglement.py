@@ -17,7 +17,7 @@ and on the test split by the true ELBO and its reconstruction term. Writes, unde
 run), ``summary.csv`` (mean and standard deviation over seeds), ``mig_vs_beta.png`` and
 ``traversals.png``.
 
-    python experiments/disentanglement.py --quick     # a small grid, one seed: a minute or two
+    python experiments/disentanglement.py --quick     # a small grid, one seed: about 30 s
     python experiments/disentanglement.py             # the write-up's numbers (resumable)
     # a run whose per_run/ record exists is not trained again: delete the record to retrain it
     # (--quick keeps its records in runs/, so a clean checkout trains the quick grid afresh)

@@ -11,7 +11,7 @@ time a user waits), run interleaved `--repeats` times:
 OMP_NUM_THREADS is removed from the commands' environment (it would change torch's default).
 The figure of merit is median(two workers) / median(one process); the target is <= 0.6.
 
-    python experiments/sweep_speed.py            # -> experiments/results/sweep_speed/sweep_speed.json
+    python experiments/sweep_speed.py            # -> experiments/results/sweep_speed/sweep_speed_20_epochs.json
     python experiments/sweep_speed.py --quick    # 2 runs x 1 epoch, once: writes only under runs/
 """
 
@@ -72,10 +72,12 @@ def main():
             seconds[name].append(timed_sweep(table, scratch / name.replace(" ", "_"), workers))
             print(f"repeat {repeat + 1}: {name}: {seconds[name][-1]:.1f} s", flush=True)
     ratio = statistics.median(seconds["two workers"]) / statistics.median(seconds["one process"])
-    result = {"runs": 2 * seeds, "epochs": epochs, "repeats": repeats, "seconds": seconds, "ratio": ratio,
+    command = " ".join(["python", "experiments/sweep_speed.py", *sys.argv[1:]])
+    result = {"command": command, "runs": 2 * seeds, "epochs": epochs, "repeats": repeats, "seconds": seconds, "ratio": ratio,
               "target": 0.6, "cores": os.cpu_count(), "load_average": os.getloadavg(), "machine": platform.processor()}
     print(f"two workers / one process: {ratio:.2f} (target <= 0.6)")
-    out = scratch / "sweep_speed.json" if args.quick else ROOT / "experiments" / "results" / "sweep_speed" / "sweep_speed.json"
+    name = f"sweep_speed_{epochs}_epochs.json"  # one file per run length: the ratio depends on it
+    out = scratch / name if args.quick else ROOT / "experiments" / "results" / "sweep_speed" / name
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {out}")
