@@ -71,7 +71,7 @@ def evaluate_run(run: str | os.PathLike[str], num_samples: int = 5000, split: st
     if verbose:
         subset = "" if subset_seed is None else f" (a random subset, seed {subset_seed}, of {split_size})"
         print(f"{run}: {split} split, {result['num_examples']} data points{subset}, K = {num_samples}")
-    if getattr(vae, "clusters", False) and part.labels is not None:  # a clustering model, data with classes
+    if vae.clusters and part.labels is not None:  # a clustering model, data with classes
         clusters = evaluation.model_clusters(vae, x, batch_size=max(batch_size, 1000), seed=seed)
         result["clustering"] = evaluation.clustering_metrics(clusters, part.labels, vae.components)
     rows = report_rows(result, vae)

@@ -69,7 +69,7 @@ def clustering_metrics(clusters: Any, labels: Any, num_clusters: int | None = No
 @torch.no_grad()
 def model_clusters(vae: VAE, x: torch.Tensor, batch_size: int = 1000, seed: int = EVALUATION_SEED) -> torch.Tensor:
     """A clustering model's (`clusters`) cluster of each data point, argmax_y q(y | x) (`cluster`)."""
-    if not getattr(vae, "clusters", False):
+    if not vae.clusters:
         raise UserError(f"model.kind = {vae.kind!r} does not cluster; model.kind = \"gmvae\" does")
     device = next(vae.parameters()).device
     with seeded_eval(vae, seed):
