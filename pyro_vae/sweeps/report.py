@@ -34,14 +34,14 @@ def shown(value: Any) -> Any:
     return json.dumps(value, sort_keys=True) if isinstance(value, (dict, list)) else value
 
 
-def trial_rows(study: optuna.Study, spec: Spec, out: Path) -> list[dict[str, Any]]:
+def trial_rows(study: optuna.Study, spec: Spec, sweep_dir: Path) -> list[dict[str, Any]]:
     rows = []
     for trial in study.get_trials(deepcopy=False):
         params = decode(spec, trial.params)
         run = trial.user_attrs.get("run")
         rows.append({"number": trial.number, **{key: shown(params.get(key)) for key in spec.keys},
                      "state": trial.state.name, "objective": trial.value,
-                     "run": str(out / run) if run else "", "seconds": trial.user_attrs.get("seconds")})
+                     "run": str(sweep_dir / run) if run else "", "seconds": trial.user_attrs.get("seconds")})
     return rows
 
 
@@ -136,20 +136,20 @@ def plot_importances(study: optuna.Study, path: Path) -> Path | None:
     return save(figure, path)
 
 
-def write_report(study: optuna.Study, spec: Spec, out: Path) -> list[Path]:
-    """Write trials.csv, summary.csv (seeds swept) and the figures into `out`; returns the paths."""
-    rows = trial_rows(study, spec, out)
-    written = [write_csv(rows, out / "trials.csv")]
+def write_report(study: optuna.Study, spec: Spec, sweep_dir: Path) -> list[Path]:
+    """Write trials.csv, summary.csv (seeds swept) and the figures into `sweep_dir`; returns the paths."""
+    rows = trial_rows(study, spec, sweep_dir)
+    written = [write_csv(rows, sweep_dir / "trials.csv")]
     if SEED in spec.grid:
-        written.append(write_csv(summary_rows(rows, spec), out / "summary.csv"))
+        written.append(write_csv(summary_rows(rows, spec), sweep_dir / "summary.csv"))
     if not any(row["state"] == "COMPLETE" and row["objective"] is not None and math.isfinite(row["objective"])
                for row in rows):
         return written
     for key in spec.keys:
         if key != SEED:
-            written.append(plot_key(rows, spec, key, out / f"objective-{key}.png"))
+            written.append(plot_key(rows, spec, key, sweep_dir / f"objective-{key}.png"))
     if spec.search:
-        written.append(plot_history(rows, spec, out / "history.png"))
-        importances = plot_importances(study, out / "importances.png")
+        written.append(plot_history(rows, spec, sweep_dir / "history.png"))
+        importances = plot_importances(study, sweep_dir / "importances.png")
         written += [importances] if importances else []
     return written
