@@ -149,12 +149,11 @@ class Estimator(nn.Module):
         """Told by `build.build` once the steps per epoch are known (a schedule in epochs of the
         estimator's own, `relaxed`'s temperature); most estimators have none."""
 
-    def check_model(self, model: object) -> None:
+    def check_model(self, model: Programs) -> None:
         """Refuse, in one line, a model without the discrete latent this estimator needs (`relaxed`)."""
-        if self.needs_discrete_latent and not getattr(model, "discrete_latents", ()):
-            kind = getattr(model, "kind", type(model).__name__)
+        if self.needs_discrete_latent and not model.discrete_latents:
             raise UserError(
-                f"estimator {self.registered_name!r} relaxes a discrete latent, which model.kind = {kind!r} does not "
+                f"estimator {self.registered_name!r} relaxes a discrete latent, which model.kind = {model.kind!r} does not "
                 "have; use it with a model with one (model.kind = \"gmvae\")"
             )
 

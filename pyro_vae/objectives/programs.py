@@ -16,7 +16,14 @@ class Programs(Protocol):
     estimator traces), whether they are its class's own, unmodified ones (`has_standard_programs`:
     only then may an estimator compute their loss directly, without tracing), and the densities
     the direct computations read: `prior_dist()` p(z), `likelihood_dist(z, x)` p(x | z) and
-    `guide_dist(x)` q(z | x). The library's `models.VAE` is one."""
+    `guide_dist(x)` q(z | x). Its `discrete_latents` (the discrete sites an estimator must be
+    able to train) and `kind` (its `model.kind`, for messages) are read by `Estimator.check_model`.
+    The library's `models.VAE` is one."""
+
+    discrete_latents: tuple[str, ...]  # the discrete latent sites its guide samples (the gmvae's "y")
+
+    @property
+    def kind(self) -> str: ...  # its `model.kind`, for messages
 
     def model(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> None: ...
 
