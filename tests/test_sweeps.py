@@ -16,6 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -69,6 +70,9 @@ def write_spec(path, table):
     ({"grid": {"train.lr": [0.1]}, "objective": "val_elbow"}, "is not a metrics.csv column"),
     ({"grid": {"train.lr": [0.1]}, "pruner": "sometimes"}, "sweep.pruner: unknown value"),
     ({"grid": {"train.lr": [0.1]}, "trails": 3}, "unknown key sweep.trails"),
+    ({"grid": [{"train.lr": [0.1]}, {}]}, "sweep.grid[1] must be a non-empty table"),
+    ({"grid": [{"train.lr": [0.1]}, {"model.latent_dim": [3, -1]}]},
+     'sweep point {"model.latent_dim": -1}: model.latent_dim must be'),
 ])
 def test_a_wrong_spec_is_one_line_before_any_training(tmp_path, capsys, sweep, message):
     spec = write_spec(tmp_path / "spec.toml", spec_table(**sweep))
@@ -125,6 +129,35 @@ def test_a_sweep_trains_each_point_once_and_again_nothing(tmp_path, capsys):
 
     assert [(r["number"], r["model.latent_dim"], r["objective"]) for r in sweep_rows(spec, out)] == [
         (int(r["number"]), int(r["model.latent_dim"]), float(r["objective"])) for r in rows]
+
+
+def test_a_list_of_grids_is_each_table_in_turn_each_point_only_its_keys():
+    spec = load_spec(spec_table(grid=[{"objective.kl_weight": [1.0, 4.0], "train.seed": [0, 1]},
+                                      {"objective.estimator": [{"name": "tcvae", "beta": 4.0}], "train.seed": [1, 2]}]))
+    assert spec.grid_points() == [
+        {"objective.kl_weight": 1.0, "train.seed": 0}, {"objective.kl_weight": 1.0, "train.seed": 1},
+        {"objective.kl_weight": 4.0, "train.seed": 0}, {"objective.kl_weight": 4.0, "train.seed": 1},
+        {"objective.estimator": {"name": "tcvae", "beta": 4.0}, "train.seed": 1},
+        {"objective.estimator": {"name": "tcvae", "beta": 4.0}, "train.seed": 2}]
+    assert spec.grid == {"objective.kl_weight": [1.0, 4.0], "train.seed": [0, 1, 2],
+                         "objective.estimator": [{"name": "tcvae", "beta": 4.0}]}
+    config = spec.trial_config(spec.grid_points()[-1])  # the other table's key keeps the base value
+    assert config["objective"]["kl_weight"] == 1.0 and config["objective"]["estimator"]["name"] == "tcvae"
+
+
+@pytest.mark.trains
+def test_a_list_of_grids_trains_each_point_with_its_own_keys(tmp_path):
+    spec = spec_table(grid=[{"model.latent_dim": [2, 3]}, {"objective.kl_weight": [4.0], "train.seed": [1]}])
+    from pyro_vae import sweep
+
+    out = sweep(spec, tmp_path / "out", workers=1)
+    rows = read_csv(out / "trials.csv")
+    assert [(r["model.latent_dim"], r["objective.kl_weight"], r["train.seed"], r["state"]) for r in rows] == [
+        ("2", "", "", "COMPLETE"), ("3", "", "", "COMPLETE"), ("", "4.0", "1", "COMPLETE")]
+    configs = [tomllib.loads((Path(r["run"]) / "config.toml").read_text()) for r in rows]
+    assert [(c["model"]["latent_dim"], c["objective"]["kl_weight"], c["train"]["seed"]) for c in configs] == [
+        (2, 1.0, 0), (3, 1.0, 0), (tiny_config()["model"]["latent_dim"], 4.0, 1)]
+    assert (out / "objective-objective.kl_weight.png").is_file()
 
 
 @pytest.mark.trains

@@ -79,7 +79,7 @@ def plot_key(rows: list[dict[str, Any]], spec: Spec, key: str, path: Path) -> Pa
     (seeds among them) with their standard deviation as an error bar; every trial as a dot."""
     from matplotlib.figure import Figure
 
-    done = [row for row in rows if row["state"] == "COMPLETE"]
+    done = [row for row in rows if row["state"] == "COMPLETE" and row[key] is not None]  # a point without the key: not here
     figure = Figure(figsize=(5, 3.5))
     axis = figure.add_subplot()
     values = list(dict.fromkeys(row[key] for row in done))

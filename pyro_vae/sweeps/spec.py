@@ -7,6 +7,13 @@
     objective = "val_elbo"          # a metrics.csv column at the best epoch, or an evaluation key
     direction = "maximize"
 
+A grid may also be a list of such tables (as scikit-learn's `ParameterGrid` takes): their points
+one after another, each point setting only its own table's keys (the others keep the base
+config's values). That is how runs that differ in *which* keys they set share one study:
+
+    grid = [{ "objective.kl_weight" = [1, 4], "train.seed" = [0, 1] },
+            { "objective.estimator" = [{ name = "tcvae", beta = 4 }], "train.seed" = [0, 1] }]
+
 or a search: `search = { "train.lr" = { low = 1e-4, high = 1e-2, log = true } }` with
 `trials = N` and `sampler = "tpe"` (or `"random"`); a key may also take `choices = [...]`.
 Keys are the dotted keys `--set` takes; a value may be a component's name or an inline table.
@@ -44,9 +51,12 @@ METRICS_PATTERN = re.compile(r"kl_\d+|val_kl_.+|active_units_.+")
 @dataclass
 class Spec:
     """A checked spec. `config`: the config table without `[sweep]` (unchecked, as written);
-    `grid`/`search`: dotted key -> values / range; the rest as in the module's docstring."""
+    `grids`: the grid's tables (one, or a list's), dotted key -> values; `grid`: every grid key to
+    all its values (their union over the tables); `search`: dotted key -> range; the rest as in
+    the module's docstring."""
 
     config: dict[str, Any]
+    grids: list[dict[str, list[Any]]] = field(default_factory=list)
     grid: dict[str, list[Any]] = field(default_factory=dict)
     search: dict[str, dict[str, Any]] = field(default_factory=dict)
     trials: int = 0
@@ -64,10 +74,9 @@ class Spec:
         return list(self.grid or self.search)
 
     def grid_points(self) -> list[dict[str, Any]]:
-        """Every point of the grid ({dotted key: value}), the last key varying fastest; none for a search."""
-        if not self.grid:
-            return []
-        return [dict(zip(self.grid, values)) for values in itertools.product(*self.grid.values())]
+        """Every point of the grid ({dotted key: value}): each table's points in turn, its last key
+        varying fastest; none for a search."""
+        return [dict(zip(table, values)) for table in self.grids for values in itertools.product(*table.values())]
 
     def trial_config(self, params: dict[str, Any], threads: int | None = None) -> dict[str, Any]:
         """The checked config of the trial with `params`; `threads` sets `train.threads` unless
@@ -84,7 +93,8 @@ class Spec:
 
     def record(self) -> str:
         """The spec as canonical JSON: a study remembers the spec it was made from."""
-        return json.dumps({"config": self.config, "grid": self.grid, "search": self.search, "trials": self.trials,
+        grid = self.grids[0] if len(self.grids) == 1 else self.grids  # a single table recorded as written
+        return json.dumps({"config": self.config, "grid": grid, "search": self.search, "trials": self.trials,
                            "objective": self.objective, "direction": self.direction, "evaluate": self.evaluate},
                           sort_keys=True)
 
@@ -114,7 +124,8 @@ def load_spec(spec: Spec | dict[str, Any] | str | os.PathLike[str]) -> Spec:
                   heartbeat=checks.integer(sweep.get("heartbeat", 10), "sweep.heartbeat", minimum=1),
                   evaluate=check_evaluate(sweep.get("evaluate")))
     if "grid" in sweep:
-        result.grid = check_grid(sweep["grid"])
+        result.grids = check_grid(sweep["grid"])
+        result.grid = union(result.grids)
         if "trials" in sweep:
             raise UserError("sweep.trials is for a search; a grid trains each of its points once")
         points = result.grid_points()
@@ -138,14 +149,29 @@ def check_dotted(key: str) -> str:
     return key
 
 
-def check_grid(grid: Any) -> dict[str, list[Any]]:
-    if not isinstance(grid, dict) or not grid:
-        raise UserError("sweep.grid must be a non-empty table of dotted keys to lists of values")
-    for key, values in grid.items():
-        check_dotted(key)
-        if not isinstance(values, list) or not values:
-            raise UserError(f"sweep.grid {key!r}: expected a non-empty list of values, got {values!r}")
-    return dict(grid)
+def check_grid(grid: Any) -> list[dict[str, list[Any]]]:
+    """The grid's tables: a table, or a non-empty list of tables, of dotted keys to non-empty lists."""
+    tables = grid if isinstance(grid, list) and grid else [grid]
+    for index, table in enumerate(tables):
+        where = "sweep.grid" if len(tables) == 1 else f"sweep.grid[{index}]"
+        if not isinstance(table, dict) or not table:
+            raise UserError(f"{where} must be a non-empty table of dotted keys to lists of values "
+                            "(or sweep.grid a list of such tables)")
+        for key, values in table.items():
+            check_dotted(key)
+            if not isinstance(values, list) or not values:
+                raise UserError(f"{where} {key!r}: expected a non-empty list of values, got {values!r}")
+    return [dict(table) for table in tables]
+
+
+def union(tables: list[dict[str, list[Any]]]) -> dict[str, list[Any]]:
+    """Every key of the tables to all its values, each once, in the order first met."""
+    values: dict[str, list[Any]] = {}
+    for table in tables:
+        for key, choices in table.items():
+            known = values.setdefault(key, [])
+            known += [v for v in choices if v not in known]
+    return values
 
 
 def check_search(search: Any) -> dict[str, dict[str, Any]]:

@@ -149,7 +149,8 @@ def open_study(spec: Spec, url: str) -> optuna.Study:
         return study
     distributions = {key: distribution(spec, key) for key in spec.grid}
     for index, point in enumerate(spec.grid_points()):
-        study.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.WAITING, distributions=distributions,
+        study.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.WAITING,
+                                                  distributions={key: distributions[key] for key in point},
                                                   params={key: encode(v) for key, v in point.items()},
                                                   user_attrs={"grid_point": index}))
     study.set_user_attr("spec", spec.record())  # last: the mark that the grid is queued

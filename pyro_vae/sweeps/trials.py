@@ -49,7 +49,10 @@ class PruningReporter(Logger):
 
 
 def trial_params(trial: optuna.Trial, spec: Spec) -> dict[str, Any]:
-    """The trial's values of the swept keys: a queued grid point's own, or drawn by the sampler."""
+    """The trial's values of the swept keys: a queued grid point's own (only its table's keys, when
+    the grid is a list of tables), or drawn by the sampler."""
+    if spec.grid:
+        return decode(spec, dict(trial.params))
     params = {}
     for key in spec.keys:
         dist = distribution(spec, key)
