@@ -14,8 +14,9 @@ import csv
 import json
 import math
 import statistics
-import tomllib
 from pathlib import Path
+
+import tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -20,7 +20,7 @@ from torch import nn
 from .annealing import Constant, build_schedule
 from .checkpoint import load_checkpoint
 from .config import SCHEMA, load_config
-from .data import as_data, load_data
+from .data import as_data, load_data, with_subset
 from .likelihoods import LIKELIHOODS
 from .models import M2, MODEL_KINDS, VAE, HierarchicalVAE, StackedM2, is_two_layer
 from .objectives import ESTIMATORS, Estimator, factors
@@ -36,8 +36,9 @@ def build_data(config, data=None):
     options = {k: v for k, v in config["data"].items() if k != "on_device"}
     likelihood = LIKELIHOODS.split_spec(config["model"]["likelihood"])[0]
     if data is not None:
-        return as_data(data, options["binarize"], likelihood, dequantize=options["dequantize"],
-                       **{k: v for k, v in options.items() if k not in SCHEMA["data"]})
+        given = as_data(data, options["binarize"], likelihood, dequantize=options["dequantize"],
+                        **{k: v for k, v in options.items() if k not in SCHEMA["data"]})
+        return with_subset(given, options["subset"], options["subset_seed"])
     return load_data(**options, likelihood=likelihood)
 
 

@@ -34,6 +34,7 @@ from .config_values import (
     name_in,
     one_of,
     spec,
+    subset,
     threads,
 )
 from .data import BINARIZATIONS, DATASETS
@@ -57,6 +58,8 @@ SCHEMA = {
         "on_device": (False, boolean),
         "labeled": ("all", labeled),  # or N: keep N training labels (balanced across classes), hide the rest
         "labeled_seed": (0, checks.seed),  # which N labels are kept
+        "subset": ({}, subset),  # { train = N, valid = N, test = N }: seeded random subsets of the splits
+        "subset_seed": (0, checks.seed),
     },
     "model": {
         "kind": ("vae", model_kind),
@@ -132,6 +135,9 @@ DESCRIPTIONS = {
                       "one fixed draw), for a continuous likelihood; `evaluate` then reports log p of the discrete "
                       "data (the bound minus D log L) and bits/dim (Theis et al. 2016).",
         "labeled_seed": "Which N labels are kept (and how the remainder is spread over classes).",
+        "subset": "Keep a seeded random subset of a split, e.g. `{ train = 20000, valid = 2000 }` (the others whole): "
+                  "shorter runs on a large data set. Drawn after binarization, in the split's order.",
+        "subset_seed": "Which examples `subset` keeps.",
     },
     "model": {
         "kind": "`vae`, `cvae` (conditional VAE), `m2` (semi-supervised, Kingma et al. 2014) or `gmvae` "

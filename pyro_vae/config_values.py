@@ -119,6 +119,17 @@ def labeled(value, key):
     return integer(value, key, minimum=1)
 
 
+def subset(value, key):
+    """{ train = N, valid = N, test = N } (any of them): how many examples of each split to keep."""
+    if not isinstance(value, dict):
+        raise UserError(f"{key} must be a table like {{ train = 20000, valid = 2000 }}, got {value!r}")
+    for split, size in value.items():
+        if split not in ("train", "valid", "test"):
+            raise UserError(f"{key}.{split}: not a split; the splits are train, valid, test")
+        integer(size, f"{key}.{split}", minimum=1)
+    return value
+
+
 def name_in(registry):
     def check(value, key):
         registry.get(string(value, key), key)

@@ -184,3 +184,34 @@ def test_random_subset_of_a_class_sorted_split_is_seeded_and_unbiased():
     assert split.random_subset(None) is split and split.random_subset(5000) is split
     with pytest.raises(UserError, match="at least one example"):
         split.random_subset(0)
+
+
+def test_data_subset_keeps_seeded_examples_of_the_binarized_data_in_order():
+    from pyro_vae.build import build_data
+    from pyro_vae.config import check_config
+
+    def data(**options):
+        return build_data(check_config({"data": {"name": "digits", "binarize": "static", **options}}))
+
+    full = data()
+    small = data(subset={"train": 100, "test": 50}, subset_seed=3)
+    assert (len(small.train), len(small.valid), len(small.test)) == (100, len(full.valid), 50)
+    index = torch.randperm(len(full.train), generator=torch.Generator().manual_seed(3))[:100].sort().values
+    assert torch.equal(small.train.x, full.train.x[index])  # the full data's binarized images, in order
+    assert torch.equal(small.train.labels, full.train.labels[index])
+    assert torch.equal(small.valid.x, full.valid.x)
+    other = data(subset={"train": 100}, subset_seed=4)
+    assert not torch.equal(other.train.x, small.train.x)
+    labeled = data(subset={"train": 100}, subset_seed=3, labeled=20)  # the labels kept are among the subset's
+    assert int((labeled.train.labels >= 0).sum()) == 20 and torch.equal(labeled.train.x, small.train.x)
+
+
+def test_data_subset_applies_to_arrays_given_in_python_and_leaves_them_alone():
+    from pyro_vae.build import build_data
+    from pyro_vae.config import check_config
+    from pyro_vae.data import as_data
+
+    given = as_data({"train": torch.rand(40, 4), "valid": torch.rand(10, 4), "test": torch.rand(10, 4)})
+    small = build_data(check_config({"data": {"subset": {"train": 7}}, "model": {"likelihood": "gaussian"}}),
+                       data=given)
+    assert len(small.train) == 7 and len(given.train) == 40

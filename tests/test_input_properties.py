@@ -99,6 +99,8 @@ OVERRIDES = {
     "data.test_fraction": (["0.1", "0.3", "0"], ["0.9"]),
     "data.labeled": (['"all"', "1", "5"], ["0", "1000", '"some"']),
     "data.labeled_seed": (["0", "3"], ["-1", "99999999999999999999"]),
+    "data.subset": (["{ train = 3 }", "{ valid = 1, test = 2 }", "{}"], ["{ train = 0 }", "{ tests = 3 }", "3"]),
+    "data.subset_seed": (["0", "5"], ["-1"]),
     "data.name": (["npz"], ["folder", "digits2", "binarized-mnist"]),
     "model.likelihood": (["bernoulli", "continuous_bernoulli", "gaussian", '{ name = "gaussian", scale = "optimal" }',
                           "laplace", "beta", '{ name = "beta", squeeze = 0.001 }', "discretized_logistic"],

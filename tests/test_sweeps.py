@@ -16,10 +16,10 @@ import subprocess
 import sys
 import tempfile
 import time
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 import torch
 
 from pyro_vae import train

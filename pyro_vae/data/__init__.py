@@ -45,7 +45,7 @@ grow without bound.
 """
 
 from .containers import HIDDEN, SPLITS, STATIC_BINARIZATION_SEED, SUBSET_SEED, Data, LabeledBatch, SemiSupervisedBatch, Split
-from .loading import as_data, keep_labels, load_data, make_data
+from .loading import as_data, keep_labels, load_data, make_data, with_subset
 from .sources import (
     DATASETS,
     MNIST,
@@ -87,5 +87,5 @@ __all__ = [
     "FashionMNIST", "Folder", "IDXImages", "LabeledBatch", "SemiSupervisedBatch", "Source", "Split", "as_data",
     "as_intensities", "check_binarize", "check_factors", "check_fractions", "check_per_example", "check_split",
     "choose_binarization", "dequantized", "download_file", "factor_names_of", "given_splits", "image_layout",
-    "is_binary", "keep_labels", "load_data", "make_data", "num_examples", "raw_splits", "read_idx", "split_off",
+    "is_binary", "keep_labels", "load_data", "make_data", "num_examples", "raw_splits", "read_idx", "split_off", "with_subset",
 ]

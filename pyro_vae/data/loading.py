@@ -3,6 +3,7 @@ checked, binarized or dequantized (`make_data`), with some training labels hidde
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Any
 
@@ -19,12 +20,15 @@ from .values import as_intensities, choose_binarization, dequantized, image_layo
 
 def load_data(name: str = "digits", path: str | os.PathLike[str] = "", binarize: str = "none", download: bool = False,
               likelihood: str | None = None, labeled: int | str = "all", labeled_seed: int = 0,
-              dequantize: bool = False,
+              dequantize: bool = False, subset: dict[str, int] | None = None, subset_seed: int = 0,
               **options: Any) -> Data:
     """Load a named dataset, read its intensities, and binarize or dequantize it as asked.
 
-    `likelihood` (a likelihood's name) is what `binarize = "auto"` decides by. With
-    `labeled = N`, N labels of the training split are kept (`keep_labels`) and the rest hidden.
+    `likelihood` (a likelihood's name) is what `binarize = "auto"` decides by. `subset`
+    (`{"train": N, ...}`) keeps a random subset of those splits, seeded by `subset_seed`
+    (`Split.random_subset`: the same examples on every machine, of the binarized data, so a
+    subset's images are the full data's). With `labeled = N`, N labels of the (kept) training
+    split are kept (`keep_labels`) and the rest hidden.
     """
     check_binarize(binarize)
     source = DATASETS.build({"name": name, **options}, "data", path=path, download=download)
@@ -34,9 +38,19 @@ def load_data(name: str = "digits", path: str | os.PathLike[str] = "", binarize:
     draw = source.renderer()
     if draw is not None:
         data.render = lambda factors: image_layout(as_intensities([draw(np.asarray(factors))])[0][0])
+    data = with_subset(data, subset, subset_seed)
     if labeled != "all":
         data.train.labels = keep_labels(data.train.labels, labeled, labeled_seed)
     return data
+
+
+def with_subset(data: Data, subset: dict[str, int] | None, seed: int = 0) -> Data:
+    """`data` with a seeded random subset of each split named in `subset` (`{"train": N, ...}`),
+    the others whole; a new `Data` (the given one is left as it was)."""
+    if not subset:
+        return data
+    kept = {split: data.split(split).random_subset(subset.get(split), seed) for split in SPLITS}
+    return dataclasses.replace(data, train=kept["train"], valid=kept["valid"], test=kept["test"])
 
 
 def as_data(data: Data | torch.Tensor | np.ndarray | dict[str, Any], binarize: str = "none",
