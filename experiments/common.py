@@ -47,7 +47,8 @@ def read_spec(path):
 
 def run_sweep(spec, out, workers=None, report_only=False):
     """Run (or, with `report_only`, only read) the sweep `spec` in `out`; its trials' rows, each with
-    its run's evaluation record flattened in (`evaluation.json`, when the sweep evaluates)."""
+    its run's evaluation record flattened in (`evaluation.json`, when the sweep evaluates; its
+    `seconds` as `evaluation_seconds`, the row's `seconds` being the training's)."""
     from pyro_vae import sweep
     from pyro_vae.sweeps import sweep_rows
 
@@ -57,7 +58,9 @@ def run_sweep(spec, out, workers=None, report_only=False):
     for row in sweep_rows(spec, out):
         record = Path(row["run"]) / "evaluation.json"
         if record.is_file():
-            row.update(flatten(json.loads(record.read_text())))
+            evaluation = flatten(json.loads(record.read_text()))
+            evaluation["evaluation_seconds"] = evaluation.pop("seconds")  # the row's `seconds`: training's
+            row.update(evaluation)
         rows.append(row)
     return rows
 
