@@ -17,22 +17,12 @@ the rate-distortion trade-off (Alemi et al. 2018). Writes `beta_sweep.csv` and `
     python experiments/beta_sweep.py --report   # the table and figure from the runs so far
 """
 
-from pathlib import Path
 
 import numpy as np
-import torch
 from common import ROOT, arguments, places, read_spec, run_sweep, write_csv
-
-from pyro_vae.runs import read_metrics
 
 HERE = __file__.rsplit("/", 1)[0]
 MNIST = ROOT.parent / "shared" / "data" / "binarized_mnist.npz"
-
-
-def single_thread():
-    """One torch thread (dequantization.py and likelihoods.py still call it; a sweep sets its
-    workers' threads itself): on a shared machine torch's one thread per core was 15x slower."""
-    torch.set_num_threads(1)
 
 
 def quick_spec(spec):
@@ -43,12 +33,6 @@ def quick_spec(spec):
     return spec
 
 
-def training_seconds(trial):
-    """metrics.csv's last `seconds` (the trial row's `seconds` is the evaluation's: evaluation.json's
-    record is flattened over it)."""
-    return read_metrics(Path(trial["run"]) / "metrics.csv")[-1]["seconds"]
-
-
 def table_rows(trials, spec):
     rows = []
     for trial in trials:
@@ -57,7 +41,7 @@ def table_rows(trials, spec):
             rows.append({"beta": beta, "rate_kl": trial["kl"], "distortion": -trial["reconstruction"],
                          "test_elbo": trial["elbo"], "beta_objective": trial["reconstruction"] - beta * trial["kl"],
                          "active_units": trial["active_units"], "latent_dim": spec["model"]["latent_dim"],
-                         "epochs": spec["train"]["epochs"], "seconds": training_seconds(trial)})
+                         "epochs": spec["train"]["epochs"], "seconds": trial["seconds"]})
     return sorted(rows, key=lambda r: r["beta"])
 
 
