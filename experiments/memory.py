@@ -2,27 +2,25 @@
 
 A leak in a long VAE run usually comes from state that grows per step: entries in
 Pyro's global param store, cached traces, or tensors kept alive by a logged loss.
-This trains the default digits model for ``--steps`` optimizer steps through the
-library's own ``Trainer.train_step`` (the fast path), then as many through Pyro's
-traced ``Trace_ELBO`` (the general path), and records the resident set size.
+This trains the default digits model for `--steps` optimizer steps through the
+library's own `Trainer.train_step` (the fast path), then as many through Pyro's
+traced `Trace_ELBO` (the general path), and records the resident set size.
 
-    python experiments/memory.py              # 10,000 steps each, writes experiments/results/memory/
-    python experiments/memory.py --steps 500  # a quick look
+    python experiments/memory.py              # 10,000 steps each, writes experiments/results/memory/memory.csv
+    python experiments/memory.py --quick      # 500 steps each, writes runs/memory/quick/memory.csv
+    python experiments/memory.py --steps N    # N steps each (under runs/ unless N >= 10,000)
 """
 
-import argparse
-import csv
 import resource
 from pathlib import Path
 
 import pyro
 import torch
+from common import arguments, places, write_csv
 
 from pyro_vae.build import build_data
 from pyro_vae.config import load_config
 from pyro_vae.training import Trainer
-
-OUT = Path(__file__).resolve().parent.parent / "experiments" / "results" / "memory"
 
 
 def rss_mib():
@@ -52,24 +50,17 @@ def run(path_name, estimator_options, steps, every):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=10000)
-    args = parser.parse_args()
+    args = arguments(__doc__, steps={"type": int, "default": None})
+    steps = args.steps or (500 if args.quick else 10000)
     torch.set_num_threads(1)
-    every = max(args.steps // 10, 1)
-    rows = run("fast", [], args.steps, every)
-    rows += run("traced", ["objective.estimator='score'"], args.steps, every)  # score always traces
+    every = max(steps // 10, 1)
+    rows = run("fast", [], steps, every)
+    rows += run("traced", ["objective.estimator='score'"], steps, every)  # score always traces
     for path in ("fast", "traced"):
         mine = [r for r in rows if r["path"] == path]
-        growth = mine[-1]["rss_mib"] - mine[0]["rss_mib"]
-        print(f"{path}: RSS from step {mine[0]['step']} to {mine[-1]['step']} grew {growth:+.1f} MiB")
-    if args.steps >= 10000:
-        OUT.mkdir(parents=True, exist_ok=True)
-        with open(OUT / "memory.csv", "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
-        print(f"wrote {OUT / 'memory.csv'}")
+        print(f"{path}: RSS from step {mine[0]['step']} to {mine[-1]['step']} grew "
+              f"{mine[-1]['rss_mib'] - mine[0]['rss_mib']:+.1f} MiB")
+    write_csv(rows, places("memory", args.quick or steps < 10000)[0] / "memory.csv")
 
 
 if __name__ == "__main__":

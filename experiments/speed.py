@@ -5,16 +5,16 @@ data (binarized MNIST from ../shared/data/binarized_mnist.npz, or random binary
 images if absent) and the same reparameterized sample. The steps are timed
 interleaved, in one process, after a warm-up; the figure of merit is the ratio
 library / hand-written per batch size. Also the throughput of
-``evaluation.log_likelihood`` against a hand-written importance sampler. The
-hand-written step reads nothing from the device (no ``.item()``), like the library's.
+`evaluation.log_likelihood` against a hand-written importance sampler. The
+hand-written step reads nothing from the device (no `.item()`), like the library's.
 
-On ``--device cuda`` the variants are: the hand-written step eager and captured in a
-CUDA graph (the floor), the library's step eager (``train.cuda_graph = false``) and
-captured (``true``), and a plain Pyro ``SVI.step`` with ``Trace_ELBO``; every estimator at
+On `--device cuda` the variants are: the hand-written step eager and captured in a
+CUDA graph (the floor), the library's step eager (`train.cuda_graph = false`) and
+captured (`true`), and a plain Pyro `SVI.step` with `Trace_ELBO`; every estimator at
 batch 128 (K = 50 for the particle estimators, at batch 20); and one whole epoch through
-``pyro_vae.train`` (metrics and validation included, ``train.cuda_graph`` "auto" and false)
+`pyro_vae.train` (metrics and validation included, `train.cuda_graph` "auto" and false)
 against a hand-written loop. On CPU the captured variants are left out.
-``experiments/gpu_check.py`` runs these same functions, at sizes that fit its time budget.
+`experiments/gpu_check.py` runs these same functions, at sizes that fit its time budget.
 
     python experiments/speed.py                    # CPU: writes experiments/results/speed/speed.json
     python experiments/speed.py --device cuda      # GPU: writes experiments/results/speed/speed_cuda.json
@@ -26,7 +26,6 @@ against a hand-written loop. On CPU the captured variants are left out.
                                                      # (run it without OMP_NUM_THREADS: it is torch's default)
 """
 
-import argparse
 import copy
 import json
 import math
@@ -44,6 +43,7 @@ import numpy as np
 import pyro
 import torch
 import torch.nn.functional as F
+from common import ROOT, arguments
 from pyro.infer import SVI, Trace_ELBO
 
 from pyro_vae.build import build_data
@@ -54,11 +54,11 @@ from pyro_vae.evaluation import log_likelihood
 from pyro_vae.guides import gaussian_parameters
 from pyro_vae.training import Trainer, train
 
-ROOT = Path(__file__).resolve().parent.parent
 # binarized MNIST: beside the checkout (../shared), inside it (shared/), or carried to a GPU machine (.gpu/)
 MNIST_PLACES = [ROOT.parent / "shared" / "data" / "binarized_mnist.npz", ROOT / "shared" / "data" / "binarized_mnist.npz",
                 ROOT / ".gpu" / "binarized_mnist.npz"]
 MNIST = next((path for path in MNIST_PLACES if path.is_file()), MNIST_PLACES[0])
+DATA = "binarized MNIST" if MNIST.is_file() else "random binary"  # what mnist_like gives
 OUT = ROOT / "experiments" / "results" / "speed"
 NETWORK = [
     "model.latent_dim=20",
@@ -68,7 +68,7 @@ NETWORK = [
 
 
 def mnist_like(n=10000, path=MNIST):
-    """n training images of binarized MNIST as (n, 784) floats, or random binary ones if ``path`` is no file."""
+    """n training images of binarized MNIST as (n, 784) floats, or random binary ones if `path` is no file."""
     if path is not None and Path(path).is_file():
         data = load_data("binarized-mnist", path=str(path))
         return data.train.x[:n].flatten(1)
@@ -88,11 +88,11 @@ def library_trainer(x, estimator, batch_size, device="cpu", cuda_graph=False, pa
 
 class HandWritten:
     """The textbook PyTorch VAE step: BCE + analytic KL, one reparameterized sample; with
-    ``particles`` = K > 1, the textbook IWAE step (K samples per data point through the
+    `particles` = K > 1, the textbook IWAE step (K samples per data point through the
     decoder at once, loss -logsumexp_k log w_k + log K), the reference for every K-particle
     estimator (the same K decoder passes; the estimators differ only in how they weight them).
 
-    ``fused`` gives it the fused Adam the library uses, which isolates the library's own
+    `fused` gives it the fused Adam the library uses, which isolates the library's own
     per-step overhead from the optimizer's speed-up."""
 
     def __init__(self, vae, fused=False, particles=1):
@@ -159,6 +159,11 @@ def synchronize(device):
         torch.cuda.synchronize()
 
 
+def minibatches(images, batch_size, steps):
+    """The first `steps` minibatches of `images`, in order (fewer where there are not that many)."""
+    return [images[i : i + batch_size] for i in range(0, min(len(images), steps * batch_size), batch_size)]
+
+
 def time_steps(step, batches, device="cpu"):
     synchronize(device)
     start = time.perf_counter()
@@ -168,14 +173,19 @@ def time_steps(step, batches, device="cpu"):
     return (time.perf_counter() - start) / len(batches) * 1000
 
 
-def interleaved(steps, batches, rounds, device):
-    """Median ms per step of each named step function, timed in turn so load drifts hit all alike."""
+def interleaved(steps, batches, rounds, device, warmup=10):
+    """ms per step of each named step function in each round, timed in turn so load drifts hit all
+    alike, after `warmup` steps of each (and, for the captured steps, their capture)."""
     times = {name: [] for name in steps}
-    for step in steps.values():  # warm-up (and, for the captured steps, their capture)
-        time_steps(step, batches[:10], device)
+    for step in steps.values() if warmup else ():
+        time_steps(step, batches[:warmup], device)
     for _ in range(rounds):
         for name, step in steps.items():
             times[name].append(time_steps(step, batches, device))
+    return times
+
+
+def medians(times):
     return {name: statistics.median(t) for name, t in times.items()}
 
 
@@ -192,10 +202,9 @@ def compare_training(x, estimator, batch_size, rounds, steps, device="cpu", part
     if estimator == "trace" and particles == 1:
         vae = copy.deepcopy(eager.vae)
         variants["pyro_svi"] = SVI(vae.model, vae.guide, pyro.optim.Adam({"lr": 1e-3}), Trace_ELBO()).step
-    images = x.view(-1, 1, 28, 28).to(device)
-    batches = [images[i : i + batch_size] for i in range(0, steps * batch_size, batch_size)]
+    batches = minibatches(x.view(-1, 1, 28, 28).to(device), batch_size, steps)
     with pyro.validation_enabled(False):  # as Trainer.fit runs its steps (train.validate = false)
-        ms = interleaved(variants, batches, rounds, device)
+        ms = medians(interleaved(variants, batches, rounds, device))
     row = {"estimator": estimator, "particles": particles, "batch_size": batch_size}
     row.update({f"{name}_ms": value for name, value in ms.items()})
     row["ratio"] = ms["library"] / ms["handwritten"]
@@ -211,33 +220,26 @@ def compare_log_likelihood(x, num_samples, rounds, device="cpu", images_count=10
     trainer = library_trainer(x, "trace", 128, device)
     hand = HandWritten(trainer.vae)
     images = x[:images_count].view(-1, 1, 28, 28).to(device)
-    runs = {"library": lambda: log_likelihood(trainer.vae, [images], num_samples=num_samples, progress=False),
-            "handwritten": lambda: hand.log_likelihood(images, num_samples).cpu()}
-    times = {name: [] for name in runs}
-    for _ in range(rounds):
-        for name, run in runs.items():
-            synchronize(device)
-            start = time.perf_counter()
-            run()
-            synchronize(device)
-            times[name].append(time.perf_counter() - start)
+    runs = {"library": lambda _: log_likelihood(trainer.vae, [images], num_samples=num_samples, progress=False),
+            "handwritten": lambda _: hand.log_likelihood(images, num_samples).cpu()}
+    ms = medians(interleaved(runs, [images], rounds, device, warmup=0))  # one call a round
     samples = len(images) * num_samples
-    library, handwritten = (samples / statistics.median(times[name]) for name in ("library", "handwritten"))
+    library, handwritten = (samples / ms[name] * 1000 for name in ("library", "handwritten"))
     return {"num_samples": num_samples, "images": len(images), "library_samples_per_s": library,
             "handwritten_samples_per_s": handwritten, "ratio": library / handwritten}
 
 
 def compare_epoch(x, device, batch_size=128, epochs=3, cuda_graphs=("auto",)):
-    """Seconds per epoch of ``pyro_vae.train`` against a hand-written loop over the same batches
+    """Seconds per epoch of `pyro_vae.train` against a hand-written loop over the same batches
     (captured on CUDA) followed by a hand-written ELBO pass over the training and validation
     splits, as the library measures both after each epoch.
 
     The library's figure is the steady state read from its own metrics: (seconds at the end of
-    epoch ``epochs`` - seconds at the end of epoch 1) / (epochs - 1), i.e. the steps plus one
-    epoch's evaluation, metrics row and checkpoint; ``library_whole_run_s`` adds what a run pays
+    epoch `epochs` - seconds at the end of epoch 1) / (epochs - 1), i.e. the steps plus one
+    epoch's evaluation, metrics row and checkpoint; `library_whole_run_s` adds what a run pays
     once (building, reading the data, the figures at the end), shown beside it. The library
-    runs once per ``train.cuda_graph`` setting in ``cuda_graphs`` (the first gives ``ratio``);
-    each adds ``library_epoch_s_cuda_graph_<setting>``."""
+    runs once per `train.cuda_graph` setting in `cuda_graphs` (the first gives `ratio`);
+    each adds `library_epoch_s_cuda_graph_<setting>`."""
     from pyro_vae.runs import read_metrics
 
     directory = Path(tempfile.mkdtemp())
@@ -287,23 +289,17 @@ TOTAL_CORRELATION = {
 
 def compare_total_correlation(x, rounds, steps, batch_size=128, device="cpu"):
     """ms per training step of the total-correlation objectives (an (M, M, D) log-density array per
-    step for beta-TCVAE, a discriminator step for FactorVAE) against the plain VAE's (``trace``), timed
-    interleaved through the same Trainer, and their ratios to it: of the median round (``_ms``,
-    ``_ratio``) and of the fastest round (``_min_ms``, ``_min_ratio``: on a shared machine, the
+    step for beta-TCVAE, a discriminator step for FactorVAE) against the plain VAE's (`trace`), timed
+    interleaved through the same Trainer, and their ratios to it: of the median round (`_ms`,
+    `_ratio`) and of the fastest round (`_min_ms`, `_min_ratio`: on a shared machine, the
     round least disturbed by other load; both are reported)."""
     variants = {"trace": library_trainer(x, "trace", batch_size, device).train_step}
     for name, estimator in TOTAL_CORRELATION.items():
         variants[name] = library_trainer(x, estimator, batch_size, device).train_step
-    images = x.view(-1, 1, 28, 28).to(device)
-    batches = [images[i : i + batch_size] for i in range(0, steps * batch_size, batch_size)]
-    times = {name: [] for name in variants}
+    batches = minibatches(x.view(-1, 1, 28, 28).to(device), batch_size, steps)
     with pyro.validation_enabled(False):
-        for step in variants.values():  # warm-up
-            time_steps(step, batches[:10], device)
-        for _ in range(rounds):
-            for name, step in variants.items():
-                times[name].append(time_steps(step, batches, device))
-    ms = {name: statistics.median(t) for name, t in times.items()}
+        times = interleaved(variants, batches, rounds, device)
+    ms = medians(times)
     fastest = {name: min(t) for name, t in times.items()}
     row = {"batch_size": batch_size, "rounds": rounds, "steps_per_round": steps,
            **{f"{name}_ms": value for name, value in ms.items()},
@@ -315,10 +311,10 @@ def compare_total_correlation(x, rounds, steps, batch_size=128, device="cpu"):
 
 def threads_default(rounds, steps, default):
     """ms per training step of the default job (`pyro-vae train`: digits, 64-256-256-16 MLPs, batch 64)
-    and of the 784-400-20 MLP at batch 128, with torch threads = 1, 2 and "auto" (``resolve_threads``,
+    and of the 784-400-20 MLP at batch 128, with torch threads = 1, 2 and "auto" (`resolve_threads`,
     resolved before each timing as a fresh run would: from the cores the other processes keep busy
     at that moment, and torch's default `default`),
-    interleaved, the median of ``rounds`` rounds of ``steps`` steps; first as the machine is, then
+    interleaved, the median of `rounds` rounds of `steps` steps; first as the machine is, then
     with one competing busy process (a Python loop, killed after). Ratios: auto / the best setting."""
     config = load_config(None, ["train.progress=false", "train.device='cpu'"])
     digits = build_data(config)
@@ -333,7 +329,7 @@ def threads_default(rounds, steps, default):
             if competitor is not None:
                 time.sleep(5)  # let it take its core
             for job, (step, images, batch_size) in jobs.items():
-                batches = [images[i : i + batch_size] for i in range(0, min(len(images), steps * batch_size), batch_size)]
+                batches = minibatches(images, batch_size, steps)
                 times, autos, busies = {"1": [], "2": [], "auto": []}, [], []
                 with pyro.validation_enabled(False):
                     torch.set_num_threads(1)
@@ -348,7 +344,7 @@ def threads_default(rounds, steps, default):
                                 busies.append(busy)
                             torch.set_num_threads(threads)
                             times[setting].append(time_steps(step, batches))
-                ms = {setting: statistics.median(t) for setting, t in times.items()}
+                ms = medians(times)
                 row = {"condition": condition, "job": job, "batch_size": batch_size, "steps": len(batches),
                        "rounds": rounds, **{f"threads_{k}_ms": v for k, v in ms.items()},
                        "auto_resolved_to": autos, "busy_cores": busies,
@@ -372,40 +368,34 @@ def show(row):
     print(f"{row['estimator']:>13} K={row['particles']:<2} batch {row['batch_size']:>4}: {figures}", flush=True)
 
 
+def save(name, report):
+    """Write `report` to `experiments/results/speed/<name>` (only the full runs do: --quick writes nothing)."""
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / name).write_text(json.dumps(report, indent=2))
+    print(f"wrote {OUT / name}")
+
+
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="few rounds and steps (seconds); writes nothing")
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--device", default="cpu", help="cpu or cuda")
-    parser.add_argument("--total-correlation", action="store_true",
-                        help="only the beta-TCVAE and FactorVAE steps against the plain VAE's, batch 128")
-    parser.add_argument("--threads-default", action="store_true",
-                        help="only: train.threads = 1, 2, \"auto\", as the machine is and beside one busy process")
-    args = parser.parse_args()
+    # --quick: a few seconds, writes nothing; the other options as the docstring says
+    args = arguments(__doc__, threads={"type": int, "default": 2}, device={"default": "cpu", "help": "cpu or cuda"},
+                     total_correlation={"action": "store_true"}, threads_default={"action": "store_true"})
     default = torch.get_num_threads()
     torch.set_num_threads(args.threads)
     if args.threads_default:
-        rounds, steps = (2, 10) if args.quick else (9, 40)
-        rows = threads_default(rounds, steps, default)
+        rows = threads_default(*((2, 10) if args.quick else (9, 40)), default)
         if not args.quick:
-            report = {"command": "python experiments/speed.py --threads-default", "rows": rows, "machine": {
+            save("threads_default.json", {"command": "python experiments/speed.py --threads-default", "rows": rows, "machine": {
                 "machine": platform.machine(), "cores": os.cpu_count(), "torch_default_threads": default,
-                "torch": torch.__version__, "data": "binarized MNIST" if MNIST.is_file() else "random binary"}}
-            OUT.mkdir(parents=True, exist_ok=True)
-            (OUT / "threads_default.json").write_text(json.dumps(report, indent=2))
-            print(f"wrote {OUT / 'threads_default.json'}")
+                "torch": torch.__version__, "data": DATA}})
         return
     torch.manual_seed(0)
     if args.total_correlation:
-        rounds, steps = (3, 10) if args.quick else (15, 40)
-        row = compare_total_correlation(mnist_like(10000), rounds, steps, device=args.device)
+        row = compare_total_correlation(mnist_like(10000), *((3, 10) if args.quick else (15, 40)), device=args.device)
         print(", ".join(f"{k} {v:.3f}" for k, v in row.items() if isinstance(v, float)))
         if not args.quick:
             row["machine"] = {"machine": platform.machine(), "threads": args.threads, "torch": torch.__version__,
-                              "device": args.device, "data": "binarized MNIST" if MNIST.is_file() else "random binary"}
-            OUT.mkdir(parents=True, exist_ok=True)
-            (OUT / "total_correlation.json").write_text(json.dumps(row, indent=2))
-            print(f"wrote {OUT / 'total_correlation.json'}")
+                              "device": args.device, "data": DATA}
+            save("total_correlation.json", row)
         return
     cuda = torch.device(args.device).type == "cuda"
     rounds, steps = (3, 20) if args.quick else (7, 60)
@@ -414,16 +404,15 @@ def main():
     report = {"training": [], "estimators": []}
     for estimator in ("trace", "meanfield"):
         for batch_size in sizes:
-            count = min(steps, len(x) // batch_size)
-            report["training"].append(compare_training(x, estimator, batch_size, rounds, count, args.device))
+            report["training"].append(compare_training(x, estimator, batch_size, rounds, min(steps, len(x) // batch_size),
+                                                       args.device))
             show(report["training"][-1])
     for estimator, particles, batch_size in (("stl", 1, 128), ("score", 50, 20), ("iwae", 50, 20),
                                               ("renyi", 50, 20), ("dreg", 50, 20), ("tail_adaptive", 50, 20)):
-        row = compare_training(x, estimator, batch_size, rounds, min(steps, 20), args.device, particles)
-        report["estimators"].append(row)
-        show(row)
-    ll = compare_log_likelihood(x, 100 if args.quick else 1000, rounds, args.device, 1000 if cuda else 100)
-    report["log_likelihood"] = ll
+        report["estimators"].append(compare_training(x, estimator, batch_size, rounds, min(steps, 20), args.device, particles))
+        show(report["estimators"][-1])
+    report["log_likelihood"] = ll = compare_log_likelihood(x, 100 if args.quick else 1000, rounds, args.device,
+                                                           1000 if cuda else 100)
     print(f"log_likelihood: library {ll['library_samples_per_s']:.0f} samples/s, hand-written "
           f"{ll['handwritten_samples_per_s']:.0f} samples/s, ratio {ll['ratio']:.3f}")
     if args.quick:
@@ -432,15 +421,10 @@ def main():
     print(f"one epoch of {epoch['examples']} examples: pyro_vae.train {epoch['library_epoch_s']:.2f} s "
           f"({epoch['library_whole_run_s']:.2f} s for the whole {epoch['epochs']}-epoch run), hand-written "
           f"{epoch['handwritten_epoch_s']:.2f} s, ratio {epoch['ratio']:.2f}")
-    report["machine"] = {
-        "machine": platform.machine(), "processor": platform.processor(), "threads": args.threads,
-        "torch": torch.__version__, "device": torch.cuda.get_device_name() if cuda else "cpu",
-        "data": "binarized MNIST" if MNIST.is_file() else "random binary",
-    }
-    OUT.mkdir(parents=True, exist_ok=True)
-    name = "speed_cuda.json" if cuda else "speed.json"
-    (OUT / name).write_text(json.dumps(report, indent=2))
-    print(f"wrote {OUT / name}")
+    report["machine"] = {"machine": platform.machine(), "processor": platform.processor(), "threads": args.threads,
+                         "torch": torch.__version__, "device": torch.cuda.get_device_name() if cuda else "cpu",
+                         "data": DATA}
+    save("speed_cuda.json" if cuda else "speed.json", report)
 
 
 if __name__ == "__main__":

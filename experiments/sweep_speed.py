@@ -15,7 +15,6 @@ The figure of merit is median(two workers) / median(one process); the target is 
     python experiments/sweep_speed.py --quick    # 2 runs x 1 epoch, once: writes only under runs/
 """
 
-import argparse
 import json
 import os
 import platform
@@ -24,23 +23,17 @@ import statistics
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import tomli_w
-
-ROOT = Path(__file__).resolve().parent.parent
+from common import ROOT, arguments, places
 
 
 def spec(epochs, seeds, threads=None):
     train = {"epochs": epochs, "batch_size": 100, "progress": False, "device": "cpu"}
-    if threads is not None:
-        train["threads"] = threads
-    return {
-        "data": {"name": "digits", "binarize": "dynamic"},
-        "model": {"latent_dim": 20, "encoder": {"name": "mlp", "hidden": [400]}, "decoder": {"name": "mlp", "hidden": [400]}},
-        "train": train,
-        "sweep": {"grid": {"objective.kl_weight": [1, 2], "train.seed": list(range(seeds))}},
-    }
+    return {"data": {"name": "digits", "binarize": "dynamic"},
+            "model": {"latent_dim": 20, "encoder": {"name": "mlp", "hidden": [400]}, "decoder": {"name": "mlp", "hidden": [400]}},
+            "train": train if threads is None else {**train, "threads": threads},
+            "sweep": {"grid": {"objective.kl_weight": [1, 2], "train.seed": list(range(seeds))}}}
 
 
 def timed_sweep(table, out, workers):
@@ -58,13 +51,9 @@ def timed_sweep(table, out, workers):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="2 runs x 1 epoch, once; writes only under runs/")
-    parser.add_argument("--epochs", type=int, default=20)
-    parser.add_argument("--repeats", type=int, default=3)
-    args = parser.parse_args()
+    args = arguments(__doc__, epochs={"type": int, "default": 20}, repeats={"type": int, "default": 3})
     epochs, seeds, repeats = (1, 1, 1) if args.quick else (args.epochs, 4, args.repeats)
-    scratch = ROOT / "runs" / "sweep_speed"
+    results, scratch = places("sweep_speed", args.quick)
     arms = {"one process": (spec(epochs, seeds, threads=0), 1), "two workers": (spec(epochs, seeds), 2)}
     seconds = {name: [] for name in arms}
     for repeat in range(repeats):
@@ -76,9 +65,7 @@ def main():
     result = {"command": command, "runs": 2 * seeds, "epochs": epochs, "repeats": repeats, "seconds": seconds, "ratio": ratio,
               "target": 0.6, "cores": os.cpu_count(), "load_average": os.getloadavg(), "machine": platform.processor()}
     print(f"two workers / one process: {ratio:.2f} (target <= 0.6)")
-    name = f"sweep_speed_{epochs}_epochs.json"  # one file per run length: the ratio depends on it
-    out = scratch / name if args.quick else ROOT / "experiments" / "results" / "sweep_speed" / name
-    out.parent.mkdir(parents=True, exist_ok=True)
+    out = results / f"sweep_speed_{epochs}_epochs.json"  # one file per run length: the ratio depends on it
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {out}")
 
