@@ -20,6 +20,8 @@ import math
 import numpy as np
 from common import arguments, cell, markdown_table, places, read_spec, run_sweep, summarize, write_csv
 
+from pyro_vae.runs import read_metrics
+
 # a column of the tables: its key in the run's evaluation record (flattened)
 SCORES = {"mig": "disentanglement_mig", "factor_vae_score": "disentanglement_factor_vae_score",
           "dci_disentanglement": "disentanglement_dci_disentanglement",
@@ -58,38 +60,24 @@ def method(row):
 def table_rows(trials):
     rows = []
     for trial in trials:
-        if trial["state"] != "COMPLETE":
-            continue
-        name, weight, value = method(trial)
-        epochs = int(trial["train.epochs"])
-        rows.append({"method": name, "weight": weight, "value": value, "seed": int(trial["train.seed"]),
-                     "epochs": epochs, "steps": epochs * 72,
-                     **{score: trial.get(key) for score, key in SCORES.items()}, "train_seconds": trial["seconds"],
-                     "run": trial["run"]})
-    return sorted(rows, key=lambda r: (r["steps"], r["method"], r["value"], r["seed"]))
+        if trial["state"] == "COMPLETE":
+            name, weight, value = method(trial)
+            steps = read_metrics(f"{trial['run']}/metrics.csv")[-1]["step"]
+            rows.append({"method": name, "weight": weight, "value": value, "seed": int(trial["train.seed"]),
+                         "epochs": int(trial["train.epochs"]), "steps": int(steps),
+                         **{score: trial.get(key) for score, key in SCORES.items()}, "train_seconds": trial["seconds"],
+                         "run": trial["run"]})
+    return sorted(rows, key=lambda r: (r["method"], r["value"], r["steps"], r["seed"]))
 
 
-def side_by_side(summary, path):
-    """One line a configuration: each score at 1,800 steps -> at 18,000 steps."""
-    by_point = {(s["method"], s["value"], s["steps"]): s for s in summary}
-    budgets = sorted({s["steps"] for s in summary})
-    configs = sorted({(s["method"], s["weight"], s["value"]) for s in summary})
-
-    def both(column, digits):
-        def text(config):
-            cells = [cell(by_point[(config[0], config[2], b)], column, digits) if (config[0], config[2], b) in by_point
-                     else "-" for b in budgets]
-            return " -> ".join(cells)
-        return text
-
-    markdown_table(configs, [("method", lambda c: c[0]), ("weight", lambda c: f"{c[1]} = {c[2]:g}"),
-                             ("seeds", lambda c: "/".join(str(by_point.get((c[0], c[2], b), {}).get("n", 0))
-                                                          for b in budgets)),
-                             ("MIG", both("mig", 3)), ("FactorVAE score", both("factor_vae_score", 3)),
-                             ("DCI disentanglement", both("dci_disentanglement", 3)),
-                             ("DCI completeness", both("dci_completeness", 3)),
-                             ("TC of q(z) (nats)", both("total_correlation", 2)), ("test ELBO", both("elbo", 2))],
-                   path)
+def summary_table(summary, path):
+    """summary.csv as Markdown: mean +- sd over seeds, each configuration's budgets on adjacent lines."""
+    columns = [("MIG", "mig", 3), ("FactorVAE score", "factor_vae_score", 3), ("DCI disentanglement", "dci_disentanglement", 3),
+               ("DCI completeness", "dci_completeness", 3), ("TC of q(z) (nats)", "total_correlation", 2),
+               ("test ELBO", "elbo", 2), ("test reconstruction", "reconstruction", 2), ("test KL", "kl", 2)]
+    markdown_table(summary, [("method", lambda r: r["method"]), ("weight", lambda r: f"{r['weight']} = {r['value']:g}"),
+                             ("steps", lambda r: f"{r['steps']:,}"), ("seeds", lambda r: r["n"])]
+                   + [(header, lambda r, c=column, d=digits: cell(r, c, d)) for header, column, digits in columns], path)
 
 
 def plot_scores(rows, path):
@@ -163,7 +151,7 @@ def main():
     write_csv(rows, results / "results.csv")
     summary = summarize(rows, ("method", "weight", "value", "steps"), SCORES)
     write_csv(summary, results / "summary.csv")
-    side_by_side(summary, results / "summary.md")
+    summary_table(summary, results / "summary.md")
     plot_scores(rows, results / "scores_by_budget.png")
     if all(not math.isnan(r["mig"]) for r in rows):
         plot_traversals(rows, results / "traversals.png")
