@@ -263,9 +263,10 @@ def test_max_time_stops_a_real_run_early_and_zero_changes_nothing(tmp_path):
     from pyro_vae.checkpoint import load_checkpoint
 
     run = train(tiny_config(train={"epochs": 10000, "max_time": 1.0}), out=tmp_path / "budget")
+    # the last row is the epoch in whose step (or, counting its evaluation, before whose successor) 1 s passed
     rows = read_metrics(run / "metrics.csv")
-    assert rows[-1]["seconds"] >= 1.0 and all(row["seconds"] < 1.0 for row in rows[:-1])
-    assert rows[-1]["step"] < 10000 * 12 and load_checkpoint(run / "checkpoint.pt")["step"] == rows[-1]["step"]
+    assert all(row["seconds"] < 1.0 for row in rows[:-1]) and len(rows) < 10000
+    assert load_checkpoint(run / "checkpoint.pt")["step"] == rows[-1]["step"]
 
     without = load_checkpoint(train(tiny_config(), out=tmp_path / "without") / "checkpoint.pt")["model"]
     zero = load_checkpoint(train(tiny_config(train={"max_time": 0}), out=tmp_path / "zero") / "checkpoint.pt")["model"]
