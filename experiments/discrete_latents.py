@@ -5,7 +5,7 @@ VaDE does: a sweep (`discrete_latents.toml`); and the cost of an enumerated step
 of components.
 
     nice python experiments/discrete_latents.py --quick     # digits, 1 seed, 8 s a run: a few minutes
-    nice python experiments/discrete_latents.py             # Fashion-MNIST, 3 seeds, 300 s a run (about 2 hours; resumable)
+    nice python experiments/discrete_latents.py             # Fashion-MNIST: 21 runs of 300 s, 2 at once (1-2 h; resumable)
     nice python experiments/discrete_latents.py --report    # the table and figures from the runs so far
     nice python experiments/discrete_latents.py --speed     # step cost, K = 2, 5, 10, 20 vs a VAE, batch 128
 
