@@ -9,18 +9,12 @@ of components.
     nice python experiments/discrete_latents.py --report    # the table and figures from the runs so far
     nice python experiments/discrete_latents.py --speed     # step cost, K = 2, 5, 10, 20 vs a VAE, batch 128
 
-Every run trains for the same seconds (`train.max_time`: the run's training clock, which includes
-each epoch's validation), with Adam at the same learning rate, from the same initialization per
-seed. The sweep scores each at its last state on the test split (evaluation.json: the exact
-enumerated ELBO whatever estimator trained it, the IS log-likelihood, the GMVAE's clusters argmax
-q(y | x) against the classes); the report adds, on the same test points, the baselines' clusters
-(k-means on pixels, on the plain VAE's mean codes, the `mog` prior's p(k | z)) and the gradient
-variance of q(y | x)'s own parameters (`gradient_variance(..., params="classifier")`) at each
-GMVAE's own end point and for every estimator at one shared point, the enumeration-trained model.
-
-Writes `results.csv` (a row a run and seed) and `samples_<estimator>.png` (one row per component,
-seed 0), and with `--speed` `speed.csv`, to `experiments/results/discrete_latents/`; with `--quick`
-everything (and `speed.csv`) to the ignored `runs/discrete_latents/quick/`.
+Every run trains for the same `train.max_time` from the same initialization per seed; the sweep scores
+each at its last state (evaluation.json: exact ELBO, IS log-likelihood, the GMVAE's clusters); the
+report adds, on the same test points, the baselines' clusters and the gradient variance of q(y | x)'s
+parameters at each GMVAE's own end point and at the enumeration-trained one (experiments/discrete_latents.md).
+Writes `results.csv` and `samples_<estimator>.png` (seed 0), or `speed.csv` with `--speed`, to
+`experiments/results/discrete_latents/`; `--quick` writes everything under `runs/discrete_latents/quick/`.
 """
 
 import json
