@@ -93,6 +93,7 @@ SCHEMA = {
     },
     "train": {
         "epochs": (50, at_least(integer, 1)),
+        "max_time": (0.0, at_least(number, 0)),  # seconds of training; 0: no limit
         "batch_size": (64, at_least(integer, 1)),
         # m2: labeled pairs per step beside batch_size unlabeled points; 0: ceil(N_l / steps), each set once an epoch
         "labeled_batch_size": (0, at_least(integer, 0)),
@@ -176,6 +177,10 @@ DESCRIPTIONS = {
     },
     "train": {
         "epochs": "Passes over the training split.",
+        "max_time": "Seconds of training (metrics.csv's `seconds`, counted across resumed attempts) after which "
+                    "the run ends at the end of the step that reaches them, the epoch in progress closed as any "
+                    "other (its metrics row, `checkpoint.pt`, `best.pt`); 0: no limit. May change on resume, "
+                    "to extend a budget.",
         "batch_size": "The global batch (split across processes under torchrun).",
         "labeled_batch_size": "`m2`: labeled pairs per step; 0: the paper's proportion, ceil(N_l / steps), "
                               "every label seen once an epoch.",

@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 # Keys that may change when a run is resumed; any other difference is refused.
 RESUMABLE_KEYS = {
     ("train", "epochs"),
+    ("train", "max_time"),
     ("train", "progress"),
     ("train", "device"),
     ("train", "threads"),

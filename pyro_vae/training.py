@@ -125,13 +125,14 @@ class Trainer:
         train_config = self.config["train"]
         with self.stop_requests, contextlib.ExitStack() as opened, pyro.validation_enabled(train_config["validate"]):
             self._open_loggers(opened)
-            start = time.perf_counter() - (self.rows[-1]["seconds"] if self.rows else 0.0)  # after the trackers' set-up
+            # the run's training seconds (metrics.csv's `seconds`) count on across resumed attempts
+            self.start = time.perf_counter() - (self.rows[-1]["seconds"] if self.rows else 0.0)  # after the trackers' set-up
             for epoch in range(self.epoch + 1, train_config["epochs"] + 1):
-                if self.stopped_early():
+                if self.out_of_time(say=True) or self.stopped_early():
                     break
                 self._train_epoch(epoch)
                 self.epoch, self.batch_in_epoch = epoch, 0
-                self._end_epoch(epoch, time.perf_counter() - start)
+                self._end_epoch(epoch, time.perf_counter() - self.start)
             if self.is_main:
                 paths = save_figures(self.vae, self.data, self.rows, self.out, self.device)
                 for logger in self.loggers:
@@ -156,6 +157,8 @@ class Trainer:
                 self.save()
             if self.stop_requests.received is not None:
                 self._stop()
+            if self.out_of_time():  # the epoch is closed as any other: its row, checkpoint.pt, best.pt
+                break
 
     def train_step(self, x):
         """One optimizer step on the minibatch `x` with the KL weight of the current step.
@@ -221,6 +224,26 @@ class Trainer:
             assert self.console is not None  # opened on the main process before the first epoch
             self.console.say(stopping.stop_message(elbos, patience, min_delta))
         return True
+
+    def out_of_time(self, say=False):
+        """Whether the run's training seconds have reached `train.max_time` (0: no limit); `say`
+        prints why the run ends. Under torchrun every rank follows the slowest clock, so all stop
+        at the same step."""
+        max_time = self.config["train"]["max_time"]
+        if not max_time:
+            return False
+        seconds = time.perf_counter() - self.start
+        if self.world_size > 1:
+            reached = torch.tensor(float(seconds >= max_time), device=self.device)
+            dist.all_reduce(reached, op=dist.ReduceOp.MAX)
+            out = bool(reached.item())
+        else:
+            out = seconds >= max_time
+        if out and say and self.is_main:
+            assert self.console is not None  # opened on the main process before the first epoch
+            self.console.say(f"stopped: train.max_time ({max_time:g} s) reached after {seconds:.1f} s of training, "
+                             f"at step {self.step}; train longer with --resume and --set train.max_time=N")
+        return out
 
     # ---- what the loggers see ----
 

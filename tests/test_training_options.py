@@ -212,3 +212,70 @@ def test_threads_default_to_auto_and_a_resumed_run_may_change_them(tmp_path, mon
     train(resume=run, overrides=["train.epochs=2", "train.threads='auto'"])
     assert seen == [2, 1]
     assert load_config(run / "config.toml")["train"]["threads"] == "auto"
+
+
+class TickingClock:
+    """`time` for `pyro_vae.training` whose `perf_counter` advances one second a call: the trainer
+    reads it once a step (the time budget) and once an epoch, so a budget in seconds is a budget
+    in reads, the same on every machine."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def perf_counter(self):
+        self.now += 1.0
+        return self.now
+
+
+@pytest.mark.trains
+def test_max_time_ends_the_run_at_the_step_that_reaches_it_and_closes_the_epoch(tmp_path, monkeypatch, capsys):
+    from pyro_vae import training
+    from pyro_vae.checkpoint import load_checkpoint
+    from pyro_vae.runs import load_run
+
+    monkeypatch.setattr(training, "time", TickingClock())
+    # digits: 1,297 training images, 11 steps of 128 an epoch. The clock reads 1 at the start, then
+    # at each epoch's start, each step and each epoch's end: epoch 1 ends at 13 s (row 1), epoch 2
+    # starts at 14 s, and its 8th step (step 19) reads 22 s, the first >= 21.5: the epoch closes
+    # there (23 s, row 2), and epoch 3's start (24 s) ends the run.
+    run = train(tiny_config(train={"epochs": 100, "max_time": 21.5}), out=tmp_path / "run")
+    rows = read_metrics(run / "metrics.csv")
+    assert [row["step"] for row in rows] == [11, 19]
+    assert [row["seconds"] for row in rows] == [13.0, 23.0]
+    assert "train.max_time (21.5 s) reached after 24.0 s of training, at step 19" in capsys.readouterr().out
+    state = load_checkpoint(run / "checkpoint.pt")
+    assert (state["step"], state["epoch"], state["batch_in_epoch"]) == (19, 2, 0)  # an epoch's end
+    assert (run / "best.pt").is_file() and (run / "samples.png").is_file()
+    load_run(run)
+
+    # resumed with the same budget it trains nothing; a larger one (a resumable key) trains on from there
+    training.time.now = 0.0
+    train(resume=run)
+    assert load_checkpoint(run / "checkpoint.pt")["step"] == 19
+    # from 23 s: epoch 3 (11 steps) ends at 36 s, epoch 4's 3rd step reads 40 s
+    train(resume=run, overrides=["train.max_time=40"])
+    rows = read_metrics(run / "metrics.csv")
+    assert [row["step"] for row in rows] == [11, 19, 30, 33] and rows[-1]["seconds"] == 41.0
+
+
+@pytest.mark.trains
+def test_max_time_stops_a_real_run_early_and_zero_changes_nothing(tmp_path):
+    from pyro_vae.checkpoint import load_checkpoint
+
+    run = train(tiny_config(train={"epochs": 10000, "max_time": 1.0}), out=tmp_path / "budget")
+    # the last row is the epoch in whose step (or, counting its evaluation, before whose successor) 1 s passed
+    rows = read_metrics(run / "metrics.csv")
+    assert all(row["seconds"] < 1.0 for row in rows[:-1]) and len(rows) < 10000
+    assert load_checkpoint(run / "checkpoint.pt")["step"] == rows[-1]["step"]
+
+    without = load_checkpoint(train(tiny_config(), out=tmp_path / "without") / "checkpoint.pt")["model"]
+    zero = load_checkpoint(train(tiny_config(train={"max_time": 0}), out=tmp_path / "zero") / "checkpoint.pt")["model"]
+    assert without.keys() == zero.keys() and all(torch.equal(without[k], zero[k]) for k in without)
+
+
+@pytest.mark.parametrize("value, message", [(-1, r"train.max_time must be >= 0, got -1$"),
+                                            ("300", r"train.max_time must be a finite number, got string '300'$")])
+def test_a_bad_max_time_is_a_one_line_error(tmp_path, value, message):
+    with pytest.raises(UserError, match=message):
+        train(tiny_config(train={"max_time": value}), out=tmp_path / "run")
+    assert not (tmp_path / "run").exists()
