@@ -68,7 +68,6 @@ def table_rows(trials, spec):
     for trial in trials:
         if trial["state"] != "COMPLETE":
             continue
-        # training seconds from metrics.csv: the row's `seconds` is evaluation.json's, flattened over it
         name, metrics = objective_name(trial), read_metrics(Path(trial["run"]) / "metrics.csv")
         kl_dims = sorted(json.loads((Path(trial["run"]) / "evaluation.json").read_text())["kl_per_dimension"],
                          reverse=True)
@@ -80,7 +79,7 @@ def table_rows(trials, spec):
                      "test_log_px_standard_error": trial["log_likelihood_standard_error"],
                      "log_px_num_samples": trial["num_samples"], "log_px_examples": trial["num_examples"],
                      "elbo_examples": trial["num_examples"], "latent_dim": spec["model"]["latent_dim"],
-                     "epochs": spec["train"]["epochs"], "train_seconds": metrics[-1]["seconds"],
+                     "epochs": spec["train"]["epochs"], "train_seconds": trial["seconds"],
                      "kl_dims": kl_dims, "curve": metrics})
     return rows
 

@@ -65,8 +65,7 @@ def m1m2_spec(spec, m2_rows, m1_runs, epochs):
 
 
 def metrics(run):
-    """The run's metrics.csv rows: an epoch each, `seconds` of training so far (the trial's row holds
-    the evaluation's seconds: evaluation.json's are flattened over it)."""
+    """The run's metrics.csv rows: an epoch each, with its validation accuracy and `seconds` of training so far."""
     from pyro_vae.runs import read_metrics
 
     return read_metrics(f"{run}/metrics.csv")
