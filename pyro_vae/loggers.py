@@ -114,7 +114,7 @@ class Console(Logger):
     `status(loss)` is the bar's text for the last step's loss, read every 10 steps and on the
     first step of an epoch."""
 
-    def __init__(self, out, config, total, done, description, status):
+    def __init__(self, out, config, total: int | None, done, description, status):
         super().__init__(out, config)
         self.status, self.fresh = status, True
         self.bar = tqdm(total=total, initial=done, unit="step", dynamic_ncols=True, desc=description,

@@ -252,7 +252,9 @@ class Trainer:
         if not self.is_main:
             return
         train_config = self.config["train"]
-        self.console = Console(self.out, self.config, train_config["epochs"] * self.steps_per_epoch, self.step,
+        # under a time budget the steps to come are unknown: the bar counts steps and their rate
+        total = None if train_config["max_time"] else train_config["epochs"] * self.steps_per_epoch
+        self.console = Console(self.out, self.config, total, self.step,
                                loss_name(self.components, self.estimator), self.progress_status)
         self.loggers = [self.console]
         opened.callback(self.console.close)
