@@ -1,11 +1,9 @@
 """One prepared check of the GPU path: at most 8 minutes on one GPU, one JSON and one log.
 
-Three parts, each within its share of `--budget` seconds (what would start past its budget is
-skipped; a part that fails is recorded and the check goes on): `tests` (`pytest tests/test_cuda.py`),
-`speed` (`experiments/speed.py`'s comparisons at sizes that fit) and `configs` (the seconds per
-epoch of the published binarized-MNIST configurations, projected to their epoch counts). It writes
-`check.json` and `check.log` to the folder given, and exits with 1 if a part failed. What each part
-measures, the data (`--mnist`) and how to run it on a GPU machine: docs/gpu.md.
+Three parts, each within its share of `--budget` seconds: `tests` (`pytest tests/test_cuda.py`),
+`speed` (`experiments/speed.py`'s comparisons at sizes that fit) and `configs` (seconds per epoch of
+the published binarized-MNIST configurations). docs/gpu.md says what each part measures, what the
+budget skips, where the data comes from and how to run it on a GPU machine. Exit status 1: a part failed.
 
     python experiments/gpu_check.py runs/gpu_check                    # on the GPU machine
     python experiments/gpu_check.py /tmp/dry --device cpu --dry-run   # every part's code path, tiny sizes, on CPU
