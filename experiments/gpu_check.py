@@ -1,38 +1,12 @@
 """One prepared check of the GPU path: at most 8 minutes on one GPU, one JSON and one log.
 
-Time on a GPU is scarce (one GPU for about 15 minutes, start-up included, by chance), so
-everything the GPU path needs verified and measured runs from this one command:
-
-1. ``tests``: ``pytest tests/test_cuda.py`` (training on CUDA, bf16, log-likelihood against
-   the CPU, the captured step against the eager one for every estimator, resume under capture);
-2. ``speed``: ``experiments/speed.py``'s comparisons at sizes that fit: ms per step, timed
-   interleaved in this process, of the hand-written step eager and captured (the floor), the
-   library's step eager and captured and a plain Pyro ``SVI`` + ``Trace_ELBO`` step at batch 128
-   and 1024; every estimator (K = 50 for the particle estimators, at batch 20); the
-   throughput of ``evaluation.log_likelihood`` against a hand-written importance sampler; and
-   one epoch of ``pyro_vae.train`` with ``train.cuda_graph`` "auto" and false;
-3. ``configs``: the seconds per epoch of each published binarized-MNIST configuration
-   (``experiments/binarized_mnist/{vae,vamp,iwae}.toml``, ``train.cuda_graph = "auto"``,
-   ``data.on_device = true``) over two epochs, and the GPU minutes that projects to each one's
-   published epoch count (a projection: epoch seconds times epochs, not a measured run);
-4. ``check.json`` (every figure, the GPU, driver, torch, CUDA, Python and Pyro versions, each
-   part's status, budget and wall time) and ``check.log`` (everything printed) in the folder
-   given on the command line, which is printed.
-
-Each part has a time budget (``--budget`` seconds in all, 450 by default, shared out by
-``PARTS``); a part or item that would start past its budget is skipped and the JSON says why.
-A part that fails is recorded with its error and the check goes on. Nothing is installed:
-pyro-ppl must be importable (docs/gpu.md says how to carry its wheels to a machine without it).
-Binarized MNIST is read from ``--mnist``, else the first of ``speed.MNIST_PLACES`` that exists
-(``.gpu/binarized_mnist.npz`` on a GPU machine); without it, random binary images stand in and
-the JSON says so.
+Three parts, each within its share of `--budget` seconds: `tests` (`pytest tests/test_cuda.py`),
+`speed` (`experiments/speed.py`'s comparisons at sizes that fit) and `configs` (seconds per epoch of
+the published binarized-MNIST configurations). docs/gpu.md says what each part measures, what the
+budget skips, where the data comes from and how to run it on a GPU machine. Exit status 1: a part failed.
 
     python experiments/gpu_check.py runs/gpu_check                    # on the GPU machine
     python experiments/gpu_check.py /tmp/dry --device cpu --dry-run   # every part's code path, tiny sizes, on CPU
-
-The dry run runs every part at tiny sizes on the CPU (``tests`` then skips every CUDA test,
-and the captured variants, which need CUDA, are left out), in about a minute on 2 cores;
-``tests/test_gpu_check.py`` runs it in CI. Exit status: 0 when no part failed, 1 otherwise.
 """
 
 import argparse
@@ -47,43 +21,37 @@ import threading
 import time
 import traceback
 import xml.etree.ElementTree as ET
+from functools import partial
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pyro
 import speed
 import torch
+from common import ROOT
 
+from pyro_vae.atomic import write_text_atomically
 from pyro_vae.build import build_data
 from pyro_vae.config import load_config
 from pyro_vae.steps import one_line
 from pyro_vae.training import Trainer, TrainingStopped
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
-CONFIGS = HERE / "binarized_mnist"
+CONFIGS = ROOT / "experiments" / "binarized_mnist"
 # (part, share of --budget): 8 minutes on one GPU at the default budget, with ~30 s to spare
 PARTS = (("tests", 0.35), ("speed", 0.4), ("configs", 0.25))
 MIN_PART_S = 10  # a part with less than this left is skipped
-
-
-class Sizes:
-    """What each part runs on the GPU, and its tiny stand-in for the dry run."""
-
-    def __init__(self, dry_run):
-        self.dry_run = dry_run
-        if dry_run:
-            self.examples, self.batch_sizes, self.rounds, self.steps = 512, (16, 32), 1, 2
-            self.estimator_runs = [("meanfield", 1, 16), ("stl", 1, 16), ("score", 2, 4), ("iwae", 2, 4),
-                                   ("renyi", 2, 4), ("dreg", 2, 4), ("tail_adaptive", 2, 4)]
-            self.ll_samples, self.ll_images, self.epoch_batch, self.epoch_epochs = 10, 8, 32, 2
-            self.config_examples = (200, 100, 100)  # train, valid, test
-        else:
-            self.examples, self.batch_sizes, self.rounds, self.steps = 50000, (128, 1024), 5, 40
-            self.estimator_runs = [("meanfield", 1, 128), ("stl", 1, 128), ("score", 50, 20), ("iwae", 50, 20),
-                                   ("renyi", 50, 20), ("dreg", 50, 20), ("tail_adaptive", 50, 20)]
-            self.ll_samples, self.ll_images, self.epoch_batch, self.epoch_epochs = 1000, 1000, 128, 3
-            self.config_examples = None  # the whole file
+# What each part runs on the GPU (False), and its tiny stand-in for the dry run (True)
+SIZES = {
+    False: SimpleNamespace(examples=50000, batch_sizes=(128, 1024), rounds=5, steps=40, ll_samples=1000, ll_images=1000,
+                           epoch_batch=128, epoch_epochs=3, config_examples=None,  # None: the whole file
+                           estimator_runs=[("meanfield", 1, 128), ("stl", 1, 128), ("score", 50, 20), ("iwae", 50, 20),
+                                           ("renyi", 50, 20), ("dreg", 50, 20), ("tail_adaptive", 50, 20)]),
+    True: SimpleNamespace(examples=512, batch_sizes=(16, 32), rounds=1, steps=2, ll_samples=10, ll_images=8,
+                          epoch_batch=32, epoch_epochs=2, config_examples=(200, 100, 100),  # train, valid, test
+                          estimator_runs=[("meanfield", 1, 16), ("stl", 1, 16), ("score", 2, 4), ("iwae", 2, 4),
+                                          ("renyi", 2, 4), ("dreg", 2, 4), ("tail_adaptive", 2, 4)]),
+}
 
 
 class Tee:
@@ -109,66 +77,69 @@ def environment(device):
         "device": str(device), "python": platform.python_version(), "machine": platform.machine(),
         "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
         "torch_cuda": torch.version.cuda, "pyro": pyro.__version__, "pyro_from": str(Path(pyro.__file__).parent.parent),
-        "numpy": np.__version__,
+        "numpy": np.__version__, "commit": output_of(["git", "rev-parse", "HEAD"]),
     }
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=10)
-        info["commit"] = commit.stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        info["commit"] = None
     if device.type == "cuda":
         properties = torch.cuda.get_device_properties(device)
         info.update(gpu=torch.cuda.get_device_name(device), gpu_memory_gib=round(properties.total_memory / 2**30, 1),
                     gpu_capability=".".join(map(str, torch.cuda.get_device_capability(device))),
-                    cudnn=torch.backends.cudnn.version())
-        try:
-            smi = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
-                                 capture_output=True, text=True, timeout=20)
-            info["driver"] = smi.stdout.strip() or None
-        except (OSError, subprocess.SubprocessError) as error:
-            info["driver"] = f"unknown ({one_line(error)})"
+                    cudnn=torch.backends.cudnn.version(),
+                    driver=output_of(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"]))
     return info
+
+
+def output_of(command):
+    """What `command` printed (None if nothing), or why it could not run."""
+    try:
+        return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=20).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError) as error:
+        return f"unknown ({one_line(error)})"
+
+
+def outcome(result, what):
+    """A part's (status, result, note) from its recorded errors and skips: "failed" with the first
+    error, else "ok" with how many `what` were skipped for time (or None)."""
+    if result["errors"]:
+        return "failed", result, f"{len(result['errors'])} {what} failed: {result['errors'][0]}"
+    return "ok", result, (f"{len(result['skipped'])} {what} skipped for time" if result["skipped"] else None)
 
 
 # ---- 1. the CUDA tests ----
 
 def junit_results(path):
-    """(counts of passed/failed/errors/skipped, the failed tests' ids, each test's seconds) from pytest's JUnit XML."""
+    """The counts of passed/failed/errors/skipped, the failed tests' ids and each test's seconds from pytest's JUnit XML."""
     if not path.is_file():
-        return {}, [], {}
+        return {"counts": {}, "failed": [], "durations_s": {}}
     counts, failed, durations = {"passed": 0, "failed": 0, "errors": 0, "skipped": 0}, [], {}
     for case in ET.parse(path).getroot().iter("testcase"):
         name = f"{case.get('classname', '')}::{case.get('name', '')}"
         durations[name] = float(case.get("time", 0))
-        outcome = next((child.tag for child in case if child.tag in ("failure", "error", "skipped")), "passed")
-        counts[{"failure": "failed", "error": "errors"}.get(outcome, outcome)] += 1
-        if outcome in ("failure", "error"):
+        tag = next((child.tag for child in case if child.tag in ("failure", "error", "skipped")), "passed")
+        counts[{"failure": "failed", "error": "errors"}.get(tag, tag)] += 1
+        if tag in ("failure", "error"):
             failed.append(name)
-    return counts, failed, durations
+    return {"counts": counts, "failed": failed, "durations_s": durations}
 
 
 def part_tests(context, budget):
-    """``pytest tests/test_cuda.py`` in a child process, stopped at the budget."""
+    """`pytest tests/test_cuda.py` in a child process, stopped at the budget."""
     junit = context.out / "test_cuda.xml"
     command = [sys.executable, "-m", "pytest", str(ROOT / "tests" / "test_cuda.py"), "-rfEs",
                "-p", "no:cacheprovider", "--durations=0", f"--junitxml={junit}"]
     environment = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     print("$", " ".join(command), flush=True)
-    with tempfile.TemporaryFile("w+") as output:
+    with tempfile.TemporaryFile("w+") as output:  # a file, not a pipe: what pytest printed survives its timeout
         try:
-            done = subprocess.run(command, cwd=ROOT, env=environment, stdout=output, stderr=subprocess.STDOUT,
-                                  text=True, timeout=budget)
-            returncode, timed_out = done.returncode, False
+            returncode = subprocess.run(command, cwd=ROOT, env=environment, stdout=output, stderr=subprocess.STDOUT,
+                                        text=True, timeout=budget).returncode
         except subprocess.TimeoutExpired:
-            returncode, timed_out = None, True
+            returncode = None
         output.seek(0)
         text = output.read()
     print(text, end="" if text.endswith("\n") else "\n", flush=True)
     summary = text.strip().splitlines()[-1] if text.strip() else ""
-    counts, failed, durations = junit_results(junit)
-    result = {"command": " ".join(command), "returncode": returncode, "summary": summary, "counts": counts,
-              "failed": failed, "durations_s": durations}
-    if timed_out:
+    result = {"command": " ".join(command), "returncode": returncode, "summary": summary, **junit_results(junit)}
+    if returncode is None:
         return "failed", result, f"pytest stopped at its budget of {budget:.0f} s"
     if returncode not in (0, 5):  # 5: no test collected
         return "failed", result, f"pytest exited with {returncode}: {summary}"
@@ -178,81 +149,64 @@ def part_tests(context, budget):
 # ---- 2. speed.py's comparisons ----
 
 def part_speed(context, budget):
-    sizes, device, deadline = context.sizes, context.device, time.monotonic() + budget
+    sizes, device, deadline = context.sizes, str(context.device), time.monotonic() + budget
     x = speed.mnist_like(sizes.examples, context.mnist)
-    result = {"data": context.data_note, "examples": len(x), "rounds": sizes.rounds, "steps": sizes.steps,
+    data = f"binarized MNIST ({context.mnist})" if context.found else f"random binary images {context.missing}"
+    result = {"data": data, "examples": len(x), "rounds": sizes.rounds, "steps": sizes.steps,
               "training": [], "estimators": [], "log_likelihood": None, "epoch": None, "skipped": [], "errors": []}
-    cuda = device.type == "cuda"
-    items = [("training", "trace", 1, batch) for batch in sizes.batch_sizes]
-    items += [("estimators", name, particles, batch) for name, particles, batch in sizes.estimator_runs]
-    items += [("log_likelihood", None, None, None), ("epoch", None, None, None)]
-    for kind, estimator, particles, batch in items:
-        label = kind if estimator is None else f"{kind} {estimator} K={particles} batch {batch}"
-        left = deadline - time.monotonic()
-        if left < 2:
+    runs = [("training", "trace", 1, batch, sizes.steps) for batch in sizes.batch_sizes]
+    runs += [("estimators", name, particles, batch, sizes.steps // 2 or 1) for name, particles, batch in sizes.estimator_runs]
+    items = [(f"{kind} {name} K={particles} batch {batch}", kind, partial(
+                 speed.compare_training, x, name, batch, sizes.rounds, min(steps, len(x) // batch), device, particles))
+             for kind, name, particles, batch, steps in runs]
+    items += [("log_likelihood", "log_likelihood",
+               partial(speed.compare_log_likelihood, x, sizes.ll_samples, sizes.rounds, device, sizes.ll_images)),
+              ("epoch", "epoch", partial(speed.compare_epoch, x, device, sizes.epoch_batch, sizes.epoch_epochs, ("auto", False)))]
+    for label, kind, compare in items:
+        if deadline - time.monotonic() < 2:
             result["skipped"].append(f"{label}: the part's budget of {budget:.0f} s ran out")
             continue
         start = time.perf_counter()
         try:
-            if kind in ("training", "estimators"):
-                steps = min(sizes.steps if kind == "training" else sizes.steps // 2 or 1, len(x) // batch)
-                row = speed.compare_training(x, estimator, batch, sizes.rounds, steps, str(device), particles)
-                row["wall_s"] = time.perf_counter() - start
-                result[kind].append(row)
-                speed.show(row)
-            elif kind == "log_likelihood":
-                row = speed.compare_log_likelihood(x, sizes.ll_samples, sizes.rounds, str(device), sizes.ll_images)
-                result[kind] = {**row, "wall_s": time.perf_counter() - start}
-                print(f"log_likelihood: library {row['library_samples_per_s']:.0f} samples/s, hand-written "
-                      f"{row['handwritten_samples_per_s']:.0f} samples/s, ratio {row['ratio']:.3f}", flush=True)
-            else:
-                row = speed.compare_epoch(x, str(device), sizes.epoch_batch, sizes.epoch_epochs, cuda_graphs=("auto", False))
-                result[kind] = {**row, "wall_s": time.perf_counter() - start}
-                print(f"one epoch of {row['examples']} examples: pyro_vae.train cuda_graph auto "
-                      f"{row['library_epoch_s_cuda_graph_auto']:.3f} s, false {row['library_epoch_s_cuda_graph_false']:.3f} s, "
-                      f"hand-written{' captured' if cuda else ''} {row['handwritten_epoch_s']:.3f} s", flush=True)
+            row = compare()
         except Exception as error:  # noqa: BLE001 - recorded, and the other items go on
             traceback.print_exc()
             result["errors"].append(f"{label}: {one_line(error)}")
+            continue
+        row["wall_s"] = time.perf_counter() - start
+        speed.show(kind, row)
+        if kind in ("training", "estimators"):
+            result[kind].append(row)
+        else:
+            result[kind] = row
     return outcome(result, "item(s)")
-
-
-def outcome(result, what):
-    """A part's (status, result, note) from its recorded errors and skips: "failed" with the first
-    error, else "ok" with how many ``what`` were skipped for time (or None)."""
-    if result["errors"]:
-        return "failed", result, f"{len(result['errors'])} {what} failed: {result['errors'][0]}"
-    return "ok", result, (f"{len(result['skipped'])} {what} skipped for time" if result["skipped"] else None)
 
 
 # ---- 3. the published configurations ----
 
 def config_data(context, directory):
-    """The binarized-MNIST file (whole; in the dry run a seeded random subset of it), or, where it
-    is absent, random binary images of its shape standing in for it."""
-    if context.mnist is not None and context.mnist.is_file() and context.sizes.config_examples is None:
-        return context.mnist, f"binarized MNIST ({context.mnist})"
+    """(overrides, note): the binarized-MNIST file (whole; in the dry run a seeded random subset of
+    it), or, where it is absent, random binary images of its shape standing in for it."""
+    counts = context.sizes.config_examples
+    if context.found and counts is None:
+        return [f"data.path='{context.mnist}'"], f"binarized MNIST ({context.mnist})"
+    if context.found:
+        subset = "data.subset={{train={}, valid={}, test={}}}".format(*counts)
+        return ([f"data.path='{context.mnist}'", subset],
+                f"a seeded random subset ({'/'.join(map(str, counts))}) of binarized MNIST ({context.mnist})")
+    counts = counts or (50000, 10000, 10000)
     rng = np.random.default_rng(0)
-    counts = context.sizes.config_examples or (50000, 10000, 10000)
-    if context.mnist is not None and context.mnist.is_file():
-        arrays = np.load(context.mnist)
-        splits = {name: arrays[name][rng.choice(len(arrays[name]), n, replace=False)]
-                  for name, n in zip(("train", "valid", "test"), counts)}
-        note = f"a seeded random subset ({'/'.join(map(str, counts))}) of binarized MNIST ({context.mnist})"
-    else:
-        splits = {name: (rng.random((n, 784)) < 0.13).astype(np.uint8) for name, n in zip(("train", "valid", "test"), counts)}
-        note = (f"random binary images ({'/'.join(map(str, counts))}) standing in for binarized MNIST: "
-                f"no file at {' or '.join(context.searched)}")
     path = directory / "binarized_mnist.npz"
+    splits = {split: (rng.random((n, 784)) < 0.13).astype(np.uint8) for split, n in zip(("train", "valid", "test"), counts)}
     np.savez(path, **splits)
-    return path, note
+    return [f"data.path='{path}'"], f"random binary images ({'/'.join(map(str, counts))}) {context.missing}"
 
 
-def epoch_seconds(name, data_path, device, out, limit):
-    """Train ``CONFIGS/name.toml`` for two epochs (stopped cleanly after ``limit`` seconds) and read
+def epoch_seconds(name, data_overrides, device, out, limit):
+    """Train `CONFIGS/name.toml` for two epochs (stopped cleanly after `limit` seconds) and read
     its seconds per epoch from the trainer's metrics rows."""
     published = load_config(CONFIGS / f"{name}.toml")["train"]["epochs"]
-    overrides = [f"data.path='{data_path}'", "train.epochs=2", "train.progress=false", f"train.device='{device}'",
+    overrides = [*data_overrides, "train.epochs=2", "train.progress=false", f"train.device='{device}'",
                  "data.on_device=true", 'train.cuda_graph="auto"']
     config = load_config(CONFIGS / f"{name}.toml", overrides)
     pyro.set_rng_seed(config["train"]["seed"])
@@ -293,7 +247,7 @@ def epoch_seconds(name, data_path, device, out, limit):
 def part_configs(context, budget):
     deadline = time.monotonic() + budget
     directory = Path(tempfile.mkdtemp(prefix="gpu_check_"))
-    data_path, note = config_data(context, directory)
+    data_overrides, note = config_data(context, directory)
     print(f"configs on {note}", flush=True)
     result = {"data": note, "runs": [], "skipped": [], "errors": []}
     names = ("vae", "vamp", "iwae")
@@ -303,7 +257,7 @@ def part_configs(context, budget):
             result["skipped"].append(f"{name}: the part's budget of {budget:.0f} s ran out")
             continue
         try:
-            row = epoch_seconds(name, data_path, context.device, directory / name, limit * 0.8)  # the rest: build, figures
+            row = epoch_seconds(name, data_overrides, context.device, directory / name, limit * 0.8)  # the rest: build, figures
             result["runs"].append(row)
             projected = row.get("projected_minutes_to_published_epochs")
             print(f"{name}: {row['epochs_done']} epoch(s) of {row['steps_per_epoch']} steps, {row['epoch_s_from']}: "
@@ -320,22 +274,6 @@ def part_configs(context, budget):
 PART_FUNCTIONS = {"tests": part_tests, "speed": part_speed, "configs": part_configs}
 
 
-class Context:
-    def __init__(self, args):
-        self.out, self.device, self.sizes = args.out, torch.device(args.device), Sizes(args.dry_run)
-        if args.mnist == "none":
-            self.mnist, self.searched = None, ["(--mnist none)"]
-        elif args.mnist:
-            self.mnist, self.searched = Path(args.mnist), [args.mnist]
-        else:
-            self.mnist = next((path for path in speed.MNIST_PLACES if path.is_file()), None)
-            self.searched = [str(path) for path in speed.MNIST_PLACES]
-        if self.mnist is not None and self.mnist.is_file():
-            self.data_note = f"binarized MNIST ({self.mnist})"
-        else:
-            self.data_note = f"random binary images standing in for binarized MNIST: no file at {' or '.join(self.searched)}"
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("out", type=Path, help="folder for check.json and check.log (created)")
@@ -343,10 +281,8 @@ def main(argv=None):
                         help="cuda (default where there is one) or cpu")
     parser.add_argument("--dry-run", "--quick", dest="dry_run", action="store_true",
                         help="tiny sizes: every part's code path in about a minute")
-    parser.add_argument("--budget", type=float, default=450.0,
-                        help="seconds for all parts together (default 450: 8 minutes with margin)")
-    parser.add_argument("--parts", default=",".join(name for name, _ in PARTS),
-                        help="which parts, comma-separated (default: all)")
+    parser.add_argument("--budget", type=float, default=450.0, help="seconds for all parts (default 450: 8 minutes with margin)")
+    parser.add_argument("--parts", default=",".join(PART_FUNCTIONS), help="which parts, comma-separated (default: all)")
     parser.add_argument("--mnist", help="binarized_mnist.npz (default: the first of speed.MNIST_PLACES; 'none': random stand-in)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own on cuda, 1 on cpu)")
     args = parser.parse_args(argv)
@@ -362,7 +298,14 @@ def main(argv=None):
     log = open(args.out / "check.log", "w")  # noqa: SIM115 - open for the whole run
     sys.stdout, sys.stderr = Tee(sys.__stdout__, log), Tee(sys.__stderr__, log)
     started = time.perf_counter()
-    context = Context(args)
+    if args.mnist == "none":
+        mnist, searched = None, ["(--mnist none)"]
+    else:  # speed.MNIST: the first of speed.MNIST_PLACES that exists
+        mnist = Path(args.mnist or speed.MNIST)
+        searched = [args.mnist] if args.mnist else [str(path) for path in speed.MNIST_PLACES]
+    context = SimpleNamespace(out=args.out, device=torch.device(args.device), sizes=SIZES[args.dry_run], mnist=mnist,
+                              found=mnist is not None and mnist.is_file(),
+                              missing=f"standing in for binarized MNIST: no file at {' or '.join(searched)}")
     report = {"command": " ".join([Path(sys.executable).name, *sys.argv]), "dry_run": args.dry_run,
               "budget_s": args.budget, "environment": environment(context.device), "parts": {}}
     print(f"gpu_check: writing {args.out / 'check.json'} and {args.out / 'check.log'}", flush=True)
@@ -373,10 +316,9 @@ def main(argv=None):
         left = deadline - time.monotonic()
         # a part's share of what is left, with the time earlier parts did not use passed on
         budget = min(left, left * shares[name] / sum(list(shares.values())[index:]))
-        entry = {"budget_s": round(budget, 1)}
+        entry = report["parts"][name] = {"budget_s": round(budget, 1)}
         if budget < MIN_PART_S:
             entry.update(status="skipped", reason=f"{left:.0f} s of the {args.budget:.0f} s budget left, under {MIN_PART_S} s")
-            report["parts"][name] = entry
             print(f"== {name}: skipped ({entry['reason']})", flush=True)
             continue
         print(f"== {name} (budget {budget:.0f} s)", flush=True)
@@ -387,11 +329,10 @@ def main(argv=None):
             traceback.print_exc()
             status, result, reason = "failed", None, one_line(error)
         entry.update(status=status, wall_s=round(time.perf_counter() - start, 2), reason=reason, result=result)
-        report["parts"][name] = entry
         print(f"== {name}: {status} in {entry['wall_s']:.1f} s" + (f" ({reason})" if reason else ""), flush=True)
-        (args.out / "check.json").write_text(json.dumps(report, indent=2, default=str))  # kept up to date
+        write_text_atomically(args.out / "check.json", json.dumps(report, indent=2, default=str))  # kept up to date
     report["wall_s"] = round(time.perf_counter() - started, 2)
-    (args.out / "check.json").write_text(json.dumps(report, indent=2, default=str))
+    write_text_atomically(args.out / "check.json", json.dumps(report, indent=2, default=str))
     failed = [name for name, entry in report["parts"].items() if entry["status"] == "failed"]
     print(f"gpu_check: {report['wall_s']:.1f} s; " + (f"failed: {', '.join(failed)}; " if failed else "no part failed; ")
           + f"wrote {args.out / 'check.json'} and {args.out / 'check.log'}", flush=True)

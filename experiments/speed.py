@@ -1,20 +1,8 @@
 """How much does the Pyro program cost? The library's training step against a hand-written one.
 
-The same network (784-400-20 MLP, ReLU, Bernoulli likelihood, Adam 1e-3), the same
-data (binarized MNIST from ../shared/data/binarized_mnist.npz, or random binary
-images if absent) and the same reparameterized sample. The steps are timed
-interleaved, in one process, after a warm-up; the figure of merit is the ratio
-library / hand-written per batch size. Also the throughput of
-`evaluation.log_likelihood` against a hand-written importance sampler. The
-hand-written step reads nothing from the device (no `.item()`), like the library's.
-
-On `--device cuda` the variants are: the hand-written step eager and captured in a
-CUDA graph (the floor), the library's step eager (`train.cuda_graph = false`) and
-captured (`true`), and a plain Pyro `SVI.step` with `Trace_ELBO`; every estimator at
-batch 128 (K = 50 for the particle estimators, at batch 20); and one whole epoch through
-`pyro_vae.train` (metrics and validation included, `train.cuda_graph` "auto" and false)
-against a hand-written loop. On CPU the captured variants are left out.
-`experiments/gpu_check.py` runs these same functions, at sizes that fit its time budget.
+The same network, data and sample, timed interleaved in one process; also every estimator,
+`evaluation.log_likelihood` and one whole epoch of `pyro_vae.train`. experiments/speed.md says
+what each variant is; `experiments/gpu_check.py` runs these functions at sizes that fit its budget.
 
     python experiments/speed.py                    # CPU: writes experiments/results/speed/speed.json
     python experiments/speed.py --device cuda      # GPU: writes experiments/results/speed/speed_cuda.json
@@ -43,9 +31,10 @@ import numpy as np
 import pyro
 import torch
 import torch.nn.functional as F
-from common import ROOT, arguments
+from common import ROOT, arguments, places
 from pyro.infer import SVI, Trace_ELBO
 
+from pyro_vae.atomic import write_text_atomically
 from pyro_vae.build import build_data
 from pyro_vae.config import load_config
 from pyro_vae.data import Data, Split, load_data
@@ -59,7 +48,6 @@ MNIST_PLACES = [ROOT.parent / "shared" / "data" / "binarized_mnist.npz", ROOT / 
                 ROOT / ".gpu" / "binarized_mnist.npz"]
 MNIST = next((path for path in MNIST_PLACES if path.is_file()), MNIST_PLACES[0])
 DATA = "binarized MNIST" if MNIST.is_file() else "random binary"  # what mnist_like gives
-OUT = ROOT / "experiments" / "results" / "speed"
 NETWORK = [
     "model.latent_dim=20",
     "model.encoder={name='mlp', hidden=[400], activation='relu'}",
@@ -87,13 +75,8 @@ def library_trainer(x, estimator, batch_size, device="cpu", cuda_graph=False, pa
 
 
 class HandWritten:
-    """The textbook PyTorch VAE step: BCE + analytic KL, one reparameterized sample; with
-    `particles` = K > 1, the textbook IWAE step (K samples per data point through the
-    decoder at once, loss -logsumexp_k log w_k + log K), the reference for every K-particle
-    estimator (the same K decoder passes; the estimators differ only in how they weight them).
-
-    `fused` gives it the fused Adam the library uses, which isolates the library's own
-    per-step overhead from the optimizer's speed-up."""
+    """The textbook PyTorch VAE step (BCE + analytic KL, one reparameterized sample) or, with
+    `particles` = K > 1, the textbook IWAE step; `fused`: the library's fused Adam."""
 
     def __init__(self, vae, fused=False, particles=1):
         self.encoder, self.decoder = copy.deepcopy(vae.encoder), copy.deepcopy(vae.decoder)
@@ -130,8 +113,7 @@ class HandWritten:
         return loss
 
     def captured_step(self, x):
-        """The same step recorded once in a CUDA graph (after three warm-up steps on a side
-        stream) and replayed: the fastest this arithmetic runs on a GPU."""
+        """The same step captured once in a CUDA graph and replayed: the floor on a GPU."""
         if self.graph is None:
             side = torch.cuda.Stream()
             side.wait_stream(torch.cuda.current_stream())
@@ -205,8 +187,7 @@ def compare_training(x, estimator, batch_size, rounds, steps, device="cpu", part
     batches = minibatches(x.view(-1, 1, 28, 28).to(device), batch_size, steps)
     with pyro.validation_enabled(False):  # as Trainer.fit runs its steps (train.validate = false)
         ms = medians(interleaved(variants, batches, rounds, device))
-    row = {"estimator": estimator, "particles": particles, "batch_size": batch_size}
-    row.update({f"{name}_ms": value for name, value in ms.items()})
+    row = {"estimator": estimator, "particles": particles, "batch_size": batch_size, **{f"{k}_ms": v for k, v in ms.items()}}
     row["ratio"] = ms["library"] / ms["handwritten"]
     row["ratio_to_fused"] = ms["library"] / ms["handwritten_fused"]
     if cuda:
@@ -230,16 +211,9 @@ def compare_log_likelihood(x, num_samples, rounds, device="cpu", images_count=10
 
 
 def compare_epoch(x, device, batch_size=128, epochs=3, cuda_graphs=("auto",)):
-    """Seconds per epoch of `pyro_vae.train` against a hand-written loop over the same batches
-    (captured on CUDA) followed by a hand-written ELBO pass over the training and validation
-    splits, as the library measures both after each epoch.
-
-    The library's figure is the steady state read from its own metrics: (seconds at the end of
-    epoch `epochs` - seconds at the end of epoch 1) / (epochs - 1), i.e. the steps plus one
-    epoch's evaluation, metrics row and checkpoint; `library_whole_run_s` adds what a run pays
-    once (building, reading the data, the figures at the end), shown beside it. The library
-    runs once per `train.cuda_graph` setting in `cuda_graphs` (the first gives `ratio`);
-    each adds `library_epoch_s_cuda_graph_<setting>`."""
+    """Seconds per epoch of `pyro_vae.train` (the steady state from its own metrics; once per
+    `train.cuda_graph` setting, the first giving `ratio`) against a hand-written loop over the same
+    batches plus the ELBO pass over both splits that the library makes after each epoch."""
     from pyro_vae.runs import read_metrics
 
     directory = Path(tempfile.mkdtemp())
@@ -288,14 +262,10 @@ TOTAL_CORRELATION = {
 
 
 def compare_total_correlation(x, rounds, steps, batch_size=128, device="cpu"):
-    """ms per training step of the total-correlation objectives (an (M, M, D) log-density array per
-    step for beta-TCVAE, a discriminator step for FactorVAE) against the plain VAE's (`trace`), timed
-    interleaved through the same Trainer, and their ratios to it: of the median round (`_ms`,
-    `_ratio`) and of the fastest round (`_min_ms`, `_min_ratio`: on a shared machine, the
-    round least disturbed by other load; both are reported)."""
-    variants = {"trace": library_trainer(x, "trace", batch_size, device).train_step}
-    for name, estimator in TOTAL_CORRELATION.items():
-        variants[name] = library_trainer(x, estimator, batch_size, device).train_step
+    """ms per training step of the total-correlation objectives and of the plain VAE's (`trace`),
+    and their ratios to it: of the median round (`_ms`, `_ratio`) and of the fastest (`_min_...`)."""
+    estimators = {"trace": "trace", **TOTAL_CORRELATION}
+    variants = {name: library_trainer(x, estimator, batch_size, device).train_step for name, estimator in estimators.items()}
     batches = minibatches(x.view(-1, 1, 28, 28).to(device), batch_size, steps)
     with pyro.validation_enabled(False):
         times = interleaved(variants, batches, rounds, device)
@@ -310,12 +280,9 @@ def compare_total_correlation(x, rounds, steps, batch_size=128, device="cpu"):
 
 
 def threads_default(rounds, steps, default):
-    """ms per training step of the default job (`pyro-vae train`: digits, 64-256-256-16 MLPs, batch 64)
-    and of the 784-400-20 MLP at batch 128, with torch threads = 1, 2 and "auto" (`resolve_threads`,
-    resolved before each timing as a fresh run would: from the cores the other processes keep busy
-    at that moment, and torch's default `default`),
-    interleaved, the median of `rounds` rounds of `steps` steps; first as the machine is, then
-    with one competing busy process (a Python loop, killed after). Ratios: auto / the best setting."""
+    """ms per training step of the default job (`pyro-vae train`, batch 64) and of the 784-400-20 MLP
+    at batch 128 with torch threads 1, 2 and "auto" (resolved before each timing as a fresh run would,
+    from torch's default `default`), as the machine is and with one competing busy process."""
     config = load_config(None, ["train.progress=false", "train.device='cpu'"])
     digits = build_data(config)
     default_job = Trainer(config, digits, Path("runs/speed"), torch.device("cpu"))
@@ -363,20 +330,33 @@ def threads_default(rounds, steps, default):
     return rows
 
 
-def show(row):
-    figures = ", ".join(f"{key} {value:.3f}" for key, value in row.items() if isinstance(value, float))
-    print(f"{row['estimator']:>13} K={row['particles']:<2} batch {row['batch_size']:>4}: {figures}", flush=True)
+def figures(row):
+    return ", ".join(f"{key} {value:.3f}" for key, value in row.items() if isinstance(value, float))
 
 
-def save(name, report):
-    """Write `report` to `experiments/results/speed/<name>` (only the full runs do: --quick writes nothing)."""
-    OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / name).write_text(json.dumps(report, indent=2))
-    print(f"wrote {OUT / name}")
+def show(kind, row):
+    """Print a row of `kind`: "training" or "estimators" (`compare_training`), "log_likelihood" or "epoch"."""
+    if kind == "log_likelihood":
+        print(f"log_likelihood: library {row['library_samples_per_s']:.0f} samples/s, hand-written "
+              f"{row['handwritten_samples_per_s']:.0f} samples/s, ratio {row['ratio']:.3f}", flush=True)
+    elif kind == "epoch":
+        settings = "".join(f", {key[16:]} {value:.3f} s" for key, value in row.items() if key.startswith("library_epoch_s_"))
+        print(f"one epoch of {row['examples']} examples: pyro_vae.train {row['library_epoch_s']:.2f} s "
+              f"({row['library_whole_run_s']:.2f} s for the whole {row['epochs']}-epoch run){settings}, hand-written "
+              f"{row['handwritten_epoch_s']:.2f} s, ratio {row['ratio']:.2f}", flush=True)
+    else:
+        print(f"{row['estimator']:>13} K={row['particles']:<2} batch {row['batch_size']:>4}: {figures(row)}", flush=True)
+
+
+def save(name, report, **machine):
+    """Write `report` and the machine it ran on to `experiments/results/speed/<name>` (--quick writes nothing)."""
+    report["machine"] = {"machine": platform.machine(), **machine, "torch": torch.__version__, "data": DATA}
+    path = places("speed", quick=False)[0] / name
+    write_text_atomically(path, json.dumps(report, indent=2))
+    print(f"wrote {path}")
 
 
 def main():
-    # --quick: a few seconds, writes nothing; the other options as the docstring says
     args = arguments(__doc__, threads={"type": int, "default": 2}, device={"default": "cpu", "help": "cpu or cuda"},
                      total_correlation={"action": "store_true"}, threads_default={"action": "store_true"})
     default = torch.get_num_threads()
@@ -384,47 +364,37 @@ def main():
     if args.threads_default:
         rows = threads_default(*((2, 10) if args.quick else (9, 40)), default)
         if not args.quick:
-            save("threads_default.json", {"command": "python experiments/speed.py --threads-default", "rows": rows, "machine": {
-                "machine": platform.machine(), "cores": os.cpu_count(), "torch_default_threads": default,
-                "torch": torch.__version__, "data": DATA}})
+            save("threads_default.json", {"command": "python experiments/speed.py --threads-default", "rows": rows},
+                 cores=os.cpu_count(), torch_default_threads=default)
         return
     torch.manual_seed(0)
     if args.total_correlation:
         row = compare_total_correlation(mnist_like(10000), *((3, 10) if args.quick else (15, 40)), device=args.device)
-        print(", ".join(f"{k} {v:.3f}" for k, v in row.items() if isinstance(v, float)))
+        print(figures(row))
         if not args.quick:
-            row["machine"] = {"machine": platform.machine(), "threads": args.threads, "torch": torch.__version__,
-                              "device": args.device, "data": DATA}
-            save("total_correlation.json", row)
+            save("total_correlation.json", row, threads=args.threads, device=args.device)
         return
     cuda = torch.device(args.device).type == "cuda"
     rounds, steps = (3, 20) if args.quick else (7, 60)
     sizes = ((32, 128, 1024, 8192) if cuda else (32, 128, 512)) if not args.quick else (32, 128)
     x = mnist_like(50000)
+    runs = [("training", estimator, 1, batch_size, min(steps, len(x) // batch_size))
+            for estimator in ("trace", "meanfield") for batch_size in sizes]
+    runs += [("estimators", estimator, particles, batch_size, min(steps, 20)) for estimator, particles, batch_size
+             in (("stl", 1, 128), ("score", 50, 20), ("iwae", 50, 20), ("renyi", 50, 20), ("dreg", 50, 20),
+                 ("tail_adaptive", 50, 20))]
     report = {"training": [], "estimators": []}
-    for estimator in ("trace", "meanfield"):
-        for batch_size in sizes:
-            report["training"].append(compare_training(x, estimator, batch_size, rounds, min(steps, len(x) // batch_size),
-                                                       args.device))
-            show(report["training"][-1])
-    for estimator, particles, batch_size in (("stl", 1, 128), ("score", 50, 20), ("iwae", 50, 20),
-                                              ("renyi", 50, 20), ("dreg", 50, 20), ("tail_adaptive", 50, 20)):
-        report["estimators"].append(compare_training(x, estimator, batch_size, rounds, min(steps, 20), args.device, particles))
-        show(report["estimators"][-1])
-    report["log_likelihood"] = ll = compare_log_likelihood(x, 100 if args.quick else 1000, rounds, args.device,
-                                                           1000 if cuda else 100)
-    print(f"log_likelihood: library {ll['library_samples_per_s']:.0f} samples/s, hand-written "
-          f"{ll['handwritten_samples_per_s']:.0f} samples/s, ratio {ll['ratio']:.3f}")
+    for kind, estimator, particles, batch_size, batches in runs:
+        report[kind].append(compare_training(x, estimator, batch_size, rounds, batches, args.device, particles))
+        show(kind, report[kind][-1])
+    report["log_likelihood"] = compare_log_likelihood(x, 100 if args.quick else 1000, rounds, args.device, 1000 if cuda else 100)
+    show("log_likelihood", report["log_likelihood"])
     if args.quick:
         return
-    report["epoch"] = epoch = compare_epoch(x, args.device, cuda_graphs=("auto", False) if cuda else ("auto",))
-    print(f"one epoch of {epoch['examples']} examples: pyro_vae.train {epoch['library_epoch_s']:.2f} s "
-          f"({epoch['library_whole_run_s']:.2f} s for the whole {epoch['epochs']}-epoch run), hand-written "
-          f"{epoch['handwritten_epoch_s']:.2f} s, ratio {epoch['ratio']:.2f}")
-    report["machine"] = {"machine": platform.machine(), "processor": platform.processor(), "threads": args.threads,
-                         "torch": torch.__version__, "device": torch.cuda.get_device_name() if cuda else "cpu",
-                         "data": DATA}
-    save("speed_cuda.json" if cuda else "speed.json", report)
+    report["epoch"] = compare_epoch(x, args.device, cuda_graphs=("auto", False) if cuda else ("auto",))
+    show("epoch", report["epoch"])
+    save("speed_cuda.json" if cuda else "speed.json", report, processor=platform.processor(), threads=args.threads,
+         device=torch.cuda.get_device_name() if cuda else "cpu")
 
 
 if __name__ == "__main__":
