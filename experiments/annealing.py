@@ -1,31 +1,12 @@
-"""Posterior collapse, and what warm-up, cyclical annealing, capacity and free bits do about it: a
-sweep (`annealing.toml`).
-
-The setting: Fashion-MNIST grey levels with a Gaussian likelihood at its default scale
-(`likelihood = { name = "gaussian", scale = 1.0 }`), what a user gets who swaps the Bernoulli for a
-Gaussian and keeps the defaults. With sigma = 1 on pixels in [0, 1], a latent direction pays for its
-KL only if it explains more than sigma^2 = 1 of variance (for a linear decoder this is exact: Lucas
-et al. 2019), so most of the 32 dimensions collapse. Six VAEs, identical but for the objective,
-trained for the same epochs:
-
-- `none`: the plain ELBO (KL weight 1 throughout);
-- `linear`: KL weight warm-up from 0 to 1 over the first third of training (Bowman et al. 2015);
-- `cyclical`: 4 cycles, the weight rising linearly over the first half of each (Fu et al. 2019);
-- `capacity`: E log p(x|z) - gamma |KLbar - C(t)|, C rising linearly from 0 to 25 nats over two
-  thirds of training, gamma = 1000 (Burgess et al. 2018);
-- `free_bits`: E log p(x|z) - sum_j max(lambda, KLbar_j), lambda = 0.5 nats per dimension (Kingma et
-  al. 2016);
-- `learned_sigma` (reference): the plain ELBO with a learned scale, the same data and networks.
-
-Each run's last state is scored on a seeded random subset of the test split (the sweep's `evaluate`:
-each run's evaluation.json) with the true ELBO (weight 1, one z per image): the ELBO, its two terms,
-active units (Var_x E_q[z_d | x] > 0.01), the KL per dimension and the importance-sampled log p(x)
-(K particles). Writes `annealing.csv`, `kl_per_dimension.csv` and `annealing.png` (active units and
-validation ELBO per epoch from each run's metrics.csv, KL per dimension).
+"""Posterior collapse, and what warm-up, cyclical annealing, capacity and free bits do about it: six VAEs
+identical but for the objective, a sweep (`annealing.toml`); set-up and results in experiments/annealing.md.
 
     python experiments/annealing.py --quick     # digits, 8 epochs, latent 8, K = 100: a minute
     python experiments/annealing.py             # the Fashion-MNIST subset of annealing.md (resumable: the same command continues)
     python experiments/annealing.py --report    # the tables and figure from the runs so far
+
+Writes `annealing.csv`, `kl_per_dimension.csv` and `annealing.png` to `experiments/results/annealing/`
+(`runs/annealing/quick/` with `--quick`).
 """
 
 import json
@@ -34,8 +15,6 @@ from pathlib import Path
 from common import arguments, places, read_spec, run_sweep, write_csv
 
 from pyro_vae.runs import read_metrics
-
-HERE = __file__.rsplit("/", 1)[0]
 
 
 def quick_spec(spec):
@@ -53,21 +32,18 @@ def quick_spec(spec):
 
 def objective_name(trial):
     """The name of a trial's objective (the grid point's one key that is set)."""
-    if trial["model.likelihood"] is not None:
-        return "learned_sigma"
-    if trial["objective.capacity"] is not None:
-        return "capacity"
-    if trial["objective.free_bits"] is not None:
-        return "free_bits"
+    for key, name in (("model.likelihood", "learned_sigma"), ("objective.capacity", "capacity"),
+                      ("objective.free_bits", "free_bits")):
+        if trial[key] is not None:
+            return name
     weight = trial["objective.kl_weight"]  # a schedule table is JSON in the trial's row, 1.0 a number
     return json.loads(weight)["name"] if isinstance(weight, str) else "none"
 
 
 def table_rows(trials, spec):
+    """A row a finished run, with its KL per dimension (largest first) and its metrics.csv rows for the figure."""
     rows = []
-    for trial in trials:
-        if trial["state"] != "COMPLETE":
-            continue
+    for trial in (trial for trial in trials if trial["state"] == "COMPLETE"):
         name, metrics = objective_name(trial), read_metrics(Path(trial["run"]) / "metrics.csv")
         kl_dims = sorted(json.loads((Path(trial["run"]) / "evaluation.json").read_text())["kl_per_dimension"],
                          reverse=True)
@@ -75,12 +51,10 @@ def table_rows(trials, spec):
                      "test_elbo": trial["elbo"], "test_reconstruction": trial["reconstruction"], "test_kl": trial["kl"],
                      "active_units": trial["active_units"], "dimensions_kl_above_0.01": sum(kl > 0.01 for kl in kl_dims),
                      "kl_per_dimension_max": kl_dims[0], "kl_per_dimension_min": kl_dims[-1],
-                     "test_log_px": trial["log_likelihood"],
-                     "test_log_px_standard_error": trial["log_likelihood_standard_error"],
+                     "test_log_px": trial["log_likelihood"], "test_log_px_standard_error": trial["log_likelihood_standard_error"],
                      "log_px_num_samples": trial["num_samples"], "log_px_examples": trial["num_examples"],
                      "elbo_examples": trial["num_examples"], "latent_dim": spec["model"]["latent_dim"],
-                     "epochs": spec["train"]["epochs"], "train_seconds": trial["seconds"],
-                     "kl_dims": kl_dims, "curve": metrics})
+                     "epochs": spec["train"]["epochs"], "train_seconds": trial["seconds"], "kl_dims": kl_dims, "curve": metrics})
     return rows
 
 
@@ -115,7 +89,7 @@ def plot(rows, path, data_name):
 def main():
     args = arguments(__doc__)
     results, runs = places("annealing", args.quick)
-    spec = read_spec(f"{HERE}/annealing.toml")
+    spec = read_spec(Path(__file__).with_suffix(".toml"))
     spec = quick_spec(spec) if args.quick else spec
     rows = table_rows(run_sweep(spec, runs, workers=args.workers, report_only=args.report), spec)
     if not rows:

@@ -1,28 +1,13 @@
-"""ELBO gradient estimators compared: variance, speed, and what they buy in the end: a sweep
-(`compare_estimators.toml`, estimators x seeds).
+"""ELBO gradient estimators compared: variance, speed, and what they buy in the end: a sweep (`compare_estimators.toml`,
+estimators x seeds); the report adds each run's gradient noise and ms per step (experiments/compare_estimators.md).
 
-Every estimator (a config word of `objective.estimator`) trains the same VAE from the same
-initialization (the seed's) with Adam; per run we measure
-
-- the gradient's noise for a fixed minibatch (the first 100 training images), at the run's
-  initialization and at its last state (`pyro_vae.objectives.gradient_variance`, encoder
-  parameters: that is where the estimators differ): tr Cov[g] and SNR = ||E g|| / sqrt(tr Cov[g]),
-- milliseconds per optimizer step: the run's training seconds (its per-epoch evaluation included)
-  over its steps,
-- the validation ELBO of every epoch against steps and against seconds (one figure),
-- the test ELBO and the importance-sampled test log-likelihood (the sweep's `evaluate`: K = 200
-  on 1,000 random test images; K = 100 on the whole test split in quick mode).
-
-The `iwae`, `renyi` and `dreg` rows optimize their own (tighter) bound; every row's ELBO and
-log-likelihood are the same evaluation of the trained model.
-
-    python experiments/compare_estimators.py --quick    # digits, a minute or two
+    python experiments/compare_estimators.py --quick    # digits, K = 100 on the whole test split: a minute or two
     python experiments/compare_estimators.py            # binarized MNIST (resumable: the same command continues)
     python experiments/compare_estimators.py --report   # the tables and the figure from the runs so far
 
-Writes `compare_estimators.csv` (a row a run), `summary.csv` (mean +- sd over seeds),
-`compare_estimators.json` (curves, decoder numbers) and `compare_estimators.png` to
-`experiments/results/compare_estimators/` (`runs/compare_estimators/quick/` with `--quick`).
+Writes `compare_estimators.csv` (a row a run), `summary.csv` (mean +- sd over seeds), `compare_estimators.json`
+(curves, decoder numbers) and `compare_estimators.png` to `experiments/results/compare_estimators/`
+(`runs/compare_estimators/quick/` with `--quick`).
 """
 
 import json
@@ -33,11 +18,17 @@ import pyro
 import torch
 from common import ROOT, arguments, places, read_spec, run_sweep, summarize, write_csv
 
+from pyro_vae.atomic import write_text_atomically
+from pyro_vae.build import build, build_data, build_estimator
+from pyro_vae.checkpoint import load_checkpoint
+from pyro_vae.config import load_config
+from pyro_vae.objectives.gradient_variance import gradient_variance
+from pyro_vae.runs import load_run, read_metrics
+
 MNIST = ROOT.parent / "shared" / "data" / "binarized_mnist.npz"
 # the table's names of the estimators that are tables in the spec (as JSON in a trial's row)
-NAMES = {'{"baseline": "none", "name": "score"}': "score", '{"baseline": "decaying_average", "name": "score"}':
-         "score + average", '{"baseline": "neural", "name": "score"}': "score + neural",
-         '{"alpha": 0.5, "name": "renyi"}': "renyi a=0.5"}
+NAMES = {'{"baseline": "none", "name": "score"}': "score", '{"baseline": "neural", "name": "score"}': "score + neural",
+         '{"baseline": "decaying_average", "name": "score"}': "score + average", '{"alpha": 0.5, "name": "renyi"}': "renyi a=0.5"}
 COLUMNS = ["grad_var", "snr", "ms_per_step", "test_elbo", "test_log_likelihood", "grad_var_init", "snr_init", "steps"]
 
 
@@ -60,12 +51,6 @@ def label(trial):
 def gradient_noise(run, draws):
     """The encoder's gradient noise at the run's initialization (drawn as `train` draws it) and at its
     last state (with its estimator's state: a trained baseline), and the decoder's at its last state."""
-    from pyro_vae.build import build, build_data, build_estimator
-    from pyro_vae.checkpoint import load_checkpoint
-    from pyro_vae.config import load_config
-    from pyro_vae.objectives.gradient_variance import gradient_variance
-    from pyro_vae.runs import load_run
-
     config = load_config(Path(run) / "config.toml")
     pyro.set_rng_seed(config["train"]["seed"])
     data = build_data(config)
@@ -82,12 +67,8 @@ def gradient_noise(run, draws):
 
 def table(trials, draws):
     """A row a finished run (the CSV's columns), and per label its curve and decoder numbers."""
-    from pyro_vae.runs import read_metrics
-
     rows, extras = [], {}
-    for trial in trials:  # in the grid's order
-        if trial["state"] != "COMPLETE":
-            continue
+    for trial in (trial for trial in trials if trial["state"] == "COMPLETE"):  # in the grid's order
         init, final, decoder = gradient_noise(trial["run"], draws)
         metrics = read_metrics(Path(trial["run"]) / "metrics.csv")
         steps = int(metrics[-1]["step"])
@@ -114,9 +95,8 @@ def plot(curves, path):
         for axis, key in zip(axes, ("step", "seconds")):
             axis.plot([c[key] for c in curve], [c["val_elbo"] for c in curve], "--" if name.startswith("score") else "-",
                       color=color, marker=".", label=name)
-    axes[0].set_xlabel("optimizer steps")
-    axes[1].set_xlabel("training seconds (evaluation included)")
-    axes[0].set_ylabel("validation ELBO (nats)")
+    axes[0].set(xlabel="optimizer steps", ylabel="validation ELBO (nats)")
+    axes[1].set(xlabel="training seconds (evaluation included)")
     values = sorted(c["val_elbo"] for curve in curves.values() for c in curve)
     # the score estimators' diverging ELBOs would flatten the rest
     axes[0].set_ylim(max(values[0], values[-1] - 3 * (values[-1] - values[len(values) // 4]) - 1), values[-1] + 2)
@@ -144,8 +124,8 @@ def main():
         return
     write_csv(rows, results / "compare_estimators.csv")
     write_csv(summarize(rows, ("estimator",), COLUMNS), results / "summary.csv")
-    (results / "compare_estimators.json").write_text(json.dumps({"spec": spec, "draws": draws, "rows": rows,
-                                                                 "extra": extras}, indent=1))
+    record = {"spec": spec, "draws": draws, "rows": rows, "extra": extras}
+    write_text_atomically(results / "compare_estimators.json", json.dumps(record, indent=1))
     plot({name: extra["curve"] for name, extra in extras.items()}, results / "compare_estimators.png")
 
 
