@@ -1,16 +1,12 @@
 """Discrete latents: the Gaussian-mixture VAE trained by enumeration, the score function and a relaxed
-(Gumbel-softmax) y at equal wall time, against k-means on pixels, k-means on a plain VAE's codes and a
-`mog` prior read as VaDE does: a sweep (`discrete_latents.toml`); and the cost of an enumerated step
-against the number of components (experiments/discrete_latents.md).
+y at equal wall time, against k-means and a `mog` prior: a sweep (`discrete_latents.toml`); and the cost
+of an enumerated step against the number of components (experiments/discrete_latents.md). Writes
+`results.csv` (a row a run) and `samples_<estimator>.png` (seed 0), or `speed.csv` (also with `--quick`).
 
     nice python experiments/discrete_latents.py --quick     # digits, 1 seed, 8 s a run: a few minutes
     nice python experiments/discrete_latents.py             # Fashion-MNIST: 21 runs of 300 s, 2 at once (1-2 h; resumable)
     nice python experiments/discrete_latents.py --report    # the table and figures from the runs so far
     nice python experiments/discrete_latents.py --speed     # step cost, K = 2, 5, 10, 20 vs a VAE, batch 128
-
-Writes `results.csv` (a row a run: the evaluation record's scores, the baselines' clusters, the
-gradient variance of q(y | x)'s parameters) and `samples_<estimator>.png` (seed 0), or `speed.csv`
-with `--speed` (`--quick` writes it too).
 """
 
 import json
@@ -21,7 +17,6 @@ from pathlib import Path
 import torch
 from common import arguments, cell, places, read_spec, run_sweep, summarize, write_csv
 
-HERE = __file__.rsplit("/", 1)[0]
 METHODS = ["gmvae enum", "gmvae score", "gmvae score_neural", "gmvae relaxed", "gmvae relaxed_st",
            "k-means on pixels", "k-means on a VAE's codes", "mog prior, p(k | z) (VaDE-style)"]
 COLUMNS = ["seed", "method", "steps", "ms_per_step", "test_elbo", "test_log_likelihood", "clustering_accuracy", "nmi",
@@ -29,8 +24,7 @@ COLUMNS = ["seed", "method", "steps", "ms_per_step", "test_elbo", "test_log_like
 
 
 def quick_spec(spec):
-    """The 8x8 digits, latent size 8, one hidden layer of 128, 8 s a run (each epoch's training ELBO on
-    250 images: a GMVAE's evaluation would take a third of its budget), one seed, K = 50 samples."""
+    """The 8x8 digits, latent size 8, one hidden layer of 128, 8 s a run, one seed, K = 50 samples."""
     net = {"name": "mlp", "hidden": [128], "activation": "elu"}
     spec["data"] = {"name": "digits", "binarize": "static"}
     spec["model"].update(latent_dim=8, encoder=net, decoder=net)
@@ -116,38 +110,30 @@ def speed(out, repeats=30, batch_size=128):
     x = (torch.rand(batch_size, *shape, generator=torch.Generator().manual_seed(0)) > 0.5).float()
     net = {"name": "mlp", "hidden": [256, 256], "activation": "elu"}
 
-    def stepper(model, estimator):
+    def trainer(model, estimator):  # the loss and the optimizer of one step
         estimator = ESTIMATORS.build(estimator, "e", num_particles=1, vectorize_particles=False, jit=False, data_shape=shape)
-        loss_module = NegativeELBO(model, estimator)
-        optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+        return NegativeELBO(model, estimator), torch.optim.Adam(model.parameters(), lr=1e-3)
 
-        def step():
+    torch.manual_seed(0)
+    models = {("vae (trace)", ""): trainer(VAE(shape, latent_dim=16, encoder=net, decoder=net), "trace")}
+    for k in (2, 5, 10, 20):
+        torch.manual_seed(0)
+        models[("gmvae (enum)", k)] = trainer(GMVAE(shape, latent_dim=16, encoder=net, decoder=net, components=k), "enum")
+    times = {key: [] for key in models}
+    for i in range(repeats + 5):  # round after round, so that a change in the machine's load falls on all alike
+        for key, (loss_module, optimizer) in models.items():
             start = time.perf_counter()
             loss = loss_module(x)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-            return time.perf_counter() - start
-
-        return step
-
-    torch.manual_seed(0)
-    models = {("vae (trace)", ""): stepper(VAE(shape, latent_dim=16, encoder=net, decoder=net), "trace")}
-    for k in (2, 5, 10, 20):
-        torch.manual_seed(0)
-        models[("gmvae (enum)", k)] = stepper(GMVAE(shape, latent_dim=16, encoder=net, decoder=net, components=k), "enum")
-    times = {key: [] for key in models}
-    for i in range(repeats + 5):  # round after round, so that a change in the machine's load falls on all alike
-        for key, step in models.items():
-            seconds = step()
             if i >= 5:
-                times[key].append(seconds)
+                times[key].append(time.perf_counter() - start)
     medians = {key: statistics.median(values) for key, values in times.items()}
     vae_median = medians[("vae (trace)", "")]
     rows = [{"model": model, "components": k, "ms_per_step": 1000 * median, "ratio_to_vae": median / vae_median}
             for (model, k), median in medians.items()]
-    for row in rows:
-        print(row, flush=True)
+    print(*rows, sep="\n", flush=True)
     write_csv(rows, out / "speed.csv")
 
 
@@ -157,7 +143,7 @@ def main():
     if args.speed:
         speed(results, repeats=10 if args.quick else 30)
         return
-    spec = read_spec(f"{HERE}/discrete_latents.toml")
+    spec = read_spec(Path(__file__).with_suffix(".toml"))
     spec = quick_spec(spec) if args.quick else spec
     trials = [t for t in run_sweep(spec, runs, workers=args.workers, report_only=args.report) if t["state"] == "COMPLETE"]
     if not trials:

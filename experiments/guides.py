@@ -1,8 +1,7 @@
-"""Richer guides and two stochastic layers on statically binarized MNIST: a sweep (`guides.toml`) of
-five models that differ only in the guide (`normal`, `full`, `iaf`) or the latent layers (`two_layer`,
-`two_layer_vamp`), each best-validation checkpoint scored on the whole test split by the sweep's
-`evaluate`; the report adds each model's -log p(x) minus the `normal` model's, paired on the same
-images and K (experiments/guides.md). Writes `guides.csv` (a row a model).
+"""Richer guides and two stochastic layers on statically binarized MNIST: a sweep (`guides.toml`) of five
+models that differ only in the guide or the latent layers, scored by each run's evaluation.json; the
+report adds each model's -log p(x) minus the `normal` model's, paired on the same images and K
+(experiments/guides.md). Writes `guides.csv` (a row a model).
 
     python experiments/guides.py --quick     # digits, small nets, 3 epochs: about a minute
     python experiments/guides.py             # the CPU budget run of guides.md (resumable: the same command continues)
@@ -20,8 +19,7 @@ FIELDS = ["model", "guide", "latent_dim", "epochs", "best_epoch", "train_seconds
 
 
 def quick_spec(spec):
-    """The 8x8 digits statically binarized, one hidden layer of 64, latent 8 (8 + 8), 50 pseudo-inputs,
-    3 epochs (1 of warm-up), K = 100."""
+    """The 8x8 digits, one hidden layer of 64, latent 8 (8 + 8), 50 pseudo-inputs, 3 epochs (1 of warm-up), K = 100."""
     net = {"name": "mlp", "hidden": [64], "activation": "elu"}
     spec["data"] = {"name": "digits", "binarize": "static"}
     spec["model"].update(latent_dim=8, encoder=net, decoder=net)
@@ -42,8 +40,7 @@ def model_name(trial):
 
 
 def test_log_px(trial, evaluate):
-    """Each test image's log p(x) (`evaluation.log_likelihood`): the same images, K and noise as the
-    run's evaluation record, whose mean it is; differences paired on images have small standard errors."""
+    """Each test image's log p(x) with the images, K and noise of the run's evaluation record (its mean)."""
     from pyro_vae.evaluation import log_likelihood
     from pyro_vae.runs import limited_split, load_run_data
 

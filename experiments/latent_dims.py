@@ -1,15 +1,11 @@
-"""More latent dimensions give a better likelihood, up to a point (a common claim, measured): the
-default job (`pyro-vae train` on the digits) at each latent size and seed of the sweep
-`latent_dims.toml`, each best-validation checkpoint scored on the whole test split (each run's
-evaluation.json), beside the training split's ELBO at the best epoch, which tells overfitting from
-a worse fit (experiments/latent_dims.md).
+"""More latent dimensions give a better likelihood, up to a point (a common claim, measured): the default
+job at each latent size and seed of the sweep `latent_dims.toml`, scored by each run's evaluation.json,
+beside the training ELBO at the best epoch (experiments/latent_dims.md). Writes `latent_dims.csv` (a row
+a run), `summary.csv` (a row a latent size: mean and sd over seeds) and `latent_dims.png`.
 
     python experiments/latent_dims.py --quick     # 3 sizes, 1 seed, 10 epochs, K = 100: under a minute
     python experiments/latent_dims.py             # 7 sizes x 3 seeds (resumable: the same command continues)
     python experiments/latent_dims.py --report    # the tables and figure from the runs so far
-
-Writes `latent_dims.csv` (a row a run), `summary.csv` (a row a latent size: mean and sd over seeds)
-and `latent_dims.png`.
 """
 
 from pathlib import Path
@@ -18,7 +14,6 @@ from common import arguments, places, read_spec, run_sweep, summarize, write_csv
 
 from pyro_vae.runs import read_metrics
 
-HERE = __file__.rsplit("/", 1)[0]
 COLUMNS = ("test_log_likelihood", "test_elbo", "test_kl", "active_units", "train_elbo_at_best", "best_epoch")
 
 
@@ -69,7 +64,7 @@ def plot(summary, path):
 def main():
     args = arguments(__doc__)
     results, runs = places("latent_dims", args.quick)
-    spec = read_spec(f"{HERE}/latent_dims.toml")
+    spec = read_spec(Path(__file__).with_suffix(".toml"))
     spec = quick_spec(spec) if args.quick else spec
     trials = run_sweep(spec, runs, workers=args.workers, report_only=args.report)
     rows = sorted((run_row(t, spec["train"]["epochs"]) for t in trials if t["state"] == "COMPLETE"),

@@ -1,15 +1,11 @@
-"""Which likelihood for grey-level images? The same VAE under each, scored on one scale: a sweep
-(`likelihoods.toml`). The continuous likelihoods train and are tested on uniformly dequantized
-images, so that their -log p(x) + D log L bounds the discretized model's bits/dim (Theis et al.
-2016), comparable with the discretized logistic's exact bits/dim; `bernoulli` on grey levels, the
-common mistake, is not a density and is reported apart (experiments/likelihoods.md).
+"""Which likelihood for grey-level images? The same VAE under each, on one scale (bits/dim of the 8-bit
+images: a bound for the densities, trained and tested on dequantized images, exact for the discretized
+logistic; `bernoulli` on grey levels, the common mistake, is no density): a sweep (`likelihoods.toml`,
+experiments/likelihoods.md). Writes `likelihoods.csv` (a row a likelihood) and `reconstructions_<name>.png`.
 
     python experiments/likelihoods.py --quick    # digits, about two minutes
     python experiments/likelihoods.py            # Fashion-MNIST subset, the numbers in likelihoods.md
     python experiments/likelihoods.py --report   # the table and figures from the runs so far
-
-Writes `likelihoods.csv` (a row a likelihood: the sweep's evaluation, ELBO and IS log p(x) in nats
-of the density and in bits/dim) and `reconstructions_<name>.png` (E[x | z] at z = E_q[z | x]).
 """
 
 import json
@@ -26,8 +22,7 @@ MISTAKE = "bernoulli (grey levels)"
 
 @LIKELIHOODS.register("bernoulli_on_grey_levels")
 class BernoulliOnGreyLevels(Bernoulli):
-    """The common mistake, for this experiment only: Bernoulli log-mass applied to grey levels (not
-    a density, though it passes for one: `continuous`, so that it trains on dequantized data)."""
+    """The common mistake, this experiment's own: Bernoulli log-mass on grey levels (`continuous`: on dequantized data)."""
 
     continuous = True
 
