@@ -1,20 +1,12 @@
 """Discrete latents: the Gaussian-mixture VAE trained by enumeration, the score function and a relaxed
-(Gumbel-softmax) y, at equal wall time, scored by the exact ELBO, the IS log-likelihood, clustering
-accuracy and NMI, against k-means on pixels, k-means on a plain VAE's codes and a `mog` prior read as
-VaDE does: a sweep (`discrete_latents.toml`); and the cost of an enumerated step against the number
-of components.
+y at equal wall time, against k-means and a `mog` prior: a sweep (`discrete_latents.toml`); and the cost
+of an enumerated step against the number of components (experiments/discrete_latents.md). Writes
+`results.csv` (a row a run) and `samples_<estimator>.png` (seed 0), or `speed.csv` (also with `--quick`).
 
     nice python experiments/discrete_latents.py --quick     # digits, 1 seed, 8 s a run: a few minutes
     nice python experiments/discrete_latents.py             # Fashion-MNIST: 21 runs of 300 s, 2 at once (1-2 h; resumable)
     nice python experiments/discrete_latents.py --report    # the table and figures from the runs so far
     nice python experiments/discrete_latents.py --speed     # step cost, K = 2, 5, 10, 20 vs a VAE, batch 128
-
-Every run trains for the same `train.max_time` from the same initialization per seed; the sweep scores
-each at its last state (evaluation.json: exact ELBO, IS log-likelihood, the GMVAE's clusters); the
-report adds, on the same test points, the baselines' clusters and the gradient variance of q(y | x)'s
-parameters at each GMVAE's own end point and at the enumeration-trained one (experiments/discrete_latents.md).
-Writes `results.csv` and `samples_<estimator>.png` (seed 0), or `speed.csv` with `--speed`, to
-`experiments/results/discrete_latents/`; `--quick` writes everything under `runs/discrete_latents/quick/`.
 """
 
 import json
@@ -25,7 +17,6 @@ from pathlib import Path
 import torch
 from common import arguments, cell, places, read_spec, run_sweep, summarize, write_csv
 
-HERE = __file__.rsplit("/", 1)[0]
 METHODS = ["gmvae enum", "gmvae score", "gmvae score_neural", "gmvae relaxed", "gmvae relaxed_st",
            "k-means on pixels", "k-means on a VAE's codes", "mog prior, p(k | z) (VaDE-style)"]
 COLUMNS = ["seed", "method", "steps", "ms_per_step", "test_elbo", "test_log_likelihood", "clustering_accuracy", "nmi",
@@ -33,8 +24,7 @@ COLUMNS = ["seed", "method", "steps", "ms_per_step", "test_elbo", "test_log_like
 
 
 def quick_spec(spec):
-    """The 8x8 digits, latent size 8, one hidden layer of 128, 8 s a run (each epoch's training ELBO on
-    250 images: a GMVAE's evaluation would take a third of its budget), one seed, K = 50 samples."""
+    """The 8x8 digits, latent size 8, one hidden layer of 128, 8 s a run, one seed, K = 50 samples."""
     net = {"name": "mlp", "hidden": [128], "activation": "elu"}
     spec["data"] = {"name": "digits", "binarize": "static"}
     spec["model"].update(latent_dim=8, encoder=net, decoder=net)
@@ -66,9 +56,13 @@ def table_rows(trials, k, draws, results):
     from pyro_vae.build import build_estimator
     from pyro_vae.checkpoint import load_checkpoint
     from pyro_vae.config import load_config
-    from pyro_vae.runs import limited_split, load_run_data, read_metrics
+    from pyro_vae.runs import limited_split, load_run, load_run_data, read_metrics
 
-    rows, enum_point, configs = [], {}, {}
+    def qy_variance(vae, estimator, x):  # each call draws its noise from the same fixed seed
+        return evaluation.gradient_variance(vae, estimator, x, num_draws=draws, params="classifier")["trace_covariance"]
+
+    enum_runs = {int(t["train.seed"]): t["run"] for t in trials if method(t) == "gmvae enum"}
+    rows = []
     for trial in trials:
         run, name, seed = Path(trial["run"]), method(trial), int(trial["train.seed"])
         vae, data = load_run_data(run)
@@ -78,13 +72,15 @@ def table_rows(trials, k, draws, results):
                "test_elbo": record["elbo"], "test_log_likelihood": record["log_likelihood"]}
         if name.startswith("gmvae"):
             row.update(clustered(record["clustering"]))
-            configs[name] = load_config(run / "config.toml")
-            estimator = build_estimator(configs[name], data.shape)
+            config = load_config(run / "config.toml")
+            estimator = build_estimator(config, data.shape)
             estimator.load_state_dict(load_checkpoint(run / "checkpoint.pt")["estimator"])  # a trained baseline
-            row["grad_var_qy_own"] = evaluation.gradient_variance(
-                vae, estimator, data.test.x[:100], num_draws=draws, params="classifier")["trace_covariance"]
-            if name == "gmvae enum":
-                enum_point[seed] = vae
+            row["grad_var_qy_own"] = qy_variance(vae, estimator, data.test.x[:100])
+            if seed in enum_runs:  # every estimator at the same point of training, a fresh one (an untrained baseline)
+                with torch.random.fork_rng(devices=[]):
+                    torch.manual_seed(seed)  # an untrained neural baseline: the same one on every report
+                    fresh = build_estimator(config, data.shape)
+                row["grad_var_qy_at_enum_point"] = qy_variance(load_run(enum_runs[seed]), fresh, data.test.x[:100])
             if seed == 0:
                 with torch.random.fork_rng(devices=[]):
                     torch.manual_seed(0)
@@ -99,21 +95,12 @@ def table_rows(trials, k, draws, results):
                 pixels = evaluation.clustering_metrics(evaluation.kmeans_clusters(test.x, k, seed), test.labels, k)
                 rows.append({"seed": seed, "method": METHODS[5], **clustered(pixels)})
         rows.append(row)
-    for row in rows:  # the same point of training for every estimator, a fresh one (an untrained neural baseline)
-        if row["method"] in configs and row["seed"] in enum_point:
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(row["seed"])  # an untrained neural baseline: the same one on every report
-                fresh = build_estimator(configs[row["method"]], data.shape)
-            row["grad_var_qy_at_enum_point"] = evaluation.gradient_variance(
-                enum_point[row["seed"]], fresh, data.test.x[:100], num_draws=draws, params="classifier")["trace_covariance"]
     return sorted(({c: row.get(c, "") for c in COLUMNS} for row in rows), key=lambda r: (r["seed"], METHODS.index(r["method"])))
 
 
 def speed(out, repeats=30, batch_size=128):
-    """Seconds per optimizer step of a gmvae `enum` step at K = 2, 5, 10, 20 and of a plain VAE's `trace`
-    step, on 784-feature binary data, batch 128, one thread: the models take their steps in turn, round
-    after round (so a change in the machine's load falls on all of them alike), and each one's median
-    over `repeats` rounds, after 5 warm-up rounds, is reported."""
+    """Milliseconds per optimizer step of a gmvae `enum` step at K = 2, 5, 10, 20 and of a plain VAE's
+    `trace` step, taken in turn; the median of `repeats` rounds after 5 warm-up rounds."""
     from pyro_vae.losses import NegativeELBO
     from pyro_vae.models import GMVAE, VAE
     from pyro_vae.objectives import ESTIMATORS
@@ -123,38 +110,30 @@ def speed(out, repeats=30, batch_size=128):
     x = (torch.rand(batch_size, *shape, generator=torch.Generator().manual_seed(0)) > 0.5).float()
     net = {"name": "mlp", "hidden": [256, 256], "activation": "elu"}
 
-    def stepper(model, spec):
-        estimator = ESTIMATORS.build(spec, "e", num_particles=1, vectorize_particles=False, jit=False, data_shape=shape)
-        loss_module = NegativeELBO(model, estimator)
-        optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    def trainer(model, estimator):  # the loss and the optimizer of one step
+        estimator = ESTIMATORS.build(estimator, "e", num_particles=1, vectorize_particles=False, jit=False, data_shape=shape)
+        return NegativeELBO(model, estimator), torch.optim.Adam(model.parameters(), lr=1e-3)
 
-        def step():
+    torch.manual_seed(0)
+    models = {("vae (trace)", ""): trainer(VAE(shape, latent_dim=16, encoder=net, decoder=net), "trace")}
+    for k in (2, 5, 10, 20):
+        torch.manual_seed(0)
+        models[("gmvae (enum)", k)] = trainer(GMVAE(shape, latent_dim=16, encoder=net, decoder=net, components=k), "enum")
+    times = {key: [] for key in models}
+    for i in range(repeats + 5):  # round after round, so that a change in the machine's load falls on all alike
+        for key, (loss_module, optimizer) in models.items():
             start = time.perf_counter()
             loss = loss_module(x)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-            return time.perf_counter() - start
-
-        return step
-
-    torch.manual_seed(0)
-    models = {("vae (trace)", ""): stepper(VAE(shape, latent_dim=16, encoder=net, decoder=net), "trace")}
-    for k in (2, 5, 10, 20):
-        torch.manual_seed(0)
-        models[("gmvae (enum)", k)] = stepper(GMVAE(shape, latent_dim=16, encoder=net, decoder=net, components=k), "enum")
-    times = {key: [] for key in models}
-    for i in range(repeats + 5):
-        for key, step in models.items():
-            seconds = step()
             if i >= 5:
-                times[key].append(seconds)
-    base = statistics.median(times[("vae (trace)", "")])
-    rows = []
-    for (model, k), values in times.items():
-        median = statistics.median(values)
-        rows.append({"model": model, "components": k, "ms_per_step": 1000 * median, "ratio_to_vae": median / base})
-        print(rows[-1], flush=True)
+                times[key].append(time.perf_counter() - start)
+    medians = {key: statistics.median(values) for key, values in times.items()}
+    vae_median = medians[("vae (trace)", "")]
+    rows = [{"model": model, "components": k, "ms_per_step": 1000 * median, "ratio_to_vae": median / vae_median}
+            for (model, k), median in medians.items()]
+    print(*rows, sep="\n", flush=True)
     write_csv(rows, out / "speed.csv")
 
 
@@ -164,7 +143,7 @@ def main():
     if args.speed:
         speed(results, repeats=10 if args.quick else 30)
         return
-    spec = read_spec(f"{HERE}/discrete_latents.toml")
+    spec = read_spec(Path(__file__).with_suffix(".toml"))
     spec = quick_spec(spec) if args.quick else spec
     trials = [t for t in run_sweep(spec, runs, workers=args.workers, report_only=args.report) if t["state"] == "COMPLETE"]
     if not trials:

@@ -1,22 +1,7 @@
-"""More latent dimensions give a better likelihood, up to a point (a common claim, measured): a
-sweep (`latent_dims.toml`).
-
-The default job (`pyro-vae train`: the digits binarized afresh each epoch, MLP 256-256 ELU,
-Bernoulli likelihood, N(0, I) prior, 50 epochs of Adam) trained with each latent size and seed of
-the spec; the best-validation checkpoint of each run is scored on the whole test split (the sweep's
-`evaluate`: each run's evaluation.json):
-
-- the importance-sampled log p(x) (K samples), the figure a latent size should improve;
-- the ELBO and its KL, and the active units (Burda et al. 2016: Cov_x E_q[z_j | x] above 0.01 of the
-  prior's variance).
-
-A latent space too small cannot hold what the decoder needs (log p(x) rises with d); past some size
-log p(x) stops improving or falls. The training split's ELBO at the best epoch (from the run's
-metrics.csv) is reported beside the test figures, to tell overfitting (train above test, apart) from
-a worse fit at this budget (both falling; what the run in latent_dims.md found).
-
-Writes `latent_dims.csv` (a row a run), `summary.csv` (a row a latent size: mean and sd over seeds)
-and `latent_dims.png`.
+"""More latent dimensions give a better likelihood, up to a point (a common claim, measured): the default
+job at each latent size and seed of the sweep `latent_dims.toml`, scored by each run's evaluation.json,
+beside the training ELBO at the best epoch (experiments/latent_dims.md). Writes `latent_dims.csv` (a row
+a run), `summary.csv` (a row a latent size: mean and sd over seeds) and `latent_dims.png`.
 
     python experiments/latent_dims.py --quick     # 3 sizes, 1 seed, 10 epochs, K = 100: under a minute
     python experiments/latent_dims.py             # 7 sizes x 3 seeds (resumable: the same command continues)
@@ -29,7 +14,6 @@ from common import arguments, places, read_spec, run_sweep, summarize, write_csv
 
 from pyro_vae.runs import read_metrics
 
-HERE = __file__.rsplit("/", 1)[0]
 COLUMNS = ("test_log_likelihood", "test_elbo", "test_kl", "active_units", "train_elbo_at_best", "best_epoch")
 
 
@@ -41,27 +25,21 @@ def quick_spec(spec):
     return spec
 
 
-def table_rows(trials, spec):
-    rows = []
-    for trial in trials:
-        if trial["state"] != "COMPLETE":
-            continue
-        metrics = read_metrics(Path(trial["run"]) / "metrics.csv")
-        best = max(metrics, key=lambda r: r["val_elbo"])  # the epoch of best.pt
-        rows.append({"latent_dim": int(trial["model.latent_dim"]), "seed": int(trial["train.seed"]),
-                     "epochs": spec["train"]["epochs"], "checkpoint": "best.pt",
-                     "test_images": trial["num_examples"], "num_samples": trial["num_samples"],
-                     "test_log_likelihood": trial["log_likelihood"],
-                     "log_likelihood_standard_error": trial["log_likelihood_standard_error"],
-                     "test_elbo": trial["elbo"], "test_kl": trial["kl"], "active_units": trial["active_units"],
-                     "best_epoch": int(best["epoch"]),
-                     "train_elbo_at_best": best["train_elbo"],  # the training split's ELBO at that epoch: the fit
-                     "val_elbo_at_best": best["val_elbo"],
-                     "train_seconds": metrics[-1]["seconds"]})  # not the row's: evaluation.json's
-    return sorted(rows, key=lambda r: (r["latent_dim"], r["seed"]))
+def run_row(trial, epochs):
+    """A finished run's row: its evaluation record, and its metrics at the best epoch (that of best.pt)."""
+    metrics = read_metrics(Path(trial["run"]) / "metrics.csv")
+    best = max(metrics, key=lambda r: r["val_elbo"])
+    return {"latent_dim": int(trial["model.latent_dim"]), "seed": int(trial["train.seed"]), "epochs": epochs,
+            "checkpoint": "best.pt", "test_images": trial["num_examples"], "num_samples": trial["num_samples"],
+            "test_log_likelihood": trial["log_likelihood"],
+            "log_likelihood_standard_error": trial["log_likelihood_standard_error"],
+            "test_elbo": trial["elbo"], "test_kl": trial["kl"], "active_units": trial["active_units"],
+            "best_epoch": int(best["epoch"]), "train_elbo_at_best": best["train_elbo"],  # the fit of the training split
+            "val_elbo_at_best": best["val_elbo"], "train_seconds": metrics[-1]["seconds"]}
 
 
 def plot(summary, path):
+    """Test log p(x) and ELBO (mean +- sd over seeds) and the active units against the latent size."""
     from matplotlib.figure import Figure
 
     dims = [r["latent_dim"] for r in summary]
@@ -71,13 +49,13 @@ def plot(summary, path):
         ax.errorbar(dims, [r[f"{column}_mean"] for r in summary], yerr=[r[f"{column}_sd"] for r in summary],
                     marker=marker, label=label)
     ax.set_xscale("log", base=2)
-    ax.set(xlabel="latent dimensions d", ylabel="test nats per image (mean +- sd over seeds)")
+    ax.set(xlabel="latent dimensions d", ylabel="test nats per image (mean +- sd over seeds)",
+           title="Latent size on the digits (test split)")
     units = ax.twinx()
     units.plot(dims, [r["active_units_mean"] for r in summary], "k:", marker=".", label="active units")
     units.set_ylabel("active units")
     lines, more = ax.get_legend_handles_labels(), units.get_legend_handles_labels()
     ax.legend(lines[0] + more[0], lines[1] + more[1], loc="lower right")
-    ax.set_title("Latent size on the digits (test split)")
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     print(f"wrote {path}")
@@ -86,9 +64,11 @@ def plot(summary, path):
 def main():
     args = arguments(__doc__)
     results, runs = places("latent_dims", args.quick)
-    spec = read_spec(f"{HERE}/latent_dims.toml")
+    spec = read_spec(Path(__file__).with_suffix(".toml"))
     spec = quick_spec(spec) if args.quick else spec
-    rows = table_rows(run_sweep(spec, runs, workers=args.workers, report_only=args.report), spec)
+    trials = run_sweep(spec, runs, workers=args.workers, report_only=args.report)
+    rows = sorted((run_row(t, spec["train"]["epochs"]) for t in trials if t["state"] == "COMPLETE"),
+                  key=lambda r: (r["latent_dim"], r["seed"]))
     if not rows:
         print("no finished runs yet")
         return

@@ -1,29 +1,7 @@
-"""Which likelihood for grey-level images? The same VAE under each, scored on one scale: a sweep
-(`likelihoods.toml`).
-
-The same network (MLP encoder and decoder, same latent size, same epochs, same seed) is trained on
-grey-level images under each likelihood:
-
-- `bernoulli` on grey levels: the common mistake. Its "log-likelihood" -BCE(x, lambda) is not the
-  log of a density over [0, 1] (the continuous Bernoulli's constant log C(lambda) > 0 is missing),
-  so its numbers are not comparable with the others.
-- `continuous_bernoulli`; `gaussian` with a fixed sigma = 1/sqrt(2) (plain summed squared error), a
-  learned shared sigma, and the sigma-VAE's optimal sigma; `laplace` with a learned shared scale;
-  `beta`.
-- `discretized_logistic` (3 components): a mass function on the L-level data itself.
-
-The continuous likelihoods are trained and tested on *uniformly dequantized* images
-(`data.dequantize`: x = (k + u) / L, L = 256, or 17 for the digits' k / 16, u ~ U[0, 1) redrawn
-every epoch, the test images dequantized once with a fixed seed). Then (Theis et al. 2016) for
-any density p on [0, 1]^D, E_u log p((k + u) / L) - D log L <= log P(k), so the library's
-evaluation reports -log p(x) + D log L in bits per dimension, an upper bound on the discretized
-model's bits/dim, comparable with the discretized logistic's exact bits/dim.
-
-Reported per likelihood (the sweep's `evaluate`, on a seeded random subset of the test images, the
-same for every likelihood): the ELBO and the importance-sampled log p(x) (K samples per image) in
-nats of the density (of the mass function for the discretized logistic), both in bits/dim, and a
-reconstructions figure (E[x | z] at z = E_q[z | x]). Writes `likelihoods.csv` and
-`reconstructions_<name>.png`.
+"""Which likelihood for grey-level images? The same VAE under each, on one scale (bits/dim of the 8-bit
+images: a bound for the densities, trained and tested on dequantized images, exact for the discretized
+logistic; `bernoulli` on grey levels, the common mistake, is no density): a sweep (`likelihoods.toml`,
+experiments/likelihoods.md). Writes `likelihoods.csv` (a row a likelihood) and `reconstructions_<name>.png`.
 
     python experiments/likelihoods.py --quick    # digits, about two minutes
     python experiments/likelihoods.py            # Fashion-MNIST subset, the numbers in likelihoods.md
@@ -32,7 +10,6 @@ reconstructions figure (E[x | z] at z = E_q[z | x]). Writes `likelihoods.csv` an
 
 import json
 import math
-import sys
 
 import pyro.distributions as dist
 from common import arguments, places, read_spec, run_sweep, write_csv
@@ -45,8 +22,7 @@ MISTAKE = "bernoulli (grey levels)"
 
 @LIKELIHOODS.register("bernoulli_on_grey_levels")
 class BernoulliOnGreyLevels(Bernoulli):
-    """The common mistake, for this experiment only: Bernoulli log-mass applied to grey levels (not
-    a density, though it passes for one: `continuous`, so that it trains on dequantized data)."""
+    """The common mistake, this experiment's own: Bernoulli log-mass on grey levels (`continuous`: on dequantized data)."""
 
     continuous = True
 
@@ -74,10 +50,9 @@ def setting(trial):
     name, scale = likelihood["name"], likelihood.get("scale")
     if name == "bernoulli_on_grey_levels":
         return MISTAKE
-    if name in ("gaussian", "laplace"):
-        fixed = name == "gaussian" and isinstance(scale, float)
-        return "gaussian, sigma = 1/sqrt(2)" if fixed else f"{name}, {scale} {'sigma' if name == 'gaussian' else 'scale'}"
-    return name
+    if isinstance(scale, float):  # the spec's Gaussian of summed squared error
+        return f"{name}, sigma = 1/sqrt(2)"
+    return f"{name}, {scale} {'sigma' if name == 'gaussian' else 'scale'}" if scale else name
 
 
 def slug(name):
@@ -87,8 +62,7 @@ def slug(name):
 
 def likelihood_row(trial, spec, results):
     """The row of `likelihoods.csv`, in the density's nats on dequantized data (the record's figures
-    plus D log L); the reconstructions figure of the first 32 scored images. The trial's `seconds`
-    are its evaluation's (the record's, flattened in)."""
+    plus D log L); the reconstructions figure of the first 32 scored images."""
     from pyro_vae import plots
     from pyro_vae.evaluation import bits_per_dim
     from pyro_vae.runs import limited_split, load_run_data
@@ -121,4 +95,4 @@ def main():
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()
