@@ -76,6 +76,13 @@ def flatten(record, prefix=""):
     return flat
 
 
+def component(value):
+    """A swept component (`model.guide`, `objective.estimator`, ...) as a table: the sweep's rows
+    hold a name as it is and a table as JSON."""
+    table = json.loads(value) if value.startswith("{") else value
+    return table if isinstance(table, dict) else {"name": table}
+
+
 def summarize(rows, by, columns):
     """Mean and standard deviation (n - 1) of `columns` over the rows of each value of the keys `by`."""
     groups = {}

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import torch
-from common import arguments, cell, places, read_spec, run_sweep, summarize, write_csv
+from common import arguments, cell, component, places, read_spec, run_sweep, summarize, write_csv
 
 METHODS = ["gmvae enum", "gmvae score", "gmvae score_neural", "gmvae relaxed", "gmvae relaxed_st",
            "k-means on pixels", "k-means on a VAE's codes", "mog prior, p(k | z) (VaDE-style)"]
@@ -37,8 +37,7 @@ def quick_spec(spec):
 
 def method(trial):
     if trial["model.kind"] == "gmvae":
-        estimator = trial["objective.estimator"]
-        spec = json.loads(estimator) if estimator.startswith("{") else {"name": estimator}  # a table: as JSON
+        spec = component(trial["objective.estimator"])
         suffix = "_neural" if spec.get("baseline") == "neural" else "_st" if spec.get("straight_through") else ""
         return f"gmvae {spec['name']}{suffix}"
     return METHODS[7] if trial["model.prior"] else METHODS[6]

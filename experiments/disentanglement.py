@@ -14,11 +14,10 @@ run), `summary.csv`, `summary.md` (mean +- sd over seeds, both budgets side by s
     python experiments/disentanglement.py --report    # tables and figures from the runs so far
 """
 
-import json
 import math
 
 import numpy as np
-from common import arguments, cell, markdown_table, places, read_spec, run_sweep, summarize, write_csv
+from common import arguments, cell, component, markdown_table, places, read_spec, run_sweep, summarize, write_csv
 
 from pyro_vae.runs import read_metrics
 
@@ -52,7 +51,7 @@ def method(row):
         return "beta-VAE", "beta", float(row["objective.kl_weight"])
     if row["objective.capacity"] is not None:
         return "capacity", "C_max", 15.0
-    estimator = json.loads(row["objective.estimator"])  # a table: as JSON in the trial's row
+    estimator = component(row["objective.estimator"])
     return (("beta-TCVAE", "beta", estimator["beta"]) if estimator["name"] == "tcvae"
             else ("FactorVAE", "gamma", estimator["gamma"]))
 

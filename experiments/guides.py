@@ -8,9 +8,8 @@ report adds each model's -log p(x) minus the `normal` model's, paired on the sam
     python experiments/guides.py --report    # the table from the runs so far
 """
 
-import json
 
-from common import ROOT, arguments, places, read_spec, run_sweep, write_csv
+from common import ROOT, arguments, component, places, read_spec, run_sweep, write_csv
 
 HERE = __file__.rsplit("/", 1)[0]
 FIELDS = ["model", "guide", "latent_dim", "epochs", "best_epoch", "train_seconds", "test_images", "num_samples", "nll",
@@ -35,8 +34,7 @@ def quick_spec(spec):
 def model_name(trial):
     if trial["model.prior"] is not None:
         return "two_layer_vamp" if "vamp" in trial["model.prior"] else "two_layer"
-    guide = trial["model.guide"]
-    return json.loads(guide)["name"] if guide.startswith("{") else guide
+    return component(trial["model.guide"])["name"]
 
 
 def test_log_px(trial, evaluate):

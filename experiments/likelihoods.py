@@ -8,11 +8,10 @@ experiments/likelihoods.md). Writes `likelihoods.csv` (a row a likelihood) and `
     python experiments/likelihoods.py --report   # the table and figures from the runs so far
 """
 
-import json
 import math
 
 import pyro.distributions as dist
-from common import arguments, places, read_spec, run_sweep, write_csv
+from common import arguments, component, places, read_spec, run_sweep, write_csv
 
 from pyro_vae.likelihoods import LIKELIHOODS, Bernoulli
 
@@ -45,8 +44,7 @@ def quick_spec(spec):
 
 def setting(trial):
     """The likelihood's name in the table: "gaussian, learned sigma"."""
-    likelihood = trial["model.likelihood"]
-    likelihood = json.loads(likelihood) if likelihood.startswith("{") else {"name": likelihood}
+    likelihood = component(trial["model.likelihood"])
     name, scale = likelihood["name"], likelihood.get("scale")
     if name == "bernoulli_on_grey_levels":
         return MISTAKE
