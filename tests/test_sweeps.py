@@ -120,7 +120,8 @@ def test_a_sweep_trains_each_point_once_and_again_nothing(tmp_path, capsys):
     assert [(s["model.latent_dim"], s["n"]) for s in summary] == [("2", "2"), ("3", "2")]
     assert (out / "objective-model.latent_dim.png").stat().st_size > 0
     stamps = {p: p.stat().st_mtime_ns for p in out.glob("trials/*/checkpoint.pt")}
-    capsys.readouterr()
+    printed = capsys.readouterr().out
+    assert "trial 0 COMPLETE, objective" in printed and "4 finished, 0 running, 0 waiting" in printed
     assert main(["sweep", str(spec), "--out", str(out), "--workers", "1"]) == 0  # again: nothing trains
     assert "epoch 1" not in capsys.readouterr().out
     assert {p: p.stat().st_mtime_ns for p in out.glob("trials/*/checkpoint.pt")} == stamps

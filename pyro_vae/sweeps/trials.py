@@ -113,7 +113,24 @@ def tell(study: optuna.Study, trial: optuna.Trial, value: float | None = None,
             raise
         print(f"trial {trial.number} was failed by another worker (a late heartbeat) and queued again", flush=True)
         return False
+    outcome = "COMPLETE" if state is None else state.name
+    shown = "" if value is None else f", objective {value:.6g}"
+    print(f"trial {trial.number} {outcome}{shown}: {progress(study)}", flush=True)
     return True
+
+
+def progress(study: optuna.Study) -> str:
+    """How far the study is: its trials finished (complete, pruned, failed for good), running, waiting."""
+    import optuna
+
+    states = optuna.trial.TrialState
+    trials = study.get_trials(deepcopy=False)
+    retried = {t.user_attrs["retry_of"] for t in trials if "retry_of" in t.user_attrs}
+    finished = sum(t.state in (states.COMPLETE, states.PRUNED) or (t.state == states.FAIL and t.number not in retried)
+                   for t in trials)
+    running = sum(t.state == states.RUNNING for t in trials)
+    waiting = sum(t.state == states.WAITING for t in trials)
+    return f"{finished} finished, {running} running, {waiting} waiting"
 
 
 def train_run(config: dict[str, Any], run: Path, reporter: PruningReporter) -> None:
