@@ -9,6 +9,7 @@ resumed by the other worker, ends with exactly the parameters of an uninterrupte
 import csv
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -307,9 +308,9 @@ def wait_for(condition, timeout=300):
 
 def running_trial_with_checkpoint(log, out):
     """The run directory of the trial the worker of `log` trains, once it has a checkpoint."""
-    lines = [line for line in Path(log).read_text().splitlines() if line.startswith("trial ")]
-    if lines:
-        run = Path(lines[-1].split(": ", 1)[1])
+    started = re.findall(r"^trial \d+: (.+)$", Path(log).read_text(), re.MULTILINE)
+    if started:
+        run = Path(started[-1])
         if (run / "checkpoint.pt").is_file() and not (run / "samples.png").exists():
             return run
     return None
@@ -362,3 +363,25 @@ def spec_config(table, seed):
     config = {section: dict(values) for section, values in table.items() if section != "sweep"}
     config["train"]["seed"] = seed
     return config
+
+
+@pytest.mark.trains
+def test_two_local_workers_train_each_point_as_one_process_would(tmp_path, monkeypatch):
+    """`workers=2` on a CPU forks its workers: each trial's run ends exactly as a run trained alone."""
+    import multiprocessing
+
+    table = spec_table(grid={"train.seed": [0, 1]})
+    table["train"]["threads"] = 1
+    methods = []
+    real = multiprocessing.get_context
+    monkeypatch.setattr(multiprocessing, "get_context", lambda method=None: methods.append(method) or real(method))
+    from pyro_vae import sweep
+
+    out = sweep(table, tmp_path / "out", workers=2)
+    assert methods == ["fork"]
+    rows = read_csv(out / "trials.csv")
+    assert sorted((r["train.seed"], r["state"]) for r in rows) == [("0", "COMPLETE"), ("1", "COMPLETE")]
+    for row in rows:
+        reference = train(spec_config(table, int(row["train.seed"])), out=tmp_path / f"alone-{row['train.seed']}")
+        trained, alone = (load_checkpoint(Path(run) / "checkpoint.pt")["model"] for run in (row["run"], reference))
+        assert all(torch.equal(trained[name], alone[name]) for name in alone)

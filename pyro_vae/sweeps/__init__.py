@@ -40,8 +40,8 @@ def sweep(spec: Spec | dict[str, Any] | str | os.PathLike[str], out: str | os.Pa
     """Run the sweep `spec` (a TOML path, a table, or a `Spec`) into `out` with `workers` local
     workers (default: one per core on a CPU, one on a GPU) on the study in `storage` (default:
     SQLite `OUT/study.db`); write the report; return `out`. Every grid point is checked before
-    anything trains. Call it under `if __name__ == "__main__":` in a script: the workers are
-    spawned processes that import the script's module."""
+    anything trains. Call it under `if __name__ == "__main__":` in a script: where CUDA may be
+    used, the workers are spawned processes that import the script's module (on a CPU, forked)."""
     from .report import write_report
     from .study import open_study, storage_url
     from .workers import plan, run_workers, work_left
@@ -55,7 +55,7 @@ def sweep(spec: Spec | dict[str, Any] | str | os.PathLike[str], out: str | os.Pa
     study = open_study(spec, url)  # here, not in a worker: a storage error is this process's one line
     print(f"sweep {spec.name!r}: {len(study.trials)} trials in {url}; {workers} worker(s)"
           + (f", {threads} thread(s) each" if threads else ""), flush=True)
-    failed = run_workers(spec, out, url, workers, threads) if work_left(study, spec) else []
+    failed = run_workers(study, spec, out, url, workers, threads) if work_left(study, spec) else []
     left = work_left(study, spec)
     for code in failed:
         print(f"a worker ended with {'signal ' + str(-code) if code < 0 else 'status ' + str(code)}; "

@@ -1,7 +1,8 @@
 """Workers: processes that take trials from the study until none is left.
 
-`--workers N` starts N local processes (multiprocessing, spawn) on one study, each training with
-`train.threads` = cores // N on a CPU (two one-thread runs on two cores do nearly twice the work
+`--workers N` starts N local processes on one study (forked on a CPU, so that they start with
+torch, Pyro and the library imported; spawned where CUDA may be used, which a forked child
+cannot), each training with `train.threads` = cores // N on a CPU (two one-thread runs on two cores do nearly twice the work
 of one two-thread run), unless the spec sets `train.threads` itself. Any number of such commands
 on any machines, given the same `--storage`, share the study the same way.
 
@@ -18,7 +19,7 @@ import sys
 import time
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..registry import UserError
 from .spec import Spec
@@ -106,13 +107,17 @@ def worker_main(spec: Spec, out: Path, url: str, threads: int | None) -> None:
         sys.exit(130)
 
 
-def run_workers(spec: Spec, out: Path, url: str, workers: int, threads: int | None) -> list[int]:
+def run_workers(study: optuna.Study, spec: Spec, out: Path, url: str, workers: int, threads: int | None) -> list[int]:
     """Run `workers` workers (in this process when one); returns the exit codes of the processes
     that did not end well (a negative code: killed by that signal; the others took its trial)."""
     if workers == 1:
         work(spec, out, url, threads)
         return []
-    context = multiprocessing.get_context("spawn")
+    fork = on_cpu(spec) and "fork" in multiprocessing.get_all_start_methods()
+    if fork:  # a forked worker must not inherit this process's database connections (it opens its own)
+        storage: Any = getattr(study._storage, "_backend", study._storage)  # Optuna caches an RDBStorage
+        storage.engine.dispose()
+    context: Any = multiprocessing.get_context("fork" if fork else "spawn")
     processes = [context.Process(target=worker_main, args=(spec, out, url, threads), name=f"sweep-worker-{i}")
                  for i in range(workers)]
     for process in processes:
