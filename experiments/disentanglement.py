@@ -15,9 +15,10 @@ run), `summary.csv`, `summary.md` (mean +- sd over seeds, both budgets side by s
 """
 
 import math
+from pathlib import Path
 
 import numpy as np
-from common import arguments, cell, component, markdown_table, places, read_spec, run_sweep, summarize, write_csv
+from common import ROOT, arguments, cell, component, markdown_table, places, read_spec, run_sweep, summarize, write_csv
 
 from pyro_vae.runs import read_metrics
 
@@ -65,7 +66,7 @@ def table_rows(trials):
             rows.append({"method": name, "weight": weight, "value": value, "seed": int(trial["train.seed"]),
                          "epochs": int(trial["train.epochs"]), "steps": int(steps),
                          **{score: trial.get(key) for score, key in SCORES.items()}, "train_seconds": trial["seconds"],
-                         "run": trial["run"]})
+                         "run": str(Path(trial["run"]).relative_to(ROOT))})
     return sorted(rows, key=lambda r: (r["method"], r["value"], r["steps"], r["seed"]))
 
 
@@ -123,7 +124,7 @@ def plot_traversals(rows, path):
             strongest[r["method"]] = r
     figure = Figure(figsize=(3.6 * len(strongest), 5))
     for index, (name, r) in enumerate(sorted(strongest.items())):
-        vae, data = load_run_data(r["run"])
+        vae, data = load_run_data(ROOT / r["run"])
         test = data.test
         codes = torch.cat([vae.encode(test.x[i : i + 1000]) for i in range(0, len(test), 1000)])
         images, labels, _ = factor_traversals(vae, codes, test.factors.numpy(), data.factor_names, steps=7)
