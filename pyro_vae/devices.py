@@ -70,6 +70,11 @@ def busy_cores(seconds: float = BUSY_SAMPLE_SECONDS) -> float | None:
     return (os.cpu_count() or 1) * (total - idle) / total if total > 0 else 0.0
 
 
+def cores() -> int:
+    """The cores this process may run on (its CPU affinity where the OS has one)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def resolve_threads(threads: int | str, busy: float | None = None) -> int:
     """The number of torch threads `train.threads` asks for; 0: torch's default.
 
@@ -86,8 +91,7 @@ def resolve_threads(threads: int | str, busy: float | None = None) -> int:
         busy = busy_cores()
     if busy is None:
         return default
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return min(default, max(1, round(cores - busy)))
+    return min(default, max(1, round(cores() - busy)))
 
 
 @contextlib.contextmanager

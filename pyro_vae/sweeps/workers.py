@@ -14,13 +14,13 @@ nothing to take it waits while other trials run (one may yet go stale and come b
 from __future__ import annotations
 
 import multiprocessing
-import os
 import sys
 import time
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..devices import cores
 from ..registry import UserError
 from .spec import Spec
 from .study import claim, fail_stale, open_study
@@ -28,10 +28,6 @@ from .trials import run_trial
 
 if TYPE_CHECKING:
     import optuna
-
-
-def cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def on_cpu(spec: Spec) -> bool:
