@@ -65,6 +65,16 @@ def run_sweep(spec, out, workers=None, report_only=False):
     return rows
 
 
+def completed_trials(name, args, quick_spec):
+    """(results directory, spec, the COMPLETE trials' rows) of experiment `name`: its sweep
+    `experiments/<name>.toml` (`quick_spec` applied under --quick), run, or only read with --report."""
+    results, runs = places(name, args.quick)
+    spec = read_spec(ROOT / "experiments" / f"{name}.toml")
+    spec = quick_spec(spec) if args.quick else spec
+    trials = run_sweep(spec, runs, workers=args.workers, report_only=args.report)
+    return results, spec, [trial for trial in trials if trial["state"] == "COMPLETE"]
+
+
 def flatten(record, prefix=""):
     """A nested record as one level of numbers: {"dci": {"completeness": 1}} -> {"dci_completeness": 1}."""
     flat = {}

@@ -24,9 +24,7 @@ Each run is scored by the sweep's `evaluate` (`pyro-vae evaluate`'s record). Wri
 import math
 import sys
 
-from common import arguments, places, read_spec, run_sweep, write_csv
-
-HERE = __file__.rsplit("/", 1)[0]
+from common import arguments, completed_trials, write_csv
 
 
 def quick_spec(spec):
@@ -55,10 +53,7 @@ def setting_row(trial):
 
 def main():
     args = arguments(__doc__)
-    results, runs = places("dequantization", args.quick)
-    spec = read_spec(f"{HERE}/dequantization.toml")
-    spec = quick_spec(spec) if args.quick else spec
-    trials = [t for t in run_sweep(spec, runs, workers=args.workers, report_only=args.report) if t["state"] == "COMPLETE"]
+    results, _, trials = completed_trials("dequantization", args, quick_spec)
     write_csv([setting_row(t) for t in trials], results / "dequantization.csv")
 
 

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import torch
-from common import arguments, cell, component, places, read_spec, run_sweep, summarize, write_csv
+from common import arguments, cell, completed_trials, component, places, summarize, write_csv
 
 METHODS = ["gmvae enum", "gmvae score", "gmvae score_neural", "gmvae relaxed", "gmvae relaxed_st",
            "k-means on pixels", "k-means on a VAE's codes", "mog prior, p(k | z) (VaDE-style)"]
@@ -138,13 +138,10 @@ def speed(out, repeats=30, batch_size=128):
 
 def main():
     args = arguments(__doc__, speed={"action": "store_true", "help": "only the step cost against K (one thread)"})
-    results, runs = places("discrete_latents", args.quick)
     if args.speed:
-        speed(results, repeats=10 if args.quick else 30)
+        speed(places("discrete_latents", args.quick)[0], repeats=10 if args.quick else 30)
         return
-    spec = read_spec(Path(__file__).with_suffix(".toml"))
-    spec = quick_spec(spec) if args.quick else spec
-    trials = [t for t in run_sweep(spec, runs, workers=args.workers, report_only=args.report) if t["state"] == "COMPLETE"]
+    results, spec, trials = completed_trials("discrete_latents", args, quick_spec)
     if not trials:
         print("no finished runs yet")
         return

@@ -11,11 +11,10 @@ experiments/likelihoods.md). Writes `likelihoods.csv` (a row a likelihood) and `
 import math
 
 import pyro.distributions as dist
-from common import arguments, component, places, read_spec, run_sweep, write_csv
+from common import arguments, completed_trials, component, write_csv
 
 from pyro_vae.likelihoods import LIKELIHOODS, Bernoulli
 
-HERE = __file__.rsplit("/", 1)[0]
 MISTAKE = "bernoulli (grey levels)"
 
 
@@ -85,10 +84,7 @@ def likelihood_row(trial, spec, results):
 
 def main():
     args = arguments(__doc__)
-    results, runs = places("likelihoods", args.quick)
-    spec = read_spec(f"{HERE}/likelihoods.toml")
-    spec = quick_spec(spec) if args.quick else spec
-    trials = [t for t in run_sweep(spec, runs, workers=args.workers, report_only=args.report) if t["state"] == "COMPLETE"]
+    results, spec, trials = completed_trials("likelihoods", args, quick_spec)
     write_csv([likelihood_row(t, spec, results) for t in trials], results / "likelihoods.csv")
 
 
