@@ -12,7 +12,7 @@ Writes `annealing.csv`, `kl_per_dimension.csv` and `annealing.png` to `experimen
 import json
 from pathlib import Path
 
-from common import arguments, places, read_spec, run_sweep, write_csv
+from common import arguments, completed_trials, write_csv
 
 from pyro_vae.runs import read_metrics
 
@@ -43,7 +43,7 @@ def objective_name(trial):
 def table_rows(trials, spec):
     """A row a finished run, with its KL per dimension (largest first) and its metrics.csv rows for the figure."""
     rows = []
-    for trial in (trial for trial in trials if trial["state"] == "COMPLETE"):
+    for trial in trials:
         name, metrics = objective_name(trial), read_metrics(Path(trial["run"]) / "metrics.csv")
         kl_dims = sorted(json.loads((Path(trial["run"]) / "evaluation.json").read_text())["kl_per_dimension"],
                          reverse=True)
@@ -88,10 +88,8 @@ def plot(rows, path, data_name):
 
 def main():
     args = arguments(__doc__)
-    results, runs = places("annealing", args.quick)
-    spec = read_spec(Path(__file__).with_suffix(".toml"))
-    spec = quick_spec(spec) if args.quick else spec
-    rows = table_rows(run_sweep(spec, runs, workers=args.workers, report_only=args.report), spec)
+    results, spec, trials = completed_trials("annealing", args, quick_spec)
+    rows = table_rows(trials, spec)
     if not rows:
         print("no finished runs yet")
         return

@@ -19,10 +19,14 @@ the rate-distortion trade-off (Alemi et al. 2018). Writes `beta_sweep.csv` and `
 
 
 import numpy as np
-from common import ROOT, arguments, places, read_spec, run_sweep, write_csv
+from common import ROOT, arguments, completed_trials, write_csv
 
-HERE = __file__.rsplit("/", 1)[0]
 MNIST = ROOT.parent / "shared" / "data" / "binarized_mnist.npz"
+
+
+def with_mnist(spec):
+    spec["data"]["path"] = str(MNIST)
+    return spec
 
 
 def quick_spec(spec):
@@ -36,12 +40,11 @@ def quick_spec(spec):
 def table_rows(trials, spec):
     rows = []
     for trial in trials:
-        if trial["state"] == "COMPLETE":
-            beta = float(trial["objective.kl_weight"])
-            rows.append({"beta": beta, "rate_kl": trial["kl"], "distortion": -trial["reconstruction"],
-                         "test_elbo": trial["elbo"], "beta_objective": trial["reconstruction"] - beta * trial["kl"],
-                         "active_units": trial["active_units"], "latent_dim": spec["model"]["latent_dim"],
-                         "epochs": spec["train"]["epochs"], "seconds": trial["seconds"]})
+        beta = float(trial["objective.kl_weight"])
+        rows.append({"beta": beta, "rate_kl": trial["kl"], "distortion": -trial["reconstruction"],
+                     "test_elbo": trial["elbo"], "beta_objective": trial["reconstruction"] - beta * trial["kl"],
+                     "active_units": trial["active_units"], "latent_dim": spec["model"]["latent_dim"],
+                     "epochs": spec["train"]["epochs"], "seconds": trial["seconds"]})
     return sorted(rows, key=lambda r: r["beta"])
 
 
@@ -69,11 +72,8 @@ def plot_rate_distortion(rows, path, data_name):
 
 def main():
     args = arguments(__doc__)
-    results, runs = places("beta_sweep", args.quick)
-    spec = read_spec(f"{HERE}/beta_sweep.toml")
-    spec["data"]["path"] = str(MNIST)
-    spec = quick_spec(spec) if args.quick else spec
-    rows = table_rows(run_sweep(spec, runs, workers=args.workers, report_only=args.report), spec)
+    results, spec, trials = completed_trials("beta_sweep", args, quick_spec, prepare=with_mnist)
+    rows = table_rows(trials, spec)
     if not rows:
         print("no finished runs yet")
         return

@@ -65,11 +65,13 @@ def run_sweep(spec, out, workers=None, report_only=False):
     return rows
 
 
-def completed_trials(name, args, quick_spec):
+def completed_trials(name, args, quick_spec, prepare=None, place=None):
     """(results directory, spec, the COMPLETE trials' rows) of experiment `name`: its sweep
-    `experiments/<name>.toml` (`quick_spec` applied under --quick), run, or only read with --report."""
-    results, runs = places(name, args.quick)
+    `experiments/<name>.toml`, `prepare` applied (e.g. a data path, another data set), then
+    `quick_spec` under --quick; run, or only read with --report, under `place` (default `name`)."""
+    results, runs = places(place or name, args.quick)
     spec = read_spec(ROOT / "experiments" / f"{name}.toml")
+    spec = prepare(spec) if prepare else spec
     spec = quick_spec(spec) if args.quick else spec
     trials = run_sweep(spec, runs, workers=args.workers, report_only=args.report)
     return results, spec, [trial for trial in trials if trial["state"] == "COMPLETE"]

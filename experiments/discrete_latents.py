@@ -7,29 +7,38 @@ of an enumerated step against the number of components (experiments/discrete_lat
     nice python experiments/discrete_latents.py             # Fashion-MNIST: 21 runs of 300 s, 2 at once (1-2 h; resumable)
     nice python experiments/discrete_latents.py --report    # the table and figures from the runs so far
     nice python experiments/discrete_latents.py --speed     # step cost, K = 2, 5, 10, 20 vs a VAE, batch 128
+    nice python experiments/discrete_latents.py --data fashion-mnist --longer 600   # enum GMVAEs and VAEs on to 600 s
 """
 
 import json
+import math
 import statistics
 import time
 from pathlib import Path
 
 import torch
-from common import arguments, cell, completed_trials, component, places, summarize, write_csv
+from common import arguments, cell, completed_trials, component, markdown_table, places, summarize, write_csv
 
 METHODS = ["gmvae enum", "gmvae score", "gmvae score_neural", "gmvae relaxed", "gmvae relaxed_st",
            "k-means on pixels", "k-means on a VAE's codes", "mog prior, p(k | z) (VaDE-style)"]
+TICKS = {METHODS[5]: "k-means\npixels", METHODS[6]: "k-means\nVAE codes", METHODS[7]: "mog prior\np(k | z)"}
 COLUMNS = ["seed", "method", "steps", "ms_per_step", "test_elbo", "test_log_likelihood", "clustering_accuracy", "nmi",
            "grad_var_qy_own", "grad_var_qy_at_enum_point", "cluster_sizes"]
 
 
-def quick_spec(spec):
-    """The 8x8 digits, latent size 8, one hidden layer of 128, 8 s a run, one seed, K = 50 samples."""
+def digits_spec(spec):
+    """The study on the 8x8 digits: one hidden layer of 128, 60 s a run, the whole 250-image test split."""
     net = {"name": "mlp", "hidden": [128], "activation": "elu"}
     spec["data"] = {"name": "digits", "binarize": "static"}
-    spec["model"].update(latent_dim=8, encoder=net, decoder=net)
-    spec["train"].update(max_time=8, train_eval_examples=250)
-    spec["sweep"]["evaluate"].update(samples=50, limit=250)
+    spec["model"].update(encoder=net, decoder=net)
+    spec["train"].update(max_time=60, train_eval_examples=250)
+    return spec
+
+
+def quick_spec(spec):
+    """(After `digits_spec`) 8 s a run, one seed, 50 importance samples."""
+    spec["train"].update(max_time=8)
+    spec["sweep"]["evaluate"].update(samples=50)
     for table in spec["sweep"]["grid"]:
         table["train.seed"] = [0]
     return spec
@@ -97,6 +106,88 @@ def table_rows(trials, k, draws, results):
     return sorted(({c: row.get(c, "") for c in COLUMNS} for row in rows), key=lambda r: (r["seed"], METHODS.index(r["method"])))
 
 
+def plot_clustering(rows, path, title):
+    """Clustering accuracy and NMI of every method: seeds as dots, means as bars."""
+    from matplotlib.figure import Figure
+
+    methods = [m for m in METHODS if any(r["method"] == m for r in rows)]
+    figure = Figure(figsize=(11, 4))
+    for index, (metric, label) in enumerate([("clustering_accuracy", "clustering accuracy (Hungarian)"), ("nmi", "NMI")]):
+        axis = figure.add_subplot(1, 2, index + 1)
+        for x, name in enumerate(methods):
+            values = [r[metric] for r in rows if r["method"] == name]
+            axis.bar(x, statistics.fmean(values), width=0.6, color="C0" if name.startswith("gmvae") else "C1", alpha=0.5)
+            axis.plot([x] * len(values), values, "k.", markersize=4)
+        axis.set_xticks(range(len(methods)), [TICKS.get(m, m.removeprefix("gmvae ")) for m in methods], fontsize=7)
+        axis.set_ylabel(label)
+        axis.grid(axis="y", alpha=0.3)
+    figure.suptitle(f"{title}; bars: mean over seeds, dots: seeds", fontsize=9)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    print(f"wrote {path}")
+
+
+def write_summary(rows, path):
+    """The write-up's table: mean +- sd over seeds of every column."""
+    numbers = ["steps", "ms_per_step", "test_elbo", "test_log_likelihood", "clustering_accuracy", "nmi",
+               "grad_var_qy_own", "grad_var_qy_at_enum_point"]
+    rows = [{c: None if v == "" else v for c, v in row.items()} for row in rows]  # "": not measured for this method
+    summary = summarize(rows, ("method",), [c for c in numbers if any(r[c] is not None for r in rows)])
+    columns = [("method", lambda r: r["method"].replace("|", "\\|")), ("n", lambda r: r["n"])]
+    digits = {"steps": 0, "ms_per_step": 1, "test_elbo": 2, "test_log_likelihood": 2, "clustering_accuracy": 3, "nmi": 3,
+              "grad_var_qy_own": 3, "grad_var_qy_at_enum_point": 3}
+    columns += [(c, lambda r, c=c: "" if math.isnan(r[f"{c}_mean"]) else cell(r, c, digits[c]))
+                for c in numbers if f"{c}_mean" in summary[0]]
+    markdown_table(sorted(summary, key=lambda r: METHODS.index(r["method"])), columns, path)
+
+
+def train_on(job):
+    """(run, seconds, evaluate) -> the run trained on to `seconds` of training in all, then evaluated."""
+    from pyro_vae import train
+    from pyro_vae.report import evaluate_run
+
+    run, seconds, evaluate = job
+    torch.set_num_threads(1)
+    train(resume=run, overrides=[f"train.max_time={seconds}"])
+    evaluate_run(run, num_samples=evaluate["samples"], limit=evaluate["limit"], checkpoint=evaluate["checkpoint"])
+    return run
+
+
+def longer(trials, spec, seconds, runs, results, workers):
+    """The sweep's `enum` GMVAEs and plain VAEs trained on to `seconds` of training in all (copies under
+    `runs/.../longer/`: the sweep's runs stay as they are) and scored as the sweep scores: does the
+    GMVAE's clustering pull away from k-means on the VAE's codes with a larger budget?"""
+    import multiprocessing
+    import shutil
+
+    from pyro_vae import evaluation
+    from pyro_vae.runs import limited_split, load_run_data, read_metrics
+
+    chosen = [t for t in trials if method(t) in ("gmvae enum", METHODS[6])]
+    copies = [runs / "longer" / Path(t["run"]).name for t in chosen]
+    for trial, copy in zip(chosen, copies):
+        if not copy.exists():
+            shutil.copytree(trial["run"], copy)
+    jobs = [(str(copy), seconds, spec["sweep"]["evaluate"]) for copy in copies]
+    with multiprocessing.get_context("fork").Pool(workers or 2) as pool:  # resumable: a finished copy just evaluates again
+        for run in pool.imap_unordered(train_on, jobs):
+            print(f"trained on to {seconds} s: {run}", flush=True)
+    rows, k = [], spec["model"]["components"]
+    for trial, copy in zip(chosen, copies):
+        vae, data = load_run_data(copy)
+        record, last = json.loads((copy / "evaluation.json").read_text()), read_metrics(copy / "metrics.csv")[-1]
+        seed, name = int(trial["train.seed"]), method(trial)
+        test, _ = limited_split(data.test, record["num_examples"], record["subset_seed"])
+        metrics = record["clustering"] if name == "gmvae enum" else evaluation.clustering_metrics(
+            torch.as_tensor(evaluation.code_clusters(vae, test.x, k, seed)).long(), test.labels, k)
+        rows.append({"seed": seed, "method": name, "seconds": last["seconds"], "steps": int(last["step"]),
+                     "test_elbo": record["elbo"], "test_log_likelihood": record["log_likelihood"], **clustered(metrics)})
+    write_csv(sorted(rows, key=lambda r: (r["seed"], r["method"])), results / f"longer_{seconds}s.csv")
+    for row in summarize(rows, ("method",), ["clustering_accuracy", "nmi"]):
+        print(f"{seconds} s: {row['method']:<28} clustering accuracy {cell(row, 'clustering_accuracy', 4)}, "
+              f"NMI {cell(row, 'nmi', 4)} (n = {row['n']})")
+
+
 def speed(out, repeats=30, batch_size=128):
     """Milliseconds per optimizer step of a gmvae `enum` step at K = 2, 5, 10, 20 and of a plain VAE's
     `trace` step, taken in turn; the median of `repeats` rounds after 5 warm-up rounds."""
@@ -137,20 +228,31 @@ def speed(out, repeats=30, batch_size=128):
 
 
 def main():
-    args = arguments(__doc__, speed={"action": "store_true", "help": "only the step cost against K (one thread)"})
+    args = arguments(__doc__, speed={"action": "store_true", "help": "only the step cost against K (one thread)"},
+                     data={"nargs": "+", "choices": ["fashion-mnist", "digits"], "default": ["fashion-mnist", "digits"],
+                           "help": "the studies to run (--quick: digits only)"},
+                     longer={"type": int, "metavar": "SECONDS", "help": "after the Fashion-MNIST sweep, train its enum "
+                             "GMVAEs and plain VAEs on to SECONDS in all (copies) and score them again"})
     if args.speed:
         speed(places("discrete_latents", args.quick)[0], repeats=10 if args.quick else 30)
         return
-    results, spec, trials = completed_trials("discrete_latents", args, quick_spec)
-    if not trials:
-        print("no finished runs yet")
-        return
-    rows = table_rows(trials, spec["model"]["components"], 30 if args.quick else 100, results)
-    write_csv(rows, results / "results.csv")
+    for data in ["digits"] if args.quick else args.data:
+        digits = data == "digits"
+        results, spec, trials = completed_trials("discrete_latents", args, quick_spec, prepare=digits_spec if digits else None,
+                                                 place="discrete_latents/digits" if digits else None)
+        if not trials:
+            print(f"{data}: no finished runs yet")
+            continue
+        rows = table_rows(trials, spec["model"]["components"], 30 if args.quick else 100, results)
+        write_csv(rows, results / "results.csv")
+        write_summary(rows, results / "summary.md")
+        plot_clustering(rows, results / "clustering.png", "Fashion-MNIST" if data == "fashion-mnist" else "8x8 digits")
+        for row in summarize(rows, ("method",), ["clustering_accuracy", "nmi"]):
+            print(f"{data}: {row['method']:<36} clustering accuracy {cell(row, 'clustering_accuracy', 4)} (n = {row['n']})")
+        if args.longer and not digits:
+            longer(trials, spec, args.longer, places("discrete_latents", args.quick)[1], results, args.workers)
     if args.quick and not args.report:
-        speed(results, repeats=5)
-    for row in summarize(rows, ("method",), ["clustering_accuracy", "nmi"]):
-        print(f"{row['method']:<36} clustering accuracy {cell(row, 'clustering_accuracy', 4)} (n = {row['n']})")
+        speed(places("discrete_latents", args.quick)[0], repeats=5)
 
 
 if __name__ == "__main__":

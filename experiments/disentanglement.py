@@ -18,7 +18,7 @@ import math
 from pathlib import Path
 
 import numpy as np
-from common import ROOT, arguments, cell, component, markdown_table, places, read_spec, run_sweep, summarize, write_csv
+from common import ROOT, arguments, cell, completed_trials, component, markdown_table, summarize, write_csv
 
 from pyro_vae.runs import read_metrics
 
@@ -28,7 +28,6 @@ SCORES = {"mig": "disentanglement_mig", "factor_vae_score": "disentanglement_fac
           "dci_completeness": "disentanglement_dci_completeness",
           "total_correlation": "disentanglement_total_correlation", "elbo": "elbo", "reconstruction": "reconstruction",
           "kl": "kl", "log_likelihood": "log_likelihood", "active_units": "active_units"}
-HERE = __file__.rsplit("/", 1)[0]
 
 
 def quick_spec(spec):
@@ -60,13 +59,12 @@ def method(row):
 def table_rows(trials):
     rows = []
     for trial in trials:
-        if trial["state"] == "COMPLETE":
-            name, weight, value = method(trial)
-            steps = read_metrics(f"{trial['run']}/metrics.csv")[-1]["step"]
-            rows.append({"method": name, "weight": weight, "value": value, "seed": int(trial["train.seed"]),
-                         "epochs": int(trial["train.epochs"]), "steps": int(steps),
-                         **{score: trial.get(key) for score, key in SCORES.items()}, "train_seconds": trial["seconds"],
-                         "run": str(Path(trial["run"]).relative_to(ROOT))})
+        name, weight, value = method(trial)
+        steps = read_metrics(f"{trial['run']}/metrics.csv")[-1]["step"]
+        rows.append({"method": name, "weight": weight, "value": value, "seed": int(trial["train.seed"]),
+                     "epochs": int(trial["train.epochs"]), "steps": int(steps),
+                     **{score: trial.get(key) for score, key in SCORES.items()}, "train_seconds": trial["seconds"],
+                     "run": str(Path(trial["run"]).relative_to(ROOT))})
     return sorted(rows, key=lambda r: (r["method"], r["value"], r["steps"], r["seed"]))
 
 
@@ -141,10 +139,8 @@ def plot_traversals(rows, path):
 
 def main():
     args = arguments(__doc__)
-    results, runs = places("disentanglement", args.quick)
-    spec = read_spec(f"{HERE}/disentanglement.toml")
-    spec = quick_spec(spec) if args.quick else spec
-    rows = table_rows(run_sweep(spec, runs, workers=args.workers, report_only=args.report))
+    results, _, trials = completed_trials("disentanglement", args, quick_spec)
+    rows = table_rows(trials)
     if not rows:
         print("no finished runs yet")
         return

@@ -10,7 +10,7 @@ a run), `summary.csv` (a row a latent size: mean and sd over seeds) and `latent_
 
 from pathlib import Path
 
-from common import arguments, places, read_spec, run_sweep, summarize, write_csv
+from common import arguments, completed_trials, summarize, write_csv
 
 from pyro_vae.runs import read_metrics
 
@@ -63,11 +63,8 @@ def plot(summary, path):
 
 def main():
     args = arguments(__doc__)
-    results, runs = places("latent_dims", args.quick)
-    spec = read_spec(Path(__file__).with_suffix(".toml"))
-    spec = quick_spec(spec) if args.quick else spec
-    trials = run_sweep(spec, runs, workers=args.workers, report_only=args.report)
-    rows = sorted((run_row(t, spec["train"]["epochs"]) for t in trials if t["state"] == "COMPLETE"),
+    results, spec, trials = completed_trials("latent_dims", args, quick_spec)
+    rows = sorted((run_row(t, spec["train"]["epochs"]) for t in trials),
                   key=lambda r: (r["latent_dim"], r["seed"]))
     if not rows:
         print("no finished runs yet")

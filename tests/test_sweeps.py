@@ -385,3 +385,26 @@ def test_two_local_workers_train_each_point_as_one_process_would(tmp_path, monke
         reference = train(spec_config(table, int(row["train.seed"])), out=tmp_path / f"alone-{row['train.seed']}")
         trained, alone = (load_checkpoint(Path(run) / "checkpoint.pt")["model"] for run in (row["run"], reference))
         assert all(torch.equal(trained[name], alone[name]) for name in alone)
+
+
+FORK_AFTER_OPENMP = """
+import sys, torch
+from pyro_vae import sweep
+from tests.conftest import tiny_config
+torch.set_num_threads(2)
+torch.randn(1000, 1000).abs().sum()  # a multi-threaded operation: this process's OpenMP team exists
+table = {**tiny_config(train={"epochs": 1, "threads": 1}), "sweep": {"grid": {"train.seed": [0, 1]}, "objective": "elbo",
+                                                       "evaluate": {"samples": 20}}}
+sweep(table, sys.argv[1], workers=2)
+"""
+
+
+@pytest.mark.trains
+def test_forked_workers_evaluate_after_this_process_ran_openmp_threads(tmp_path):
+    """A forked worker inherits torch's thread count but not the parent's OpenMP threads: it pins
+    its own count (here 1) for all its work, or its first multi-threaded operation after training
+    (the evaluation) waits forever. A subprocess with a timeout turns such a hang into a failure."""
+    command = [sys.executable, "-c", FORK_AFTER_OPENMP, str(tmp_path / "out")]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert [row["state"] for row in read_csv(tmp_path / "out" / "trials.csv")] == ["COMPLETE", "COMPLETE"]

@@ -1,10 +1,11 @@
 """Workers: processes that take trials from the study until none is left.
 
-`--workers N` starts N local processes on one study (forked on a CPU, so that they start with
-torch, Pyro and the library imported; spawned where CUDA may be used, which a forked child
-cannot), each training with `train.threads` = cores // N on a CPU (two one-thread runs on two cores do nearly twice the work
-of one two-thread run), unless the spec sets `train.threads` itself. Any number of such commands
-on any machines, given the same `--storage`, share the study the same way.
+`--workers N` starts N local processes on one study, each training with `train.threads` =
+cores // N on a CPU (two one-thread runs on two cores do nearly twice the work of one two-thread
+run), unless the spec sets `train.threads` itself. On a CPU with one thread a trial they are forked,
+so that they start with torch, Pyro and the library imported; otherwise spawned (a forked child can
+use neither CUDA nor, once this process has, several OpenMP threads: `can_fork`). Any number of
+such commands on any machines, given the same `--storage`, share the study the same way.
 
 A worker loops: fail the trials whose worker died (`study.fail_stale`), take a WAITING trial
 (`study.claim`), or, in a search with trials left to draw, ask the sampler for a new one; with
@@ -37,6 +38,16 @@ def on_cpu(spec: Spec) -> bool:
 
         return not torch.cuda.is_available()
     return str(device) == "cpu"
+
+
+def can_fork(spec: Spec, threads: int | None) -> bool:
+    """Whether the workers may be forked: on a CPU (a forked child cannot use CUDA), where the system
+    forks, and with one torch thread a trial. GNU OpenMP does not survive a fork: once this process
+    has run a multi-threaded torch operation, a forked child that starts a team of threads waits
+    forever for threads it does not have, and one thread never starts a team."""
+    train = spec.config.get("train", {})
+    per_trial = train["threads"] if spec.sets_threads() and "train.threads" not in spec.keys else threads
+    return on_cpu(spec) and per_trial == 1 and "fork" in multiprocessing.get_all_start_methods()
 
 
 def plan(spec: Spec, workers: int | None) -> tuple[int, int | None]:
@@ -89,8 +100,12 @@ def work(spec: Spec, out: Path, url: str, threads: int | None) -> None:
 
 def worker_main(spec: Spec, out: Path, url: str, threads: int | None) -> None:
     """A worker process: user errors as one line, exit status 2 (130 when interrupted)."""
+    import torch
+
     from ..training import TrainingStopped
 
+    if threads is not None:  # its share of the cores for all its work, the evaluation after training too
+        torch.set_num_threads(threads)
     try:
         work(spec, out, url, threads)
     except UserError as error:
@@ -109,7 +124,7 @@ def run_workers(study: optuna.Study, spec: Spec, out: Path, url: str, workers: i
     if workers == 1:
         work(spec, out, url, threads)
         return []
-    fork = on_cpu(spec) and "fork" in multiprocessing.get_all_start_methods()
+    fork = can_fork(spec, threads)
     if fork:  # a forked worker must not inherit this process's database connections (it opens its own)
         storage: Any = getattr(study._storage, "_backend", study._storage)  # Optuna caches an RDBStorage
         storage.engine.dispose()
