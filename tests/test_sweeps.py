@@ -408,3 +408,21 @@ def test_forked_workers_evaluate_after_this_process_ran_openmp_threads(tmp_path)
     done = subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert done.returncode == 0, done.stderr[-2000:]
     assert [row["state"] for row in read_csv(tmp_path / "out" / "trials.csv")] == ["COMPLETE", "COMPLETE"]
+
+
+@pytest.mark.parametrize(("train", "grid", "share", "threads", "fork"), [
+    ({}, {"train.seed": [0, 1]}, 1, 1, True),  # the worker's share of the cores
+    ({}, {"train.seed": [0, 1]}, 4, 4, False),
+    ({"threads": 1}, {"train.seed": [0, 1]}, 8, 1, True),  # the spec's own count, not the share
+    ({"threads": 2}, {"train.seed": [0, 1]}, 1, 2, False),
+    ({"threads": "auto"}, {"train.seed": [0, 1]}, 1, None, False),
+    ({}, {"train.threads": [1, 2]}, 1, None, False),  # varied by the grid: not known before a trial
+])
+def test_workers_fork_only_where_every_trial_trains_on_one_thread(train, grid, share, threads, fork):
+    from pyro_vae.sweeps.workers import can_fork, trial_threads
+
+    table = spec_table(grid=grid)
+    table["train"].update(train)
+    spec = load_spec(table)
+    assert trial_threads(spec, share) == threads
+    assert can_fork(spec, share) is fork

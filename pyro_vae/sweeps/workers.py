@@ -40,14 +40,22 @@ def on_cpu(spec: Spec) -> bool:
     return str(device) == "cpu"
 
 
+def trial_threads(spec: Spec, threads: int | None) -> int | None:
+    """The torch threads a trial trains on (`Spec.trial_config`): the spec's `train.threads`, else
+    `threads`, the worker's share; None where the grid or search varies it, or it is not a count
+    ("auto", or 0 for torch's default)."""
+    if "train.threads" in spec.keys:
+        return None
+    count = spec.config.get("train", {}).get("threads", threads)
+    return count if isinstance(count, int) and count > 0 else None
+
+
 def can_fork(spec: Spec, threads: int | None) -> bool:
     """Whether the workers may be forked: on a CPU (a forked child cannot use CUDA), where the system
     forks, and with one torch thread a trial. GNU OpenMP does not survive a fork: once this process
     has run a multi-threaded torch operation, a forked child that starts a team of threads waits
     forever for threads it does not have, and one thread never starts a team."""
-    train = spec.config.get("train", {})
-    per_trial = train["threads"] if spec.sets_threads() and "train.threads" not in spec.keys else threads
-    return on_cpu(spec) and per_trial == 1 and "fork" in multiprocessing.get_all_start_methods()
+    return on_cpu(spec) and trial_threads(spec, threads) == 1 and "fork" in multiprocessing.get_all_start_methods()
 
 
 def plan(spec: Spec, workers: int | None) -> tuple[int, int | None]:
@@ -104,8 +112,9 @@ def worker_main(spec: Spec, out: Path, url: str, threads: int | None) -> None:
 
     from ..training import TrainingStopped
 
-    if threads is not None:  # its share of the cores for all its work, the evaluation after training too
-        torch.set_num_threads(threads)
+    count = trial_threads(spec, threads)
+    if count is not None:  # a trial's count for all its work, the evaluation after training too (a forked worker: 1)
+        torch.set_num_threads(count)
     try:
         work(spec, out, url, threads)
     except UserError as error:
