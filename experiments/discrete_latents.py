@@ -58,13 +58,33 @@ def clustered(metrics):
             "cluster_sizes": " ".join(map(str, metrics["cluster_sizes"]))}
 
 
+def scored(run):
+    """(model, data, evaluation record, last metrics row, the evaluation's test points) of a run
+    scored by the sweep's `evaluate`."""
+    from pyro_vae.runs import limited_split, load_run_data, read_metrics
+
+    vae, data = load_run_data(run)
+    record, last = json.loads((run / "evaluation.json").read_text()), read_metrics(run / "metrics.csv")[-1]
+    test, _ = limited_split(data.test, record["num_examples"], record["subset_seed"])
+    return vae, data, record, last, test
+
+
+def baseline_clustering(name, vae, test, k, seed):
+    """The clustering of a baseline VAE: k-means on its mean codes, or the `mog` prior's argmax_k p(k | z)."""
+    from pyro_vae import evaluation
+
+    clusters = evaluation.code_clusters(vae, test.x, k, seed) if name == METHODS[6] else \
+        evaluation.prior_responsibility_clusters(vae, test.x)
+    return clustered(evaluation.clustering_metrics(torch.as_tensor(clusters).long(), test.labels, k))
+
+
 def table_rows(trials, k, draws, results):
     """A row per run (and k-means on pixels per seed), with what evaluation.json does not hold."""
     from pyro_vae import evaluation, plots
     from pyro_vae.build import build_estimator
     from pyro_vae.checkpoint import load_checkpoint
     from pyro_vae.config import load_config
-    from pyro_vae.runs import limited_split, load_run, load_run_data, read_metrics
+    from pyro_vae.runs import load_run
 
     def qy_variance(vae, estimator, x):  # each call draws its noise from the same fixed seed
         return evaluation.gradient_variance(vae, estimator, x, num_draws=draws, params="classifier")["trace_covariance"]
@@ -73,9 +93,7 @@ def table_rows(trials, k, draws, results):
     rows = []
     for trial in trials:
         run, name, seed = Path(trial["run"]), method(trial), int(trial["train.seed"])
-        vae, data = load_run_data(run)
-        record, last = json.loads((run / "evaluation.json").read_text()), read_metrics(run / "metrics.csv")[-1]
-        test, _ = limited_split(data.test, record["num_examples"], record["subset_seed"])  # evaluation's points
+        vae, data, record, last, test = scored(run)
         row = {"seed": seed, "method": name, "steps": int(last["step"]), "ms_per_step": 1000 * last["seconds"] / last["step"],
                "test_elbo": record["elbo"], "test_log_likelihood": record["log_likelihood"]}
         if name.startswith("gmvae"):
@@ -95,11 +113,8 @@ def table_rows(trials, k, draws, results):
                     plots.save_grid(vae.sample_by_component(8), results / f"samples_{name[6:]}.png", columns=8,
                                     title=f"{name}: one row per component")
         else:  # the baselines: k-means on the VAE's codes (and on pixels, once a seed), the mog prior's p(k | z)
-            codes = name == METHODS[6]
-            clusters = evaluation.code_clusters(vae, test.x, k, seed) if codes else \
-                evaluation.prior_responsibility_clusters(vae, test.x)
-            row.update(clustered(evaluation.clustering_metrics(torch.as_tensor(clusters).long(), test.labels, k)))
-            if codes:
+            row.update(baseline_clustering(name, vae, test, k, seed))
+            if name == METHODS[6]:
                 pixels = evaluation.clustering_metrics(evaluation.kmeans_clusters(test.x, k, seed), test.labels, k)
                 rows.append({"seed": seed, "method": METHODS[5], **clustered(pixels)})
         rows.append(row)
@@ -160,9 +175,6 @@ def longer(trials, spec, seconds, runs, results, workers):
     import multiprocessing
     import shutil
 
-    from pyro_vae import evaluation
-    from pyro_vae.runs import limited_split, load_run_data, read_metrics
-
     chosen = [t for t in trials if method(t) in ("gmvae enum", METHODS[6])]
     copies = [runs / "longer" / Path(t["run"]).name for t in chosen]
     for trial, copy in zip(chosen, copies):
@@ -174,14 +186,11 @@ def longer(trials, spec, seconds, runs, results, workers):
             print(f"trained on to {seconds} s: {run}", flush=True)
     rows, k = [], spec["model"]["components"]
     for trial, copy in zip(chosen, copies):
-        vae, data = load_run_data(copy)
-        record, last = json.loads((copy / "evaluation.json").read_text()), read_metrics(copy / "metrics.csv")[-1]
+        vae, _, record, last, test = scored(copy)
         seed, name = int(trial["train.seed"]), method(trial)
-        test, _ = limited_split(data.test, record["num_examples"], record["subset_seed"])
-        metrics = record["clustering"] if name == "gmvae enum" else evaluation.clustering_metrics(
-            torch.as_tensor(evaluation.code_clusters(vae, test.x, k, seed)).long(), test.labels, k)
+        clustering = clustered(record["clustering"]) if name == "gmvae enum" else baseline_clustering(name, vae, test, k, seed)
         rows.append({"seed": seed, "method": name, "seconds": last["seconds"], "steps": int(last["step"]),
-                     "test_elbo": record["elbo"], "test_log_likelihood": record["log_likelihood"], **clustered(metrics)})
+                     "test_elbo": record["elbo"], "test_log_likelihood": record["log_likelihood"], **clustering})
     write_csv(sorted(rows, key=lambda r: (r["seed"], r["method"])), results / f"longer_{seconds}s.csv")
     for row in summarize(rows, ("method",), ["clustering_accuracy", "nmi"]):
         print(f"{seconds} s: {row['method']:<28} clustering accuracy {cell(row, 'clustering_accuracy', 4)}, "
